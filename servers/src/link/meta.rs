@@ -1,0 +1,120 @@
+//! The JSON bodies of the OPEN, ACCEPT and REJECT records.
+//!
+//! OPEN tells a backend who connected; ACCEPT and REJECT are its answer. Field
+//! names are part of the wire format (`docs/link-protocol.md`); unknown fields
+//! are ignored on reading so either side can add some without a version bump.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::LinkError;
+
+/// How the gateway and the backend exchange a client's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    /// One record per whole message, relayed by the gateway.
+    Framed,
+    /// The client's socket is handed to the backend (reserved for a later version).
+    Direct,
+}
+
+/// Metadata of a new client, sent as the OPEN record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenMeta {
+    /// The link protocol version of the gateway ([`crate::link::LINK_VERSION`]).
+    pub version: u32,
+    /// How messages will travel after ACCEPT.
+    pub mode: LinkMode,
+    /// A connection id, unique within one gateway process, for correlating logs.
+    pub id: u64,
+    /// The backend name the request resolved to (the socket file's name).
+    pub name: String,
+    /// The request path as the client sent it, without the query.
+    pub path: String,
+    /// The query string without `?`, empty when there is none.
+    #[serde(default)]
+    pub query: String,
+    /// Subprotocols the client offered in `Sec-WebSocket-Protocol`, in order.
+    #[serde(default)]
+    pub protocols: Vec<String>,
+    /// The client's address as the gateway saw it (`ip:port`).
+    pub peer: String,
+    /// Selected request headers, names in lower case.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// The backend's ACCEPT answer. An empty ACCEPT payload means the default value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptReply {
+    /// One of the offered subprotocols, echoed to the client in `Sec-WebSocket-Protocol`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Extra response headers for the `101` response.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// The backend's REJECT answer: the HTTP status and one-line reason the client gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectReply {
+    /// An HTTP status code from 400 to 599.
+    pub status: u16,
+    /// A one-line reason for the response body.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl OpenMeta {
+    /// Parses an OPEN payload.
+    pub fn from_payload(payload: &[u8]) -> Result<OpenMeta, LinkError> {
+        serde_json::from_slice(payload).map_err(|source| LinkError::BadJson {
+            kind: "OPEN",
+            source,
+        })
+    }
+
+    /// Serialises this metadata as an OPEN payload.
+    pub fn to_payload(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("OpenMeta always serialises"))
+    }
+}
+
+impl AcceptReply {
+    /// Parses an ACCEPT payload; an empty payload is the default reply.
+    pub fn from_payload(payload: &[u8]) -> Result<AcceptReply, LinkError> {
+        if payload.is_empty() {
+            return Ok(AcceptReply::default());
+        }
+        serde_json::from_slice(payload).map_err(|source| LinkError::BadJson {
+            kind: "ACCEPT",
+            source,
+        })
+    }
+
+    /// Serialises this reply; the default reply becomes an empty payload.
+    pub fn to_payload(&self) -> Bytes {
+        if *self == AcceptReply::default() {
+            return Bytes::new();
+        }
+        Bytes::from(serde_json::to_vec(self).expect("AcceptReply always serialises"))
+    }
+}
+
+impl RejectReply {
+    /// Parses a REJECT payload.
+    pub fn from_payload(payload: &[u8]) -> Result<RejectReply, LinkError> {
+        serde_json::from_slice(payload).map_err(|source| LinkError::BadJson {
+            kind: "REJECT",
+            source,
+        })
+    }
+
+    /// Serialises this reply.
+    pub fn to_payload(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("RejectReply always serialises"))
+    }
+}

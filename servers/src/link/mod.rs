@@ -1,0 +1,19 @@
+//! The link protocol between the gateway and a backend, shared by both sides.
+//!
+//! `record` owns the byte format (a type byte, a 32-bit length, a payload) and the
+//! codec that enforces the maximum record size; `meta` owns the JSON bodies of the
+//! OPEN, ACCEPT and REJECT records. Moving sockets between processes (direct mode)
+//! is not here yet. `docs/link-protocol.md` is the normative description.
+
+pub mod meta;
+pub mod record;
+
+pub use meta::{AcceptReply, LinkMode, OpenMeta, RejectReply};
+pub use record::{LinkError, Record, RecordCodec, RecordKind};
+
+/// The link protocol version this code speaks, carried in every OPEN record.
+pub const LINK_VERSION: u32 = 1;
+
+/// Default largest payload a reader accepts: the gateway's default maximum
+/// message size (16 MiB). Both sides make it configurable.
+pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;

@@ -1,0 +1,285 @@
+//! Records on the link: `[kind: u8][length: u32 big-endian][payload: length bytes]`.
+//!
+//! The codec never allocates more than the configured maximum for one record and
+//! rejects a longer length before reading its payload. What a payload means
+//! (JSON for OPEN/ACCEPT/REJECT, a close code for CLOSE) is decoded here too, so
+//! both sides share one definition; connecting and relaying are the callers' jobs.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Bytes before the payload: one kind byte and a 32-bit length.
+pub const HEADER_LEN: usize = 5;
+
+/// The kind byte of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// Gateway to backend, first record: JSON [`crate::link::OpenMeta`].
+    Open = 0x01,
+    /// Backend to gateway: the client may be upgraded; JSON [`crate::link::AcceptReply`] or empty.
+    Accept = 0x02,
+    /// Backend to gateway: refuse the client; JSON [`crate::link::RejectReply`].
+    Reject = 0x03,
+    /// Direct mode: the record that carries the client's socket (reserved, not implemented yet).
+    Handoff = 0x04,
+    /// One whole text message; the payload is UTF-8.
+    Text = 0x10,
+    /// One whole binary message.
+    Binary = 0x11,
+    /// A close: empty, or a 16-bit big-endian code followed by a UTF-8 reason.
+    Close = 0x12,
+}
+
+impl RecordKind {
+    fn from_byte(byte: u8) -> Option<RecordKind> {
+        Some(match byte {
+            0x01 => RecordKind::Open,
+            0x02 => RecordKind::Accept,
+            0x03 => RecordKind::Reject,
+            0x04 => RecordKind::Handoff,
+            0x10 => RecordKind::Text,
+            0x11 => RecordKind::Binary,
+            0x12 => RecordKind::Close,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded record. Payloads are shared `Bytes`, so relaying a message copies nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// JSON metadata of a new client (gateway to backend).
+    Open(Bytes),
+    /// JSON reply accepting the client; empty means "accept with defaults".
+    Accept(Bytes),
+    /// JSON reply refusing the client.
+    Reject(Bytes),
+    /// Direct-mode hand-over: the bytes the gateway read past the handshake.
+    Handoff(Bytes),
+    /// A text message; the codec has checked it is UTF-8.
+    Text(Bytes),
+    /// A binary message.
+    Binary(Bytes),
+    /// A close with an optional code and reason.
+    Close(Option<CloseInfo>),
+}
+
+/// The code and reason of a CLOSE record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// A WebSocket close code (RFC 6455 section 7.4).
+    pub code: u16,
+    /// A UTF-8 reason, at most 123 bytes so it fits a close frame.
+    pub reason: String,
+}
+
+/// Why a record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The peer announced a payload longer than this side accepts.
+    #[error("record of {len} bytes exceeds the limit of {max} bytes")]
+    TooLong {
+        /// The announced payload length.
+        len: u64,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The kind byte is not one this version knows.
+    #[error("unknown record kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// A TEXT record or a close reason is not UTF-8.
+    #[error("text record is not valid UTF-8")]
+    InvalidUtf8,
+    /// A CLOSE record of one byte, which cannot hold a code.
+    #[error("close record of 1 byte has no room for a code")]
+    BadClose,
+    /// The link ended in the middle of a record.
+    #[error("link closed in the middle of a record")]
+    Truncated,
+    /// The OPEN, ACCEPT or REJECT JSON did not parse.
+    #[error("malformed {kind} record: {source}")]
+    BadJson {
+        /// Which record.
+        kind: &'static str,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A record arrived where the protocol does not allow it.
+    #[error("unexpected {0} record")]
+    Unexpected(&'static str),
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Record {
+    /// The kind byte this record is written with.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::Open(_) => RecordKind::Open,
+            Record::Accept(_) => RecordKind::Accept,
+            Record::Reject(_) => RecordKind::Reject,
+            Record::Handoff(_) => RecordKind::Handoff,
+            Record::Text(_) => RecordKind::Text,
+            Record::Binary(_) => RecordKind::Binary,
+            Record::Close(_) => RecordKind::Close,
+        }
+    }
+
+    /// A short lower-case name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self.kind() {
+            RecordKind::Open => "OPEN",
+            RecordKind::Accept => "ACCEPT",
+            RecordKind::Reject => "REJECT",
+            RecordKind::Handoff => "HANDOFF",
+            RecordKind::Text => "TEXT",
+            RecordKind::Binary => "BINARY",
+            RecordKind::Close => "CLOSE",
+        }
+    }
+
+    fn payload_len(&self) -> usize {
+        match self {
+            Record::Open(b)
+            | Record::Accept(b)
+            | Record::Reject(b)
+            | Record::Handoff(b)
+            | Record::Text(b)
+            | Record::Binary(b) => b.len(),
+            Record::Close(None) => 0,
+            Record::Close(Some(info)) => 2 + info.reason.len(),
+        }
+    }
+}
+
+/// Encodes and decodes [`Record`]s, refusing payloads over `max_payload` bytes.
+#[derive(Debug, Clone)]
+pub struct RecordCodec {
+    max_payload: usize,
+}
+
+impl RecordCodec {
+    /// A codec whose reader refuses (and whose writer will not produce) payloads over `max_payload`.
+    pub fn new(max_payload: usize) -> RecordCodec {
+        RecordCodec { max_payload }
+    }
+
+    /// The largest payload this codec accepts.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+}
+
+impl Default for RecordCodec {
+    fn default() -> RecordCodec {
+        RecordCodec::new(super::DEFAULT_MAX_PAYLOAD)
+    }
+}
+
+impl Decoder for RecordCodec {
+    type Item = Record;
+    type Error = LinkError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Record>, LinkError> {
+        let Some(header) = src.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let kind_byte = header[0];
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let kind = RecordKind::from_byte(kind_byte).ok_or(LinkError::UnknownKind(kind_byte))?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|len| *len <= self.max_payload)
+            .ok_or(LinkError::TooLong {
+                len: u64::from(len),
+                max: self.max_payload,
+            })?;
+        let Some(total) = HEADER_LEN.checked_add(len) else {
+            return Err(LinkError::TooLong {
+                len: len as u64,
+                max: self.max_payload,
+            });
+        };
+        if src.len() < total {
+            // Reserve only what this record still needs, never more than the limit.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        let payload = src.split_to(len).freeze();
+        let record = match kind {
+            RecordKind::Open => Record::Open(payload),
+            RecordKind::Accept => Record::Accept(payload),
+            RecordKind::Reject => Record::Reject(payload),
+            RecordKind::Handoff => Record::Handoff(payload),
+            RecordKind::Text => {
+                std::str::from_utf8(&payload).map_err(|_| LinkError::InvalidUtf8)?;
+                Record::Text(payload)
+            }
+            RecordKind::Binary => Record::Binary(payload),
+            RecordKind::Close => Record::Close(decode_close(&payload)?),
+        };
+        Ok(Some(record))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Record>, LinkError> {
+        match self.decode(src)? {
+            Some(record) => Ok(Some(record)),
+            None if src.is_empty() => Ok(None),
+            None => Err(LinkError::Truncated),
+        }
+    }
+}
+
+fn decode_close(payload: &[u8]) -> Result<Option<CloseInfo>, LinkError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(LinkError::BadClose),
+        [hi, lo, reason @ ..] => {
+            let reason = std::str::from_utf8(reason).map_err(|_| LinkError::InvalidUtf8)?;
+            Ok(Some(CloseInfo {
+                code: u16::from_be_bytes([*hi, *lo]),
+                reason: reason.to_owned(),
+            }))
+        }
+    }
+}
+
+impl Encoder<Record> for RecordCodec {
+    type Error = LinkError;
+
+    fn encode(&mut self, record: Record, dst: &mut BytesMut) -> Result<(), LinkError> {
+        let len = record.payload_len();
+        let too_long = LinkError::TooLong {
+            len: len as u64,
+            max: self.max_payload,
+        };
+        if len > self.max_payload {
+            return Err(too_long);
+        }
+        let len32 = u32::try_from(len).map_err(|_| too_long)?;
+        dst.reserve(HEADER_LEN + len);
+        dst.put_u8(record.kind() as u8);
+        dst.put_u32(len32);
+        match record {
+            Record::Open(b)
+            | Record::Accept(b)
+            | Record::Reject(b)
+            | Record::Handoff(b)
+            | Record::Text(b)
+            | Record::Binary(b) => dst.extend_from_slice(&b),
+            Record::Close(None) => {}
+            Record::Close(Some(info)) => {
+                dst.put_u16(info.code);
+                dst.extend_from_slice(info.reason.as_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

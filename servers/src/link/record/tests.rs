@@ -1,0 +1,163 @@
+//! Table-driven tests of the record codec: round trips, truncation, limits.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::{CloseInfo, LinkError, Record, RecordCodec};
+
+fn encode(record: Record) -> BytesMut {
+    let mut buf = BytesMut::new();
+    RecordCodec::new(1024)
+        .encode(record, &mut buf)
+        .expect("test records fit the limit");
+    buf
+}
+
+fn check_round_trip(record: Record, expected_bytes: &[u8]) {
+    let mut buf = encode(record.clone());
+    assert_eq!(&buf[..], expected_bytes, "encoding of {record:?}");
+    let decoded = RecordCodec::new(1024).decode(&mut buf).expect("decodes");
+    assert_eq!(decoded, Some(record));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn records_round_trip_byte_for_byte() {
+    check_round_trip(Record::Text(Bytes::from_static(b"hi")), b"\x10\0\0\0\x02hi");
+    check_round_trip(
+        Record::Binary(Bytes::from_static(&[0, 255])),
+        b"\x11\0\0\0\x02\x00\xff",
+    );
+    check_round_trip(Record::Binary(Bytes::new()), b"\x11\0\0\0\0");
+    check_round_trip(Record::Accept(Bytes::new()), b"\x02\0\0\0\0");
+    check_round_trip(Record::Close(None), b"\x12\0\0\0\0");
+    check_round_trip(
+        Record::Close(Some(CloseInfo {
+            code: 1000,
+            reason: "bye".into(),
+        })),
+        b"\x12\0\0\0\x05\x03\xe8bye",
+    );
+    check_round_trip(Record::Open(Bytes::from_static(b"{}")), b"\x01\0\0\0\x02{}");
+    check_round_trip(
+        Record::Reject(Bytes::from_static(b"{}")),
+        b"\x03\0\0\0\x02{}",
+    );
+}
+
+#[test]
+fn partial_records_wait_for_more_bytes() {
+    let whole = encode(Record::Text(Bytes::from_static(b"hello")));
+    for cut in 0..whole.len() {
+        let mut codec = RecordCodec::new(1024);
+        let mut buf = BytesMut::from(&whole[..cut]);
+        assert_eq!(
+            codec.decode(&mut buf).expect("no error yet"),
+            None,
+            "cut at {cut}"
+        );
+        buf.extend_from_slice(&whole[cut..]);
+        assert_eq!(
+            codec.decode(&mut buf).expect("decodes"),
+            Some(Record::Text(Bytes::from_static(b"hello")))
+        );
+    }
+}
+
+#[test]
+fn truncated_record_at_eof_is_an_error() {
+    let whole = encode(Record::Binary(Bytes::from_static(b"abc")));
+    for cut in 1..whole.len() {
+        let mut buf = BytesMut::from(&whole[..cut]);
+        let result = RecordCodec::new(1024).decode_eof(&mut buf);
+        assert!(
+            matches!(result, Err(LinkError::Truncated)),
+            "cut at {cut}: {result:?}"
+        );
+    }
+    let mut empty = BytesMut::new();
+    assert!(matches!(
+        RecordCodec::new(1024).decode_eof(&mut empty),
+        Ok(None)
+    ));
+}
+
+#[test]
+fn oversize_length_is_refused_before_the_payload_arrives() {
+    let mut buf = BytesMut::new();
+    buf.put_u8(0x11);
+    buf.put_u32(1025);
+    let result = RecordCodec::new(1024).decode(&mut buf);
+    assert!(
+        matches!(
+            result,
+            Err(LinkError::TooLong {
+                len: 1025,
+                max: 1024
+            })
+        ),
+        "{result:?}"
+    );
+    assert!(
+        buf.capacity() < 1024,
+        "no buffer was reserved for the refused record"
+    );
+
+    let mut huge = BytesMut::new();
+    huge.put_u8(0x10);
+    huge.put_u32(u32::MAX);
+    assert!(matches!(
+        RecordCodec::new(1024).decode(&mut huge),
+        Err(LinkError::TooLong { .. })
+    ));
+}
+
+#[test]
+fn oversize_record_is_not_written() {
+    let mut buf = BytesMut::new();
+    let result = RecordCodec::new(4).encode(Record::Binary(Bytes::from_static(b"12345")), &mut buf);
+    assert!(matches!(result, Err(LinkError::TooLong { len: 5, max: 4 })));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn malformed_records_are_errors() {
+    let check = |bytes: &[u8], expected: fn(&LinkError) -> bool| {
+        let mut buf = BytesMut::from(bytes);
+        let result = RecordCodec::new(1024).decode(&mut buf);
+        match result {
+            Err(error) => assert!(expected(&error), "{bytes:?}: {error:?}"),
+            Ok(record) => panic!("{bytes:?} decoded as {record:?}"),
+        }
+    };
+    check(b"\x7f\0\0\0\0", |e| {
+        matches!(e, LinkError::UnknownKind(0x7f))
+    });
+    check(b"\x10\0\0\0\x02\xc3\x28", |e| {
+        matches!(e, LinkError::InvalidUtf8)
+    });
+    check(b"\x12\0\0\0\x01\x03", |e| matches!(e, LinkError::BadClose));
+    check(b"\x12\0\0\0\x03\x03\xe8\xff", |e| {
+        matches!(e, LinkError::InvalidUtf8)
+    });
+}
+
+#[test]
+fn several_records_in_one_buffer_decode_in_order() {
+    let mut buf = encode(Record::Text(Bytes::from_static(b"a")));
+    buf.extend_from_slice(&encode(Record::Binary(Bytes::from_static(b"b"))));
+    buf.extend_from_slice(&encode(Record::Close(None)));
+    let mut codec = RecordCodec::new(1024);
+    let mut records = Vec::new();
+    while let Some(record) = codec.decode(&mut buf).expect("decodes") {
+        records.push(record);
+    }
+    assert_eq!(
+        records,
+        vec![
+            Record::Text(Bytes::from_static(b"a")),
+            Record::Binary(Bytes::from_static(b"b")),
+            Record::Close(None)
+        ]
+    );
+}
