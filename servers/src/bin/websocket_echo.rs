@@ -1,0 +1,57 @@
+//! `websocket_echo`: sends every message back to its sender, text as text and binary as binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use servers::{CloseCode, CommonArgs, Message, ServeOptions, Session};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Echo server for wsgate: every message goes back to its sender.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    servers::init_tracing();
+    match servers::launch(
+        &args.common,
+        "websocket_echo",
+        ServeOptions::default(),
+        || Ok(echo),
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("websocket_echo: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn echo(mut session: Session, shutdown: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => {
+                if let Err(error) = session.close(CloseCode::Away, "server shutting down").await {
+                    debug!(%error, "cannot send close");
+                }
+                return;
+            }
+            message = session.next() => message,
+        };
+        match message {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                if let Err(error) = session.send(message).await {
+                    return warn!(%error, "cannot echo");
+                }
+            }
+            Some(Ok(_)) | None => return,
+            Some(Err(error)) => return warn!(%error, "link failed"),
+        }
+    }
+}

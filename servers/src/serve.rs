@@ -1,0 +1,214 @@
+//! The accept loop every backend shares: [`Listener`] takes links from the
+//! socket file, [`serve`] reads each OPEN, enforces the client limit and runs
+//! the server's handler for each session until shutdown.
+//!
+//! What a session does with its messages is the handler's business.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, field, info, info_span, warn};
+
+use crate::link::{AcceptReply, DEFAULT_MAX_PAYLOAD};
+use crate::session::{Connection, Session, SessionError};
+use crate::socket_file::SocketFile;
+
+/// A backend's listening socket, in tokio.
+#[derive(Debug)]
+pub struct Listener {
+    inner: UnixListener,
+    max_payload: usize,
+}
+
+impl Listener {
+    /// Takes the socket of `socket_file` into the current tokio runtime. The
+    /// file itself stays with `socket_file`, which removes it when dropped.
+    pub fn new(socket_file: &mut SocketFile) -> io::Result<Listener> {
+        let std_listener = socket_file
+            .take_listener()
+            .ok_or_else(|| io::Error::other("the socket file's listener was taken already"))?;
+        Ok(Listener {
+            inner: UnixListener::from_std(std_listener)?,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+        })
+    }
+
+    /// Sets the largest message this backend accepts from the gateway.
+    pub fn with_max_payload(mut self, max_payload: usize) -> Listener {
+        self.max_payload = max_payload;
+        self
+    }
+
+    /// Waits for the next link from the gateway. Running out of descriptors
+    /// is waited out rather than returned, so a burst of clients cannot stop the server.
+    pub async fn accept(&self) -> io::Result<Connection> {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, _)) => return Ok(Connection::new(stream, self.max_payload)),
+                Err(error) if is_transient(&error) => {
+                    warn!(%error, "accept failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            nix::libc::EMFILE
+                | nix::libc::ENFILE
+                | nix::libc::ENOBUFS
+                | nix::libc::ENOMEM
+                | nix::libc::ECONNABORTED
+        )
+    )
+}
+
+/// How [`serve`] treats clients.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Clients served at once; the next one is accepted and closed with 1013.
+    pub max_clients: usize,
+    /// How long a new link may take to send OPEN.
+    pub open_timeout: Duration,
+    /// Subprotocols this server speaks, by preference: the first one the
+    /// client offers is chosen in ACCEPT. Empty: choose none.
+    pub subprotocols: Vec<String>,
+    /// How long sessions get to finish after shutdown was asked for.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions {
+            max_clients: 50,
+            open_timeout: Duration::from_secs(10),
+            subprotocols: Vec::new(),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves clients until `shutdown` is cancelled, running `handler` once per
+/// session. The handler gets a token cancelled at shutdown, and should then
+/// close its session with 1001.
+///
+/// Returns when every handler has finished or `shutdown_timeout` has passed.
+pub async fn serve<H, F>(
+    listener: Listener,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+    handler: H,
+) -> io::Result<()>
+where
+    H: Fn(Session, CancellationToken) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(options.max_clients));
+    let options = Arc::new(options);
+    let result = loop {
+        let connection = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(error) => break Err(error),
+            },
+        };
+        let span = info_span!("session", id = field::Empty, peer = field::Empty);
+        tracker.spawn(
+            run_connection(
+                connection,
+                options.clone(),
+                slots.clone(),
+                shutdown.child_token(),
+                handler.clone(),
+            )
+            .instrument(span),
+        );
+    };
+    info!(
+        n_sessions = tracker.len(),
+        "stopped accepting; waiting for sessions"
+    );
+    tracker.close();
+    if tokio::time::timeout(options.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            n_sessions = tracker.len(),
+            "sessions still running at the shutdown deadline"
+        );
+    }
+    result
+}
+
+async fn run_connection<H, F>(
+    connection: Connection,
+    options: Arc<ServeOptions>,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Session, CancellationToken) -> F,
+    F: Future<Output = ()>,
+{
+    let incoming = match tokio::time::timeout(options.open_timeout, connection.open()).await {
+        Err(_) => {
+            return warn!(
+                "no OPEN within {:?}; dropping the link",
+                options.open_timeout
+            );
+        }
+        Ok(Err(SessionError::ClosedBeforeOpen)) => return debug!("link closed before OPEN"),
+        Ok(Err(error)) => return warn!(%error, "cannot open session"),
+        Ok(Ok(incoming)) => incoming,
+    };
+    let span = tracing::Span::current();
+    span.record("id", incoming.meta().id);
+    span.record("peer", incoming.meta().peer.as_str());
+    let protocol = options
+        .subprotocols
+        .iter()
+        .find(|ours| incoming.meta().protocols.contains(ours))
+        .cloned();
+    let reply = AcceptReply {
+        protocol,
+        ..AcceptReply::default()
+    };
+    let permit = slots.try_acquire_owned();
+    let mut session = match incoming.accept(reply).await {
+        Ok(session) => session,
+        Err(error) => return warn!(%error, "cannot accept session"),
+    };
+    let Ok(_permit) = permit else {
+        warn!(
+            max_clients = options.max_clients,
+            "client limit reached; closing with 1013"
+        );
+        if let Err(error) = session
+            .close(CloseCode::Again, "too many clients, try again later")
+            .await
+        {
+            debug!(%error, "cannot send close");
+        }
+        return;
+    };
+    info!(name = %session.meta().name, "session opened");
+    handler(session, shutdown).await;
+    info!("session ended");
+}
