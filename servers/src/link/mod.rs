@@ -3,8 +3,9 @@
 //! `record` owns the byte format (a type byte, a 32-bit length, a payload) and the
 //! codec that enforces the maximum record size; `meta` owns the JSON bodies of the
 //! OPEN, ACCEPT and REJECT records. Moving sockets between processes (direct mode)
-//! is not here yet. `docs/link-protocol.md` is the normative description.
+//! is `fd_pass`, used by direct mode. `docs/link-protocol.md` is the normative description.
 
+pub mod fd_pass;
 pub mod meta;
 pub mod record;
 
