@@ -1,1 +1,49 @@
-//! placeholder
+//! End-to-end harness: runs the real `wsgate` and backend binaries on temporary
+//! docroots and ephemeral ports, and talks to them as clients do.
+//!
+//! - [`binaries`]: finds the built binaries in the target directory (or `WSGATE_BIN_DIR`).
+//! - [`child`]: the process guard both kinds of process share (stderr to a file, kill and reap on drop).
+//! - [`backend`]: [`Backend`], a backend process that is ready once its socket accepts.
+//! - [`gateway`]: [`Gateway`], the `wsgate` process, ready once it printed `listening on`.
+//! - [`client`]: [`Client`], a WebSocket client whose every read has a deadline.
+//! - [`http`]: raw HTTP/1.1 requests with exact control over headers, for refusals.
+//! - [`fake_backend`]: [`FakeBackend`], an in-process framed backend that records its links.
+//! - [`wait`]: waiting on a fact under a deadline, the only way these tests wait.
+//!
+//! Every wait has a deadline that is only an upper bound: nothing here sleeps
+//! for a fixed time and hopes. Each child's stderr goes to a file that is printed
+//! when its guard is dropped, so the log of a failing test shows in its output
+//! (libtest captures it for passing tests).
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod binaries;
+pub mod child;
+pub mod client;
+pub mod fake_backend;
+pub mod gateway;
+pub mod http;
+pub mod wait;
+
+use std::time::Duration;
+
+pub use backend::Backend;
+pub use binaries::bin_path;
+pub use client::Client;
+pub use fake_backend::{FakeBackend, FakeBehaviour, LinkEvent};
+pub use gateway::Gateway;
+pub use http::{HandshakeRequest, HttpResponse};
+pub use servers::link::{AcceptReply, OpenMeta, Record, RejectReply};
+pub use tokio_tungstenite::tungstenite::Message;
+pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Upper bound for a process to become ready (socket accepts, address printed).
+/// Generous because the machine may be busy compiling.
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Upper bound for one expected event: a message, a close, a status line.
+pub const EVENT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Upper bound for a process to exit after it was asked to.
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(10);

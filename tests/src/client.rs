@@ -1,0 +1,215 @@
+//! A WebSocket client (tokio-tungstenite over a plain `TcpStream`) whose every
+//! read and write has a deadline, with helpers for the closes tests expect.
+//!
+//! Raw frames (fragments, invalid UTF-8) go through [`Client::send_frame`];
+//! tungstenite masks them as a client must. Dropping the client without a
+//! close handshake is the "client vanished" case.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::{CloseCode, EVENT_DEADLINE, wait};
+
+/// A connected WebSocket client.
+#[derive(Debug)]
+pub struct Client {
+    ws: WebSocketStream<TcpStream>,
+    response: Response,
+    label: String,
+}
+
+impl Client {
+    /// Connects to `ws://<addr><path>` with extra request `headers`. A refused
+    /// handshake is an error that quotes the HTTP status and body.
+    pub async fn connect(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Client> {
+        let url = format!("ws://{addr}{path}");
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .with_context(|| format!("building a request for {url}"))?;
+        for (name, value) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName = name.parse()?;
+            request
+                .headers_mut()
+                .insert(name, HeaderValue::from_str(value)?);
+        }
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        // Larger than any message a test sends, so the client never refuses an echo.
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
+        let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
+        let (ws, response) = match wait::within(
+            &format!("the handshake of {url}"),
+            EVENT_DEADLINE,
+            handshake,
+        )
+        .await?
+        {
+            Ok(connected) => connected,
+            Err(WsError::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+                    .into_owned();
+                bail!(
+                    "handshake of {url} refused: {} {body:?}",
+                    response.status().as_u16()
+                );
+            }
+            Err(error) => return Err(error).with_context(|| format!("handshake of {url}")),
+        };
+        Ok(Client {
+            ws,
+            response,
+            label: url,
+        })
+    }
+
+    /// The `101` response of the handshake.
+    pub fn response(&self) -> &Response {
+        &self.response
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, message: Message) -> anyhow::Result<()> {
+        let what = format!("sending on {}", self.label);
+        wait::within(&what, EVENT_DEADLINE, self.ws.send(message))
+            .await?
+            .with_context(|| what.clone())
+    }
+
+    /// Sends one raw data frame (masked by tungstenite): `opcode` is `Text`,
+    /// `Binary` or `Continue`, `is_final` its FIN bit. Nothing checks the payload.
+    pub async fn send_frame(
+        &mut self,
+        opcode: Data,
+        payload: impl Into<Bytes>,
+        is_final: bool,
+    ) -> anyhow::Result<()> {
+        let frame = Frame::message(payload.into(), OpCode::Data(opcode), is_final);
+        self.send(Message::Frame(frame)).await
+    }
+
+    /// The next message of any kind, pings and pongs included; an error if
+    /// none arrives within [`EVENT_DEADLINE`] or the connection ends.
+    pub async fn recv_any(&mut self) -> anyhow::Result<Message> {
+        let what = format!("a message on {}", self.label);
+        match wait::within(&what, EVENT_DEADLINE, self.ws.next()).await? {
+            Some(Ok(message)) => Ok(message),
+            Some(Err(error)) => Err(error).with_context(|| format!("reading from {}", self.label)),
+            None => bail!("{} ended without a close frame", self.label),
+        }
+    }
+
+    /// The next text, binary or close message (pings and pongs are skipped;
+    /// tungstenite answers pings by itself).
+    pub async fn recv(&mut self) -> anyhow::Result<Message> {
+        loop {
+            match self.recv_any().await? {
+                Message::Ping(_) | Message::Pong(_) => continue,
+                message => return Ok(message),
+            }
+        }
+    }
+
+    /// Sends `message` and returns the next data message, for echo round trips.
+    pub async fn round_trip(&mut self, message: Message) -> anyhow::Result<Message> {
+        self.send(message).await?;
+        self.recv().await
+    }
+
+    /// Reads until the close frame and returns it; a data message first, or an
+    /// end without a close frame, is an error.
+    pub async fn expect_close(&mut self) -> anyhow::Result<Option<CloseFrame>> {
+        match self.recv().await? {
+            Message::Close(frame) => Ok(frame),
+            other => bail!(
+                "expected a close on {}, got {}",
+                self.label,
+                describe(&other)
+            ),
+        }
+    }
+
+    /// Reads until the close frame and checks its code.
+    pub async fn expect_close_code(&mut self, code: CloseCode) -> anyhow::Result<()> {
+        match self.expect_close().await? {
+            Some(frame) if frame.code == code => Ok(()),
+            Some(frame) => bail!(
+                "{} closed with {} {:?}, expected {code}",
+                self.label,
+                frame.code,
+                frame.reason.as_str()
+            ),
+            None => bail!("{} closed without a code, expected {code}", self.label),
+        }
+    }
+
+    /// Starts the close handshake with `code` and returns the peer's close
+    /// frame once the connection has ended; an end without one is an error.
+    pub async fn close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+    ) -> anyhow::Result<Option<CloseFrame>> {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let what = format!("closing {}", self.label);
+        wait::within(&what, EVENT_DEADLINE, self.ws.close(Some(frame)))
+            .await?
+            .with_context(|| what.clone())?;
+        let mut reply = None;
+        loop {
+            match wait::within(&what, EVENT_DEADLINE, self.ws.next()).await? {
+                Some(Ok(Message::Close(frame))) => reply = Some(frame),
+                Some(Ok(_)) => continue,
+                None | Some(Err(WsError::ConnectionClosed)) => break,
+                Some(Err(error)) => return Err(error).with_context(|| what.clone()),
+            }
+        }
+        reply.with_context(|| format!("{} ended without answering the close", self.label))
+    }
+
+    /// The TCP stream under the WebSocket, e.g. to reset it.
+    pub fn tcp(&self) -> &TcpStream {
+        self.ws.get_ref()
+    }
+
+    /// Gives up the WebSocket for its TCP stream, without any close.
+    pub fn into_tcp(self) -> TcpStream {
+        self.ws.into_inner()
+    }
+}
+
+/// A short description of `message` for error messages (large payloads elided).
+pub fn describe(message: &Message) -> String {
+    match message {
+        Message::Text(text) if text.len() > 64 => format!("Text({} bytes)", text.len()),
+        Message::Binary(data) if data.len() > 64 => format!("Binary({} bytes)", data.len()),
+        other => format!("{other:?}"),
+    }
+}

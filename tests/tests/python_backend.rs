@@ -1,0 +1,85 @@
+//! The Python example backend (`docs/examples/echo_backend.py`) run with
+//! `python3` behind the real gateway: proof that the link protocol is small
+//! enough for a page of another language.
+
+use std::process::Command;
+
+use futures_util::future::try_join_all;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
+use wsgate_tests::binaries::repo_root;
+use wsgate_tests::client::describe;
+use wsgate_tests::{Backend, CloseCode, EXIT_DEADLINE, Gateway, Message};
+
+/// Starts the example on `<docroot>/pyecho`. python3 is required: a machine
+/// without it fails here, as CI installs it.
+async fn start_python_echo(docroot: &std::path::Path) -> anyhow::Result<Backend> {
+    let script = repo_root().join("docs/examples/echo_backend.py");
+    anyhow::ensure!(script.is_file(), "{} is missing", script.display());
+    let socket_path = docroot.join("pyecho");
+    let mut command = Command::new("python3");
+    command.arg(&script).arg(&socket_path);
+    Backend::start_command("echo_backend.py", command, &socket_path).await
+}
+
+#[tokio::test]
+async fn python_example_backend_echoes_through_the_gateway() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let _python = start_python_echo(docroot.path()).await?;
+    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let mut client = gateway.connect("/pyecho").await?;
+    let messages = [
+        Message::text("hello from rust"),
+        Message::text("ünïcødé ✓"),
+        Message::binary(vec![0u8, 1, 2, 253, 254, 255]),
+        Message::text(""),
+        Message::binary(Vec::new()),
+        Message::binary(
+            (0..1 << 20)
+                .map(|i: u32| (i % 253) as u8)
+                .collect::<Vec<u8>>(),
+        ),
+    ];
+    for message in messages {
+        let echoed = client.round_trip(message.clone()).await?;
+        assert!(
+            echoed == message,
+            "sent {}, got {}",
+            describe(&message),
+            describe(&echoed)
+        );
+    }
+    client.send_frame(Data::Text, "py", false).await?;
+    client.send_frame(Data::Continue, "thon", true).await?;
+    assert_eq!(client.recv().await?, Message::text("python"));
+    let reply = client.close(CloseCode::Normal, "bye").await?;
+    assert_eq!(reply.map(|frame| frame.code), Some(CloseCode::Normal));
+    Ok(())
+}
+
+#[tokio::test]
+async fn python_example_backend_serves_clients_concurrently_and_stops_on_sigterm()
+-> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let mut python = start_python_echo(docroot.path()).await?;
+    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let clients = try_join_all((0..10).map(|_| gateway.connect("/pyecho"))).await?;
+    try_join_all(
+        clients
+            .into_iter()
+            .enumerate()
+            .map(|(client_idx, mut client)| async move {
+                let message = Message::text(format!("client {client_idx}"));
+                let echoed = client.round_trip(message.clone()).await?;
+                anyhow::ensure!(echoed == message, "client {client_idx} got {echoed:?}");
+                anyhow::Ok(())
+            }),
+    )
+    .await?;
+    python.sigterm()?;
+    python.wait_exit(EXIT_DEADLINE).await?;
+    assert!(
+        !python.socket_path().exists(),
+        "the example removes its socket file on SIGTERM"
+    );
+    Ok(())
+}

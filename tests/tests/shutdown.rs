@@ -1,0 +1,67 @@
+//! Graceful shutdown of the gateway: on SIGTERM or SIGINT every client gets
+//! close 1001, every backend link is closed, and the process exits 0 within a
+//! bounded time, leaving the backends running.
+
+use nix::sys::signal::Signal;
+use wsgate_tests::{
+    AcceptReply, Backend, CloseCode, EXIT_DEADLINE, FakeBackend, FakeBehaviour, Gateway, LinkEvent,
+    Message, Record,
+};
+
+#[tokio::test]
+async fn stop_signal_closes_every_client_with_1001_and_exits_zero() -> anyhow::Result<()> {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let docroot = tempfile::tempdir()?;
+        let mut echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+        let mut recorder = FakeBackend::start(
+            &docroot.path().join("recorder"),
+            FakeBehaviour::Echo(AcceptReply::default()),
+        )?;
+        let mut gateway = Gateway::start(docroot.path(), &[]).await?;
+        let mut clients = vec![
+            gateway.connect("/echo").await?,
+            gateway.connect("/echo").await?,
+            gateway.connect("/recorder").await?,
+        ];
+        for (client_idx, client) in clients.iter_mut().enumerate() {
+            let message = Message::text(format!("client {client_idx}"));
+            assert_eq!(client.round_trip(message.clone()).await?, message);
+        }
+
+        gateway.signal(signal)?;
+
+        for client in &mut clients {
+            client
+                .expect_close_code(CloseCode::Away)
+                .await
+                .map_err(|error| error.context(signal))?;
+        }
+        let status = gateway.wait_exit(EXIT_DEADLINE).await?;
+        assert_eq!(status.code(), Some(0), "{signal}: exit status {status}");
+        // The recorder's link was closed, possibly after a CLOSE record.
+        recorder.expect_open().await?;
+        loop {
+            match recorder.next_record_or_end().await? {
+                LinkEvent::Received {
+                    record: Record::Text(_) | Record::Close(_),
+                    ..
+                } => continue,
+                LinkEvent::Closed { .. } => break,
+                other => panic!("{signal}: expected the link to close, got {other:?}"),
+            }
+        }
+        // Backends are separate processes and outlive the gateway.
+        echo.check_running()?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_gateway_exits_zero_on_sigterm() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let mut gateway = Gateway::start(docroot.path(), &[]).await?;
+    gateway.sigterm()?;
+    let status = gateway.wait_exit(EXIT_DEADLINE).await?;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    Ok(())
+}
