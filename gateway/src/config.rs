@@ -1,0 +1,523 @@
+//! The gateway's settings: the command line ([`Args`], clap derive), the same
+//! settings as a TOML file (`--config FILE`), and the validated [`Config`].
+//!
+//! A flag given on the command line overrides the file's value; a list flag
+//! given once or more replaces the file's whole list. Validation (globs, origins,
+//! limits) happens here, so a bad setting stops the gateway at start-up with a
+//! message that names it. Using the settings is everyone else's job.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::access::{GlobError, NamePolicy, OriginError, OriginPolicy};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+    8080,
+);
+/// Default directory of the backends' UNIX sockets.
+pub const DEFAULT_DOCROOT: &str = "/var/run/websocket";
+/// Default largest WebSocket message (and link record payload): 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = servers::link::DEFAULT_MAX_PAYLOAD;
+/// Default largest number of WebSocket clients at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default seconds between pings to a client.
+pub const DEFAULT_PING_INTERVAL: u64 = 30;
+/// Default seconds of silence after which a client is closed.
+pub const DEFAULT_IDLE_TIMEOUT: u64 = 120;
+/// Default seconds a backend has to answer OPEN.
+pub const DEFAULT_ACCEPT_TIMEOUT: u64 = 5;
+/// Default seconds that graceful shutdown (and each close handshake) may take.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 5;
+
+/// The largest `--max-message-size`: a link record length is 32 bits.
+const MAX_MESSAGE_SIZE_LIMIT: usize = u32::MAX as usize;
+
+/// The `wsgate` command line. Every flag except `--config` has a key of the same
+/// name in snake_case in the TOML file; flags override the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Parser)]
+#[command(
+    name = "wsgate",
+    version,
+    about = "WebSocket gateway: serves HTTP and static files, and relays each WebSocket client to the backend listening on <docroot>/<name>",
+    after_help = "Every flag but --config can also be set in the TOML file given with --config, \
+                  under the flag's name in snake_case (e.g. max_message_size = 1048576, \
+                  listen = [\"127.0.0.1:8080\"]). Flags override the file; a repeatable flag given \
+                  on the command line replaces the file's list. Relative paths in the file are \
+                  relative to the file's directory. See docs/configuration.md for a full example."
+)]
+pub struct Args {
+    /// Read settings from this TOML file first; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on, `ip:port`; repeat for several. Port 0 picks a free
+    /// port; each listener prints `listening on http://<addr>` on stdout once it
+    /// accepts. [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Directory of the backends' UNIX sockets: `ws://host/<name>` is relayed to
+    /// `<docroot>/<name>`. [default: /var/run/websocket]
+    #[arg(short = 'R', long, value_name = "DIR")]
+    pub docroot: Option<PathBuf>,
+
+    /// Directory of static files for plain HTTP requests (`/` serves index.html).
+    /// Without it, every plain request that is not a socket name gets 404.
+    #[arg(long, value_name = "DIR")]
+    pub htdocs: Option<PathBuf>,
+
+    /// Glob of names that may be reached (repeatable; `*` also matches `/`).
+    /// A name must match an allow glob and no deny glob, else 403. [default: *]
+    #[arg(long, value_name = "GLOB")]
+    pub allow: Vec<String>,
+
+    /// Glob of names that may never be reached (repeatable). [default: none]
+    #[arg(long, value_name = "GLOB")]
+    pub deny: Vec<String>,
+
+    /// Glob of names relayed in raw mode, for backends written for ouistiti:
+    /// no OPEN record, bare payload bytes both ways (repeatable). [default: none]
+    #[arg(long, value_name = "GLOB")]
+    pub raw: Vec<String>,
+
+    /// In raw mode, end each client message sent to the backend with a NUL byte.
+    #[arg(long)]
+    pub raw_nul: bool,
+
+    /// Largest WebSocket message, and largest link record payload, in bytes;
+    /// a client sending more is closed with 1009. [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+
+    /// Largest number of WebSocket clients at once; the next upgrade gets 503.
+    /// [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Origin allowed to upgrade, `scheme://host[:port]` (repeatable); `*` allows
+    /// any. Without this flag an Origin must name the same host[:port] as the
+    /// Host header. Requests without Origin (non-browser clients) are always
+    /// accepted. [default: same host]
+    #[arg(long, value_name = "ORIGIN")]
+    pub origin: Vec<String>,
+
+    /// Seconds between pings sent to each client; 0 disables pings. [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub ping_interval: Option<u64>,
+
+    /// Seconds without any frame from a client (pongs count) before it is closed
+    /// with 1001 "idle timeout"; 0 disables. Must exceed --ping-interval. [default: 120]
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+
+    /// Seconds a backend has to answer OPEN with ACCEPT or REJECT (and to accept
+    /// the connection) before the client gets 504. [default: 5]
+    #[arg(long, value_name = "SECS")]
+    pub accept_timeout: Option<u64>,
+
+    /// Seconds to wait on shutdown for clients to finish their close handshakes;
+    /// also bounds each close handshake. [default: 5]
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// The TOML file: the same keys as the flags, all optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<String>>,
+    docroot: Option<PathBuf>,
+    htdocs: Option<PathBuf>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    raw: Option<Vec<String>>,
+    raw_nul: Option<bool>,
+    max_message_size: Option<usize>,
+    max_connections: Option<usize>,
+    origin: Option<Vec<String>>,
+    ping_interval: Option<u64>,
+    idle_timeout: Option<u64>,
+    accept_timeout: Option<u64>,
+    shutdown_timeout: Option<u64>,
+}
+
+impl FileConfig {
+    fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        let mut file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        // Relative paths in the file are relative to the file, not to wherever wsgate runs.
+        let base = path.parent().unwrap_or(Path::new(""));
+        for dir in [&mut file.docroot, &mut file.htdocs].into_iter().flatten() {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        Ok(file)
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file cannot be read.
+    #[error("cannot read configuration file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML or has an unknown key or a wrong type.
+    #[error("invalid configuration file {}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint, with line and column.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A `listen` address in the file is not `ip:port`.
+    #[error("invalid listen address {0:?}: expected ip:port")]
+    Listen(String),
+    /// An allow, deny or raw glob does not compile.
+    #[error(transparent)]
+    Glob(#[from] GlobError),
+    /// An `origin` is malformed.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// A number is out of its range.
+    #[error("{setting} must be {expected}, got {value}")]
+    OutOfRange {
+        /// The setting's flag name.
+        setting: &'static str,
+        /// The allowed range, in words.
+        expected: String,
+        /// The configured value.
+        value: u64,
+    },
+    /// `idle_timeout` would cut off clients that only answer pings.
+    #[error(
+        "idle-timeout ({idle}s) must be longer than ping-interval ({ping}s), or one of them 0"
+    )]
+    IdleBeforePing {
+        /// The idle timeout in seconds.
+        idle: u64,
+        /// The ping interval in seconds.
+        ping: u64,
+    },
+}
+
+/// The validated settings [`crate::serve`] runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses to listen on (the binary binds them; `serve` takes the listeners).
+    pub listen: Vec<SocketAddr>,
+    /// Directory of the backends' UNIX sockets.
+    pub docroot: PathBuf,
+    /// Directory of static files; `None` answers plain requests with 404.
+    pub htdocs: Option<PathBuf>,
+    /// The allow, deny and raw globs on names.
+    pub names: NamePolicy,
+    /// Raw mode: end each client message with a NUL byte towards the backend.
+    pub raw_nul: bool,
+    /// Largest WebSocket message and link record payload, in bytes.
+    pub max_message_size: usize,
+    /// Largest number of WebSocket clients at once.
+    pub max_connections: usize,
+    /// Which `Origin` headers may upgrade.
+    pub origins: OriginPolicy,
+    /// Time between pings to a client; `None` sends none.
+    pub ping_interval: Option<Duration>,
+    /// Silence after which a client is closed; `None` never closes an idle client.
+    pub idle_timeout: Option<Duration>,
+    /// Time a backend has to accept the connection and answer OPEN.
+    pub accept_timeout: Duration,
+    /// Time graceful shutdown, and each close handshake, may take.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    /// The configuration of `wsgate` without flags.
+    fn default() -> Config {
+        Config::from_file_and_args(FileConfig::default(), Args::default())
+            .expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// Builds the configuration from the command line, reading `--config` first if given.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                FileConfig::parse(&text, path)?
+            }
+            None => FileConfig::default(),
+        };
+        Config::from_file_and_args(file, args)
+    }
+
+    /// Builds the configuration from the text of a TOML file (as if read from
+    /// `path`, which anchors relative paths) and the flags that override it.
+    pub fn from_toml(text: &str, path: &Path, args: Args) -> Result<Config, ConfigError> {
+        Config::from_file_and_args(FileConfig::parse(text, path)?, args)
+    }
+
+    fn from_file_and_args(file: FileConfig, args: Args) -> Result<Config, ConfigError> {
+        let listen = match (args.listen, file.listen) {
+            (flags, _) if !flags.is_empty() => flags,
+            (_, Some(addrs)) => addrs
+                .iter()
+                .map(|addr| {
+                    addr.parse()
+                        .map_err(|_| ConfigError::Listen(addr.clone()))
+                })
+                .collect::<Result<_, _>>()?,
+            (_, None) => vec![DEFAULT_LISTEN],
+        };
+        let list = |flags: Vec<String>, from_file: Option<Vec<String>>, default: &[&str]| {
+            if !flags.is_empty() {
+                flags
+            } else {
+                from_file.unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
+            }
+        };
+        let allow = list(args.allow, file.allow, &["*"]);
+        let deny = list(args.deny, file.deny, &[]);
+        let raw = list(args.raw, file.raw, &[]);
+        let origin = list(args.origin, file.origin, &[]);
+
+        let max_message_size = args
+            .max_message_size
+            .or(file.max_message_size)
+            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+        check_range(
+            "max-message-size",
+            max_message_size as u64,
+            1,
+            MAX_MESSAGE_SIZE_LIMIT as u64,
+        )?;
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        check_range(
+            "max-connections",
+            max_connections as u64,
+            1,
+            tokio::sync::Semaphore::MAX_PERMITS as u64,
+        )?;
+        let ping = args
+            .ping_interval
+            .or(file.ping_interval)
+            .unwrap_or(DEFAULT_PING_INTERVAL);
+        let idle = args
+            .idle_timeout
+            .or(file.idle_timeout)
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        if ping != 0 && idle != 0 && idle <= ping {
+            return Err(ConfigError::IdleBeforePing { idle, ping });
+        }
+        let accept = args
+            .accept_timeout
+            .or(file.accept_timeout)
+            .unwrap_or(DEFAULT_ACCEPT_TIMEOUT);
+        check_range("accept-timeout", accept, 1, u64::from(u32::MAX))?;
+        let shutdown = args
+            .shutdown_timeout
+            .or(file.shutdown_timeout)
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+        for (setting, value) in [
+            ("ping-interval", ping),
+            ("idle-timeout", idle),
+            ("shutdown-timeout", shutdown),
+        ] {
+            check_range(setting, value, 0, u64::from(u32::MAX))?;
+        }
+
+        let seconds = |secs: u64| (secs != 0).then(|| Duration::from_secs(secs));
+        Ok(Config {
+            listen,
+            docroot: args
+                .docroot
+                .or(file.docroot)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCROOT)),
+            htdocs: args.htdocs.or(file.htdocs),
+            names: NamePolicy::new(&allow, &deny, &raw)?,
+            raw_nul: args.raw_nul || file.raw_nul.unwrap_or(false),
+            max_message_size,
+            max_connections,
+            origins: OriginPolicy::from_list(&origin)?,
+            ping_interval: seconds(ping),
+            idle_timeout: seconds(idle),
+            accept_timeout: Duration::from_secs(accept),
+            shutdown_timeout: Duration::from_secs(shutdown),
+        })
+    }
+}
+
+fn check_range(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            setting,
+            expected: format!("between {min} and {max}"),
+            value,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The example file of docs/configuration.md, which sets every key.
+    fn documented_example() -> String {
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc
+            .find("```toml\n")
+            .expect("docs/configuration.md has a ```toml block");
+        let rest = &doc[start + "```toml\n".len()..];
+        let end = rest.find("```").expect("the toml block is closed");
+        rest[..end].to_owned()
+    }
+
+    fn parse_args(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("wsgate").chain(args.iter().copied()))
+            .expect("test flags parse")
+    }
+
+    #[test]
+    fn documented_example_file_equals_the_same_flags() {
+        let from_file = Config::from_toml(
+            &documented_example(),
+            Path::new("/etc/wsgate/wsgate.toml"),
+            Args::default(),
+        )
+        .expect("the documented example is valid");
+        let from_flags = Config::from_args(parse_args(&[
+            "--listen",
+            "127.0.0.1:8080",
+            "--listen",
+            "[::1]:8080",
+            "-R",
+            "/var/run/websocket",
+            "--htdocs",
+            "/srv/www",
+            "--allow",
+            "*",
+            "--deny",
+            "private*",
+            "--deny",
+            "admin/*",
+            "--raw",
+            "legacy-*",
+            "--raw-nul",
+            "--max-message-size",
+            "1048576",
+            "--max-connections",
+            "5000",
+            "--origin",
+            "https://example.com",
+            "--origin",
+            "http://localhost:8080",
+            "--ping-interval",
+            "20",
+            "--idle-timeout",
+            "60",
+            "--accept-timeout",
+            "3",
+            "--shutdown-timeout",
+            "10",
+        ]))
+        .expect("the flags are valid");
+        assert_eq!(from_file, from_flags);
+    }
+
+    #[test]
+    fn defaults_apply_without_flags_or_file() {
+        let config = Config::from_args(parse_args(&[])).expect("defaults are valid");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen, [DEFAULT_LISTEN]);
+        assert_eq!(config.docroot, Path::new(DEFAULT_DOCROOT));
+        assert_eq!(config.htdocs, None);
+        assert!(config.names.is_allowed("anything/at/all"));
+        assert!(!config.names.is_raw("anything"));
+        assert_eq!(config.max_message_size, 16 * 1024 * 1024);
+        assert_eq!(config.origins, OriginPolicy::SameHost);
+        assert_eq!(config.ping_interval, Some(Duration::from_secs(30)));
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(config.accept_timeout, Duration::from_secs(5));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_lists_are_replaced_whole() {
+        let text = r#"
+            listen = ["127.0.0.1:9000"]
+            docroot = "sockets"
+            allow = ["chat", "echo"]
+            deny = ["echo"]
+            ping_interval = 10
+            idle_timeout = 0
+        "#;
+        let args = parse_args(&["--allow", "rpc", "--ping-interval", "0", "--listen", "0.0.0.0:0"]);
+        let config = Config::from_toml(text, Path::new("/etc/wsgate/gate.toml"), args)
+            .expect("valid");
+        assert_eq!(config.listen, ["0.0.0.0:0".parse::<SocketAddr>().expect("addr")]);
+        assert_eq!(config.docroot, Path::new("/etc/wsgate/sockets"));
+        assert_eq!(config.names.allow_globs(), ["rpc"]);
+        assert_eq!(config.names.deny_globs(), ["echo"]);
+        assert_eq!(config.ping_interval, None);
+        assert_eq!(config.idle_timeout, None);
+    }
+
+    fn check_error(text: &str, args: &[&str], expected: &str) {
+        let error = Config::from_toml(text, Path::new("/w.toml"), parse_args(args))
+            .expect_err("the configuration is invalid");
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        assert!(
+            message.contains(expected),
+            "error {message:?} should contain {expected:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_with_a_message_naming_them() {
+        // (file, flags, expected part of the message)
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("", &["--deny", "a[b"], "\"a[b\""),
+            ("raw = ['x{']", &[], "\"x{\""),
+            ("listen = ['localhost']", &[], "\"localhost\""),
+            ("bogus_key = 1", &[], "bogus_key"),
+            ("max_message_size = 'big'", &[], "max_message_size"),
+            ("", &["--max-message-size", "0"], "max-message-size"),
+            ("", &["--max-connections", "0"], "max-connections"),
+            ("", &["--accept-timeout", "0"], "accept-timeout"),
+            ("", &["--ping-interval", "60", "--idle-timeout", "30"], "idle-timeout (30s)"),
+            ("", &["--origin", "example.com"], "\"example.com\""),
+        ];
+        for (text, args, expected) in cases {
+            check_error(text, args, expected);
+        }
+    }
+}
