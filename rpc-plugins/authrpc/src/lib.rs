@@ -1,0 +1,2 @@
+//! authrpc
+mod password;
