@@ -1,1 +1,62 @@
-fn main() {}
+//! `wsgate`: parses flags, sets up logging, binds the listeners and runs
+//! [`gateway::serve`] until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = gateway::Args::parse();
+    init_tracing();
+    let config = match gateway::Config::from_args(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("wsgate: {}", error_chain(&error));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("wsgate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wsgate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: gateway::Config) -> anyhow::Result<()> {
+    let listeners = gateway::server::bind_all(&config.listen).await?;
+    for listener in &listeners {
+        println!("listening on http://{}", listener.local_addr()?);
+    }
+    let shutdown = gateway::token_cancelled_on_signal()?;
+    gateway::serve(listeners, config, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}

@@ -1,0 +1,325 @@
+//! RFC 6455 section 4.2: recognising an upgrade request, validating it, and
+//! building the `101 Switching Protocols` response.
+//!
+//! Which backend the request reaches, and whether it may, is decided elsewhere
+//! (`route`, `access`, `backend`); this module only reads and writes headers.
+
+use std::collections::BTreeMap;
+
+use data_encoding::BASE64;
+use http::header::{
+    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, ORIGIN, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{Method, Request, Response, StatusCode, Version};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::refusal::Refusal;
+use crate::response::{self, Body};
+
+/// Request headers copied into the OPEN record for the backend.
+const FORWARDED_HEADERS: [HeaderName; 7] = [
+    HOST,
+    ORIGIN,
+    http::header::USER_AGENT,
+    http::header::COOKIE,
+    http::header::AUTHORIZATION,
+    http::header::ACCEPT_LANGUAGE,
+    HeaderName::from_static("x-forwarded-for"),
+];
+
+/// A validated upgrade request: what the rest of the gateway needs from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    /// `Sec-WebSocket-Key`, checked to be 16 bytes of base64.
+    pub key: String,
+    /// The offered subprotocols, in order, without duplicates.
+    pub protocols: Vec<String>,
+    /// The `Origin` header, if any.
+    pub origin: Option<String>,
+    /// The `Host` header.
+    pub host: String,
+    /// The headers the backend sees in OPEN, names in lower case.
+    pub forwarded_headers: BTreeMap<String, String>,
+}
+
+/// True when the request asks to switch to WebSocket (`Upgrade: websocket`).
+///
+/// Such a request is then validated in full; anything else is plain HTTP.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, &UPGRADE, "websocket")
+}
+
+/// Checks an upgrade request against RFC 6455 section 4.2.1.
+pub fn validate<B>(request: &Request<B>) -> Result<UpgradeRequest, Refusal> {
+    if request.method() != Method::GET {
+        return Err(Refusal::BadHandshake("method must be GET"));
+    }
+    if request.version() < Version::HTTP_11 {
+        return Err(Refusal::BadHandshake("HTTP/1.1 or later required"));
+    }
+    let headers = request.headers();
+    let host = single(headers, &HOST)
+        .ok_or(Refusal::BadHandshake("missing or repeated Host header"))?;
+    if !has_token(headers, &CONNECTION, "upgrade") {
+        return Err(Refusal::BadHandshake("Connection header lacks upgrade"));
+    }
+    let key = single(headers, &SEC_WEBSOCKET_KEY)
+        .ok_or(Refusal::BadHandshake("missing Sec-WebSocket-Key"))?;
+    match BASE64.decode(key.as_bytes()) {
+        Ok(nonce) if nonce.len() == 16 => {}
+        _ => {
+            return Err(Refusal::BadHandshake(
+                "Sec-WebSocket-Key is not 16 bytes of base64",
+            ));
+        }
+    }
+    match single(headers, &SEC_WEBSOCKET_VERSION) {
+        Some("13") => {}
+        Some(other) => return Err(Refusal::UnsupportedVersion(other.to_owned())),
+        None => return Err(Refusal::UnsupportedVersion(String::new())),
+    }
+    let origin = match headers.get_all(ORIGIN).iter().count() {
+        0 => None,
+        1 => Some(
+            single(headers, &ORIGIN)
+                .ok_or(Refusal::BadHandshake("Origin is not visible ASCII"))?
+                .to_owned(),
+        ),
+        _ => return Err(Refusal::BadHandshake("repeated Origin header")),
+    };
+    Ok(UpgradeRequest {
+        key: key.to_owned(),
+        protocols: offered_protocols(headers)?,
+        origin,
+        host: host.to_owned(),
+        forwarded_headers: forwarded_headers(headers),
+    })
+}
+
+/// The `101` response: accept key, the chosen subprotocol if any, and the
+/// backend's extra headers (those that are valid and not the handshake's own).
+pub fn switching_protocols(
+    key: &str,
+    protocol: Option<&str>,
+    extra_headers: &BTreeMap<String, String>,
+) -> Response<Body> {
+    let mut response = Response::new(response::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    for (name, value) in extra_headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            tracing::warn!(header = %name, "backend sent an invalid response header; dropped");
+            continue;
+        };
+        if is_handshake_header(&name) {
+            tracing::warn!(header = %name, "backend may not set a handshake header; dropped");
+            continue;
+        }
+        headers.append(name, value);
+    }
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    if let Some(protocol) = protocol
+        && let Ok(value) = HeaderValue::from_str(protocol)
+    {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    response
+}
+
+fn is_handshake_header(name: &HeaderName) -> bool {
+    name == UPGRADE
+        || name == CONNECTION
+        || name.as_str().starts_with("sec-websocket-")
+        || name == http::header::CONTENT_LENGTH
+        || name == http::header::TRANSFER_ENCODING
+}
+
+/// The one value of a header that must appear once, as visible ASCII.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Whether a comma-separated header holds `token`, case-insensitively.
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+/// The offered subprotocols: comma-separated tokens over all the header's lines.
+fn offered_protocols(headers: &HeaderMap) -> Result<Vec<String>, Refusal> {
+    let mut protocols: Vec<String> = Vec::new();
+    for value in headers.get_all(SEC_WEBSOCKET_PROTOCOL) {
+        let value = value
+            .to_str()
+            .map_err(|_| Refusal::BadHandshake("Sec-WebSocket-Protocol is not ASCII"))?;
+        for item in value.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            if !item.bytes().all(is_token_byte) {
+                return Err(Refusal::BadHandshake(
+                    "Sec-WebSocket-Protocol holds a value that is not a token",
+                ));
+            }
+            if !protocols.iter().any(|known| known == item) {
+                protocols.push(item.to_owned());
+            }
+        }
+    }
+    Ok(protocols)
+}
+
+/// RFC 7230 `tchar`.
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+fn forwarded_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    FORWARDED_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let values: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .collect();
+            (!values.is_empty()).then(|| (name.as_str().to_owned(), values.join(", ")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(edit: impl FnOnce(&mut http::request::Builder)) -> Request<()> {
+        let mut builder = Request::builder()
+            .method("GET")
+            .uri("/echo")
+            .header("Host", "example.com")
+            .header("Upgrade", "websocket")
+            .header("Connection", "keep-alive, Upgrade")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("Sec-WebSocket-Version", "13");
+        edit(&mut builder);
+        builder.body(()).expect("valid request")
+    }
+
+    #[test]
+    fn a_valid_request_is_accepted_with_the_rfc_example_key() {
+        let parts = request(|_| {});
+        assert!(is_websocket_upgrade(parts.headers()));
+        let upgrade = validate(&parts).expect("valid");
+        assert_eq!(upgrade.host, "example.com");
+        let response = switching_protocols(&upgrade.key, None, &BTreeMap::new());
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        // RFC 6455 section 1.3's worked example.
+        assert_eq!(
+            response.headers()[SEC_WEBSOCKET_ACCEPT],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert!(response.headers().get(SEC_WEBSOCKET_PROTOCOL).is_none());
+    }
+
+    #[test]
+    fn protocols_are_split_trimmed_and_deduplicated() {
+        let parts = request(|builder| {
+            let headers = builder.headers_mut().expect("builder is fine");
+            headers.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat, rpc"));
+            headers.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat,,x"));
+        });
+        assert_eq!(validate(&parts).expect("valid").protocols, ["chat", "rpc", "x"]);
+    }
+
+    #[test]
+    fn invalid_requests_are_refused_with_their_status() {
+        let cases: Vec<(&str, Request<()>, u16)> = vec![
+            (
+                "POST",
+                request(|b| {
+                    *b = std::mem::take(b).method("POST");
+                }),
+                400,
+            ),
+            (
+                "short key",
+                request(|b| {
+                    b.headers_mut()
+                        .expect("ok")
+                        .insert(SEC_WEBSOCKET_KEY, HeaderValue::from_static("c2hvcnQ="));
+                }),
+                400,
+            ),
+            (
+                "no key",
+                request(|b| {
+                    b.headers_mut().expect("ok").remove(SEC_WEBSOCKET_KEY);
+                }),
+                400,
+            ),
+            (
+                "no connection upgrade",
+                request(|b| {
+                    b.headers_mut()
+                        .expect("ok")
+                        .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+                }),
+                400,
+            ),
+            (
+                "version 8",
+                request(|b| {
+                    b.headers_mut()
+                        .expect("ok")
+                        .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+                }),
+                426,
+            ),
+            (
+                "bad protocol token",
+                request(|b| {
+                    b.headers_mut()
+                        .expect("ok")
+                        .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("a b"));
+                }),
+                400,
+            ),
+        ];
+        for (what, parts, status) in cases {
+            let refusal = validate(&parts).expect_err(what);
+            assert_eq!(refusal.status().as_u16(), status, "{what}");
+        }
+    }
+
+    #[test]
+    fn backend_headers_cannot_override_the_handshake() {
+        let extra = BTreeMap::from([
+            ("x-backend".to_owned(), "yes".to_owned()),
+            ("sec-websocket-accept".to_owned(), "forged".to_owned()),
+            ("bad header".to_owned(), "x".to_owned()),
+        ]);
+        let response = switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", Some("chat"), &extra);
+        assert_eq!(response.headers()["x-backend"], "yes");
+        assert_eq!(
+            response.headers()[SEC_WEBSOCKET_ACCEPT],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(response.headers()[SEC_WEBSOCKET_PROTOCOL], "chat");
+    }
+}

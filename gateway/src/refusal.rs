@@ -1,0 +1,142 @@
+//! Every way an upgrade request is refused, each with exactly one HTTP status,
+//! a one-line reason for the response body, and one log line.
+//!
+//! Deciding *that* a request is refused is the job of `handshake`, `route`,
+//! `access` and `backend`; this module only names the outcome and renders it.
+
+use http::header::{HeaderValue, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{Response, StatusCode};
+
+use crate::response::{self, Body};
+use crate::route::RouteError;
+
+/// Why an upgrade (or a plain request on a socket name) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The request is not a valid RFC 6455 handshake.
+    #[error("bad handshake: {0}")]
+    BadHandshake(&'static str),
+    /// `Sec-WebSocket-Version` is not 13; the response names version 13.
+    #[error("unsupported WebSocket version {0:?}, this server speaks 13")]
+    UnsupportedVersion(String),
+    /// The path does not name a backend (traversal, NUL, too long, ...).
+    #[error("bad path: {0}")]
+    BadPath(RouteError),
+    /// The name is outside the allow globs or inside a deny glob.
+    #[error("name {0:?} is not allowed")]
+    Denied(String),
+    /// The `Origin` header is not allowed to upgrade.
+    #[error("origin {0:?} is not allowed")]
+    OriginDenied(String),
+    /// No socket serves the name (missing, not a socket, or outside the docroot).
+    #[error("no backend for {name:?}: {cause}")]
+    NoBackend {
+        /// The requested name.
+        name: String,
+        /// What the file system said.
+        cause: RouteError,
+    },
+    /// A plain GET reached a name that a backend serves.
+    #[error("{0:?} is a WebSocket endpoint: upgrade required")]
+    UpgradeRequired(String),
+    /// The gateway is at `--max-connections`.
+    #[error("too many WebSocket clients (limit {0})")]
+    ConnectionLimit(usize),
+    /// Connecting to the backend's socket failed.
+    #[error("backend {name:?} refused the connection: {cause}")]
+    BackendUnavailable {
+        /// The backend name.
+        name: String,
+        /// The connect error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The backend broke the link protocol before accepting.
+    #[error("backend {name:?} failed: {cause}")]
+    BackendFailed {
+        /// The backend name.
+        name: String,
+        /// What went wrong, in words.
+        cause: String,
+    },
+    /// The backend did not answer OPEN within `--accept-timeout`.
+    #[error("backend {0:?} did not answer in time")]
+    BackendTimeout(String),
+    /// The backend answered REJECT.
+    #[error("backend {name:?} rejected the client with {status}: {reason}")]
+    BackendRejected {
+        /// The backend name.
+        name: String,
+        /// The backend's status, already checked to be 400-599.
+        status: StatusCode,
+        /// The backend's reason.
+        reason: String,
+    },
+}
+
+impl Refusal {
+    /// The one HTTP status of this refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadHandshake(_) => StatusCode::BAD_REQUEST,
+            Refusal::UnsupportedVersion(_) | Refusal::UpgradeRequired(_) => {
+                StatusCode::UPGRADE_REQUIRED
+            }
+            Refusal::BadPath(RouteError::TooLong) => StatusCode::URI_TOO_LONG,
+            Refusal::BadPath(RouteError::OutsideDocroot) => StatusCode::FORBIDDEN,
+            Refusal::BadPath(_) => StatusCode::BAD_REQUEST,
+            Refusal::Denied(_) | Refusal::OriginDenied(_) => StatusCode::FORBIDDEN,
+            Refusal::NoBackend { .. } => StatusCode::NOT_FOUND,
+            Refusal::ConnectionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BackendUnavailable { .. } | Refusal::BackendFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            Refusal::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::BackendRejected { status, .. } => *status,
+        }
+    }
+
+    /// The response the client gets: the status and this refusal's message as
+    /// one line of text (a REJECT's reason alone, as the backend wrote it).
+    pub fn to_response(&self) -> Response<Body> {
+        let line = match self {
+            Refusal::BackendRejected { reason, status, .. } if reason.is_empty() => {
+                status.canonical_reason().unwrap_or("rejected").to_owned()
+            }
+            Refusal::BackendRejected { reason, .. } => one_line(reason),
+            other => one_line(&other.to_string()),
+        };
+        let mut response = response::text(self.status(), &line);
+        match self {
+            Refusal::UnsupportedVersion(_) => {
+                response
+                    .headers_mut()
+                    .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            Refusal::UpgradeRequired(_) => {
+                response
+                    .headers_mut()
+                    .insert(UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            _ => {}
+        }
+        response
+    }
+
+    /// Logs the refusal once, at a level that matches whose fault it is.
+    pub fn log(&self) {
+        let status = self.status().as_u16();
+        if self.status().is_server_error() {
+            tracing::warn!(status, "refused: {self}");
+        } else {
+            tracing::info!(status, "refused: {self}");
+        }
+    }
+}
+
+/// Control characters (a backend's reason may hold any) become spaces.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}

@@ -1,0 +1,240 @@
+//! The framed relay: each whole client message becomes one TEXT or BINARY
+//! record on the link and each record one message to the client; closes cross
+//! as CLOSE records with their code and reason.
+//!
+//! The gateway never looks inside a payload: `Bytes` move from one side to the
+//! other without a copy.
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use servers::link::record::CloseInfo;
+use servers::link::{Record, RecordCodec};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ClientReader, ClientWriter, ClientWs, Ending, IdleTimer, MAX_BATCH, PingTicker,
+    RelaySettings, client_error, close_client,
+};
+use crate::backend::FramedLink;
+
+type LinkReader = FramedRead<OwnedReadHalf, RecordCodec>;
+type LinkWriter = FramedWrite<OwnedWriteHalf, RecordCodec>;
+
+/// Relays between `client` and the accepted `link` until one side closes or
+/// `shutdown` fires, then completes the close handshakes on both sides.
+pub(crate) async fn run(
+    client: ClientWs,
+    link: FramedLink,
+    settings: &RelaySettings,
+    shutdown: &CancellationToken,
+) {
+    let parts = link.into_parts();
+    let codec = parts.codec;
+    let (read_half, write_half) = parts.io.into_split();
+    let mut link_reader = FramedRead::new(read_half, codec.clone());
+    // Records the backend sent right behind its ACCEPT are already buffered.
+    link_reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+    let mut link_writer = FramedWrite::new(write_half, codec);
+    let (mut client_writer, mut client_reader) = client.split();
+
+    let ending = {
+        let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
+        let downstream = backend_to_client(&mut link_reader, &mut client_writer, settings);
+        tokio::select! {
+            ending = upstream => ending,
+            ending = downstream => ending,
+            () = shutdown.cancelled() => Ending::Shutdown,
+        }
+    };
+    ending.log();
+
+    // The backend learns how the client left, unless it is the one that left.
+    let close_record = match &ending {
+        Ending::ClientClosed(frame) => Some(Record::Close(frame.as_ref().map(close_info))),
+        Ending::ClientGone(_) => Some(Record::Close(None)),
+        Ending::ClientFailed { code, reason, .. } => Some(Record::Close(Some(CloseInfo {
+            code: u16::from(*code),
+            reason: (*reason).to_owned(),
+        }))),
+        Ending::Idle => Some(Record::Close(Some(CloseInfo {
+            code: u16::from(CloseCode::Away),
+            reason: "idle timeout".to_owned(),
+        }))),
+        Ending::Shutdown => Some(Record::Close(Some(CloseInfo {
+            code: u16::from(CloseCode::Away),
+            reason: "gateway shutting down".to_owned(),
+        }))),
+        Ending::BackendClosed(_) | Ending::BackendGone(_) => None,
+    };
+    let close_link = async {
+        if let Some(record) = close_record {
+            let _ = link_writer.send(record).await;
+        }
+        let _ = link_writer.close().await;
+    };
+    let close_client = close_client(
+        &ending,
+        &mut client_writer,
+        &mut client_reader,
+        settings.close_timeout,
+    );
+    // Both closes at once, each bounded: a stuck backend cannot delay the client's.
+    let close_link = async {
+        let _ = tokio::time::timeout(settings.close_timeout, close_link).await;
+    };
+    tokio::join!(close_link, close_client);
+}
+
+/// Client messages to the link, until the client closes, fails or idles out,
+/// or the link cannot be written.
+async fn client_to_backend(
+    client_reader: &mut ClientReader,
+    link_writer: &mut LinkWriter,
+    settings: &RelaySettings,
+) -> Ending {
+    let mut idle = IdleTimer::new(settings.idle_timeout);
+    loop {
+        let first = tokio::select! {
+            next = client_reader.next() => next,
+            () = idle.expired() => return Ending::Idle,
+        };
+        let mut next = first;
+        let mut n_batched = 0;
+        // Feed every message that is already here, then flush once.
+        loop {
+            idle.heard();
+            match next {
+                Some(Ok(message)) => match message_to_record(message) {
+                    Forward::Record(record) => {
+                        if let Err(error) = link_writer.feed(record).await {
+                            return Ending::BackendGone(format!("writing the link: {error}"));
+                        }
+                        n_batched += 1;
+                    }
+                    // Ping or pong: tungstenite answers pings itself.
+                    Forward::Nothing => {}
+                    Forward::Closed(frame) => {
+                        if let Err(error) = link_writer.flush().await {
+                            return Ending::BackendGone(format!("writing the link: {error}"));
+                        }
+                        return Ending::ClientClosed(frame);
+                    }
+                },
+                Some(Err(error)) => return client_error(error),
+                None => return Ending::ClientGone("connection closed without a close frame".into()),
+            }
+            if n_batched >= MAX_BATCH {
+                break;
+            }
+            match client_reader.next().now_or_never() {
+                Some(ready) => next = ready,
+                None => break,
+            }
+        }
+        if let Err(error) = link_writer.flush().await {
+            return Ending::BackendGone(format!("writing the link: {error}"));
+        }
+    }
+}
+
+/// Link records to the client, and keepalive pings, until the backend closes
+/// or fails, or the client cannot be written.
+async fn backend_to_client(
+    link_reader: &mut LinkReader,
+    client_writer: &mut ClientWriter,
+    settings: &RelaySettings,
+) -> Ending {
+    let mut pings = PingTicker::new(settings.ping_interval);
+    loop {
+        let first = tokio::select! {
+            next = link_reader.next() => next,
+            () = pings.tick() => {
+                if let Err(error) = client_writer.send(Message::Ping(Bytes::new())).await {
+                    return Ending::ClientGone(format!("writing a ping: {error}"));
+                }
+                continue;
+            }
+        };
+        let mut next = first;
+        let mut n_batched = 0;
+        loop {
+            let message = match next {
+                Some(Ok(Record::Text(payload))) => match Utf8Bytes::try_from(payload) {
+                    Ok(text) => Message::Text(text),
+                    // The codec checked it already; never trust it twice.
+                    Err(_) => return Ending::BackendGone("TEXT record is not UTF-8".into()),
+                },
+                Some(Ok(Record::Binary(payload))) => Message::Binary(payload),
+                Some(Ok(Record::Close(info))) => {
+                    if let Err(error) = client_writer.flush().await {
+                        return Ending::ClientGone(format!("writing: {error}"));
+                    }
+                    return Ending::BackendClosed(info.map(close_frame));
+                }
+                Some(Ok(other)) => {
+                    return Ending::BackendGone(format!("unexpected {} record", other.name()));
+                }
+                Some(Err(error)) => return Ending::BackendGone(error.to_string()),
+                None => return Ending::BackendGone("the link closed without a CLOSE".into()),
+            };
+            if let Err(error) = client_writer.feed(message).await {
+                return Ending::ClientGone(format!("writing: {error}"));
+            }
+            n_batched += 1;
+            if n_batched >= MAX_BATCH {
+                break;
+            }
+            match link_reader.next().now_or_never() {
+                Some(ready) => next = ready,
+                None => break,
+            }
+        }
+        if let Err(error) = client_writer.flush().await {
+            return Ending::ClientGone(format!("writing: {error}"));
+        }
+    }
+}
+
+enum Forward {
+    Record(Record),
+    Nothing,
+    Closed(Option<CloseFrame>),
+}
+
+fn message_to_record(message: Message) -> Forward {
+    match message {
+        Message::Text(text) => Forward::Record(Record::Text(Bytes::from(text))),
+        Message::Binary(data) => Forward::Record(Record::Binary(data)),
+        Message::Close(frame) => Forward::Closed(frame),
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Forward::Nothing,
+    }
+}
+
+fn close_info(frame: &CloseFrame) -> CloseInfo {
+    CloseInfo {
+        code: u16::from(frame.code),
+        reason: frame.reason.as_str().to_owned(),
+    }
+}
+
+/// A CLOSE record as a close frame; codes that may not be sent become `1011`.
+fn close_frame(info: CloseInfo) -> CloseFrame {
+    let code = CloseCode::from(info.code);
+    let code = if is_sendable(code) { code } else { CloseCode::Error };
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from(info.reason),
+    }
+}
+
+/// RFC 6455 section 7.4: 1005, 1006 and 1015 never go on the wire, and
+/// codes below 1000 or in unassigned ranges are invalid.
+fn is_sendable(code: CloseCode) -> bool {
+    let value = u16::from(code);
+    matches!(value, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}

@@ -1,0 +1,215 @@
+//! The raw relay, for backends written for the original ouistiti: no records,
+//! the payload bytes of each client message as they are (optionally followed
+//! by NUL), and from the backend, NUL-terminated messages or one message per read.
+//!
+//! Raw mode has no close codes and no metadata; `docs/link-protocol.md` lists
+//! what it cannot do.
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ClientReader, ClientWriter, ClientWs, Ending, IdleTimer, PingTicker, RelaySettings,
+    client_error, close_client,
+};
+
+/// Bytes read from a raw backend at a time.
+const RAW_READ_CHUNK: usize = 4096;
+
+/// Relays between `client` and the raw backend on `link` until one side
+/// closes or `shutdown` fires.
+pub(crate) async fn run(
+    client: ClientWs,
+    link: UnixStream,
+    settings: &RelaySettings,
+    shutdown: &CancellationToken,
+) {
+    let (mut link_reader, mut link_writer) = link.into_split();
+    let (mut client_writer, mut client_reader) = client.split();
+    let ending = {
+        let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
+        let downstream = backend_to_client(&mut link_reader, &mut client_writer, settings);
+        tokio::select! {
+            ending = upstream => ending,
+            ending = downstream => ending,
+            () = shutdown.cancelled() => Ending::Shutdown,
+        }
+    };
+    ending.log();
+    // Raw mode has no CLOSE: the backend sees the link end.
+    let _ = link_writer.shutdown().await;
+    close_client(
+        &ending,
+        &mut client_writer,
+        &mut client_reader,
+        settings.close_timeout,
+    )
+    .await;
+}
+
+async fn client_to_backend(
+    client_reader: &mut ClientReader,
+    link_writer: &mut OwnedWriteHalf,
+    settings: &RelaySettings,
+) -> Ending {
+    let mut idle = IdleTimer::new(settings.idle_timeout);
+    loop {
+        let next = tokio::select! {
+            next = client_reader.next() => next,
+            () = idle.expired() => return Ending::Idle,
+        };
+        idle.heard();
+        let payload = match next {
+            Some(Ok(Message::Text(text))) => Bytes::from(text),
+            Some(Ok(Message::Binary(data))) => data,
+            Some(Ok(Message::Close(frame))) => return Ending::ClientClosed(frame),
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return client_error(error),
+            None => return Ending::ClientGone("connection closed without a close frame".into()),
+        };
+        let written = if settings.raw_nul {
+            let mut terminated = BytesMut::with_capacity(payload.len() + 1);
+            terminated.extend_from_slice(&payload);
+            terminated.extend_from_slice(&[0]);
+            link_writer.write_all(&terminated).await
+        } else {
+            link_writer.write_all(&payload).await
+        };
+        if let Err(error) = written {
+            return Ending::BackendGone(format!("writing the link: {error}"));
+        }
+    }
+}
+
+async fn backend_to_client(
+    link_reader: &mut OwnedReadHalf,
+    client_writer: &mut ClientWriter,
+    settings: &RelaySettings,
+) -> Ending {
+    let mut pings = PingTicker::new(settings.ping_interval);
+    let mut splitter = RawSplitter::new(settings.max_message_size);
+    let mut buffer = BytesMut::new();
+    loop {
+        buffer.reserve(RAW_READ_CHUNK);
+        let n_read = tokio::select! {
+            read = link_reader.read_buf(&mut buffer) => match read {
+                Ok(n_read) => n_read,
+                Err(error) => return Ending::BackendGone(format!("reading the link: {error}")),
+            },
+            () = pings.tick() => {
+                if let Err(error) = client_writer.send(Message::Ping(Bytes::new())).await {
+                    return Ending::ClientGone(format!("writing a ping: {error}"));
+                }
+                continue;
+            }
+        };
+        if n_read == 0 {
+            // The backend's way of closing; raw mode has nothing more to say.
+            return Ending::BackendClosed(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: Utf8Bytes::from_static("backend closed"),
+            }));
+        }
+        let messages = match splitter.push(buffer.split()) {
+            Ok(messages) => messages,
+            Err(detail) => return Ending::BackendGone(detail),
+        };
+        for payload in messages {
+            // Cloning `Bytes` only counts a reference.
+            let message = match Utf8Bytes::try_from(payload.clone()) {
+                Ok(text) => Message::Text(text),
+                Err(_) => Message::Binary(payload),
+            };
+            if let Err(error) = client_writer.feed(message).await {
+                return Ending::ClientGone(format!("writing: {error}"));
+            }
+        }
+        if let Err(error) = client_writer.flush().await {
+            return Ending::ClientGone(format!("writing: {error}"));
+        }
+    }
+}
+
+/// Cuts a raw backend's byte stream into messages.
+///
+/// Until the backend has sent a NUL, every read is one message. Once it has,
+/// the backend is taken to end its messages with NUL, and bytes are held
+/// until their NUL (up to the maximum message size).
+struct RawSplitter {
+    nul_terminated: bool,
+    pending: BytesMut,
+    max_message_size: usize,
+}
+
+impl RawSplitter {
+    fn new(max_message_size: usize) -> RawSplitter {
+        RawSplitter {
+            nul_terminated: false,
+            pending: BytesMut::new(),
+            max_message_size,
+        }
+    }
+
+    /// The messages completed by one read of `chunk`.
+    fn push(&mut self, chunk: BytesMut) -> Result<Vec<Bytes>, String> {
+        if self.pending.is_empty() {
+            self.pending = chunk;
+        } else {
+            self.pending.extend_from_slice(&chunk);
+        }
+        let mut messages = Vec::new();
+        while let Some(nul_idx) = self.pending.iter().position(|byte| *byte == 0) {
+            self.nul_terminated = true;
+            let message = self.pending.split_to(nul_idx).freeze();
+            self.pending.advance(1);
+            messages.push(message);
+        }
+        if !self.nul_terminated && !self.pending.is_empty() {
+            messages.push(self.pending.split().freeze());
+        }
+        if self.pending.len() > self.max_message_size {
+            return Err(format!(
+                "raw backend sent {} bytes without a NUL, over the message limit",
+                self.pending.len()
+            ));
+        }
+        Ok(messages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(splitter: &mut RawSplitter, bytes: &[u8]) -> Vec<Bytes> {
+        splitter.push(BytesMut::from(bytes)).expect("within the limit")
+    }
+
+    #[test]
+    fn reads_are_messages_until_a_nul_shows_up() {
+        let mut splitter = RawSplitter::new(1024);
+        assert_eq!(push(&mut splitter, b"hello"), [Bytes::from_static(b"hello")]);
+        assert_eq!(
+            push(&mut splitter, b"first\0second\0thi"),
+            [Bytes::from_static(b"first"), Bytes::from_static(b"second")]
+        );
+        // From now on a message waits for its NUL.
+        assert!(push(&mut splitter, b"rd").is_empty());
+        assert_eq!(push(&mut splitter, b"\0"), [Bytes::from_static(b"third")]);
+        assert_eq!(push(&mut splitter, b"\0"), [Bytes::new()]);
+    }
+
+    #[test]
+    fn a_message_without_its_nul_is_bounded() {
+        let mut splitter = RawSplitter::new(4);
+        push(&mut splitter, b"a\0");
+        assert!(splitter.push(BytesMut::from(&b"12345"[..])).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! One WebSocket upgrade request, from the handshake to the spawned relay.
+//!
+//! Order of events: validate the handshake, check the Origin, turn the path
+//! into a name, check it against the allow/deny globs, find its socket, take a
+//! connection slot, connect to the backend and (framed mode) wait for ACCEPT,
+//! and only then answer `101` and spawn the relay. Every failure on the way is
+//! a [`Refusal`] with its own status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use servers::link::{LINK_VERSION, LinkMode, OpenMeta};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use crate::backend;
+use crate::handshake::{self, UpgradeRequest};
+use crate::refusal::Refusal;
+use crate::relay;
+use crate::response::Body;
+use crate::route::{self, RouteError, Target};
+use crate::server::Shared;
+
+/// The backend's side of an accepted client, ready to relay.
+enum Link {
+    Framed(backend::FramedLink),
+    Raw(tokio::net::UnixStream),
+}
+
+/// Answers an upgrade request: `101` with the relay spawned, or a refusal.
+pub(crate) async fn handle(
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Response<Body> {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("client", id, %peer, name = tracing::field::Empty);
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let accepted = accept(&request, id, peer, shared)
+        .instrument(span.clone())
+        .await;
+    match accepted {
+        Ok((upgrade, target, link, protocol, extra_headers, permit)) => {
+            let response =
+                handshake::switching_protocols(&upgrade.key, protocol.as_deref(), &extra_headers);
+            let shared_for_relay = Arc::clone(shared);
+            shared.tracker.spawn(
+                async move {
+                    tracing::debug!(socket = %target.socket_path.display(), "relaying");
+                    relay_upgraded(on_upgrade, link, &shared_for_relay).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+            response
+        }
+        Err(refusal) => {
+            span.in_scope(|| refusal.log());
+            refusal.to_response()
+        }
+    }
+}
+
+type Accepted = (
+    UpgradeRequest,
+    Target,
+    Link,
+    Option<String>,
+    std::collections::BTreeMap<String, String>,
+    OwnedSemaphorePermit,
+);
+
+async fn accept(
+    request: &Request<Incoming>,
+    id: u64,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<Accepted, Refusal> {
+    let upgrade = handshake::validate(request)?;
+    let config = &shared.config;
+    if !config
+        .origins
+        .allows(upgrade.origin.as_deref(), Some(&upgrade.host))
+    {
+        return Err(Refusal::OriginDenied(
+            upgrade.origin.clone().unwrap_or_default(),
+        ));
+    }
+    let path = request.uri().path();
+    let name = route::parse_name(path).map_err(Refusal::BadPath)?;
+    tracing::Span::current().record("name", name.as_str());
+    if !config.names.is_allowed(&name) {
+        return Err(Refusal::Denied(name));
+    }
+    let target = resolve(&config.docroot, &name, &upgrade.protocols)?;
+    if target.name != name && !config.names.is_allowed(&target.name) {
+        return Err(Refusal::Denied(target.name));
+    }
+    let permit = Arc::clone(&shared.clients)
+        .try_acquire_owned()
+        .map_err(|_| Refusal::ConnectionLimit(config.max_connections))?;
+
+    if config.names.is_raw(&target.name) {
+        let stream =
+            backend::open_raw(&target.socket_path, &target.name, config.accept_timeout).await?;
+        let protocol = target.protocol.clone();
+        return Ok((
+            upgrade,
+            target,
+            Link::Raw(stream),
+            protocol,
+            Default::default(),
+            permit,
+        ));
+    }
+    let open = OpenMeta {
+        version: LINK_VERSION,
+        mode: LinkMode::Framed,
+        id,
+        name: target.name.clone(),
+        path: path.to_owned(),
+        query: request.uri().query().unwrap_or_default().to_owned(),
+        protocols: upgrade.protocols.clone(),
+        peer: peer.to_string(),
+        headers: upgrade.forwarded_headers.clone(),
+    };
+    let (link, reply) = backend::open_framed(
+        &target.socket_path,
+        &open,
+        config.max_message_size,
+        config.accept_timeout,
+    )
+    .await?;
+    // The backend's choice wins; a directory's subprotocol is the default.
+    let protocol = reply.protocol.or_else(|| target.protocol.clone());
+    Ok((
+        upgrade,
+        target,
+        Link::Framed(link),
+        protocol,
+        reply.headers,
+        permit,
+    ))
+}
+
+/// Resolves `name` to a socket, mapping file-system answers to refusals.
+fn resolve(
+    docroot: &std::path::Path,
+    name: &str,
+    protocols: &[String],
+) -> Result<Target, Refusal> {
+    route::resolve(docroot, name, protocols).map_err(|cause| match cause {
+        RouteError::NotFound | RouteError::NotSocket | RouteError::NoProtocolMatch => {
+            Refusal::NoBackend {
+                name: name.to_owned(),
+                cause,
+            }
+        }
+        other => Refusal::BadPath(other),
+    })
+}
+
+/// Waits for hyper to hand over the connection after the `101`, then relays.
+async fn relay_upgraded(on_upgrade: OnUpgrade, link: Link, shared: &Shared) {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::info!("client left during the upgrade: {error}");
+            return;
+        }
+    };
+    let (tcp, pending): (TcpStream, Bytes) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+        Err(_) => {
+            tracing::error!("upgraded connection is not a TCP stream; closing");
+            return;
+        }
+    };
+    let client = relay::client_websocket(tcp, pending, &shared.settings).await;
+    match link {
+        Link::Framed(link) => {
+            relay::framed::run(client, link, &shared.settings, &shared.shutdown).await;
+        }
+        Link::Raw(stream) => {
+            relay::raw::run(client, stream, &shared.settings, &shared.shutdown).await;
+        }
+    }
+}
