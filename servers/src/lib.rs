@@ -4,6 +4,7 @@
 //! - [`socket_file`]: binding `<docroot>/<name>`, replacing stale files, removal on exit.
 //! - [`session`]: one client as a `Stream` + `Sink` of WebSocket messages.
 //! - [`serve`]: the accept loop with the client limit and graceful shutdown.
+//! - [`jsonrpc`]: JSON-RPC 2.0 over a session, answered by plugins (`websocket_jsonrpc`).
 //! - [`launch`]: the ouistiti command-line flags and process start-up shared by all servers.
 //!
 //! The servers themselves (`websocket_echo`, ...) are the binaries in `src/bin/`
@@ -12,6 +13,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod jsonrpc;
 pub mod launch;
 pub mod link;
 pub mod serve;
