@@ -5,8 +5,8 @@
 //! travel with each hash and can be raised later without breaking old ones.
 //! Storing them is `store`'s job; no clear-text password leaves this module.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 /// Length of a generated password, in characters of [`ALPHABET`] (about 119 bits).
 const GENERATED_LENGTH: usize = 20;
@@ -74,7 +74,10 @@ mod tests {
         assert_ne!(first, second, "each hash has its own salt");
         assert!(verify_password("s3cret", &first));
         assert!(!verify_password("s3cret ", &first));
-        assert!(!verify_password("s3cret", "s3cret"), "clear text never matches");
+        assert!(
+            !verify_password("s3cret", "s3cret"),
+            "clear text never matches"
+        );
     }
 
     #[test]
