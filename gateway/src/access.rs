@@ -165,7 +165,7 @@ impl OriginPolicy {
             OriginPolicy::Any => true,
             OriginPolicy::Listed(listed) => {
                 let origin = normalize_origin(origin);
-                listed.iter().any(|allowed| *allowed == origin)
+                listed.contains(&origin)
             }
             OriginPolicy::SameHost => host.is_some_and(|host| same_host(origin, host)),
         }
@@ -275,7 +275,12 @@ mod tests {
         assert!(error.to_string().contains("bad[glob"));
     }
 
-    fn check_origin(policy: &OriginPolicy, origin: Option<&str>, host: Option<&str>, expected: bool) {
+    fn check_origin(
+        policy: &OriginPolicy,
+        origin: Option<&str>,
+        host: Option<&str>,
+        expected: bool,
+    ) {
         assert_eq!(
             policy.allows(origin, host),
             expected,
@@ -316,7 +321,12 @@ mod tests {
         check_origin(&listed, Some("http://trusted.example"), Some("x"), true);
         check_origin(&listed, Some("HTTP://Trusted.Example"), Some("x"), true);
         check_origin(&listed, Some("null"), Some("x"), true);
-        check_origin(&listed, Some("http://trusted.example:8080"), Some("x"), false);
+        check_origin(
+            &listed,
+            Some("http://trusted.example:8080"),
+            Some("x"),
+            false,
+        );
         check_origin(&listed, Some("http://evil.example"), Some("x"), false);
         check_origin(&listed, None, Some("x"), true);
 
@@ -324,8 +334,16 @@ mod tests {
         assert_eq!(any, OriginPolicy::Any);
         check_origin(&any, Some("http://evil.example"), Some("x"), true);
 
-        assert_eq!(OriginPolicy::from_list(&[]).expect("empty"), OriginPolicy::SameHost);
-        for bad in ["example.com", "http://", "http://a.example/path", "http://user@a.example"] {
+        assert_eq!(
+            OriginPolicy::from_list(&[]).expect("empty"),
+            OriginPolicy::SameHost
+        );
+        for bad in [
+            "example.com",
+            "http://",
+            "http://a.example/path",
+            "http://user@a.example",
+        ] {
             assert!(
                 OriginPolicy::from_list(&strings(&[bad])).is_err(),
                 "{bad:?} should be refused"

@@ -35,7 +35,8 @@ pub(crate) async fn open_framed(
     let name = &open.name;
     let exchange = async {
         let stream = connect(socket_path, name).await?;
-        let mut link = Framed::with_capacity(stream, RecordCodec::new(max_payload), LINK_READ_BUFFER);
+        let mut link =
+            Framed::with_capacity(stream, RecordCodec::new(max_payload), LINK_READ_BUFFER);
         let failed = |cause: String| Refusal::BackendFailed {
             name: name.clone(),
             cause,
@@ -78,7 +79,9 @@ pub(crate) async fn open_framed(
                 other.name()
             ))),
             Some(Err(error)) => Err(failed(error.to_string())),
-            None => Err(failed("it closed the link instead of answering OPEN".to_owned())),
+            None => Err(failed(
+                "it closed the link instead of answering OPEN".to_owned(),
+            )),
         }
     };
     tokio::time::timeout(accept_timeout, exchange)

@@ -15,10 +15,8 @@ use serde::Deserialize;
 use crate::access::{GlobError, NamePolicy, OriginError, OriginPolicy};
 
 /// Default listen address.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
-    8080,
-);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 8080);
 /// Default directory of the backends' UNIX sockets.
 pub const DEFAULT_DOCROOT: &str = "/var/run/websocket";
 /// Default largest WebSocket message (and link record payload): 16 MiB.
@@ -204,9 +202,7 @@ pub enum ConfigError {
         value: u64,
     },
     /// `idle_timeout` would cut off clients that only answer pings.
-    #[error(
-        "idle-timeout ({idle}s) must be longer than ping-interval ({ping}s), or one of them 0"
-    )]
+    #[error("idle-timeout ({idle}s) must be longer than ping-interval ({ping}s), or one of them 0")]
     IdleBeforePing {
         /// The idle timeout in seconds.
         idle: u64,
@@ -279,10 +275,7 @@ impl Config {
             (flags, _) if !flags.is_empty() => flags,
             (_, Some(addrs)) => addrs
                 .iter()
-                .map(|addr| {
-                    addr.parse()
-                        .map_err(|_| ConfigError::Listen(addr.clone()))
-                })
+                .map(|addr| addr.parse().map_err(|_| ConfigError::Listen(addr.clone())))
                 .collect::<Result<_, _>>()?,
             (_, None) => vec![DEFAULT_LISTEN],
         };
@@ -475,10 +468,20 @@ mod tests {
             ping_interval = 10
             idle_timeout = 0
         "#;
-        let args = parse_args(&["--allow", "rpc", "--ping-interval", "0", "--listen", "0.0.0.0:0"]);
-        let config = Config::from_toml(text, Path::new("/etc/wsgate/gate.toml"), args)
-            .expect("valid");
-        assert_eq!(config.listen, ["0.0.0.0:0".parse::<SocketAddr>().expect("addr")]);
+        let args = parse_args(&[
+            "--allow",
+            "rpc",
+            "--ping-interval",
+            "0",
+            "--listen",
+            "0.0.0.0:0",
+        ]);
+        let config =
+            Config::from_toml(text, Path::new("/etc/wsgate/gate.toml"), args).expect("valid");
+        assert_eq!(
+            config.listen,
+            ["0.0.0.0:0".parse::<SocketAddr>().expect("addr")]
+        );
         assert_eq!(config.docroot, Path::new("/etc/wsgate/sockets"));
         assert_eq!(config.names.allow_globs(), ["rpc"]);
         assert_eq!(config.names.deny_globs(), ["echo"]);
@@ -513,7 +516,11 @@ mod tests {
             ("", &["--max-message-size", "0"], "max-message-size"),
             ("", &["--max-connections", "0"], "max-connections"),
             ("", &["--accept-timeout", "0"], "accept-timeout"),
-            ("", &["--ping-interval", "60", "--idle-timeout", "30"], "idle-timeout (30s)"),
+            (
+                "",
+                &["--ping-interval", "60", "--idle-timeout", "30"],
+                "idle-timeout (30s)",
+            ),
             ("", &["--origin", "example.com"], "\"example.com\""),
         ];
         for (text, args, expected) in cases {

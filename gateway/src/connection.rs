@@ -52,7 +52,11 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     }
 }
 
-async fn dispatch(request: Request<Incoming>, peer: SocketAddr, shared: &Arc<Shared>) -> Response<Body> {
+async fn dispatch(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Response<Body> {
     if handshake::is_websocket_upgrade(request.headers()) {
         return upgrade::handle(request, peer, shared).await;
     }

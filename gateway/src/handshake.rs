@@ -59,8 +59,8 @@ pub fn validate<B>(request: &Request<B>) -> Result<UpgradeRequest, Refusal> {
         return Err(Refusal::BadHandshake("HTTP/1.1 or later required"));
     }
     let headers = request.headers();
-    let host = single(headers, &HOST)
-        .ok_or(Refusal::BadHandshake("missing or repeated Host header"))?;
+    let host =
+        single(headers, &HOST).ok_or(Refusal::BadHandshake("missing or repeated Host header"))?;
     if !has_token(headers, &CONNECTION, "upgrade") {
         return Err(Refusal::BadHandshake("Connection header lacks upgrade"));
     }
@@ -171,7 +171,11 @@ fn offered_protocols(headers: &HeaderMap) -> Result<Vec<String>, Refusal> {
         let value = value
             .to_str()
             .map_err(|_| Refusal::BadHandshake("Sec-WebSocket-Protocol is not ASCII"))?;
-        for item in value.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        for item in value
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
             if !item.bytes().all(is_token_byte) {
                 return Err(Refusal::BadHandshake(
                     "Sec-WebSocket-Protocol holds a value that is not a token",
@@ -241,10 +245,16 @@ mod tests {
     fn protocols_are_split_trimmed_and_deduplicated() {
         let parts = request(|builder| {
             let headers = builder.headers_mut().expect("builder is fine");
-            headers.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat, rpc"));
+            headers.append(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static("chat, rpc"),
+            );
             headers.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat,,x"));
         });
-        assert_eq!(validate(&parts).expect("valid").protocols, ["chat", "rpc", "x"]);
+        assert_eq!(
+            validate(&parts).expect("valid").protocols,
+            ["chat", "rpc", "x"]
+        );
     }
 
     #[test]

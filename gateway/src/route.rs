@@ -270,10 +270,16 @@ mod tests {
             let root = outer.path().join("root");
             std::fs::create_dir_all(root.join("group")).expect("mkdir");
             std::fs::create_dir_all(root.join("service")).expect("mkdir");
-            let listeners = ["root/echo", "root/group/item", "root/service/chat", "root/service/rpc", "x"]
-                .iter()
-                .map(|path| UnixListener::bind(outer.path().join(path)).expect("bind"))
-                .collect();
+            let listeners = [
+                "root/echo",
+                "root/group/item",
+                "root/service/chat",
+                "root/service/rpc",
+                "x",
+            ]
+            .iter()
+            .map(|path| UnixListener::bind(outer.path().join(path)).expect("bind"))
+            .collect();
             std::fs::write(root.join("file"), "not a socket").expect("write");
             std::os::unix::fs::symlink(outer.path().join("x"), root.join("link")).expect("symlink");
             std::os::unix::fs::symlink("../x", root.join("relative-link")).expect("symlink");
@@ -289,7 +295,15 @@ mod tests {
         }
     }
 
-    fn check_resolve(layout: &Layout, name: &str, offered: &[&str], expected: Result<(&str, Option<&str>), RouteError>) {
+    /// The target name and subprotocol a resolution should give.
+    type Expected = Result<(&'static str, Option<&'static str>), RouteError>;
+
+    fn check_resolve(
+        layout: &Layout,
+        name: &str,
+        offered: &[&str],
+        expected: Result<(&str, Option<&str>), RouteError>,
+    ) {
         let offered: Vec<String> = offered.iter().map(|p| (*p).to_owned()).collect();
         let docroot = layout.docroot();
         let got = resolve(&docroot, name, &offered);
@@ -305,7 +319,7 @@ mod tests {
     fn names_resolve_to_sockets_inside_the_docroot_only() {
         let layout = Layout::create();
         // (name, offered subprotocols, expected target name and protocol)
-        let cases: &[(&str, &[&str], Result<(&str, Option<&str>), RouteError>)] = &[
+        let cases: &[(&str, &[&str], Expected)] = &[
             ("echo", &[], Ok(("echo", None))),
             ("echo", &["chat"], Ok(("echo", None))),
             ("group/item", &[], Ok(("group/item", None))),
@@ -318,8 +332,16 @@ mod tests {
             ("relative-link", &[], Err(RouteError::OutsideDocroot)),
             ("service", &["chat"], Ok(("service/chat", Some("chat")))),
             ("service", &["rpc"], Ok(("service/rpc", Some("rpc")))),
-            ("service", &["nope", "rpc", "chat"], Ok(("service/rpc", Some("rpc")))),
-            ("service", &["..", "../echo", ".hidden", "chat"], Ok(("service/chat", Some("chat")))),
+            (
+                "service",
+                &["nope", "rpc", "chat"],
+                Ok(("service/rpc", Some("rpc"))),
+            ),
+            (
+                "service",
+                &["..", "../echo", ".hidden", "chat"],
+                Ok(("service/chat", Some("chat"))),
+            ),
             ("service", &[], Err(RouteError::NoProtocolMatch)),
             ("service", &["nope"], Err(RouteError::NoProtocolMatch)),
             ("group", &["item"], Ok(("group/item", Some("item")))),

@@ -71,7 +71,10 @@ pub async fn serve(
     shutdown.cancelled().await;
     shared.tracker.close();
     let limit = shared.config.shutdown_timeout + SHUTDOWN_GRACE;
-    if tokio::time::timeout(limit, shared.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(limit, shared.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             n_tasks = shared.tracker.len(),
             "connections still open after the shutdown timeout; leaving them"

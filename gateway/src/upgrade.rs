@@ -6,6 +6,7 @@
 //! and only then answer `101` and spawn the relay. Every failure on the way is
 //! a [`Refusal`] with its own status.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -47,7 +48,14 @@ pub(crate) async fn handle(
         .instrument(span.clone())
         .await;
     match accepted {
-        Ok((upgrade, target, link, protocol, extra_headers, permit)) => {
+        Ok(Accepted {
+            upgrade,
+            target,
+            link,
+            protocol,
+            extra_headers,
+            permit,
+        }) => {
             let response =
                 handshake::switching_protocols(&upgrade.key, protocol.as_deref(), &extra_headers);
             let shared_for_relay = Arc::clone(shared);
@@ -68,14 +76,18 @@ pub(crate) async fn handle(
     }
 }
 
-type Accepted = (
-    UpgradeRequest,
-    Target,
-    Link,
-    Option<String>,
-    std::collections::BTreeMap<String, String>,
-    OwnedSemaphorePermit,
-);
+/// Everything an accepted upgrade needs for its `101` and its relay.
+struct Accepted {
+    upgrade: UpgradeRequest,
+    target: Target,
+    link: Link,
+    /// The subprotocol answered to the client.
+    protocol: Option<String>,
+    /// The backend's extra response headers.
+    extra_headers: BTreeMap<String, String>,
+    /// The client's connection slot, held until its relay ends.
+    permit: OwnedSemaphorePermit,
+}
 
 async fn accept(
     request: &Request<Incoming>,
@@ -110,15 +122,14 @@ async fn accept(
     if config.names.is_raw(&target.name) {
         let stream =
             backend::open_raw(&target.socket_path, &target.name, config.accept_timeout).await?;
-        let protocol = target.protocol.clone();
-        return Ok((
+        return Ok(Accepted {
             upgrade,
+            protocol: target.protocol.clone(),
             target,
-            Link::Raw(stream),
-            protocol,
-            Default::default(),
+            link: Link::Raw(stream),
+            extra_headers: BTreeMap::new(),
             permit,
-        ));
+        });
     }
     let open = OpenMeta {
         version: LINK_VERSION,
@@ -139,23 +150,18 @@ async fn accept(
     )
     .await?;
     // The backend's choice wins; a directory's subprotocol is the default.
-    let protocol = reply.protocol.or_else(|| target.protocol.clone());
-    Ok((
+    Ok(Accepted {
         upgrade,
+        protocol: reply.protocol.or_else(|| target.protocol.clone()),
         target,
-        Link::Framed(link),
-        protocol,
-        reply.headers,
+        link: Link::Framed(link),
+        extra_headers: reply.headers,
         permit,
-    ))
+    })
 }
 
 /// Resolves `name` to a socket, mapping file-system answers to refusals.
-fn resolve(
-    docroot: &std::path::Path,
-    name: &str,
-    protocols: &[String],
-) -> Result<Target, Refusal> {
+fn resolve(docroot: &std::path::Path, name: &str, protocols: &[String]) -> Result<Target, Refusal> {
     route::resolve(docroot, name, protocols).map_err(|cause| match cause {
         RouteError::NotFound | RouteError::NotSocket | RouteError::NoProtocolMatch => {
             Refusal::NoBackend {

@@ -144,7 +144,12 @@ impl Client {
     /// end without a close frame, is an error.
     pub async fn expect_close(&mut self) -> anyhow::Result<Option<CloseFrame>> {
         match self.recv().await? {
-            Message::Close(frame) => Ok(frame),
+            Message::Close(frame) => {
+                // Send the queued reply at once, as a browser does, so the
+                // peer's close handshake completes instead of timing out.
+                let _ = self.ws.flush().await;
+                Ok(frame)
+            }
             other => bail!(
                 "expected a close on {}, got {}",
                 self.label,

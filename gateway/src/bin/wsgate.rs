@@ -32,11 +32,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: gateway::Config) -> anyhow::Result<()> {
+    // Signals are handled before anyone learns the address and could send one.
+    let shutdown = gateway::token_cancelled_on_signal()?;
     let listeners = gateway::server::bind_all(&config.listen).await?;
     for listener in &listeners {
         println!("listening on http://{}", listener.local_addr()?);
     }
-    let shutdown = gateway::token_cancelled_on_signal()?;
     gateway::serve(listeners, config, shutdown).await?;
     tracing::info!("stopped");
     Ok(())

@@ -17,8 +17,8 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClientReader, ClientWriter, ClientWs, Ending, IdleTimer, MAX_BATCH, PingTicker,
-    RelaySettings, client_error, close_client,
+    ClientReader, ClientWriter, ClientWs, Ending, IdleTimer, MAX_BATCH, PingTicker, RelaySettings,
+    client_error, close_client,
 };
 use crate::backend::FramedLink;
 
@@ -38,7 +38,9 @@ pub(crate) async fn run(
     let (read_half, write_half) = parts.io.into_split();
     let mut link_reader = FramedRead::new(read_half, codec.clone());
     // Records the backend sent right behind its ACCEPT are already buffered.
-    link_reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+    link_reader
+        .read_buffer_mut()
+        .extend_from_slice(&parts.read_buf);
     let mut link_writer = FramedWrite::new(write_half, codec);
     let (mut client_writer, mut client_reader) = client.split();
 
@@ -71,11 +73,14 @@ pub(crate) async fn run(
         }))),
         Ending::BackendClosed(_) | Ending::BackendGone(_) => None,
     };
+    // Half-close the link, then read it to its end: closing a UNIX socket with
+    // unread data in it would reset the backend's side instead of ending it.
     let close_link = async {
         if let Some(record) = close_record {
             let _ = link_writer.send(record).await;
         }
         let _ = link_writer.close().await;
+        while let Some(Ok(_)) = link_reader.next().await {}
     };
     let close_client = close_client(
         &ending,
@@ -126,7 +131,9 @@ async fn client_to_backend(
                     }
                 },
                 Some(Err(error)) => return client_error(error),
-                None => return Ending::ClientGone("connection closed without a close frame".into()),
+                None => {
+                    return Ending::ClientGone("connection closed without a close frame".into());
+                }
             }
             if n_batched >= MAX_BATCH {
                 break;
@@ -225,7 +232,11 @@ fn close_info(frame: &CloseFrame) -> CloseInfo {
 /// A CLOSE record as a close frame; codes that may not be sent become `1011`.
 fn close_frame(info: CloseInfo) -> CloseFrame {
     let code = CloseCode::from(info.code);
-    let code = if is_sendable(code) { code } else { CloseCode::Error };
+    let code = if is_sendable(code) {
+        code
+    } else {
+        CloseCode::Error
+    };
     CloseFrame {
         code,
         reason: Utf8Bytes::from(info.reason),

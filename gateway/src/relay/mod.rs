@@ -181,6 +181,10 @@ fn client_error(error: tungstenite::Error) -> Ending {
             reason: "text message is not UTF-8",
             detail,
         },
+        // A connection that just ends is a client gone, not a protocol error.
+        Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            Ending::ClientGone("connection closed without a close frame".to_owned())
+        }
         Error::Protocol(violation) => Ending::ClientFailed {
             code: CloseCode::Protocol,
             reason: "protocol error",

@@ -189,13 +189,18 @@ mod tests {
     use super::*;
 
     fn push(splitter: &mut RawSplitter, bytes: &[u8]) -> Vec<Bytes> {
-        splitter.push(BytesMut::from(bytes)).expect("within the limit")
+        splitter
+            .push(BytesMut::from(bytes))
+            .expect("within the limit")
     }
 
     #[test]
     fn reads_are_messages_until_a_nul_shows_up() {
         let mut splitter = RawSplitter::new(1024);
-        assert_eq!(push(&mut splitter, b"hello"), [Bytes::from_static(b"hello")]);
+        assert_eq!(
+            push(&mut splitter, b"hello"),
+            [Bytes::from_static(b"hello")]
+        );
         assert_eq!(
             push(&mut splitter, b"first\0second\0thi"),
             [Bytes::from_static(b"first"), Bytes::from_static(b"second")]
