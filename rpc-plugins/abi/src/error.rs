@@ -86,16 +86,23 @@ mod tests {
         let error = parse_params::<Login>(Value::Null).expect_err("user is required");
         assert_eq!(error.code, INVALID_PARAMS);
         assert!(error.message.contains("user"), "{error}");
-        let error = parse_params::<Login>(json!({"user": "a", "pw": 1})).expect_err("unknown field");
+        let error =
+            parse_params::<Login>(json!({"user": "a", "pw": 1})).expect_err("unknown field");
         assert!(error.message.contains("pw"), "{error}");
     }
 
     #[test]
     fn error_objects_round_trip_and_omit_empty_data() {
         let error = RpcError::new(7, "no");
-        assert_eq!(serde_json::to_value(&error).expect("serializes"), json!({"code": 7, "message": "no"}));
+        assert_eq!(
+            serde_json::to_value(&error).expect("serializes"),
+            json!({"code": 7, "message": "no"})
+        );
         let error = error.with_data(json!([1]));
         let text = serde_json::to_string(&error).expect("serializes");
-        assert_eq!(serde_json::from_str::<RpcError>(&text).expect("parses"), error);
+        assert_eq!(
+            serde_json::from_str::<RpcError>(&text).expect("parses"),
+            error
+        );
     }
 }

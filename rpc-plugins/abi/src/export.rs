@@ -242,7 +242,10 @@ unsafe extern "C" fn call<P: Plugin>(
     let session = unsafe { &mut *session.cast::<P::Session>() };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the ABI passes NUL-terminated strings valid during the call.
-        let method = unsafe { read_str(method) }.ok().flatten().unwrap_or_default();
+        let method = unsafe { read_str(method) }
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         // SAFETY: as above.
         let params = match unsafe { read_str(params) } {
             Ok(None) => Value::Null,
@@ -255,13 +258,22 @@ unsafe extern "C" fn call<P: Plugin>(
     let (status, text) = match outcome {
         Ok(Ok(result)) => match serde_json::to_string(&result) {
             Ok(text) => (STATUS_OK, text),
-            Err(error) => (STATUS_FAILED, format!("cannot serialize the result: {error}")),
+            Err(error) => (
+                STATUS_FAILED,
+                format!("cannot serialize the result: {error}"),
+            ),
         },
         Ok(Err(error)) => match serde_json::to_string(&error) {
             Ok(text) => (STATUS_ERROR, text),
-            Err(error) => (STATUS_FAILED, format!("cannot serialize the error: {error}")),
+            Err(error) => (
+                STATUS_FAILED,
+                format!("cannot serialize the error: {error}"),
+            ),
         },
-        Err(payload) => (STATUS_FAILED, format!("panicked: {}", panic_message(&*payload))),
+        Err(payload) => (
+            STATUS_FAILED,
+            format!("panicked: {}", panic_message(&*payload)),
+        ),
     };
     // SAFETY: the ABI passes a pointer valid for one write (NULL is tolerated).
     unsafe { write_out(out, text) };

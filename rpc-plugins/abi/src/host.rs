@@ -168,10 +168,12 @@ impl PluginLibrary {
         // SAFETY: loading runs the library's initialisers. Loading a plugin is
         // the operator's explicit request (-L), and the plugin ABI forbids
         // initialisers with effects beyond the library itself.
-        let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-            .map_err(|source| LoadError::Open {
-                path: path.to_owned(),
-                source,
+        let library =
+            unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map_err(|source| {
+                LoadError::Open {
+                    path: path.to_owned(),
+                    source,
+                }
             })?;
         let library = libloading::Library::from(library);
         let symbol_name = format!("{ENTRY_SYMBOL}\0");
@@ -244,7 +246,9 @@ impl PluginLibrary {
             .map(CString::new)
             .transpose()
             .map_err(|_| init_error("the configuration string contains a NUL byte".to_owned()))?;
-        let config_ptr = config.as_ref().map_or(ptr::null(), |config| config.as_ptr());
+        let config_ptr = config
+            .as_ref()
+            .map_or(ptr::null(), |config| config.as_ptr());
         let mut state: *mut c_void = ptr::null_mut();
         let mut error: *mut c_char = ptr::null_mut();
         // SAFETY: the version and pointers were checked at load; `config_ptr` is
@@ -300,18 +304,24 @@ unsafe fn read_table(
     // SAFETY: the version matches, so the caller guarantees a whole PluginTable.
     let table = unsafe { &*table };
     let functions = Functions {
-        init: table.init.ok_or_else(|| invalid("init is NULL".to_owned()))?,
+        init: table
+            .init
+            .ok_or_else(|| invalid("init is NULL".to_owned()))?,
         session_open: table
             .session_open
             .ok_or_else(|| invalid("session_open is NULL".to_owned()))?,
         session_close: table
             .session_close
             .ok_or_else(|| invalid("session_close is NULL".to_owned()))?,
-        call: table.call.ok_or_else(|| invalid("call is NULL".to_owned()))?,
+        call: table
+            .call
+            .ok_or_else(|| invalid("call is NULL".to_owned()))?,
         free_string: table
             .free_string
             .ok_or_else(|| invalid("free_string is NULL".to_owned()))?,
-        release: table.release.ok_or_else(|| invalid("release is NULL".to_owned()))?,
+        release: table
+            .release
+            .ok_or_else(|| invalid("release is NULL".to_owned()))?,
     };
     if table.name.is_null() {
         return Err(invalid("name is NULL".to_owned()));
@@ -490,7 +500,9 @@ impl PluginSession {
         let reply = unsafe { take_string(functions.free_string, out) };
         match (status, reply) {
             (STATUS_OK | STATUS_ERROR, None) => Err(CallError::BadReply("no output")),
-            (STATUS_OK | STATUS_ERROR, Some(Err(_))) => Err(CallError::BadReply("output that is not UTF-8")),
+            (STATUS_OK | STATUS_ERROR, Some(Err(_))) => {
+                Err(CallError::BadReply("output that is not UTF-8"))
+            }
             (STATUS_OK, Some(Ok(text))) => {
                 RawValue::from_string(text).map_err(CallError::MalformedResult)
             }

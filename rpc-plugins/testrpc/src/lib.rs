@@ -61,7 +61,9 @@ impl Plugin for TestRpc {
                 let params: FailParams = parse_params(params)?;
                 Err(RpcError::new(
                     params.code,
-                    params.message.unwrap_or_else(|| "failing as asked".to_owned()),
+                    params
+                        .message
+                        .unwrap_or_else(|| "failing as asked".to_owned()),
                 ))
             }
             other => Err(RpcError::internal(format!("undeclared method {other:?}"))),

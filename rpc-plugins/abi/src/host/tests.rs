@@ -73,14 +73,23 @@ fn sessions_keep_their_own_state() {
 #[test]
 fn config_reaches_init_and_init_errors_name_the_plugin() {
     let mut session = counter(Some("a=b")).open_session().expect("opens");
-    assert_eq!(session.call("config", "null").expect("answers").get(), r#""a=b""#);
+    assert_eq!(
+        session.call("config", "null").expect("answers").get(),
+        r#""a=b""#
+    );
     let mut session = counter(None).open_session().expect("opens");
-    assert_eq!(session.call("config", "null").expect("answers").get(), "null");
+    assert_eq!(
+        session.call("config", "null").expect("answers").get(),
+        "null"
+    );
 
     let library = PluginLibrary::in_process::<Counter>().expect("valid");
     let error = library.init(Some("refuse")).expect_err("init refuses");
     let text = error.to_string();
-    assert!(text.contains("counter") && text.contains("refused as asked"), "{text}");
+    assert!(
+        text.contains("counter") && text.contains("refused as asked"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -134,7 +143,10 @@ fn a_version_mismatch_is_refused_before_anything_else_is_read() {
         Err(error @ LoadError::AbiVersion { found, .. }) => {
             assert_eq!(found, ABI_VERSION + 1);
             let text = error.to_string();
-            assert!(text.contains("test.so") && text.contains("version"), "{text}");
+            assert!(
+                text.contains("test.so") && text.contains("version"),
+                "{text}"
+            );
         }
         other => panic!("expected a version error, got {other:?}"),
     }
