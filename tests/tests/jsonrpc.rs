@@ -1,0 +1,711 @@
+//! `websocket_jsonrpc` through the gateway: the JSON-RPC framing (batches,
+//! notifications, ids, standard errors), the `testrpc`, `authrpc`, `sqlrpc`
+//! and C `hello` plugins, per-session state, startup failures, and injection
+//! attempts in every string parameter.
+//!
+//! The plugins are the cdylibs `cargo build --workspace` leaves next to the
+//! binaries (`target/<profile>/lib<name>.so`); the C plugin is compiled here
+//! with `gcc` from `rpc-plugins/examples/hello.c`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use wsgate_tests::binaries::{bin_dir, bin_path, repo_root};
+use wsgate_tests::{Backend, Client, EXIT_DEADLINE, Gateway, Message};
+
+const ROOT_PASSWORD: &str = "test-root-password";
+
+/// The cdylib of plugin `name`, which must have been built.
+fn plugin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join(format!("lib{name}.so"));
+    ensure!(
+        path.is_file(),
+        "plugin {} not found: build it first with `cargo build --workspace`",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Starts `websocket_jsonrpc -R <docroot> -n <name> <args>` with `envs`.
+async fn start_jsonrpc(
+    docroot: &Path,
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<Backend> {
+    let mut command = Command::new(bin_path("websocket_jsonrpc")?);
+    command
+        .arg("-R")
+        .arg(docroot)
+        .arg("-n")
+        .arg(name)
+        .args(args);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    Backend::start_command(
+        &format!("websocket_jsonrpc ({name})"),
+        command,
+        &docroot.join(name),
+    )
+    .await
+}
+
+/// Runs `websocket_jsonrpc` with arguments that must make it fail at startup;
+/// returns its stderr.
+async fn startup_failure(args: &[&str]) -> anyhow::Result<String> {
+    let docroot = tempfile::tempdir()?;
+    let mut command = tokio::process::Command::new(bin_path("websocket_jsonrpc")?);
+    command
+        .arg("-R")
+        .arg(docroot.path())
+        .arg("-n")
+        .arg("rpc")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(EXIT_DEADLINE, command.output())
+        .await
+        .context("websocket_jsonrpc did not exit")??;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ensure!(
+        !output.status.success(),
+        "expected a failure, got {}: {stderr}",
+        output.status
+    );
+    ensure!(
+        !docroot.path().join("rpc").exists(),
+        "the socket file stays behind"
+    );
+    Ok(stderr)
+}
+
+/// A JSON-RPC client over one WebSocket.
+struct Rpc {
+    client: Client,
+    next_id: u64,
+}
+
+impl Rpc {
+    async fn connect(gateway: &Gateway, path: &str) -> anyhow::Result<Rpc> {
+        Ok(Rpc {
+            client: gateway.connect(path).await?,
+            next_id: 1,
+        })
+    }
+
+    /// Sends `text` and parses the reply.
+    async fn raw(&mut self, text: &str) -> anyhow::Result<Value> {
+        self.client.send(Message::text(text)).await?;
+        match self.client.recv().await? {
+            Message::Text(reply) => {
+                serde_json::from_str(reply.as_str()).with_context(|| format!("reply {reply}"))
+            }
+            other => bail!("expected a text reply to {text}, got {other:?}"),
+        }
+    }
+
+    /// Calls `method` and returns the whole response, checking its envelope.
+    async fn response(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let response = self.raw(&request.to_string()).await?;
+        ensure!(
+            response["jsonrpc"] == "2.0" && response["id"] == id,
+            "bad envelope: {response}"
+        );
+        Ok(response)
+    }
+
+    /// The result of `method`, or an error quoting the error object.
+    async fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let response = self.response(method, params).await?;
+        match response.get("result") {
+            Some(result) => Ok(result.clone()),
+            None => bail!("{method} failed: {response}"),
+        }
+    }
+
+    /// The error code of `method`, which must fail.
+    async fn error_code(&mut self, method: &str, params: Value) -> anyhow::Result<i64> {
+        let response = self.response(method, params).await?;
+        response["error"]["code"]
+            .as_i64()
+            .with_context(|| format!("{method} should have failed: {response}"))
+    }
+}
+
+/// A docroot with `websocket_jsonrpc` serving `args` on `name`, and a gateway.
+async fn start(name: &str, args: &[&str]) -> anyhow::Result<(TempDir, Backend, Gateway)> {
+    let docroot = tempfile::tempdir()?;
+    let backend = start_jsonrpc(
+        docroot.path(),
+        name,
+        args,
+        &[("WSGATE_ROOT_PASSWORD", ROOT_PASSWORD)],
+    )
+    .await?;
+    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    Ok((docroot, backend, gateway))
+}
+
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str().context("temporary paths are UTF-8")
+}
+
+#[tokio::test]
+async fn framing_errors_have_the_standard_codes() -> anyhow::Result<()> {
+    let testrpc = plugin_path("testrpc")?;
+    let (_docroot, _backend, gateway) = start("rpc", &["-L", path_str(&testrpc)?]).await?;
+    let mut rpc = Rpc::connect(&gateway, "/rpc").await?;
+    for (request, id, code) in [
+        ("{\"jsonrpc\": \"2.0\", \"method\": ", json!(null), -32700),
+        ("[]", json!(null), -32600),
+        ("\"just a string\"", json!(null), -32600),
+        (
+            r#"{"jsonrpc":"1.0","id":1,"method":"echo"}"#,
+            json!(1),
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"s","method":"nope"}"#,
+            json!("s"),
+            -32601,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"fail","params":{"code":"x"}}"#,
+            json!(2),
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"fail","params":{"code":-32601}}"#,
+            json!(3),
+            -32603,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":4,"method":"fail","params":{"code":-32000}}"#,
+            json!(4),
+            -32000,
+        ),
+    ] {
+        let reply = rpc.raw(request).await?;
+        assert_eq!(reply["id"], id, "reply to {request}: {reply}");
+        assert_eq!(reply["error"]["code"], code, "reply to {request}: {reply}");
+    }
+    let reply = rpc
+        .raw(r#"{"jsonrpc":"2.0","id":-5,"method":"echo","params":{"x":[1,"ü"]}}"#)
+        .await?;
+    assert_eq!(
+        reply,
+        json!({"jsonrpc": "2.0", "result": {"x": [1, "ü"]}, "id": -5})
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn batches_answer_in_order_and_notifications_get_no_reply() -> anyhow::Result<()> {
+    let testrpc = plugin_path("testrpc")?;
+    let (_docroot, _backend, gateway) = start("rpc", &["-L", path_str(&testrpc)?]).await?;
+    let mut rpc = Rpc::connect(&gateway, "/rpc").await?;
+    // A notification runs (it counts) but gets no reply: the next reply is the request's.
+    rpc.client
+        .send(Message::text(r#"{"jsonrpc":"2.0","method":"count"}"#))
+        .await?;
+    rpc.client
+        .send(Message::text(
+            r#"[{"jsonrpc":"2.0","method":"count"},{"jsonrpc":"2.0","method":"nope"}]"#,
+        ))
+        .await?;
+    assert_eq!(rpc.call("count", json!(null)).await?, json!(3));
+    let reply = rpc
+        .raw(
+            r#"[{"jsonrpc":"2.0","id":1,"method":"count"},
+                {"jsonrpc":"2.0","method":"count"},
+                {"jsonrpc":"2.0","id":2,"method":"nope"},
+                {"jsonrpc":"2.0","id":3,"method":"echo","params":["a"]},
+                7]"#,
+        )
+        .await?;
+    let replies = reply.as_array().context("a batch reply is an array")?;
+    assert_eq!(replies.len(), 4, "{reply}");
+    assert_eq!(replies[0], json!({"jsonrpc": "2.0", "result": 4, "id": 1}));
+    assert_eq!(replies[1]["error"]["code"], -32601, "{reply}");
+    assert_eq!(
+        replies[2],
+        json!({"jsonrpc": "2.0", "result": ["a"], "id": 3})
+    );
+    assert_eq!(replies[3]["error"]["code"], -32600, "{reply}");
+    assert_eq!(replies[3]["id"], json!(null), "{reply}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panicking_method_fails_that_call_only() -> anyhow::Result<()> {
+    let testrpc = plugin_path("testrpc")?;
+    let (_docroot, mut backend, gateway) =
+        start("rpc", &["-L", path_str(&testrpc)?, "-C", "the config"]).await?;
+    let mut first = Rpc::connect(&gateway, "/rpc").await?;
+    let mut second = Rpc::connect(&gateway, "/rpc").await?;
+    assert_eq!(first.call("count", json!(null)).await?, json!(1));
+    let response = first.response("panic", json!(null)).await?;
+    assert_eq!(response["error"]["code"], -32603, "{response}");
+    assert!(
+        !response.to_string().contains("panicking as asked"),
+        "panic text leaked: {response}"
+    );
+    assert_eq!(first.call("count", json!(null)).await?, json!(2));
+    assert_eq!(second.call("count", json!(null)).await?, json!(1));
+    assert_eq!(
+        second.call("config", json!(null)).await?,
+        json!("the config")
+    );
+    backend.check_running()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn authrpc_methods_and_their_errors() -> anyhow::Result<()> {
+    let authrpc = plugin_path("authrpc")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("users.db");
+    let (_docroot, _backend, gateway) =
+        start("auth", &["-L", "authrpc.so", "-C", path_str(&db)?]).await?;
+    assert!(authrpc.is_file());
+    let mut root = Rpc::connect(&gateway, "/auth").await?;
+    assert_eq!(root.call("whoami", json!({})).await?, json!(null));
+    assert_eq!(
+        root.error_code("adduser", json!({"user": "a", "passwd": "b"}))
+            .await?,
+        1
+    );
+    assert_eq!(
+        root.error_code("auth", json!({"user": "root", "passwd": "wrong"}))
+            .await?,
+        3
+    );
+    assert_eq!(
+        root.error_code("auth", json!({"user": "root"})).await?,
+        -32602
+    );
+    let me = root
+        .call("auth", json!({"user": "root", "passwd": ROOT_PASSWORD}))
+        .await?;
+    assert_eq!(
+        me,
+        json!({"user": "root", "group": "root", "home": "/root"})
+    );
+
+    let alice = json!({"user": "alice", "passwd": "alice-1", "home": "/srv/alice"});
+    assert_eq!(
+        root.call("adduser", alice.clone()).await?,
+        json!({"user": "alice", "group": "users", "home": "/srv/alice"})
+    );
+    assert_eq!(root.error_code("adduser", alice).await?, 5);
+    assert_eq!(
+        root.error_code("adduser", json!({"user": "bad name", "passwd": "x"}))
+            .await?,
+        -32602
+    );
+
+    let mut user = Rpc::connect(&gateway, "/auth").await?;
+    user.call("auth", json!({"user": "alice", "passwd": "alice-1"}))
+        .await?;
+    assert_eq!(user.call("whoami", json!(null)).await?["user"], "alice");
+    assert_eq!(
+        user.error_code("adduser", json!({"user": "bob", "passwd": "b"}))
+            .await?,
+        2
+    );
+    assert_eq!(user.error_code("rmuser", json!({"user": "root"})).await?, 2);
+    let change = json!({"user": "alice", "old": "alice-1", "new": "alice-2", "confirm": "alice-3"});
+    assert_eq!(user.error_code("passwd", change).await?, 6);
+    let change = json!({"user": "alice", "old": "nope", "new": "alice-2", "confirm": "alice-2"});
+    assert_eq!(user.error_code("passwd", change).await?, 3);
+    let change = json!({"user": "alice", "old": "alice-1", "new": "alice-2", "confirm": "alice-2"});
+    assert_eq!(user.call("passwd", change).await?, json!({"user": "alice"}));
+    let change = json!({"user": "root", "new": "x", "confirm": "x"});
+    assert_eq!(user.error_code("passwd", change).await?, 2);
+    // Root may reset a password without the old one.
+    let reset = json!({"user": "alice", "new": "alice-3", "confirm": "alice-3"});
+    root.call("passwd", reset).await?;
+    assert_eq!(
+        user.error_code("auth", json!({"user": "alice", "passwd": "alice-2"}))
+            .await?,
+        3
+    );
+    user.call("auth", json!({"user": "alice", "passwd": "alice-3"}))
+        .await?;
+    assert_eq!(root.error_code("rmuser", json!({"user": "root"})).await?, 2);
+    assert_eq!(
+        root.call("rmuser", json!({"user": "alice"})).await?,
+        json!({"user": "alice"})
+    );
+    assert_eq!(
+        root.error_code("rmuser", json!({"user": "alice"})).await?,
+        4
+    );
+    assert_eq!(user.call("whoami", json!({})).await?, json!(null));
+    root.call("logout", json!({})).await?;
+    assert_eq!(root.error_code("rmuser", json!({"user": "x"})).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sessions_have_their_own_login_state() -> anyhow::Result<()> {
+    plugin_path("authrpc")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("users.db");
+    let (_docroot, _backend, gateway) =
+        start("auth", &["-L", "authrpc", "-C", path_str(&db)?]).await?;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Rpc::connect(&gateway, "/auth").await?);
+    }
+    let (first, rest) = clients.split_first_mut().context("four clients")?;
+    first
+        .call("auth", json!({"user": "root", "passwd": ROOT_PASSWORD}))
+        .await?;
+    let calls = rest.iter_mut().map(|rpc| async move {
+        let whoami = rpc.call("whoami", json!(null)).await?;
+        let denied = rpc
+            .error_code("adduser", json!({"user": "x", "passwd": "y"}))
+            .await?;
+        anyhow::Ok((whoami, denied))
+    });
+    for (whoami, denied) in futures_util::future::try_join_all(calls).await? {
+        assert_eq!(whoami, json!(null));
+        assert_eq!(denied, 1);
+    }
+    assert_eq!(first.call("whoami", json!(null)).await?["user"], "root");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_root_password_is_printed_once_when_not_given() -> anyhow::Result<()> {
+    plugin_path("authrpc")?;
+    let docroot = tempfile::tempdir()?;
+    let db = docroot.path().join("users.db");
+    let db = path_str(&db)?.to_owned();
+    let args = ["-L", "authrpc.so", "-C", db.as_str()];
+    let backend = start_jsonrpc(docroot.path(), "auth", &args, &[]).await?;
+    let password = wsgate_tests::wait::until(
+        "the root password on stderr",
+        wsgate_tests::STARTUP_DEADLINE,
+        || {
+            let text = backend.stderr_text();
+            async move {
+                Ok(text.lines().find_map(|line| {
+                    line.split_once("with user root, password ")?
+                        .1
+                        .split_whitespace()
+                        .next()
+                        .map(str::to_owned)
+                }))
+            }
+        },
+    )
+    .await?;
+    assert!(password.len() >= 16, "{password}");
+    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let mut rpc = Rpc::connect(&gateway, "/auth").await?;
+    rpc.call("auth", json!({"user": "root", "passwd": password}))
+        .await?;
+    drop(rpc);
+    drop(backend);
+    // A second start on the same database prints nothing and keeps the password.
+    let backend = start_jsonrpc(docroot.path(), "auth", &args, &[]).await?;
+    let mut rpc = Rpc::connect(&gateway, "/auth").await?;
+    rpc.call("auth", json!({"user": "root", "passwd": password}))
+        .await?;
+    assert!(
+        !backend.stderr_text().contains("password"),
+        "{}",
+        backend.stderr_text()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn injection_attempts_are_refused_or_harmless() -> anyhow::Result<()> {
+    plugin_path("authrpc")?;
+    plugin_path("sqlrpc")?;
+    let dir = tempfile::tempdir()?;
+    let users = dir.path().join("users.db");
+    let data = dir.path().join("data.db");
+    let data_config = format!("{}?write=1", path_str(&data)?);
+    // Create the data table with exec, then serve it with write=1 only.
+    {
+        let exec_config = format!("{}?exec=1", path_str(&data)?);
+        let (_docroot, _backend, gateway) =
+            start("sql", &["-L", "sqlrpc.so", "-C", &exec_config]).await?;
+        let mut sql = Rpc::connect(&gateway, "/sql").await?;
+        sql.call(
+            "exec",
+            json!({"query": "CREATE TABLE notes (title TEXT, body TEXT)"}),
+        )
+        .await?;
+    }
+    let args = [
+        "-L",
+        "authrpc.so",
+        "-C",
+        path_str(&users)?,
+        "-L",
+        "sqlrpc.so",
+        "-C",
+        &data_config,
+    ];
+    let (_docroot, _backend, gateway) = start("rpc", &args).await?;
+    let mut rpc = Rpc::connect(&gateway, "/rpc").await?;
+    let attacks = [
+        "' OR '1'='1",
+        "root' --",
+        "root\"; DROP TABLE users; --",
+        "x'); DELETE FROM users; --",
+        "notes; DROP TABLE notes",
+        "notes\" UNION SELECT name, passwd FROM users --",
+        "\u{0}root",
+    ];
+    for attack in attacks {
+        assert_eq!(
+            rpc.error_code("auth", json!({"user": attack, "passwd": ROOT_PASSWORD}))
+                .await?,
+            3,
+            "{attack:?}"
+        );
+        assert_eq!(
+            rpc.error_code("auth", json!({"user": "root", "passwd": attack}))
+                .await?,
+            3,
+            "{attack:?}"
+        );
+        assert_eq!(
+            rpc.error_code("view", json!({"table": attack})).await?,
+            -32602,
+            "{attack:?}"
+        );
+        assert_eq!(
+            rpc.error_code("get", json!({"table": attack, "rowid": 1}))
+                .await?,
+            -32602,
+            "{attack:?}"
+        );
+        let values = json!({"table": "notes", "values": {attack: "x"}});
+        assert_eq!(
+            rpc.error_code("insert", values).await?,
+            -32602,
+            "{attack:?}"
+        );
+        let values = json!({"table": "notes", "values": {"title": attack, "body": attack}});
+        let rowid = rpc.call("insert", values).await?["rowid"].clone();
+        let row = rpc
+            .call("get", json!({"table": "notes", "rowid": rowid}))
+            .await?;
+        assert_eq!(row["row"][1], attack, "{row}");
+    }
+    rpc.call("auth", json!({"user": "root", "passwd": ROOT_PASSWORD}))
+        .await?;
+    for attack in attacks {
+        let params = json!({"user": attack, "passwd": "p"});
+        assert_eq!(
+            rpc.error_code("adduser", params).await?,
+            -32602,
+            "{attack:?}"
+        );
+        let params = json!({"user": "newbie", "passwd": "p", "group": attack});
+        assert_eq!(
+            rpc.error_code("adduser", params).await?,
+            -32602,
+            "{attack:?}"
+        );
+        assert_eq!(
+            rpc.error_code("rmuser", json!({"user": attack})).await?,
+            -32602,
+            "{attack:?}"
+        );
+        let params = json!({"user": attack, "new": "p", "confirm": "p"});
+        assert_eq!(
+            rpc.error_code("passwd", params).await?,
+            -32602,
+            "{attack:?}"
+        );
+    }
+    assert_eq!(rpc.call("list", json!({})).await?, json!(["notes"]));
+    let page = rpc
+        .call("view", json!({"table": "notes", "limit": 1000}))
+        .await?;
+    assert_eq!(page["total"], attacks.len(), "{page}");
+    assert_eq!(
+        rpc.error_code("exec", json!({"query": "DROP TABLE notes"}))
+            .await?,
+        2
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlrpc_lists_views_and_pages_through_a_table() -> anyhow::Result<()> {
+    plugin_path("sqlrpc")?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data.db");
+    let exec_config = format!("{}?exec=1", path_str(&data)?);
+    let (_docroot, _backend, gateway) =
+        start("sql", &["-L", "sqlrpc.so", "-C", &exec_config]).await?;
+    let mut sql = Rpc::connect(&gateway, "/sql").await?;
+    sql.call(
+        "exec",
+        json!({"query": "CREATE TABLE n (v INTEGER, label TEXT)"}),
+    )
+    .await?;
+    sql.call(
+        "exec",
+        json!({"query": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 250) INSERT INTO n SELECT x, 'n' || x FROM c"}),
+    )
+    .await?;
+    assert_eq!(sql.call("list", json!(null)).await?, json!(["n"]));
+    let page = sql.call("view", json!({"table": "n"})).await?;
+    assert_eq!(page["columns"], json!(["rowid", "v", "label"]));
+    assert_eq!(page["rows"].as_array().map(Vec::len), Some(100));
+    assert_eq!(page["total"], 250);
+    let page = sql
+        .call("view", json!({"table": "n", "offset": 240, "limit": 20}))
+        .await?;
+    assert_eq!(page["rows"].as_array().map(Vec::len), Some(10));
+    assert_eq!(page["rows"][0], json!([241, 241, "n241"]));
+    let row = sql.call("get", json!({"table": "n", "rowid": 7})).await?;
+    assert_eq!(row["row"], json!([7, 7, "n7"]));
+    assert_eq!(
+        sql.error_code("get", json!({"table": "n", "rowid": 999}))
+            .await?,
+        4
+    );
+    let result = sql
+        .call(
+            "exec",
+            json!({"query": "SELECT count(*) AS c FROM n WHERE v > 200"}),
+        )
+        .await?;
+    assert_eq!(result, json!({"columns": ["c"], "rows": [[50]]}));
+    assert_eq!(
+        sql.error_code("exec", json!({"query": "SELECT * FROM missing"}))
+            .await?,
+        1
+    );
+    drop(sql);
+    drop(gateway);
+    // Served read-only, the same database refuses writes.
+    let (_docroot, _backend, gateway) =
+        start("sql", &["-L", "sqlrpc.so", "-C", path_str(&data)?]).await?;
+    let mut sql = Rpc::connect(&gateway, "/sql").await?;
+    assert_eq!(
+        sql.error_code("insert", json!({"table": "n", "values": {"v": 1}}))
+            .await?,
+        2
+    );
+    assert_eq!(
+        sql.error_code("exec", json!({"query": "DELETE FROM n"}))
+            .await?,
+        2
+    );
+    assert_eq!(
+        sql.call("view", json!({"table": "n", "limit": 1})).await?["total"],
+        250
+    );
+    Ok(())
+}
+
+/// Compiles `rpc-plugins/examples/hello.c` with `defines` into `dir/libhello.so`.
+fn build_hello(dir: &Path, defines: &[&str]) -> anyhow::Result<PathBuf> {
+    let root = repo_root();
+    let output = dir.join("libhello.so");
+    let status = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(root.join("rpc-plugins/include"))
+        .args(defines)
+        .arg("-o")
+        .arg(&output)
+        .arg(root.join("rpc-plugins/examples/hello.c"))
+        .status()
+        .context("running gcc")?;
+    ensure!(status.success(), "gcc failed on hello.c: {status}");
+    Ok(output)
+}
+
+#[tokio::test]
+async fn a_plugin_written_in_c_answers_through_the_header() -> anyhow::Result<()> {
+    let build_dir = tempfile::tempdir()?;
+    let hello = build_hello(build_dir.path(), &[])?;
+    let (_docroot, mut backend, gateway) =
+        start("hello", &["-L", path_str(&hello)?, "-C", "from \"C\" test"]).await?;
+    let mut first = Rpc::connect(&gateway, "/hello").await?;
+    let mut second = Rpc::connect(&gateway, "/hello").await?;
+    let greeting = first.call("hello", json!({})).await?;
+    assert_eq!(
+        greeting,
+        json!({"greeting": "hello from C", "calls": 1, "config": "from \"C\" test"})
+    );
+    assert_eq!(first.call("hello", json!([])).await?["calls"], 2);
+    assert_eq!(second.call("hello", json!(null)).await?["calls"], 1);
+    let response = first.response("fail", json!(null)).await?;
+    assert_eq!(
+        response["error"],
+        json!({"code": 1001, "message": "failure from C"})
+    );
+    assert_eq!(first.error_code("malformed", json!(null)).await?, -32603);
+    assert_eq!(first.error_code("broken", json!(null)).await?, -32603);
+    assert_eq!(first.call("hello", json!({})).await?["calls"], 3);
+    backend.check_running()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn startup_failures_name_the_file_and_the_cause() -> anyhow::Result<()> {
+    let build_dir = tempfile::tempdir()?;
+    let stderr = startup_failure(&["-L", "no_such_plugin.so"]).await?;
+    assert!(
+        stderr.contains("no_such_plugin.so") && stderr.contains("not found"),
+        "{stderr}"
+    );
+
+    let no_entry_dir = build_dir.path().join("no_entry");
+    std::fs::create_dir(&no_entry_dir)?;
+    let no_entry = build_hello(&no_entry_dir, &["-DHELLO_NO_ENTRY"])?;
+    let stderr = startup_failure(&["-L", path_str(&no_entry)?]).await?;
+    assert!(
+        stderr.contains(path_str(&no_entry)?) && stderr.contains("wsgate_rpc_plugin"),
+        "{stderr}"
+    );
+
+    let old_dir = build_dir.path().join("old_abi");
+    std::fs::create_dir(&old_dir)?;
+    let old_abi = build_hello(&old_dir, &["-DHELLO_ABI_VERSION=99"])?;
+    let stderr = startup_failure(&["-L", path_str(&old_abi)?]).await?;
+    assert!(
+        stderr.contains(path_str(&old_abi)?) && stderr.contains("version 99"),
+        "{stderr}"
+    );
+
+    let not_a_library = build_dir.path().join("libtext.so");
+    std::fs::write(&not_a_library, "not a shared object")?;
+    let stderr = startup_failure(&["-L", path_str(&not_a_library)?]).await?;
+    assert!(stderr.contains(path_str(&not_a_library)?), "{stderr}");
+
+    let testrpc = plugin_path("testrpc")?;
+    let testrpc = path_str(&testrpc)?;
+    let stderr = startup_failure(&["-L", testrpc, "-L", "testrpc.so"]).await?;
+    assert!(stderr.contains("declared by both"), "{stderr}");
+    let stderr = startup_failure(&["-L", testrpc, "-C", "refuse"]).await?;
+    assert!(stderr.contains("refuse to start"), "{stderr}");
+    let stderr = startup_failure(&["-C", "stray", "-L", testrpc]).await?;
+    assert!(stderr.contains("before any -L"), "{stderr}");
+    let stderr = startup_failure(&["-L", "authrpc.so"]).await?;
+    assert!(
+        stderr.contains("authrpc") && stderr.contains("-C"),
+        "{stderr}"
+    );
+    Ok(())
+}
