@@ -61,7 +61,8 @@ impl PartialEq for GlobList {
 
 impl Eq for GlobList {}
 
-/// Which backend names may be reached, and which of them speak raw mode.
+/// Which backend names may be reached, and which of them speak raw mode or
+/// get their client's socket handed over (direct mode).
 ///
 /// Globs match the whole name, and `*` also matches `/`, so the default allow
 /// glob `*` admits nested names such as `group/item`.
@@ -70,6 +71,19 @@ pub struct NamePolicy {
     allow: GlobList,
     deny: GlobList,
     raw: GlobList,
+    direct: GlobList,
+}
+
+/// A configuration that puts names in both raw and direct mode.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "raw glob {raw:?} and direct glob {direct:?} overlap: raw-mode backends cannot take direct mode"
+)]
+pub struct ModeConflict {
+    /// The raw glob.
+    pub raw: String,
+    /// The direct glob.
+    pub direct: String,
 }
 
 impl NamePolicy {
@@ -79,7 +93,27 @@ impl NamePolicy {
             allow: GlobList::new(allow)?,
             deny: GlobList::new(deny)?,
             raw: GlobList::new(raw)?,
+            direct: GlobList::new(&[])?,
         })
+    }
+
+    /// Adds the direct-mode globs. A direct glob that matches a raw glob's
+    /// text, or a raw glob that matches a direct glob's text, is a conflict
+    /// (`*` against `legacy-*`, `legacy-*` against itself); the relay also
+    /// refuses, at run time, any name that matches both.
+    pub fn with_direct(mut self, direct: &[String]) -> Result<NamePolicy, DirectGlobError> {
+        self.direct = GlobList::new(direct)?;
+        for raw in &self.raw.globs {
+            for direct in &self.direct.globs {
+                if self.direct.set.is_match(raw) || self.raw.set.is_match(direct) {
+                    return Err(DirectGlobError::Conflict(ModeConflict {
+                        raw: raw.clone(),
+                        direct: direct.clone(),
+                    }));
+                }
+            }
+        }
+        Ok(self)
     }
 
     /// A name is allowed when it matches an allow glob and no deny glob.
@@ -90,6 +124,11 @@ impl NamePolicy {
     /// A name matching a raw glob is relayed in raw mode (no OPEN, bare payloads).
     pub fn is_raw(&self, name: &str) -> bool {
         self.raw.set.is_match(name)
+    }
+
+    /// A name matching a direct glob gets its client's socket handed over.
+    pub fn is_direct(&self, name: &str) -> bool {
+        self.direct.set.is_match(name)
     }
 
     /// The allow globs as configured.
@@ -106,6 +145,17 @@ impl NamePolicy {
     pub fn raw_globs(&self) -> &[String] {
         &self.raw.globs
     }
+}
+
+/// Why the direct globs cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectGlobError {
+    /// A glob does not compile.
+    #[error(transparent)]
+    Glob(#[from] GlobError),
+    /// Raw and direct globs overlap.
+    #[error(transparent)]
+    Conflict(#[from] ModeConflict),
 }
 
 impl Default for NamePolicy {
@@ -265,6 +315,24 @@ mod tests {
         assert!(policy.is_raw("raw-echo"));
         assert!(policy.is_raw("legacy/chat"));
         assert!(!policy.is_raw("echo"));
+    }
+
+    #[test]
+    fn direct_globs_select_direct_names_and_must_not_overlap_raw_ones() {
+        let policy = NamePolicy::new(&strings(&["*"]), &[], &strings(&["legacy-*"]))
+            .expect("valid")
+            .with_direct(&strings(&["fast/*", "echo"]))
+            .expect("no overlap");
+        assert!(policy.is_direct("fast/echo"));
+        assert!(policy.is_direct("echo"));
+        assert!(!policy.is_direct("legacy-x"));
+        for direct in [&["*"][..], &["legacy-*"], &["legacy-?"]] {
+            let raw = NamePolicy::new(&strings(&["*"]), &[], &strings(&["legacy-*"])).expect("ok");
+            assert!(
+                raw.with_direct(&strings(direct)).is_err(),
+                "{direct:?} overlaps legacy-*"
+            );
+        }
     }
 
     #[test]

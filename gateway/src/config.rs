@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::access::{GlobError, NamePolicy, OriginError, OriginPolicy};
+use crate::access::{DirectGlobError, GlobError, NamePolicy, OriginError, OriginPolicy};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -83,6 +83,13 @@ pub struct Args {
     #[arg(long, value_name = "GLOB")]
     pub raw: Vec<String>,
 
+    /// Glob of names served in direct mode (repeatable; `*` for every name,
+    /// like ouistiti's options="direct"): after the 101 the client's socket is
+    /// handed to the backend and the gateway leaves the data path. Must not
+    /// overlap the raw globs. [default: none]
+    #[arg(long, value_name = "GLOB")]
+    pub direct: Vec<String>,
+
     /// In raw mode, end each client message sent to the backend with a NUL byte.
     #[arg(long)]
     pub raw_nul: bool,
@@ -134,6 +141,7 @@ struct FileConfig {
     allow: Option<Vec<String>>,
     deny: Option<Vec<String>>,
     raw: Option<Vec<String>>,
+    direct: Option<Vec<String>>,
     raw_nul: Option<bool>,
     max_message_size: Option<usize>,
     max_connections: Option<usize>,
@@ -188,6 +196,9 @@ pub enum ConfigError {
     /// An allow, deny or raw glob does not compile.
     #[error(transparent)]
     Glob(#[from] GlobError),
+    /// A direct glob does not compile or overlaps a raw glob.
+    #[error(transparent)]
+    Direct(#[from] DirectGlobError),
     /// An `origin` is malformed.
     #[error(transparent)]
     Origin(#[from] OriginError),
@@ -289,6 +300,7 @@ impl Config {
         let allow = list(args.allow, file.allow, &["*"]);
         let deny = list(args.deny, file.deny, &[]);
         let raw = list(args.raw, file.raw, &[]);
+        let direct = list(args.direct, file.direct, &[]);
         let origin = list(args.origin, file.origin, &[]);
 
         let max_message_size = args
@@ -347,7 +359,7 @@ impl Config {
                 .or(file.docroot)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCROOT)),
             htdocs: args.htdocs.or(file.htdocs),
-            names: NamePolicy::new(&allow, &deny, &raw)?,
+            names: NamePolicy::new(&allow, &deny, &raw)?.with_direct(&direct)?,
             raw_nul: args.raw_nul || file.raw_nul.unwrap_or(false),
             max_message_size,
             max_connections,
@@ -419,6 +431,8 @@ mod tests {
             "admin/*",
             "--raw",
             "legacy-*",
+            "--direct",
+            "fast/*",
             "--raw-nul",
             "--max-message-size",
             "1048576",
@@ -510,6 +524,7 @@ mod tests {
         let cases: &[(&str, &[&str], &str)] = &[
             ("", &["--deny", "a[b"], "\"a[b\""),
             ("raw = ['x{']", &[], "\"x{\""),
+            ("raw = ['legacy-*']", &["--direct", "*"], "overlap"),
             ("listen = ['localhost']", &[], "\"localhost\""),
             ("bogus_key = 1", &[], "bogus_key"),
             ("max_message_size = 'big'", &[], "max_message_size"),

@@ -13,6 +13,7 @@
 //! - `backend`: connecting to a backend and the OPEN → ACCEPT/REJECT exchange.
 //! - `relay`: messages between a client and its backend until one side closes
 //!   (`relay::framed` for the link protocol, `relay::raw` for ouistiti's raw mode).
+//! - `handoff`: direct mode, the client's socket handed to the backend after the `101`.
 //! - `upgrade`: one upgrade request from handshake to the spawned relay.
 //! - `connection`: one TCP connection served by hyper; dispatches each request.
 //! - `static_files`: files from `--htdocs` through tower-http's `ServeDir`.
@@ -26,6 +27,7 @@ pub mod access;
 mod backend;
 pub mod config;
 mod connection;
+mod handoff;
 pub mod handshake;
 pub mod refusal;
 mod relay;

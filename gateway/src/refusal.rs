@@ -62,6 +62,9 @@ pub enum Refusal {
     /// The backend did not answer OPEN within `--accept-timeout`.
     #[error("backend {0:?} did not answer in time")]
     BackendTimeout(String),
+    /// The configuration cannot serve this name.
+    #[error("misconfigured: {0}")]
+    Misconfigured(String),
     /// The backend answered REJECT.
     #[error("backend {name:?} rejected the client with {status}: {reason}")]
     BackendRejected {
@@ -92,6 +95,7 @@ impl Refusal {
                 StatusCode::BAD_GATEWAY
             }
             Refusal::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::BackendRejected { status, .. } => *status,
         }
     }

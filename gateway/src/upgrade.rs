@@ -22,6 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::backend;
+use crate::handoff;
 use crate::handshake::{self, UpgradeRequest};
 use crate::refusal::Refusal;
 use crate::relay;
@@ -33,6 +34,8 @@ use crate::server::Shared;
 enum Link {
     Framed(backend::FramedLink),
     Raw(tokio::net::UnixStream),
+    /// Accepted in direct mode: the client's socket goes over this link.
+    Direct(backend::FramedLink),
 }
 
 /// Answers an upgrade request: `101` with the relay spawned, or a refusal.
@@ -119,7 +122,15 @@ async fn accept(
         .try_acquire_owned()
         .map_err(|_| Refusal::ConnectionLimit(config.max_connections))?;
 
+    let is_direct = config.names.is_direct(&target.name);
     if config.names.is_raw(&target.name) {
+        if is_direct {
+            // The configuration check rules this out for literal globs; refuse the rest.
+            return Err(Refusal::Misconfigured(format!(
+                "{:?} matches both a raw and a direct glob",
+                target.name
+            )));
+        }
         let stream =
             backend::open_raw(&target.socket_path, &target.name, config.accept_timeout).await?;
         return Ok(Accepted {
@@ -133,7 +144,11 @@ async fn accept(
     }
     let open = OpenMeta {
         version: LINK_VERSION,
-        mode: LinkMode::Framed,
+        mode: if is_direct {
+            LinkMode::Direct
+        } else {
+            LinkMode::Framed
+        },
         id,
         name: target.name.clone(),
         path: path.to_owned(),
@@ -154,7 +169,11 @@ async fn accept(
         upgrade,
         protocol: reply.protocol.or_else(|| target.protocol.clone()),
         target,
-        link: Link::Framed(link),
+        link: if is_direct {
+            Link::Direct(link)
+        } else {
+            Link::Framed(link)
+        },
         extra_headers: reply.headers,
         permit,
     })
@@ -189,13 +208,16 @@ async fn relay_upgraded(on_upgrade: OnUpgrade, link: Link, shared: &Shared) {
             return;
         }
     };
-    let client = relay::client_websocket(tcp, pending, &shared.settings).await;
+    let settings = &shared.settings;
     match link {
         Link::Framed(link) => {
-            relay::framed::run(client, link, &shared.settings, &shared.shutdown).await;
+            let client = relay::client_websocket(tcp, pending, settings).await;
+            relay::framed::run(client, link, settings, &shared.shutdown).await;
         }
         Link::Raw(stream) => {
-            relay::raw::run(client, stream, &shared.settings, &shared.shutdown).await;
+            let client = relay::client_websocket(tcp, pending, settings).await;
+            relay::raw::run(client, stream, settings, &shared.shutdown).await;
         }
+        Link::Direct(link) => handoff::hand_over(tcp, pending, link, settings).await,
     }
 }

@@ -14,12 +14,14 @@
 #![warn(missing_docs)]
 
 pub mod jsonrpc;
+pub mod direct;
 pub mod launch;
 pub mod link;
 pub mod serve;
 pub mod session;
 pub mod socket_file;
 
+pub use direct::DirectOptions;
 pub use launch::{CommonArgs, LaunchError, init_tracing, launch};
 pub use serve::{Listener, ServeOptions, serve};
 pub use session::{Connection, Incoming, Session, SessionError};

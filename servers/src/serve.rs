@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
+use crate::direct::DirectOptions;
 use crate::link::{AcceptReply, DEFAULT_MAX_PAYLOAD};
 use crate::session::{Connection, Session, SessionError};
 use crate::socket_file::SocketFile;
@@ -25,6 +26,7 @@ use crate::socket_file::SocketFile;
 pub struct Listener {
     inner: UnixListener,
     max_payload: usize,
+    direct_options: DirectOptions,
 }
 
 impl Listener {
@@ -37,12 +39,21 @@ impl Listener {
         Ok(Listener {
             inner: UnixListener::from_std(std_listener)?,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            direct_options: DirectOptions::default(),
         })
     }
 
     /// Sets the largest message this backend accepts from the gateway.
     pub fn with_max_payload(mut self, max_payload: usize) -> Listener {
         self.max_payload = max_payload;
+        self.direct_options.max_message_size = max_payload;
+        self
+    }
+
+    /// Sets the keepalive of clients handed over in direct mode (the gateway
+    /// keeps relayed clients alive itself).
+    pub fn with_direct_options(mut self, direct_options: DirectOptions) -> Listener {
+        self.direct_options = direct_options;
         self
     }
 
@@ -52,7 +63,13 @@ impl Listener {
         let mut backoff = Duration::from_millis(10);
         loop {
             match self.inner.accept().await {
-                Ok((stream, _)) => return Ok(Connection::new(stream, self.max_payload)),
+                Ok((stream, _)) => {
+                    return Ok(Connection::new(
+                        stream,
+                        self.max_payload,
+                        self.direct_options,
+                    ));
+                }
                 Err(error) if is_transient(&error) => {
                     warn!(%error, "accept failed; retrying");
                     tokio::time::sleep(backoff).await;

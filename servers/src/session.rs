@@ -1,8 +1,8 @@
 //! A backend's view of one client: [`Incoming`] before it answers OPEN, and
 //! [`Session`] after, a `Stream` and `Sink` of WebSocket [`Message`]s.
 //!
-//! A session behaves the same whatever carries it: today the framed link,
-//! tomorrow the client's own socket in direct mode. Servers only ever see
+//! A session behaves the same whatever carries it: the framed link, or in
+//! direct mode the client's own socket (`direct`). Servers only ever see
 //! whole text, binary and close messages; pings and pongs never reach them.
 
 use std::pin::Pin;
@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::codec::{Framed, FramedParts};
 
+use crate::direct::{self, DirectClient, DirectOptions};
 use crate::link::record::CloseInfo;
 use crate::link::{
     AcceptReply, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record, RecordCodec, RejectReply,
@@ -43,21 +44,27 @@ pub enum SessionError {
 #[derive(Debug)]
 pub struct Connection {
     framed: Framed<UnixStream, RecordCodec>,
+    direct_options: DirectOptions,
 }
 
 impl Connection {
-    pub(crate) fn new(stream: UnixStream, max_payload: usize) -> Connection {
+    pub(crate) fn new(
+        stream: UnixStream,
+        max_payload: usize,
+        direct_options: DirectOptions,
+    ) -> Connection {
         let mut parts = FramedParts::new::<Record>(stream, RecordCodec::new(max_payload));
         parts.read_buf = BytesMut::with_capacity(LINK_READ_BUFFER);
         Connection {
             framed: Framed::from_parts(parts),
+            direct_options,
         }
     }
 
     /// Reads the OPEN record. A link that closes first is
     /// [`SessionError::ClosedBeforeOpen`]; an OPEN this backend cannot serve (a
-    /// newer protocol version, direct mode) is answered with REJECT here and
-    /// becomes [`SessionError::Unsupported`].
+    /// newer protocol version) is answered with REJECT here and becomes
+    /// [`SessionError::Unsupported`].
     pub async fn open(mut self) -> Result<Incoming, SessionError> {
         let record = match self.framed.next().await {
             None => return Err(SessionError::ClosedBeforeOpen),
@@ -70,17 +77,14 @@ impl Connection {
         let incoming = Incoming {
             meta,
             framed: self.framed,
+            direct_options: self.direct_options,
         };
-        let unsupported = if incoming.meta.version != LINK_VERSION {
-            Some(format!(
+        let unsupported = (incoming.meta.version != LINK_VERSION).then(|| {
+            format!(
                 "link protocol version {} (this backend speaks {LINK_VERSION})",
                 incoming.meta.version
-            ))
-        } else if incoming.meta.mode == LinkMode::Direct {
-            Some("direct mode is not implemented by this backend".to_owned())
-        } else {
-            None
-        };
+            )
+        });
         match unsupported {
             None => Ok(incoming),
             Some(reason) => {
@@ -101,6 +105,7 @@ impl Connection {
 pub struct Incoming {
     meta: OpenMeta,
     framed: Framed<UnixStream, RecordCodec>,
+    direct_options: DirectOptions,
 }
 
 impl Incoming {
@@ -110,11 +115,29 @@ impl Incoming {
     }
 
     /// Lets the gateway complete the handshake; messages flow from now on.
+    ///
+    /// In direct mode this also takes over the client's socket, which the
+    /// gateway hands over right after its `101`.
     pub async fn accept(mut self, reply: AcceptReply) -> Result<Session, SessionError> {
         self.framed.send(Record::Accept(reply.to_payload())).await?;
+        let transport = match self.meta.mode {
+            LinkMode::Framed => Transport::Link(self.framed),
+            LinkMode::Direct => {
+                let parts = self.framed.into_parts();
+                if !parts.read_buf.is_empty() {
+                    // The gateway sends nothing between OPEN and HANDOFF.
+                    return Err(LinkError::Unexpected("data before HANDOFF").into());
+                }
+                let (client, peer) = direct::take_over(parts.io, self.direct_options).await?;
+                if let Some(peer) = peer {
+                    self.meta.peer = peer.to_string();
+                }
+                Transport::Direct(Box::new(client))
+            }
+        };
         Ok(Session {
             meta: self.meta,
-            framed: self.framed,
+            transport,
         })
     }
 
@@ -132,7 +155,16 @@ impl Incoming {
 #[derive(Debug)]
 pub struct Session {
     meta: OpenMeta,
-    framed: Framed<UnixStream, RecordCodec>,
+    transport: Transport,
+}
+
+/// What carries a session's messages.
+#[derive(Debug)]
+enum Transport {
+    /// Records on the link from the gateway (framed mode).
+    Link(Framed<UnixStream, RecordCodec>),
+    /// The client's own socket (direct mode).
+    Direct(Box<DirectClient>),
 }
 
 impl Session {
@@ -193,11 +225,16 @@ impl Stream for Session {
     type Item = Result<Message, SessionError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.framed.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(record))) => Poll::Ready(Some(record_to_message(record))),
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        match &mut self.transport {
+            Transport::Link(framed) => match framed.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(record))) => Poll::Ready(Some(record_to_message(record))),
+                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            Transport::Direct(client) => client
+                .poll_next_unpin(cx)
+                .map(|item| item.map(|result| result.map_err(SessionError::from))),
         }
     }
 }
@@ -209,16 +246,21 @@ impl Sink<Message> for Session {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SessionError>> {
-        self.framed.poll_ready_unpin(cx).map_err(SessionError::from)
+        match &mut self.transport {
+            Transport::Link(framed) => framed.poll_ready_unpin(cx).map_err(SessionError::from),
+            Transport::Direct(client) => client.poll_ready_unpin(cx).map_err(SessionError::from),
+        }
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), SessionError> {
-        match message_to_record(message) {
-            Some(record) => self
-                .framed
-                .start_send_unpin(record)
-                .map_err(SessionError::from),
-            None => Ok(()),
+        match &mut self.transport {
+            Transport::Link(framed) => match message_to_record(message) {
+                Some(record) => framed.start_send_unpin(record).map_err(SessionError::from),
+                None => Ok(()),
+            },
+            Transport::Direct(client) => {
+                client.start_send_unpin(message).map_err(SessionError::from)
+            }
         }
     }
 
@@ -226,14 +268,20 @@ impl Sink<Message> for Session {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SessionError>> {
-        self.framed.poll_flush_unpin(cx).map_err(SessionError::from)
+        match &mut self.transport {
+            Transport::Link(framed) => framed.poll_flush_unpin(cx).map_err(SessionError::from),
+            Transport::Direct(client) => client.poll_flush_unpin(cx).map_err(SessionError::from),
+        }
     }
 
     fn poll_close(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SessionError>> {
-        self.framed.poll_close_unpin(cx).map_err(SessionError::from)
+        match &mut self.transport {
+            Transport::Link(framed) => framed.poll_close_unpin(cx).map_err(SessionError::from),
+            Transport::Direct(client) => client.poll_close_unpin(cx).map_err(SessionError::from),
+        }
     }
 }
 

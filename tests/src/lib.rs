@@ -8,6 +8,7 @@
 //! - [`client`]: [`Client`], a WebSocket client whose every read has a deadline.
 //! - [`http`]: raw HTTP/1.1 requests with exact control over headers, for refusals.
 //! - [`fake_backend`]: [`FakeBackend`], an in-process framed backend that records its links.
+//! - [`mode`]: [`Mode`], relay or direct, and [`both_modes!`] to run a suite in both.
 //! - [`wait`]: waiting on a fact under a deadline, the only way these tests wait.
 //!
 //! Every wait has a deadline that is only an upper bound: nothing here sleeps
@@ -23,6 +24,7 @@ pub mod client;
 pub mod fake_backend;
 pub mod gateway;
 pub mod http;
+pub mod mode;
 pub mod wait;
 
 use std::time::Duration;
@@ -33,6 +35,7 @@ pub use client::Client;
 pub use fake_backend::{FakeBackend, FakeBehaviour, LinkEvent};
 pub use gateway::Gateway;
 pub use http::{HandshakeRequest, HttpResponse};
+pub use mode::Mode;
 pub use servers::link::{AcceptReply, OpenMeta, Record, RejectReply};
 pub use tokio_tungstenite::tungstenite::Message;
 pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;

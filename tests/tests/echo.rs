@@ -6,19 +6,29 @@ use futures_util::future::try_join_all;
 use tempfile::TempDir;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 use wsgate_tests::client::describe;
-use wsgate_tests::{Backend, CloseCode, Gateway, Message};
+use wsgate_tests::{Backend, CloseCode, Gateway, Message, Mode, both_modes};
+
+both_modes!(
+    echo_returns_each_message_with_its_kind_and_bytes,
+    echo_returns_one_mebibyte_messages_intact,
+    fragmented_message_is_echoed_as_one_message,
+    hundred_concurrent_clients_each_get_their_own_data,
+    client_close_is_answered_with_its_code,
+);
 
 /// A docroot with `websocket_echo` on `echo` (given `backend_args`) and a gateway on it.
-async fn start_echo(backend_args: &[&str]) -> anyhow::Result<(TempDir, Backend, Gateway)> {
+async fn start_echo(
+    mode: Mode,
+    backend_args: &[&str],
+) -> anyhow::Result<(TempDir, Backend, Gateway)> {
     let docroot = tempfile::tempdir()?;
     let backend = Backend::start("websocket_echo", docroot.path(), "echo", backend_args).await?;
-    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let gateway = Gateway::start(docroot.path(), mode.gateway_args()).await?;
     Ok((docroot, backend, gateway))
 }
 
-#[tokio::test]
-async fn echo_returns_each_message_with_its_kind_and_bytes() -> anyhow::Result<()> {
-    let (_docroot, _echo, gateway) = start_echo(&[]).await?;
+async fn echo_returns_each_message_with_its_kind_and_bytes(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _echo, gateway) = start_echo(mode, &[]).await?;
     let mut client = gateway.connect("/echo").await?;
     let messages = [
         Message::text("hello"),
@@ -41,9 +51,8 @@ async fn echo_returns_each_message_with_its_kind_and_bytes() -> anyhow::Result<(
     Ok(())
 }
 
-#[tokio::test]
-async fn echo_returns_one_mebibyte_messages_intact() -> anyhow::Result<()> {
-    let (_docroot, _echo, gateway) = start_echo(&[]).await?;
+async fn echo_returns_one_mebibyte_messages_intact(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _echo, gateway) = start_echo(mode, &[]).await?;
     let mut client = gateway.connect("/echo").await?;
     let binary: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
     let text: String = (0..1 << 20)
@@ -61,9 +70,8 @@ async fn echo_returns_one_mebibyte_messages_intact() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn fragmented_message_is_echoed_as_one_message() -> anyhow::Result<()> {
-    let (_docroot, _echo, gateway) = start_echo(&[]).await?;
+async fn fragmented_message_is_echoed_as_one_message(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _echo, gateway) = start_echo(mode, &[]).await?;
     let mut client = gateway.connect("/echo").await?;
     // (first frame's opcode, fragments, the whole message expected back)
     let cases: [(Data, &[&[u8]], Message); 3] = [
@@ -97,12 +105,11 @@ async fn fragmented_message_is_echoed_as_one_message() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hundred_concurrent_clients_each_get_their_own_data() -> anyhow::Result<()> {
+async fn hundred_concurrent_clients_each_get_their_own_data(mode: Mode) -> anyhow::Result<()> {
     const N_CLIENTS: usize = 100;
     const N_MESSAGES: usize = 5;
     // The echo serves 50 clients by default; make room for all of them.
-    let (_docroot, _echo, gateway) = start_echo(&["-m", "200"]).await?;
+    let (_docroot, _echo, gateway) = start_echo(mode, &["-m", "200"]).await?;
     let clients = try_join_all((0..N_CLIENTS).map(|_| gateway.connect("/echo"))).await?;
     let sessions = clients
         .into_iter()
@@ -132,9 +139,8 @@ async fn hundred_concurrent_clients_each_get_their_own_data() -> anyhow::Result<
     Ok(())
 }
 
-#[tokio::test]
-async fn client_close_is_answered_with_its_code() -> anyhow::Result<()> {
-    let (_docroot, _echo, gateway) = start_echo(&[]).await?;
+async fn client_close_is_answered_with_its_code(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _echo, gateway) = start_echo(mode, &[]).await?;
     let mut client = gateway.connect("/echo").await?;
     assert_eq!(
         client.round_trip(Message::text("before close")).await?,

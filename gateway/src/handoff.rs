@@ -1,0 +1,48 @@
+//! Direct mode: after the `101`, hand the client's TCP socket and the bytes
+//! already read past the handshake to the backend in one HANDOFF record
+//! (SCM_RIGHTS through `servers::link::fd_pass`), then forget the client.
+//!
+//! From then on the backend speaks WebSocket on the socket itself; the
+//! gateway holds no descriptor, no task and no connection slot for it.
+
+use std::os::fd::AsFd;
+
+use bytes::Bytes;
+use servers::link::fd_pass;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::backend::FramedLink;
+use crate::relay::{self, RelaySettings};
+
+/// Hands `tcp` and `pending` over on `link`. If that fails, the client (who
+/// already has its `101`) is closed with `1011` and the reason is logged.
+pub(crate) async fn hand_over(
+    tcp: TcpStream,
+    pending: Bytes,
+    link: FramedLink,
+    settings: &RelaySettings,
+) {
+    let parts = link.into_parts();
+    let failure = if parts.read_buf.is_empty() {
+        let mut stream = parts.io;
+        match fd_pass::send_handoff(&mut stream, tcp.as_fd(), &pending).await {
+            Ok(()) => {
+                tracing::debug!(n_pending = pending.len(), "client handed over");
+                return;
+            }
+            Err(error) => format!("sending HANDOFF: {error}"),
+        }
+    } else {
+        // The backend may send nothing between ACCEPT and HANDOFF.
+        "the backend sent data after ACCEPT in direct mode".to_owned()
+    };
+    tracing::warn!("direct hand-over failed: {failure}; closing the client with 1011");
+    let mut client = relay::client_websocket(tcp, pending, settings).await;
+    let frame = CloseFrame {
+        code: CloseCode::Error,
+        reason: "backend hand-over failed".into(),
+    };
+    let _ = tokio::time::timeout(settings.close_timeout, client.close(Some(frame))).await;
+}
