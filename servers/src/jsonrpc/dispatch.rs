@@ -25,6 +25,9 @@ use tracing::{debug, warn};
 
 use super::plugins::PluginSet;
 
+/// Most requests in one batch; a larger batch is answered with one `-32600`.
+pub const MAX_BATCH: usize = 1000;
+
 /// The id jsonrpsee sees; the client's own id is restored in [`finish_response`].
 const INNER_ID: &str = "0";
 
@@ -79,6 +82,12 @@ impl Dispatcher {
             if batch.is_empty() {
                 return Some(error_response(&Value::Null, invalid_request("empty batch")));
             }
+            if batch.len() > MAX_BATCH {
+                return Some(error_response(
+                    &Value::Null,
+                    invalid_request(&format!("a batch holds at most {MAX_BATCH} requests")),
+                ));
+            }
             let mut responses = Vec::with_capacity(batch.len());
             for request in &batch {
                 if let Some(response) = self.handle_request(request).await {
@@ -91,6 +100,11 @@ impl Dispatcher {
             return Some(format!("[{}]", responses.join(",")));
         }
         self.handle_request(&value).await
+    }
+
+    /// The answer to a message that is not text at all (binary, not UTF-8).
+    pub fn parse_error() -> String {
+        error_response(&Value::Null, ErrorCode::ParseError.into())
     }
 
     /// One request object of a message or batch.

@@ -61,7 +61,7 @@ pub async fn run_session(
             Some(Ok(Message::Text(text))) => dispatcher.handle_text(text.as_str()).await,
             Some(Ok(Message::Binary(data))) => match std::str::from_utf8(&data) {
                 Ok(text) => dispatcher.handle_text(text).await,
-                Err(_) => dispatcher.handle_text("\u{0}not UTF-8").await,
+                Err(_) => Some(Dispatcher::parse_error()),
             },
             Some(Ok(_)) | None => break,
             Some(Err(error)) => {

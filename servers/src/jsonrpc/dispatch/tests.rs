@@ -115,6 +115,8 @@ async fn protocol_errors_have_their_standard_codes() {
     check_error(&dispatcher, "{not json", json!(null), -32700).await;
     check_error(&dispatcher, "", json!(null), -32700).await;
     check_error(&dispatcher, "[]", json!(null), -32600).await;
+    let huge_batch = format!("[{}]", vec!["1"; MAX_BATCH + 1].join(","));
+    check_error(&dispatcher, &huge_batch, json!(null), -32600).await;
     check_error(&dispatcher, "42", json!(null), -32600).await;
     check_error(
         &dispatcher,
