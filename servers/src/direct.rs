@@ -71,8 +71,9 @@ pub(crate) async fn take_over(
         .max_write_buffer_size(options.max_message_size.saturating_add(64 * 1024))
         .max_message_size(Some(options.max_message_size))
         .max_frame_size(Some(options.max_message_size));
-    let ws = WebSocketStream::from_partially_read(tcp, pending.to_vec(), Role::Server, Some(config))
-        .await;
+    let ws =
+        WebSocketStream::from_partially_read(tcp, pending.to_vec(), Role::Server, Some(config))
+            .await;
     Ok((DirectClient::new(ws, options), peer))
 }
 
@@ -125,7 +126,11 @@ impl DirectClient {
             match self.ws.poll_ready_unpin(cx) {
                 Poll::Ready(Ok(())) => {
                     self.ping_due = false;
-                    if self.ws.start_send_unpin(Message::Ping(Bytes::new())).is_ok() {
+                    if self
+                        .ws
+                        .start_send_unpin(Message::Ping(Bytes::new()))
+                        .is_ok()
+                    {
                         let _ = self.ws.poll_flush_unpin(cx);
                     }
                 }
@@ -158,7 +163,12 @@ impl DirectClient {
 
     /// Sends the client a close frame if the socket takes it now, and returns
     /// the same frame as the session's last message.
-    fn close_with(&mut self, cx: &mut Context<'_>, code: CloseCode, reason: &'static str) -> Message {
+    fn close_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        code: CloseCode,
+        reason: &'static str,
+    ) -> Message {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
@@ -264,9 +274,9 @@ impl Sink<Message> for DirectClient {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), LinkError>> {
         match self.ws.poll_close_unpin(cx) {
             // Closing a socket the client already closed is not a failure.
-            Poll::Ready(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
-                Poll::Ready(Ok(()))
-            }
+            Poll::Ready(Err(
+                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+            )) => Poll::Ready(Ok(())),
             other => other.map_err(ws_error),
         }
     }

@@ -13,8 +13,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod jsonrpc;
 pub mod direct;
+pub mod jsonrpc;
 pub mod launch;
 pub mod link;
 pub mod serve;

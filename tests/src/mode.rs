@@ -26,7 +26,11 @@ impl Mode {
 
     /// `gateway_args` followed by `extra`.
     pub fn with_args<'a>(self, extra: &[&'a str]) -> Vec<&'a str> {
-        self.gateway_args().iter().copied().chain(extra.iter().copied()).collect()
+        self.gateway_args()
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect()
     }
 }
 
