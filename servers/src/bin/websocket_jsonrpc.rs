@@ -18,6 +18,11 @@ use servers::{CommonArgs, LaunchError, ServeOptions};
 /// `-C CONFIG` configures the `-L` right before it:
 /// `-L authrpc.so -C users.db -L sqlrpc.so -C data.db?exec=1`.
 /// Two plugins declaring the same method is a startup error.
+///
+/// Shipped plugins: authrpc (`-C users.db`, created on first use; root's first
+/// password is WSGATE_ROOT_PASSWORD or a random one printed once on stderr) and
+/// sqlrpc (`-C data.db[?write=1][&exec=1]`, read-only by default). The plugin
+/// ABI and the methods are documented in docs/plugin-abi.md.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
