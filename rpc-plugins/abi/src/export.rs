@@ -23,8 +23,30 @@ use crate::plugin::Plugin;
 /// Exports `$plugin` (a type implementing [`Plugin`]) as this library's
 /// `wsgate_rpc_plugin` entry symbol. Use it once, at the root of a `cdylib`:
 ///
-/// ```ignore
-/// rpc_abi::export_plugin!(AuthRpc);
+/// ```
+/// use std::ffi::CStr;
+/// use rpc_abi::{Plugin, RpcError};
+/// use rpc_abi::serde_json::{Value, json};
+///
+/// struct Hello;
+///
+/// impl Plugin for Hello {
+///     type Session = u64;
+///     const NAME: &'static CStr = c"hello";
+///     const METHODS: &'static [&'static CStr] = &[c"hello"];
+///     fn init(_config: Option<&str>) -> Result<Hello, String> {
+///         Ok(Hello)
+///     }
+///     fn open_session(&self) -> Result<u64, String> {
+///         Ok(0)
+///     }
+///     fn call(&self, calls: &mut u64, _method: &str, _params: Value) -> Result<Value, RpcError> {
+///         *calls += 1;
+///         Ok(json!({"calls": *calls}))
+///     }
+/// }
+///
+/// rpc_abi::export_plugin!(Hello);
 /// ```
 #[macro_export]
 macro_rules! export_plugin {
