@@ -5,7 +5,7 @@
 //! The gateway never looks inside a payload: `Bytes` move from one side to the
 //! other without a copy.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use servers::link::record::CloseInfo;
 use servers::link::{Record, RecordCodec};
@@ -20,7 +20,7 @@ use super::{
     ClientReader, ClientWriter, ClientWs, Ending, IdleTimer, MAX_BATCH, PingTicker, RelaySettings,
     client_error, close_client,
 };
-use crate::backend::FramedLink;
+use crate::backend::{FramedLink, LINK_READ_BUFFER};
 
 type LinkReader = FramedRead<OwnedReadHalf, RecordCodec>;
 type LinkWriter = FramedWrite<OwnedWriteHalf, RecordCodec>;
@@ -36,12 +36,14 @@ pub(crate) async fn run(
     let parts = link.into_parts();
     let codec = parts.codec;
     let (read_half, write_half) = parts.io.into_split();
-    let mut link_reader = FramedRead::new(read_half, codec.clone());
+    let mut link_reader = FramedRead::with_capacity(read_half, codec.clone(), LINK_READ_BUFFER);
     // Records the backend sent right behind its ACCEPT are already buffered.
     link_reader
         .read_buffer_mut()
         .extend_from_slice(&parts.read_buf);
     let mut link_writer = FramedWrite::new(write_half, codec);
+    // FramedWrite starts with 8 KiB; an idle client should not pay for it.
+    *link_writer.write_buffer_mut() = BytesMut::new();
     let (mut client_writer, mut client_reader) = client.split();
 
     let ending = {
