@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 pub const BIN_DIR_VAR: &str = "WSGATE_BIN_DIR";
 
 /// The command that builds every binary the tests run.
-pub const BUILD_COMMAND: &str = "cargo build --workspace --bins";
+pub const BUILD_COMMAND: &str = "cargo build --workspace";
 
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
