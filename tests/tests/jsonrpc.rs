@@ -14,7 +14,7 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use wsgate_tests::binaries::{bin_dir, bin_path, repo_root};
-use wsgate_tests::{Backend, Client, EXIT_DEADLINE, Gateway, Message};
+use wsgate_tests::{Backend, Client, EXIT_DEADLINE, Gateway, Message, Mode, both_modes};
 
 const ROOT_PASSWORD: &str = "test-root-password";
 
@@ -140,7 +140,11 @@ impl Rpc {
 }
 
 /// A docroot with `websocket_jsonrpc` serving `args` on `name`, and a gateway.
-async fn start(name: &str, args: &[&str]) -> anyhow::Result<(TempDir, Backend, Gateway)> {
+async fn start(
+    mode: Mode,
+    name: &str,
+    args: &[&str],
+) -> anyhow::Result<(TempDir, Backend, Gateway)> {
     let docroot = tempfile::tempdir()?;
     let backend = start_jsonrpc(
         docroot.path(),
@@ -149,18 +153,28 @@ async fn start(name: &str, args: &[&str]) -> anyhow::Result<(TempDir, Backend, G
         &[("WSGATE_ROOT_PASSWORD", ROOT_PASSWORD)],
     )
     .await?;
-    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let gateway = Gateway::start(docroot.path(), mode.gateway_args()).await?;
     Ok((docroot, backend, gateway))
 }
+
+both_modes!(
+    framing_errors_have_the_standard_codes,
+    batches_answer_in_order_and_notifications_get_no_reply,
+    a_panicking_method_fails_that_call_only,
+    authrpc_methods_and_their_errors,
+    sessions_have_their_own_login_state,
+    injection_attempts_are_refused_or_harmless,
+    sqlrpc_lists_views_and_pages_through_a_table,
+    a_plugin_written_in_c_answers_through_the_header,
+);
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str().context("temporary paths are UTF-8")
 }
 
-#[tokio::test]
-async fn framing_errors_have_the_standard_codes() -> anyhow::Result<()> {
+async fn framing_errors_have_the_standard_codes(mode: Mode) -> anyhow::Result<()> {
     let testrpc = plugin_path("testrpc")?;
-    let (_docroot, _backend, gateway) = start("rpc", &["-L", path_str(&testrpc)?]).await?;
+    let (_docroot, _backend, gateway) = start(mode, "rpc", &["-L", path_str(&testrpc)?]).await?;
     let mut rpc = Rpc::connect(&gateway, "/rpc").await?;
     for (request, id, code) in [
         ("{\"jsonrpc\": \"2.0\", \"method\": ", json!(null), -32700),
@@ -206,10 +220,9 @@ async fn framing_errors_have_the_standard_codes() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn batches_answer_in_order_and_notifications_get_no_reply() -> anyhow::Result<()> {
+async fn batches_answer_in_order_and_notifications_get_no_reply(mode: Mode) -> anyhow::Result<()> {
     let testrpc = plugin_path("testrpc")?;
-    let (_docroot, _backend, gateway) = start("rpc", &["-L", path_str(&testrpc)?]).await?;
+    let (_docroot, _backend, gateway) = start(mode, "rpc", &["-L", path_str(&testrpc)?]).await?;
     let mut rpc = Rpc::connect(&gateway, "/rpc").await?;
     // A notification runs (it counts) but gets no reply: the next reply is the request's.
     rpc.client
@@ -243,11 +256,14 @@ async fn batches_answer_in_order_and_notifications_get_no_reply() -> anyhow::Res
     Ok(())
 }
 
-#[tokio::test]
-async fn a_panicking_method_fails_that_call_only() -> anyhow::Result<()> {
+async fn a_panicking_method_fails_that_call_only(mode: Mode) -> anyhow::Result<()> {
     let testrpc = plugin_path("testrpc")?;
-    let (_docroot, mut backend, gateway) =
-        start("rpc", &["-L", path_str(&testrpc)?, "-C", "the config"]).await?;
+    let (_docroot, mut backend, gateway) = start(
+        mode,
+        "rpc",
+        &["-L", path_str(&testrpc)?, "-C", "the config"],
+    )
+    .await?;
     let mut first = Rpc::connect(&gateway, "/rpc").await?;
     let mut second = Rpc::connect(&gateway, "/rpc").await?;
     assert_eq!(first.call("count", json!(null)).await?, json!(1));
@@ -267,13 +283,12 @@ async fn a_panicking_method_fails_that_call_only() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn authrpc_methods_and_their_errors() -> anyhow::Result<()> {
+async fn authrpc_methods_and_their_errors(mode: Mode) -> anyhow::Result<()> {
     let authrpc = plugin_path("authrpc")?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("users.db");
     let (_docroot, _backend, gateway) =
-        start("auth", &["-L", "authrpc.so", "-C", path_str(&db)?]).await?;
+        start(mode, "auth", &["-L", "authrpc.so", "-C", path_str(&db)?]).await?;
     assert!(authrpc.is_file());
     let mut root = Rpc::connect(&gateway, "/auth").await?;
     assert_eq!(root.call("whoami", json!({})).await?, json!(null));
@@ -354,13 +369,12 @@ async fn authrpc_methods_and_their_errors() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn sessions_have_their_own_login_state() -> anyhow::Result<()> {
+async fn sessions_have_their_own_login_state(mode: Mode) -> anyhow::Result<()> {
     plugin_path("authrpc")?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("users.db");
     let (_docroot, _backend, gateway) =
-        start("auth", &["-L", "authrpc", "-C", path_str(&db)?]).await?;
+        start(mode, "auth", &["-L", "authrpc", "-C", path_str(&db)?]).await?;
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(Rpc::connect(&gateway, "/auth").await?);
@@ -429,8 +443,7 @@ async fn the_root_password_is_printed_once_when_not_given() -> anyhow::Result<()
     Ok(())
 }
 
-#[tokio::test]
-async fn injection_attempts_are_refused_or_harmless() -> anyhow::Result<()> {
+async fn injection_attempts_are_refused_or_harmless(mode: Mode) -> anyhow::Result<()> {
     plugin_path("authrpc")?;
     plugin_path("sqlrpc")?;
     let dir = tempfile::tempdir()?;
@@ -441,7 +454,7 @@ async fn injection_attempts_are_refused_or_harmless() -> anyhow::Result<()> {
     {
         let exec_config = format!("{}?exec=1", path_str(&data)?);
         let (_docroot, _backend, gateway) =
-            start("sql", &["-L", "sqlrpc.so", "-C", &exec_config]).await?;
+            start(mode, "sql", &["-L", "sqlrpc.so", "-C", &exec_config]).await?;
         let mut sql = Rpc::connect(&gateway, "/sql").await?;
         sql.call(
             "exec",
@@ -459,7 +472,7 @@ async fn injection_attempts_are_refused_or_harmless() -> anyhow::Result<()> {
         "-C",
         &data_config,
     ];
-    let (_docroot, _backend, gateway) = start("rpc", &args).await?;
+    let (_docroot, _backend, gateway) = start(mode, "rpc", &args).await?;
     let mut rpc = Rpc::connect(&gateway, "/rpc").await?;
     let attacks = [
         "' OR '1'='1",
@@ -547,14 +560,13 @@ async fn injection_attempts_are_refused_or_harmless() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn sqlrpc_lists_views_and_pages_through_a_table() -> anyhow::Result<()> {
+async fn sqlrpc_lists_views_and_pages_through_a_table(mode: Mode) -> anyhow::Result<()> {
     plugin_path("sqlrpc")?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data.db");
     let exec_config = format!("{}?exec=1", path_str(&data)?);
     let (_docroot, _backend, gateway) =
-        start("sql", &["-L", "sqlrpc.so", "-C", &exec_config]).await?;
+        start(mode, "sql", &["-L", "sqlrpc.so", "-C", &exec_config]).await?;
     let mut sql = Rpc::connect(&gateway, "/sql").await?;
     sql.call(
         "exec",
@@ -599,7 +611,7 @@ async fn sqlrpc_lists_views_and_pages_through_a_table() -> anyhow::Result<()> {
     drop(gateway);
     // Served read-only, the same database refuses writes.
     let (_docroot, _backend, gateway) =
-        start("sql", &["-L", "sqlrpc.so", "-C", path_str(&data)?]).await?;
+        start(mode, "sql", &["-L", "sqlrpc.so", "-C", path_str(&data)?]).await?;
     let mut sql = Rpc::connect(&gateway, "/sql").await?;
     assert_eq!(
         sql.error_code("insert", json!({"table": "n", "values": {"v": 1}}))
@@ -635,12 +647,15 @@ fn build_hello(dir: &Path, defines: &[&str]) -> anyhow::Result<PathBuf> {
     Ok(output)
 }
 
-#[tokio::test]
-async fn a_plugin_written_in_c_answers_through_the_header() -> anyhow::Result<()> {
+async fn a_plugin_written_in_c_answers_through_the_header(mode: Mode) -> anyhow::Result<()> {
     let build_dir = tempfile::tempdir()?;
     let hello = build_hello(build_dir.path(), &[])?;
-    let (_docroot, mut backend, gateway) =
-        start("hello", &["-L", path_str(&hello)?, "-C", "from \"C\" test"]).await?;
+    let (_docroot, mut backend, gateway) = start(
+        mode,
+        "hello",
+        &["-L", path_str(&hello)?, "-C", "from \"C\" test"],
+    )
+    .await?;
     let mut first = Rpc::connect(&gateway, "/hello").await?;
     let mut second = Rpc::connect(&gateway, "/hello").await?;
     let greeting = first.call("hello", json!({})).await?;
