@@ -4,6 +4,7 @@
 //! - [`socket_file`]: binding `<docroot>/<name>`, replacing stale files, removal on exit.
 //! - [`session`]: one client as a `Stream` + `Sink` of WebSocket messages.
 //! - [`serve`]: the accept loop with the client limit and graceful shutdown.
+//! - [`chat`]: a chat room with ouistiti's commands and presence lines (`websocket_chat`).
 //! - [`jsonrpc`]: JSON-RPC 2.0 over a session, answered by plugins (`websocket_jsonrpc`).
 //! - [`launch`]: the ouistiti command-line flags and process start-up shared by all servers.
 //!
@@ -13,6 +14,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod direct;
 pub mod jsonrpc;
 pub mod launch;

@@ -1,0 +1,164 @@
+//! The library half of `websocket_chat`: a room where every message goes to
+//! every other client, with ouistiti's commands (`-w`) and presence lines.
+//!
+//! - `command`: the syntax of `WSHello`, `WSPrivate` and `WSWhois`.
+//! - `name`: which names are valid, and the `bob`, `bob1`, ... rule for taken ones.
+//! - `room`: who is connected under which name, and delivering to bounded queues.
+//! - [`run_session`] (here): one client's task, reading its messages into the
+//!   room and writing its queue to its socket.
+//!
+//! The protocol, including the differences from ouistiti, is `docs/chat.md`.
+
+pub mod command;
+pub mod name;
+pub mod room;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+pub use command::Command;
+pub use name::{MAX_NAME_LEN, NameError, unique_name, validate_name};
+pub use room::{ClientId, DEFAULT_QUEUE_CAPACITY, Member, Room, RoomOptions};
+
+use crate::session::{Session, SessionError};
+
+/// How long a closing client gets to take its close frame (and whatever was
+/// queued in the socket before it). A client too slow to read the close within
+/// this time is simply dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The close reason of a client whose queue overflowed.
+pub const TOO_SLOW_REASON: &str = "too slow: message queue full";
+
+/// Why a client's session ended.
+#[derive(Debug)]
+enum Ending {
+    /// The server is shutting down: close with 1001.
+    Shutdown,
+    /// The room dropped the client for a full queue: close with 1008.
+    Evicted,
+    /// The client closed, or its link ended.
+    ClientGone,
+    /// Reading from the client failed.
+    ReadFailed(SessionError),
+    /// Writing to the client failed.
+    WriteFailed(SessionError),
+}
+
+/// Serves one client in `room` until it leaves, the room evicts it, or
+/// `shutdown` is cancelled.
+///
+/// At shutdown the client still gets what was queued for it, then a close
+/// with 1001; an evicted client gets only what its socket already holds, then
+/// a close with 1008. Either close waits at most [`CLOSE_TIMEOUT`].
+///
+/// One task does both directions: reading never waits for writing, so a
+/// client whose socket is slow still gets its own messages to the others,
+/// while its queue fills up until the room evicts it.
+pub async fn run_session(session: Session, shutdown: CancellationToken, room: Arc<Room>) {
+    let (member, mut queue) = room.join(&session.meta().peer);
+    debug!(client = member.id(), "joined the room");
+    let (mut sink, mut stream) = session.split();
+    let ending = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => Ending::Shutdown,
+        _ = member.evicted().cancelled() => Ending::Evicted,
+        ending = read_client(&mut stream, &member) => ending,
+        ending = write_queue(&mut sink, &mut queue) => ending,
+    };
+    // Leave first, so the others hear `WSLeave` without waiting for our close.
+    drop(member);
+    let (code, reason, pending) = match ending {
+        Ending::Shutdown => {
+            // Leaving dropped the room's sender: this takes what was queued, then ends.
+            let mut pending = Vec::new();
+            while let Ok(message) = queue.try_recv() {
+                pending.push(message);
+            }
+            (CloseCode::Away, "server shutting down", pending)
+        }
+        Ending::Evicted => {
+            warn!(
+                queue_capacity = room.options().queue_capacity.get(),
+                "message queue full; closing with 1008"
+            );
+            (CloseCode::Policy, TOO_SLOW_REASON, Vec::new())
+        }
+        Ending::ClientGone => return,
+        Ending::ReadFailed(error) => return warn!(%error, "cannot read from client"),
+        Ending::WriteFailed(error) => return warn!(%error, "cannot write to client"),
+    };
+    drop(queue);
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    let send_all = async {
+        for message in pending {
+            sink.feed(message).await?;
+        }
+        sink.send(close).await
+    };
+    tokio::select! {
+        sent = tokio::time::timeout(CLOSE_TIMEOUT, send_all) => match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => debug!(%error, "cannot send close"),
+            Err(_) => debug!("close not taken within {CLOSE_TIMEOUT:?}; dropping the client"),
+        },
+        // An evicted client still waiting for its close must not hold up shutdown.
+        _ = shutdown.cancelled(), if code != CloseCode::Away => {}
+    }
+}
+
+/// Hands every data message of the client to the room, in order.
+async fn read_client<S>(stream: &mut S, member: &Member) -> Ending
+where
+    S: Stream<Item = Result<Message, SessionError>> + Unpin,
+{
+    loop {
+        match stream.next().await {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                debug!(len = message.len(), "from client");
+                member.handle(message);
+            }
+            Some(Ok(Message::Close(_))) | None => return Ending::ClientGone,
+            // Sessions yield no other kind; nothing to do with one anyway.
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Ending::ReadFailed(error),
+        }
+    }
+}
+
+/// The most messages written to a client before its socket is flushed.
+const WRITE_BATCH: usize = 64;
+
+/// Writes the client's queue to its socket: whatever is queued already goes
+/// out in one batch with one flush.
+async fn write_queue<S>(sink: &mut S, queue: &mut mpsc::Receiver<Message>) -> Ending
+where
+    S: Sink<Message, Error = SessionError> + Unpin,
+{
+    // The room holds the sender for as long as the client is a member, so the
+    // queue only ends when the room evicted the client.
+    while let Some(message) = queue.recv().await {
+        let mut n_batched = 1;
+        let mut sent = sink.feed(message).await;
+        while sent.is_ok() && n_batched < WRITE_BATCH {
+            let Ok(message) = queue.try_recv() else { break };
+            n_batched += 1;
+            sent = sink.feed(message).await;
+        }
+        if let Err(error) = sent.and(sink.flush().await) {
+            return Ending::WriteFailed(error);
+        }
+    }
+    Ending::Evicted
+}

@@ -1,0 +1,333 @@
+//! The room without sockets: clients are in-memory queues, and each test reads
+//! what landed in them.
+
+use super::*;
+
+/// A client of a test room: its membership and the queue its session would drain.
+struct TestClient {
+    member: Member,
+    queue: mpsc::Receiver<Message>,
+}
+
+impl TestClient {
+    fn send_text(&self, text: &str) {
+        self.member.handle(Message::text(text));
+    }
+
+    /// Everything queued for this client so far.
+    fn received(&mut self) -> Vec<Message> {
+        let mut messages = Vec::new();
+        while let Ok(message) = self.queue.try_recv() {
+            messages.push(message);
+        }
+        messages
+    }
+
+    /// Everything queued so far, as text (a binary message fails the test).
+    fn received_texts(&mut self) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .map(|message| match message {
+                Message::Text(text) => text.as_str().to_owned(),
+                other => panic!("expected text, got {other:?}"),
+            })
+            .collect()
+    }
+}
+
+fn room(commands: bool, queue_capacity: usize) -> Arc<Room> {
+    Arc::new(Room::new(RoomOptions {
+        commands,
+        queue_capacity: NonZeroUsize::new(queue_capacity).expect("tests use a capacity above 0"),
+    }))
+}
+
+fn join(room: &Arc<Room>, peer: &str) -> TestClient {
+    let (member, queue) = room.join(peer);
+    TestClient { member, queue }
+}
+
+/// Joins a client and names it, discarding its welcome and what others got.
+fn join_named(room: &Arc<Room>, clients: &mut [&mut TestClient], name: &str) -> TestClient {
+    let mut client = join(room, "127.0.0.1:1000");
+    client.send_text(&format!("WSHello {name}"));
+    client.received();
+    for other in clients {
+        other.received();
+    }
+    client
+}
+
+fn strings(lines: &[&str]) -> Vec<String> {
+    lines.iter().map(|line| (*line).to_owned()).collect()
+}
+
+#[test]
+fn chat_message_reaches_everyone_but_sender_in_order() {
+    let room = room(true, 16);
+    let mut clients: Vec<TestClient> = (0..4).map(|_| join(&room, "127.0.0.1:1")).collect();
+    clients[0].send_text("one");
+    clients[0].member.handle(Message::binary(vec![0u8, 255]));
+    clients[2].send_text("two");
+    clients[0].send_text("three");
+    assert_eq!(clients[0].received(), vec![Message::text("two")]);
+    assert_eq!(
+        clients[1].received(),
+        vec![
+            Message::text("one"),
+            Message::binary(vec![0u8, 255]),
+            Message::text("two"),
+            Message::text("three"),
+        ]
+    );
+    assert_eq!(
+        clients[2].received(),
+        vec![
+            Message::text("one"),
+            Message::binary(vec![0u8, 255]),
+            Message::text("three"),
+        ]
+    );
+}
+
+#[test]
+fn recipients_share_one_copy_of_the_payload() {
+    let room = room(false, 16);
+    let sender = join(&room, "127.0.0.1:1");
+    let mut first = join(&room, "127.0.0.1:2");
+    let mut second = join(&room, "127.0.0.1:3");
+    sender.member.handle(Message::binary(vec![7u8; 4096]));
+    let (Some(Message::Binary(a)), Some(Message::Binary(b))) =
+        (first.received().pop(), second.received().pop())
+    else {
+        panic!("both recipients get the binary message");
+    };
+    assert_eq!(a.as_ptr(), b.as_ptr(), "the payload was copied");
+}
+
+#[test]
+fn without_commands_command_strings_are_chat() {
+    let room = room(false, 16);
+    let sender = join(&room, "127.0.0.1:1");
+    let mut other = join(&room, "127.0.0.1:2");
+    let lines = [
+        "WSHello bob",
+        "WSPrivate bob hi",
+        "WSWhois bob",
+        "WSPrivate x",
+    ];
+    for line in lines {
+        sender.send_text(line);
+    }
+    assert_eq!(other.received_texts(), strings(&lines));
+}
+
+#[test]
+fn hello_welcomes_lists_users_and_announces_the_newcomer() {
+    let room = room(true, 16);
+    let mut unnamed = join(&room, "127.0.0.1:1");
+    let mut alice = join_named(&room, &mut [&mut unnamed], "alice");
+    let mut bob = join(&room, "127.0.0.1:2");
+    bob.send_text("WSHello bob");
+    assert_eq!(
+        bob.received_texts(),
+        strings(&["WSWelcome bob", "WSUsers alice"])
+    );
+    assert_eq!(alice.received_texts(), strings(&["WSJoin bob"]));
+    assert_eq!(unnamed.received_texts(), strings(&["WSJoin bob"]));
+    // The first named client sees no one, however many unnamed clients there are.
+    let room = self::room(true, 16);
+    let _unnamed = join(&room, "127.0.0.1:1");
+    let mut first = join(&room, "127.0.0.1:2");
+    first.send_text("WSHello first");
+    assert_eq!(
+        first.received_texts(),
+        strings(&["WSWelcome first", "WSUsers"])
+    );
+}
+
+#[test]
+fn taken_names_get_a_numeric_suffix() {
+    let room = room(true, 16);
+    let mut bob = join_named(&room, &mut [], "bob");
+    let mut second = join(&room, "127.0.0.1:2");
+    second.send_text("WSHello bob");
+    assert_eq!(
+        second.received_texts(),
+        strings(&["WSWelcome bob1", "WSUsers bob"])
+    );
+    assert_eq!(bob.received_texts(), strings(&["WSJoin bob1"]));
+    let mut third = join(&room, "127.0.0.1:3");
+    third.send_text("WSHello bob");
+    assert_eq!(
+        third.received_texts(),
+        strings(&["WSWelcome bob2", "WSUsers bob bob1"])
+    );
+}
+
+#[test]
+fn invalid_names_are_refused_and_the_old_name_kept() {
+    let room = room(true, 16);
+    let mut other = join(&room, "127.0.0.1:1");
+    let mut client = join_named(&room, &mut [&mut other], "carol");
+    let cases = [
+        ("WSHello ", "WSError invalid name: empty"),
+        (
+            &format!("WSHello {}", "x".repeat(33)),
+            "WSError invalid name: longer than 32 characters",
+        ),
+        (
+            "WSHello two words",
+            "WSError invalid name: character ' ' not allowed (only A-Z a-z 0-9 _ . -)",
+        ),
+    ];
+    for (line, error) in cases {
+        client.send_text(line);
+        assert_eq!(client.received_texts(), strings(&[error]), "after {line:?}");
+    }
+    assert_eq!(other.received_texts(), Vec::<String>::new());
+    other.send_text("WSWhois carol");
+    assert_eq!(other.received_texts(), strings(&["WSIs carol 127.0.0.1"]));
+}
+
+#[test]
+fn second_hello_renames_and_frees_the_old_name() {
+    let room = room(true, 16);
+    let mut other = join_named(&room, &mut [], "other");
+    let mut client = join_named(&room, &mut [&mut other], "dave");
+    client.send_text("WSHello eve");
+    assert_eq!(
+        client.received_texts(),
+        strings(&["WSWelcome eve", "WSUsers other"])
+    );
+    assert_eq!(
+        other.received_texts(),
+        strings(&["WSLeave dave", "WSJoin eve"])
+    );
+    let mut newcomer = join(&room, "127.0.0.1:9");
+    newcomer.send_text("WSHello dave");
+    assert_eq!(
+        newcomer.received_texts(),
+        strings(&["WSWelcome dave", "WSUsers eve other"])
+    );
+    // Asking for one's own name again changes nothing for the others.
+    other.received();
+    client.send_text("WSHello eve");
+    assert_eq!(
+        client.received_texts(),
+        strings(&["WSJoin dave", "WSWelcome eve", "WSUsers dave other"])
+    );
+    assert_eq!(other.received_texts(), Vec::<String>::new());
+}
+
+#[test]
+fn private_message_reaches_only_its_recipient() {
+    let room = room(true, 16);
+    let mut bystander = join(&room, "127.0.0.1:1");
+    let mut bob = join_named(&room, &mut [&mut bystander], "bob");
+    let mut sender = join(&room, "127.0.0.1:2");
+    sender.send_text("WSPrivate bob psst, a secret");
+    assert_eq!(bob.received_texts(), strings(&["psst, a secret"]));
+    assert_eq!(sender.received_texts(), Vec::<String>::new());
+    assert_eq!(bystander.received_texts(), Vec::<String>::new());
+    sender.send_text("WSPrivate nobody hello");
+    sender.send_text("WSPrivate bob");
+    assert_eq!(
+        sender.received_texts(),
+        strings(&[
+            "WSError unknown name nobody",
+            "WSError usage: WSPrivate <name> <message>",
+        ])
+    );
+    assert_eq!(bob.received_texts(), Vec::<String>::new());
+    assert_eq!(bystander.received_texts(), Vec::<String>::new());
+}
+
+#[test]
+fn whois_answers_the_ip_address_or_undefined() {
+    let room = room(true, 16);
+    let (frank, _frank_queue) = room.join("192.0.2.7:51000");
+    frank.handle(Message::text("WSHello frank"));
+    let (grace, _grace_queue) = room.join("[2001:db8::1]:443");
+    grace.handle(Message::text("WSHello grace"));
+    let (odd, _odd_queue) = room.join("not an address");
+    odd.handle(Message::text("WSHello odd"));
+    let mut asker = join(&room, "127.0.0.1:3");
+    for name in ["frank", "grace", "odd", "nobody"] {
+        asker.send_text(&format!("WSWhois {name}"));
+    }
+    assert_eq!(
+        asker.received_texts(),
+        strings(&[
+            "WSIs frank 192.0.2.7",
+            "WSIs grace 2001:db8::1",
+            "WSIs odd not an address",
+            "WSIs nobody undefined",
+        ])
+    );
+    drop(grace);
+    asker.send_text("WSWhois grace");
+    assert_eq!(
+        asker.received_texts(),
+        strings(&["WSLeave grace", "WSIs grace undefined"])
+    );
+}
+
+#[test]
+fn leaving_frees_the_name_and_tells_the_others() {
+    let room = room(true, 16);
+    let mut watcher = join(&room, "127.0.0.1:1");
+    let henry = join_named(&room, &mut [&mut watcher], "henry");
+    let unnamed = join(&room, "127.0.0.1:2");
+    drop(unnamed);
+    assert_eq!(watcher.received_texts(), Vec::<String>::new());
+    drop(henry);
+    assert_eq!(watcher.received_texts(), strings(&["WSLeave henry"]));
+    assert_eq!(room.n_clients(), 1);
+    let mut again = join(&room, "127.0.0.1:3");
+    again.send_text("WSHello henry");
+    assert_eq!(
+        again.received_texts(),
+        strings(&["WSWelcome henry", "WSUsers"])
+    );
+}
+
+#[test]
+fn full_queue_evicts_only_the_slow_client() {
+    let room = room(true, 4);
+    let mut fast = join(&room, "127.0.0.1:1");
+    let mut slow = join_named(&room, &mut [&mut fast], "slow");
+    let sender = join(&room, "127.0.0.1:2");
+    for message_idx in 0..4 {
+        sender.send_text(&format!("message {message_idx}"));
+        assert_eq!(fast.received().len(), 1);
+    }
+    assert!(!slow.member.evicted().is_cancelled());
+    sender.send_text("message 4");
+    assert!(slow.member.evicted().is_cancelled());
+    assert_eq!(
+        fast.received_texts(),
+        strings(&["message 4", "WSLeave slow"])
+    );
+    // The slow client's queue holds what fitted, and nothing after its eviction.
+    let expected: Vec<String> = (0..4).map(|idx| format!("message {idx}")).collect();
+    assert_eq!(slow.received_texts(), expected);
+    sender.send_text("message 5");
+    assert_eq!(slow.received_texts(), Vec::<String>::new());
+    assert_eq!(fast.received_texts(), strings(&["message 5"]));
+    assert_eq!(room.n_clients(), 2);
+    // Its name is free again.
+    let mut next = join(&room, "127.0.0.1:3");
+    next.send_text("WSHello slow");
+    assert_eq!(
+        next.received_texts(),
+        strings(&["WSWelcome slow", "WSUsers"])
+    );
+}
+
+#[test]
+fn peer_ip_drops_the_port() {
+    assert_eq!(peer_ip("127.0.0.1:5000"), "127.0.0.1");
+    assert_eq!(peer_ip("[::1]:5000"), "::1");
+    assert_eq!(peer_ip("unix"), "unix");
+}
