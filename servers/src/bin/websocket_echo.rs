@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 /// Echo server for wsgate: every message goes back to its sender.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,

@@ -24,7 +24,7 @@ use servers::{CommonArgs, LaunchError, ServeOptions};
 /// sqlrpc (`-C data.db[?write=1][&exec=1]`, read-only by default). The plugin
 /// ABI and the methods are documented in docs/plugin-abi.md.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version)]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
