@@ -1,6 +1,7 @@
 //! End-to-end harness: runs the real `wsgate` and backend binaries on temporary
 //! docroots and ephemeral ports, and talks to them as clients do.
 //!
+//! - [`browser`]: [`browser::Browser`], headless chromium over WebDriver for the page tests.
 //! - [`binaries`]: finds the built binaries in the target directory (or `WSGATE_BIN_DIR`).
 //! - [`child`]: the process guard both kinds of process share (stderr to a file, kill and reap on drop).
 //! - [`backend`]: [`Backend`], a backend process that is ready once its socket accepts.
@@ -19,6 +20,7 @@
 
 pub mod backend;
 pub mod binaries;
+pub mod browser;
 pub mod child;
 pub mod client;
 pub mod fake_backend;

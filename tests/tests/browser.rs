@@ -1,0 +1,154 @@
+//! The pages of www/ in a real browser (headless chromium over WebDriver),
+//! through the real gateway and backends: what a user sees is what is checked.
+//! Skipped when chromium is not installed, unless `WSGATE_REQUIRE_BROWSER=1`.
+
+use std::path::Path;
+
+use wsgate_tests::binaries::repo_root;
+use wsgate_tests::browser::Browser;
+use wsgate_tests::{Backend, Gateway};
+
+/// A gateway serving www/ on `docroot`.
+async fn gateway_with_pages(docroot: &Path) -> anyhow::Result<Gateway> {
+    let htdocs = repo_root().join("www");
+    let htdocs = htdocs.to_str().expect("the repository path is UTF-8");
+    Gateway::start(docroot, &["--htdocs", htdocs]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_page_echoes_and_shows_the_close_code() -> anyhow::Result<()> {
+    let Some(browser) = Browser::start().await? else {
+        return Ok(());
+    };
+    let docroot = tempfile::tempdir()?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let gateway = gateway_with_pages(docroot.path()).await?;
+    let page = browser.page().await?;
+    page.open(&gateway.http_url("/echo.html")).await?;
+    page.wait_for_text("#status", "open").await?;
+    page.fill("#message", "hello from chromium").await?;
+    page.click("#send").await?;
+    page.wait_for_text("#log", "echo: hello from chromium")
+        .await?;
+    page.click("#disconnect").await?;
+    page.wait_for_text("#status", "closed 1000").await?;
+    page.wait_for_text("#log", "closed with code 1000").await?;
+    page.close().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_webchat_pages_talk_in_public_and_in_private() -> anyhow::Result<()> {
+    let Some(browser) = Browser::start().await? else {
+        return Ok(());
+    };
+    let docroot = tempfile::tempdir()?;
+    let _chat = Backend::start("websocket_chat", docroot.path(), "chat", &["-w"]).await?;
+    let gateway = gateway_with_pages(docroot.path()).await?;
+    let alice = browser.page().await?;
+    let bob = browser.page().await?;
+    for (page, name) in [(&alice, "alice"), (&bob, "bob")] {
+        page.open(&gateway.http_url("/webchat.html")).await?;
+        page.wait_for_text("#status", "connected").await?;
+        page.fill("#name", name).await?;
+        page.click("#hello").await?;
+        page.wait_for_text("#me", name).await?;
+    }
+    // Presence: each sees the other (alice from bob's WSUsers, bob from WSJoin).
+    alice.wait_for_text("#users", "bob").await?;
+    bob.wait_for_text("#users", "alice").await?;
+    alice.wait_for_text("#log", "bob joined").await?;
+
+    // Public.
+    alice.fill("#message", "hello everyone").await?;
+    alice.click("#send").await?;
+    bob.wait_for_text("#log", "alice: hello everyone").await?;
+
+    // Private, to the name picked in the list.
+    bob.click("#users li[data-name=\"alice\"]").await?;
+    bob.fill("#message", "just for you").await?;
+    bob.click("#send").await?;
+    alice
+        .wait_for_text("#log", "bob (private): just for you")
+        .await?;
+    bob.wait_for_text("#log", "to alice (private): just for you")
+        .await?;
+
+    // Whois shows the address the gateway saw.
+    bob.click("#whois").await?;
+    bob.wait_for_text("#log", "alice is at 127.0.0.1").await?;
+
+    // Alice leaves: bob sees it and the list empties.
+    alice.close().await?;
+    bob.wait_for_text("#log", "alice left").await?;
+    assert!(!bob.text("#users").await?.contains("alice"));
+    bob.close().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webauth_and_websql_pages_log_in_add_a_user_and_list_a_table() -> anyhow::Result<()> {
+    const ROOT_PASSWORD: &str = "browser-root-password";
+    let Some(browser) = Browser::start().await? else {
+        return Ok(());
+    };
+    let docroot = tempfile::tempdir()?;
+    let data = tempfile::tempdir()?;
+    let users_db = data.path().join("users.db");
+    let sql_db = data.path().join("data.db");
+    let mut auth_command = std::process::Command::new(wsgate_tests::bin_path("websocket_jsonrpc")?);
+    auth_command
+        .args(["-R", docroot.path().to_str().expect("UTF-8 temp path")])
+        .args(["-n", "auth", "-L", "authrpc.so", "-C"])
+        .arg(&users_db)
+        .env("WSGATE_ROOT_PASSWORD", ROOT_PASSWORD);
+    let _auth = Backend::start_command(
+        "websocket_jsonrpc (auth)",
+        auth_command,
+        &docroot.path().join("auth"),
+    )
+    .await?;
+    let sql_config = format!("{}?write=1&exec=1", sql_db.display());
+    let _sql = Backend::start(
+        "websocket_jsonrpc",
+        docroot.path(),
+        "sql",
+        &["-L", "sqlrpc.so", "-C", &sql_config],
+    )
+    .await?;
+    let gateway = gateway_with_pages(docroot.path()).await?;
+    let page = browser.page().await?;
+
+    page.open(&gateway.http_url("/webauth.html")).await?;
+    page.fill("#login-user", "root").await?;
+    page.fill("#login-passwd", ROOT_PASSWORD).await?;
+    page.click("#login-button").await?;
+    page.wait_for_text("#whoami", "root").await?;
+    page.fill("#adduser-user", "carol").await?;
+    page.fill("#adduser-passwd", "carol-password").await?;
+    page.click("#adduser-button").await?;
+    page.wait_for_text("#log", "carol").await?;
+    page.click("#logout-button").await?;
+    page.wait_for_text("#whoami", "nobody").await?;
+    page.fill("#login-user", "carol").await?;
+    page.fill("#login-passwd", "carol-password").await?;
+    page.click("#login-button").await?;
+    page.wait_for_text("#whoami", "carol").await?;
+
+    // websql: create a table with a query, then list and view it.
+    page.open(&gateway.http_url("/websql.html")).await?;
+    page.wait_for_text("#message", "table").await?;
+    page.fill("#query", "CREATE TABLE fruits (name TEXT, colour TEXT)")
+        .await?;
+    page.click("#exec-button").await?;
+    page.fill(
+        "#query",
+        "INSERT INTO fruits VALUES ('lemon', 'yellow'), ('plum', 'purple')",
+    )
+    .await?;
+    page.click("#exec-button").await?;
+    page.click("#list-button").await?;
+    page.wait_for_text("#tables", "fruits").await?;
+    page.click("#tables button").await?;
+    page.wait_for_text("#view", "lemon").await?;
+    page.wait_for_text("#view", "purple").await?;
+    page.close().await
+}
