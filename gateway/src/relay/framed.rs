@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ClientReader, ClientWriter, ClientWs, Ending, IdleTimer, MAX_BATCH, PingTicker, RelaySettings,
-    client_error, close_client,
+    client_error, close_client, first_ending,
 };
 use crate::backend::{FramedLink, LINK_READ_BUFFER};
 
@@ -49,13 +49,8 @@ pub(crate) async fn run(
     let ending = {
         let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
         let downstream = backend_to_client(&mut link_reader, &mut client_writer, settings);
-        tokio::select! {
-            ending = upstream => ending,
-            ending = downstream => ending,
-            () = shutdown.cancelled() => Ending::Shutdown,
-        }
+        first_ending(upstream, downstream, shutdown).await
     };
-    ending.log();
 
     // The backend learns how the client left, unless it is the one that left.
     let close_record = match &ending {

@@ -23,6 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
@@ -159,6 +160,24 @@ impl Ending {
             Ending::Shutdown => tracing::debug!("closing for shutdown"),
         }
     }
+}
+
+/// Runs both directions of a relay until the first of them, or shutdown,
+/// ends it; logs and returns how. The other direction is dropped mid-step,
+/// which is safe: reads lose nothing, and a half-sent message stays buffered
+/// for the close handshake to flush.
+async fn first_ending(
+    upstream: impl Future<Output = Ending>,
+    downstream: impl Future<Output = Ending>,
+    shutdown: &CancellationToken,
+) -> Ending {
+    let ending = tokio::select! {
+        ending = upstream => ending,
+        ending = downstream => ending,
+        () = shutdown.cancelled() => Ending::Shutdown,
+    };
+    ending.log();
+    ending
 }
 
 /// The ending for an error reading the client.

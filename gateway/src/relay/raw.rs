@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ClientReader, ClientWriter, ClientWs, Ending, IdleTimer, PingTicker, RelaySettings,
-    client_error, close_client,
+    client_error, close_client, first_ending,
 };
 
 /// Bytes read from a raw backend at a time.
@@ -36,13 +36,8 @@ pub(crate) async fn run(
     let ending = {
         let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
         let downstream = backend_to_client(&mut link_reader, &mut client_writer, settings);
-        tokio::select! {
-            ending = upstream => ending,
-            ending = downstream => ending,
-            () = shutdown.cancelled() => Ending::Shutdown,
-        }
+        first_ending(upstream, downstream, shutdown).await
     };
-    ending.log();
     // Raw mode has no CLOSE: the backend sees the link end.
     let _ = link_writer.shutdown().await;
     close_client(
