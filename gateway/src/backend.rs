@@ -17,7 +17,7 @@ use tokio_util::codec::Framed;
 use crate::refusal::Refusal;
 
 /// Initial read buffer of a link; it grows only for larger records.
-pub(crate) const LINK_READ_BUFFER: usize = 1024;
+pub(crate) const LINK_READ_BUFFER: usize = 512;
 
 /// A framed link whose backend answered ACCEPT.
 pub(crate) type FramedLink = Framed<UnixStream, RecordCodec>;
