@@ -24,7 +24,7 @@ use crate::link::{
 };
 
 /// Initial read buffer of a link. Small, because most sessions sit idle.
-const LINK_READ_BUFFER: usize = 2048;
+const LINK_READ_BUFFER: usize = 512;
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +53,16 @@ impl Connection {
         max_payload: usize,
         direct_options: DirectOptions,
     ) -> Connection {
-        let mut parts = FramedParts::new::<Record>(stream, RecordCodec::new(max_payload));
-        parts.read_buf = BytesMut::with_capacity(LINK_READ_BUFFER);
+        let mut framed = Framed::from_parts(FramedParts::new::<Record>(
+            stream,
+            RecordCodec::new(max_payload),
+        ));
+        // Framed starts with 8 KiB each way; most sessions idle, so start small.
+        // Both buffers grow to fit the records that actually come and go.
+        *framed.read_buffer_mut() = BytesMut::with_capacity(LINK_READ_BUFFER);
+        *framed.write_buffer_mut() = BytesMut::new();
         Connection {
-            framed: Framed::from_parts(parts),
+            framed,
             direct_options,
         }
     }
