@@ -1,6 +1,7 @@
 //! The Python example backend (`docs/examples/echo_backend.py`) run with
-//! `python3` behind the real gateway: proof that the link protocol is small
-//! enough for a page of another language.
+//! `python3` behind the real gateway, relayed and in direct mode: proof that
+//! the link protocol, and taking over a handed-over socket, are small enough
+//! for a page of another language.
 
 use std::process::Command;
 
@@ -8,7 +9,7 @@ use futures_util::future::try_join_all;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 use wsgate_tests::binaries::repo_root;
 use wsgate_tests::client::describe;
-use wsgate_tests::{Backend, CloseCode, EXIT_DEADLINE, Gateway, Message};
+use wsgate_tests::{Backend, CloseCode, EXIT_DEADLINE, Gateway, Message, Mode, both_modes};
 
 /// Starts the example on `<docroot>/pyecho`. python3 is required: a machine
 /// without it fails here, as CI installs it.
@@ -21,11 +22,15 @@ async fn start_python_echo(docroot: &std::path::Path) -> anyhow::Result<Backend>
     Backend::start_command("echo_backend.py", command, &socket_path).await
 }
 
-#[tokio::test]
-async fn python_example_backend_echoes_through_the_gateway() -> anyhow::Result<()> {
+both_modes!(
+    python_example_backend_echoes_through_the_gateway,
+    python_example_backend_serves_clients_concurrently_and_stops_on_sigterm,
+);
+
+async fn python_example_backend_echoes_through_the_gateway(mode: Mode) -> anyhow::Result<()> {
     let docroot = tempfile::tempdir()?;
     let _python = start_python_echo(docroot.path()).await?;
-    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let gateway = Gateway::start(docroot.path(), mode.gateway_args()).await?;
     let mut client = gateway.connect("/pyecho").await?;
     let messages = [
         Message::text("hello from rust"),
@@ -56,12 +61,12 @@ async fn python_example_backend_echoes_through_the_gateway() -> anyhow::Result<(
     Ok(())
 }
 
-#[tokio::test]
-async fn python_example_backend_serves_clients_concurrently_and_stops_on_sigterm()
--> anyhow::Result<()> {
+async fn python_example_backend_serves_clients_concurrently_and_stops_on_sigterm(
+    mode: Mode,
+) -> anyhow::Result<()> {
     let docroot = tempfile::tempdir()?;
     let mut python = start_python_echo(docroot.path()).await?;
-    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let gateway = Gateway::start(docroot.path(), mode.gateway_args()).await?;
     let clients = try_join_all((0..10).map(|_| gateway.connect("/pyecho"))).await?;
     try_join_all(
         clients
