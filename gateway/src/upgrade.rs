@@ -16,7 +16,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use servers::link::{LINK_VERSION, LinkMode, OpenMeta};
+use servers::link::{ClientLimits, LINK_VERSION, LinkMode, OpenMeta};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
@@ -156,6 +156,12 @@ async fn accept(
         protocols: upgrade.protocols.clone(),
         peer: peer.to_string(),
         headers: upgrade.forwarded_headers.clone(),
+        // A direct backend keeps the client as the relay would have.
+        limits: is_direct.then(|| ClientLimits {
+            max_message_size: config.max_message_size,
+            ping_interval: config.ping_interval.map_or(0, |every| every.as_secs()),
+            idle_timeout: config.idle_timeout.map_or(0, |after| after.as_secs()),
+        }),
     };
     let (link, reply) = backend::open_framed(
         &target.socket_path,

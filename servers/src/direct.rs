@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-use crate::link::{LinkError, fd_pass};
+use crate::link::{ClientLimits, LinkError, fd_pass};
 
 /// Initial WebSocket read buffer of a direct client; it grows for larger frames.
 const READ_BUFFER: usize = 4096;
@@ -45,6 +45,19 @@ impl Default for DirectOptions {
             max_message_size: crate::link::DEFAULT_MAX_PAYLOAD,
             ping_interval: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(120)),
+        }
+    }
+}
+
+impl DirectOptions {
+    /// These options under the gateway's `limits` for the client: its
+    /// keepalive, and the smaller of the two maximum message sizes.
+    pub fn with_limits(self, limits: ClientLimits) -> DirectOptions {
+        let seconds = |secs: u64| (secs != 0).then(|| Duration::from_secs(secs));
+        DirectOptions {
+            max_message_size: self.max_message_size.min(limits.max_message_size),
+            ping_interval: seconds(limits.ping_interval),
+            idle_timeout: seconds(limits.idle_timeout),
         }
     }
 }

@@ -134,7 +134,11 @@ impl Incoming {
                     // The gateway sends nothing between OPEN and HANDOFF.
                     return Err(LinkError::Unexpected("data before HANDOFF").into());
                 }
-                let (client, peer) = direct::take_over(parts.io, self.direct_options).await?;
+                let options = match self.meta.limits {
+                    Some(limits) => self.direct_options.with_limits(limits),
+                    None => self.direct_options,
+                };
+                let (client, peer) = direct::take_over(parts.io, options).await?;
                 if let Some(peer) = peer {
                     self.meta.peer = peer.to_string();
                 }

@@ -1,7 +1,7 @@
 //! Settings that change the gateway's behaviour on the wire: the TOML file
 //! given with `--config` (flags override it) and keepalive pings.
 
-use wsgate_tests::{Backend, CloseCode, Gateway, HandshakeRequest, Message};
+use wsgate_tests::{Backend, CloseCode, Gateway, HandshakeRequest, Message, Mode, both_modes};
 
 #[tokio::test]
 async fn config_file_settings_apply_and_flags_override_them() -> anyhow::Result<()> {
@@ -35,11 +35,14 @@ async fn config_file_settings_apply_and_flags_override_them() -> anyhow::Result<
     Ok(())
 }
 
-#[tokio::test]
-async fn idle_client_gets_keepalive_pings() -> anyhow::Result<()> {
+// In direct mode the backend pings, with the interval the gateway passed in OPEN.
+both_modes!(idle_client_gets_keepalive_pings);
+
+async fn idle_client_gets_keepalive_pings(mode: Mode) -> anyhow::Result<()> {
     let docroot = tempfile::tempdir()?;
     let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
-    let gateway = Gateway::start(docroot.path(), &["--ping-interval", "1"]).await?;
+    let gateway =
+        Gateway::start(docroot.path(), &mode.with_args(&["--ping-interval", "1"])).await?;
     let mut client = gateway.connect("/echo").await?;
     match client.recv_any().await? {
         Message::Ping(_) => {}

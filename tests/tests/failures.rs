@@ -8,7 +8,7 @@ use tempfile::TempDir;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 use wsgate_tests::{
     AcceptReply, Backend, Client, CloseCode, FakeBackend, FakeBehaviour, Gateway, HandshakeRequest,
-    LinkEvent, Message, Record,
+    LinkEvent, Message, Mode, Record, both_modes,
 };
 
 /// One frame to send: opcode, payload, FIN bit.
@@ -25,6 +25,12 @@ async fn check_echo(client: &mut Client, text: &str) -> anyhow::Result<()> {
 }
 
 /// A docroot with `websocket_echo` on `echo` and a gateway with `gateway_args`.
+// The client-facing failures behave the same when the backend holds the socket.
+both_modes!(
+    oversize_message_closes_with_1009_and_the_backend_keeps_serving,
+    invalid_utf8_text_closes_with_1007,
+);
+
 async fn start_echo(gateway_args: &[&str]) -> anyhow::Result<(TempDir, Backend, Gateway)> {
     let docroot = tempfile::tempdir()?;
     let backend = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
@@ -164,9 +170,11 @@ async fn vanished_client_closes_its_backend_link_and_the_gateway_keeps_serving()
     Ok(())
 }
 
-#[tokio::test]
-async fn oversize_message_closes_with_1009_and_the_backend_keeps_serving() -> anyhow::Result<()> {
-    let (_docroot, mut echo, gateway) = start_echo(&["--max-message-size", "1024"]).await?;
+async fn oversize_message_closes_with_1009_and_the_backend_keeps_serving(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let (_docroot, mut echo, gateway) =
+        start_echo(&mode.with_args(&["--max-message-size", "1024"])).await?;
     // At the limit is fine.
     let mut client = gateway.connect("/echo").await?;
     let at_limit = Message::binary(vec![7u8; 1024]);
@@ -208,9 +216,8 @@ async fn oversize_message_closes_with_1009_and_the_backend_keeps_serving() -> an
     Ok(())
 }
 
-#[tokio::test]
-async fn invalid_utf8_text_closes_with_1007() -> anyhow::Result<()> {
-    let (_docroot, _echo, gateway) = start_echo(&[]).await?;
+async fn invalid_utf8_text_closes_with_1007(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _echo, gateway) = start_echo(mode.gateway_args()).await?;
     // (what, frames: opcode, payload, FIN)
     let cases: [(&str, Vec<FrameSpec>); 4] = [
         ("one frame", vec![(Data::Text, b"h\xffi", true)]),

@@ -17,8 +17,21 @@ use super::LinkError;
 pub enum LinkMode {
     /// One record per whole message, relayed by the gateway.
     Framed,
-    /// The client's socket is handed to the backend (reserved for a later version).
+    /// The client's socket is handed to the backend after ACCEPT (HANDOFF).
     Direct,
+}
+
+/// The gateway's limits for a client it hands over (OPEN's `limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLimits {
+    /// Largest message from the client, in bytes; more is closed with 1009.
+    pub max_message_size: usize,
+    /// Seconds between pings to the client; 0 sends none.
+    #[serde(default)]
+    pub ping_interval: u64,
+    /// Seconds of silence before the client is closed with 1001; 0 never.
+    #[serde(default)]
+    pub idle_timeout: u64,
 }
 
 /// Metadata of a new client, sent as the OPEN record.
@@ -45,6 +58,10 @@ pub struct OpenMeta {
     /// Selected request headers, names in lower case.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Direct mode: the gateway's limits and keepalive for this client, which
+    /// the backend applies once it holds the socket, as the gateway would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ClientLimits>,
 }
 
 /// The backend's ACCEPT answer. An empty ACCEPT payload means the default value.

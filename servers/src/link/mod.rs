@@ -9,7 +9,7 @@ pub mod fd_pass;
 pub mod meta;
 pub mod record;
 
-pub use meta::{AcceptReply, LinkMode, OpenMeta, RejectReply};
+pub use meta::{AcceptReply, ClientLimits, LinkMode, OpenMeta, RejectReply};
 pub use record::{LinkError, Record, RecordCodec, RecordKind};
 
 /// The link protocol version this code speaks, carried in every OPEN record.
