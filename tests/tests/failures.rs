@@ -24,13 +24,13 @@ async fn check_echo(client: &mut Client, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A docroot with `websocket_echo` on `echo` and a gateway with `gateway_args`.
 // The client-facing failures behave the same when the backend holds the socket.
 both_modes!(
     oversize_message_closes_with_1009_and_the_backend_keeps_serving,
     invalid_utf8_text_closes_with_1007,
 );
 
+/// A docroot with `websocket_echo` on `echo` and a gateway with `gateway_args`.
 async fn start_echo(gateway_args: &[&str]) -> anyhow::Result<(TempDir, Backend, Gateway)> {
     let docroot = tempfile::tempdir()?;
     let backend = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
