@@ -1,0 +1,114 @@
+//! The no-gateway baseline: WebSocket served straight from the socket by
+//! tokio-tungstenite, echo (`/echo`) and chat (`/chat`, every message to every
+//! other client), on TCP, or on a UNIX socket for nginx to proxy to.
+//!
+//! Small on purpose: it is the floor a gateway is measured against.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+/// Messages that may wait for one chat client before it is dropped.
+const CHAT_QUEUE: usize = 256;
+
+/// The chat room: a sender per client.
+#[derive(Default)]
+struct Room {
+    next_id: u64,
+    clients: Vec<(u64, mpsc::Sender<Message>)>,
+}
+
+/// Serves echo and chat on TCP `listener` until the process ends.
+pub async fn serve_tcp(listener: TcpListener) -> anyhow::Result<()> {
+    let room = Arc::new(Mutex::new(Room::default()));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_one(stream, Arc::clone(&room)));
+    }
+}
+
+/// Serves echo and chat on the UNIX socket `path` until the process ends.
+pub async fn serve_unix(path: &Path) -> anyhow::Result<()> {
+    let listener = UnixListener::bind(path)?;
+    let room = Arc::new(Mutex::new(Room::default()));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(serve_one(stream, Arc::clone(&room)));
+    }
+}
+
+async fn serve_one<S>(stream: S, room: Arc<Mutex<Room>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut path = String::new();
+    // tungstenite's callback type fixes the error type; it is never returned here.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| {
+        path = request.uri().path().to_owned();
+        Ok(response)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    if path.ends_with("/chat") {
+        chat(ws, room).await;
+    } else {
+        echo(ws).await;
+    }
+}
+
+async fn echo<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(Ok(message)) = ws.next().await {
+        if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn chat<S>(ws: tokio_tungstenite::WebSocketStream<S>, room: Arc<Mutex<Room>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (sender, mut queue) = mpsc::channel(CHAT_QUEUE);
+    let id = {
+        let mut room = room.lock().expect("never poisoned");
+        room.next_id += 1;
+        let id = room.next_id;
+        room.clients.push((id, sender));
+        id
+    };
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        tokio::select! {
+            incoming = stream.next() => match incoming {
+                Some(Ok(message)) if message.is_text() || message.is_binary() => {
+                    let mut room = room.lock().expect("never poisoned");
+                    room.clients.retain(|(other, queue)| {
+                        *other == id || queue.try_send(message.clone()).is_ok()
+                    });
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            outgoing = queue.recv() => match outgoing {
+                Some(message) => if sink.send(message).await.is_err() { break },
+                None => break,
+            },
+        }
+    }
+    room.lock()
+        .expect("never poisoned")
+        .clients
+        .retain(|(other, _)| *other != id);
+}

@@ -1,0 +1,162 @@
+//! The results of one run as a markdown table: a column per system, a row
+//! per figure, throughput figures with their ratio to the baseline.
+
+use std::fmt::Write;
+
+use crate::scenario::{IdleCost, Rate};
+use crate::system::Kind;
+
+/// Everything measured for one system.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    /// Echo, 64 B, one in flight per connection.
+    pub round_trips: Rate,
+    /// Echo, 64 B, 16 in flight per connection.
+    pub pipelined: Rate,
+    /// Echo, 64 KiB messages.
+    pub large: Rate,
+    /// Connect, handshake, one echo, close.
+    pub churn: Rate,
+    /// Idle connections.
+    pub idle: IdleCost,
+    /// Chat fan-out.
+    pub fanout: Rate,
+}
+
+impl Results {
+    /// Errors of every scenario.
+    pub fn errors(&self) -> u64 {
+        self.round_trips.errors
+            + self.pipelined.errors
+            + self.large.errors
+            + self.churn.errors
+            + self.idle.errors
+            + self.fanout.errors
+    }
+}
+
+/// The markdown table; the first system is the baseline the ratios refer to.
+pub fn table(systems: &[(Kind, Results)], labels: &Labels) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "| figure |");
+    for (kind, _) in systems {
+        let _ = write!(out, " {} |", kind.label());
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in systems {
+        let _ = write!(out, "---:|");
+    }
+    out.push('\n');
+    let baseline = systems
+        .first()
+        .map(|(_, results)| results.clone())
+        .unwrap_or_default();
+    let mut row = |name: &str, value: &dyn Fn(&Results) -> f64, ratio: bool, digits: usize| {
+        let _ = write!(out, "| {name} |");
+        let base = value(&baseline);
+        for (_, results) in systems {
+            let v = value(results);
+            if ratio && base > 0.0 {
+                let _ = write!(out, " {v:.digits$} ({:.2}×) |", v / base);
+            } else {
+                let _ = write!(out, " {v:.digits$} |");
+            }
+        }
+        out.push('\n');
+    };
+    row(
+        &format!("{}: round trips/s", labels.round_trips),
+        &|r| r.round_trips.per_second,
+        true,
+        0,
+    );
+    row(
+        "… p50 latency, µs",
+        &|r| r.round_trips.latency.p50 as f64,
+        false,
+        0,
+    );
+    row(
+        "… p99 latency, µs",
+        &|r| r.round_trips.latency.p99 as f64,
+        false,
+        0,
+    );
+    row(
+        "… p99.9 latency, µs",
+        &|r| r.round_trips.latency.p999 as f64,
+        false,
+        0,
+    );
+    row(
+        &format!("{}: messages/s", labels.pipelined),
+        &|r| r.pipelined.per_second,
+        true,
+        0,
+    );
+    row("… MB/s", &|r| r.pipelined.mb_per_second, true, 1);
+    row(
+        &format!("{}: messages/s", labels.large),
+        &|r| r.large.per_second,
+        true,
+        0,
+    );
+    row("… MB/s", &|r| r.large.mb_per_second, true, 1);
+    row(
+        &format!("{}: handshakes/s", labels.churn),
+        &|r| r.churn.per_second,
+        true,
+        0,
+    );
+    row("… p99, µs", &|r| r.churn.latency.p99 as f64, false, 0);
+    row(
+        &format!("{}: connections held", labels.idle),
+        &|r| r.idle.connections as f64,
+        false,
+        0,
+    );
+    row(
+        "… front (gateway/nginx) RSS per connection, B",
+        &|r| r.idle.front_per_connection,
+        false,
+        0,
+    );
+    row(
+        "… echo server RSS per connection, B",
+        &|r| r.idle.echo_per_connection,
+        false,
+        0,
+    );
+    row(
+        &format!("{}: deliveries/s", labels.fanout),
+        &|r| r.fanout.per_second,
+        true,
+        0,
+    );
+    row(
+        "… p99 delivery latency, µs",
+        &|r| r.fanout.latency.p99 as f64,
+        false,
+        0,
+    );
+    row("… messages lost", &|r| r.fanout.errors as f64, false, 0);
+    row("errors, all scenarios", &|r| r.errors() as f64, false, 0);
+    out
+}
+
+/// The scenario names with their settings, for the table.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    /// Echo request/response.
+    pub round_trips: String,
+    /// Echo with many in flight.
+    pub pipelined: String,
+    /// Echo of large messages.
+    pub large: String,
+    /// Connection churn.
+    pub churn: String,
+    /// Idle connections.
+    pub idle: String,
+    /// Chat fan-out.
+    pub fanout: String,
+}

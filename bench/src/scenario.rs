@@ -1,0 +1,445 @@
+//! The load scenarios. Each connects real WebSocket clients (tokio-tungstenite)
+//! to a URL, checks every payload it gets back, and counts errors; a figure
+//! from a run with errors is reported as such, never silently.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Barrier, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+use crate::system::System;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Latency {
+        Latency {
+            p50: histogram.value_at_quantile(0.5),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+        }
+    }
+}
+
+/// What a throughput scenario measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rate {
+    /// Operations (round trips, messages, handshakes, deliveries) per second.
+    pub per_second: f64,
+    /// Payload megabytes per second (one direction).
+    pub mb_per_second: f64,
+    /// Latency, where the scenario measures it.
+    pub latency: Latency,
+    /// Mismatched payloads, failed connections, lost messages.
+    pub errors: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn connect(url: &str, addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = client_async(url, stream).await.context("handshake")?;
+    Ok(ws)
+}
+
+/// A payload of `size` bytes that names its connection and sequence number.
+fn payload(connection: usize, seq: u64, size: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(size.max(16));
+    bytes.extend_from_slice(&(connection as u64).to_be_bytes());
+    bytes.extend_from_slice(&seq.to_be_bytes());
+    bytes.resize(size.max(16), (seq % 251) as u8);
+    bytes
+}
+
+/// `connections` clients, each with one `size`-byte message in flight, for `duration`.
+pub async fn echo_round_trips(
+    url: &str,
+    addr: SocketAddr,
+    connections: usize,
+    size: usize,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
+    let barrier = Arc::new(Barrier::new(connections));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let (url, barrier, errors) = (url.to_owned(), Arc::clone(&barrier), Arc::clone(&errors));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = histogram();
+            let ws = connect(&url, addr, None).await;
+            barrier.wait().await;
+            let Ok(mut ws) = ws else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return (latencies, 0u64);
+            };
+            let end = Instant::now() + duration;
+            let mut seq = 0;
+            while Instant::now() < end {
+                let sent = payload(connection, seq, size);
+                let start = Instant::now();
+                if ws.send(Message::binary(sent.clone())).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                match ws.next().await {
+                    Some(Ok(Message::Binary(got))) if got[..] == sent[..] => {}
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                let _ = latencies.record(start.elapsed().as_micros() as u64);
+                seq += 1;
+            }
+            let _ = ws.close(None).await;
+            (latencies, seq)
+        }));
+    }
+    let mut latencies = histogram();
+    let mut total = 0;
+    for task in tasks {
+        let (histogram, n) = task.await?;
+        latencies.add(&histogram).context("merging histograms")?;
+        total += n;
+    }
+    let per_second = total as f64 / duration.as_secs_f64();
+    Ok(Rate {
+        per_second,
+        mb_per_second: per_second * size as f64 / 1e6,
+        latency: Latency::of(&latencies),
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// `connections` clients, each keeping `in_flight` messages of `size` bytes
+/// outstanding, for `duration`; every echo is checked in order.
+pub async fn echo_pipelined(
+    url: &str,
+    addr: SocketAddr,
+    connections: usize,
+    in_flight: usize,
+    size: usize,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
+    let barrier = Arc::new(Barrier::new(connections));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let (url, barrier, errors) = (url.to_owned(), Arc::clone(&barrier), Arc::clone(&errors));
+        tasks.push(tokio::spawn(async move {
+            let ws = connect(&url, addr, None).await;
+            barrier.wait().await;
+            let Ok(ws) = ws else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return 0u64;
+            };
+            let (mut sink, mut stream) = ws.split();
+            let window = Arc::new(Semaphore::new(in_flight));
+            let end = Instant::now() + duration;
+            let writer_window = Arc::clone(&window);
+            let writer = async move {
+                let mut seq = 0u64;
+                while Instant::now() < end {
+                    let Ok(permit) = writer_window.acquire().await else {
+                        break;
+                    };
+                    permit.forget();
+                    if sink
+                        .send(Message::binary(payload(connection, seq, size)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    seq += 1;
+                }
+                (seq, sink)
+            };
+            let reader = async {
+                let mut received = 0u64;
+                while let Some(Ok(message)) = stream.next().await {
+                    let expected = payload(connection, received, size);
+                    if !matches!(&message, Message::Binary(got) if got[..] == expected[..]) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    received += 1;
+                    window.add_permits(1);
+                    if Instant::now() >= end && window.available_permits() >= in_flight {
+                        break;
+                    }
+                }
+                received
+            };
+            let ((sent, mut sink), received) = tokio::join!(writer, reader);
+            if received != sent {
+                errors.fetch_add(sent.abs_diff(received), Ordering::Relaxed);
+            }
+            let _ = sink.close().await;
+            received
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await?;
+    }
+    let per_second = total as f64 / duration.as_secs_f64();
+    Ok(Rate {
+        per_second,
+        mb_per_second: per_second * size as f64 / 1e6,
+        latency: Latency::default(),
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// `workers` clients in a loop: connect, handshake, one echo, close.
+pub async fn churn(
+    url: &str,
+    addr: SocketAddr,
+    workers: usize,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
+    let errors = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let (url, errors) = (url.to_owned(), Arc::clone(&errors));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = histogram();
+            let mut n = 0u64;
+            // Spread over source addresses so closed connections' TIME_WAIT does not exhaust ports.
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1 + (worker % 200) as u8));
+            while Instant::now() < end {
+                let start = Instant::now();
+                let outcome: anyhow::Result<()> = async {
+                    let mut ws = connect(&url, addr, Some(source)).await?;
+                    let sent = payload(worker, n, 64);
+                    ws.send(Message::binary(sent.clone())).await?;
+                    match ws.next().await {
+                        Some(Ok(Message::Binary(got))) if got[..] == sent[..] => {}
+                        other => bail!("unexpected {other:?}"),
+                    }
+                    ws.close(None).await?;
+                    while let Some(Ok(_)) = ws.next().await {}
+                    Ok(())
+                }
+                .await;
+                if outcome.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let _ = latencies.record(start.elapsed().as_micros() as u64);
+                n += 1;
+            }
+            (latencies, n)
+        }));
+    }
+    let mut latencies = histogram();
+    let mut total = 0;
+    for task in tasks {
+        let (histogram, n) = task.await?;
+        latencies.add(&histogram).context("merging histograms")?;
+        total += n;
+    }
+    Ok(Rate {
+        per_second: total as f64 / duration.as_secs_f64(),
+        mb_per_second: 0.0,
+        latency: Latency::of(&latencies),
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// What holding many idle connections cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdleCost {
+    /// Connections held.
+    pub connections: usize,
+    /// RSS growth of the front process (gateway or nginx) per connection, bytes.
+    pub front_per_connection: f64,
+    /// RSS growth of the echo server per connection, bytes.
+    pub echo_per_connection: f64,
+    /// Connections that failed to open, or sampled ones that did not answer.
+    pub errors: u64,
+}
+
+/// Opens `connections` idle clients (from several 127.0.0.x source
+/// addresses), measures the memory growth, then checks that a sample answers.
+pub async fn idle(system: &System, connections: usize) -> anyhow::Result<IdleCost> {
+    const WARM_UP: usize = 100;
+    let url = system.url("echo");
+    let mut held: Vec<Ws> = Vec::with_capacity(connections + WARM_UP);
+    let mut errors = 0u64;
+    let open = |start: usize, n: usize| {
+        let url = url.clone();
+        let addr = system.addr;
+        async move {
+            let mut opened = Vec::with_capacity(n);
+            let mut failed = 0u64;
+            for idx in start..start + n {
+                let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (idx % 8) as u8));
+                match connect(&url, addr, Some(source)).await {
+                    Ok(ws) => opened.push(ws),
+                    Err(_) => failed += 1,
+                }
+            }
+            (opened, failed)
+        }
+    };
+    let (warm, failed) = open(0, WARM_UP).await;
+    held.extend(warm);
+    errors += failed;
+    settle().await;
+    let (front_before, echo_before) = (system.front_rss()?, system.echo_rss()?);
+    let (opened, failed) = open(WARM_UP, connections).await;
+    let n_opened = opened.len();
+    held.extend(opened);
+    errors += failed;
+    settle().await;
+    let (front_after, echo_after) = (system.front_rss()?, system.echo_rss()?);
+    // Every 1 in (connections / 100) answers an echo.
+    let step = (held.len() / 100).max(1);
+    for (idx, ws) in held.iter_mut().enumerate().step_by(step) {
+        let sent = payload(idx, 0, 64);
+        let ok = ws.send(Message::binary(sent.clone())).await.is_ok()
+            && matches!(ws.next().await, Some(Ok(Message::Binary(got))) if got[..] == sent[..]);
+        if !ok {
+            errors += 1;
+        }
+    }
+    drop(held);
+    let per =
+        |before: u64, after: u64| after.saturating_sub(before) as f64 / n_opened.max(1) as f64;
+    Ok(IdleCost {
+        connections: n_opened,
+        front_per_connection: per(front_before, front_after),
+        echo_per_connection: per(echo_before, echo_after),
+        errors,
+    })
+}
+
+/// Lets the servers finish handing over and allocating before memory is read.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// `receivers` clients on the chat, one sender at `rate` messages per second
+/// for `duration`: deliveries per second, delivery latency, and lost messages
+/// (counted in `errors`).
+pub async fn fanout(
+    url: &str,
+    addr: SocketAddr,
+    receivers: usize,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
+    let base = Instant::now();
+    let n_messages = (f64::from(rate) * duration.as_secs_f64()) as u64;
+    let ready = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for receiver in 0..receivers {
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (receiver % 8) as u8));
+        let ws = connect(url, addr, Some(source)).await?;
+        let ready = Arc::clone(&ready);
+        tasks.push(tokio::spawn(receive_fanout(ws, ready, base, n_messages)));
+    }
+    let mut sender = connect(url, addr, None).await?;
+    // Everyone is in the room once everyone has seen a marker.
+    let wait_start = Instant::now();
+    while ready.load(Ordering::Relaxed) < receivers {
+        if wait_start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "only {} of {receivers} receivers joined",
+                ready.load(Ordering::Relaxed)
+            );
+        }
+        sender.send(Message::text("ready?")).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let start = Instant::now();
+    for seq in 0..n_messages {
+        ticks.tick().await;
+        let mut bytes = seq.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
+        sender.send(Message::binary(bytes)).await?;
+    }
+    let send_time = start.elapsed();
+    let mut latencies = histogram();
+    let mut delivered = 0u64;
+    for task in tasks {
+        let (histogram, n) = task.await?;
+        latencies.add(&histogram).context("merging histograms")?;
+        delivered += n;
+    }
+    let _ = sender.close(None).await;
+    let expected = n_messages * receivers as u64;
+    Ok(Rate {
+        per_second: delivered as f64 / send_time.as_secs_f64(),
+        mb_per_second: 0.0,
+        latency: Latency::of(&latencies),
+        errors: expected - delivered.min(expected),
+    })
+}
+
+async fn receive_fanout(
+    mut ws: Ws,
+    ready: Arc<AtomicUsize>,
+    base: Instant,
+    n_messages: u64,
+) -> (Histogram<u64>, u64) {
+    let mut latencies = histogram();
+    let mut joined = false;
+    let mut next_seq = 0u64;
+    let deadline = Duration::from_secs(60);
+    while next_seq < n_messages {
+        let message = match tokio::time::timeout(deadline, ws.next()).await {
+            Ok(Some(Ok(message))) => message,
+            _ => break,
+        };
+        match message {
+            Message::Text(_) if !joined => {
+                joined = true;
+                ready.fetch_add(1, Ordering::Relaxed);
+            }
+            Message::Binary(bytes) if bytes.len() == 16 => {
+                let seq = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+                let sent = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+                if seq != next_seq {
+                    // Out of order or a gap: stop counting; the rest is lost.
+                    break;
+                }
+                next_seq += 1;
+                let now = base.elapsed().as_nanos() as u64;
+                let _ = latencies.record(now.saturating_sub(sent) / 1000);
+            }
+            _ => {}
+        }
+    }
+    (latencies, next_seq)
+}
