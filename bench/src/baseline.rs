@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
-/// Messages that may wait for one chat client before it is dropped.
-const CHAT_QUEUE: usize = 256;
+/// Messages that may wait for one chat client before it is dropped: the
+/// same as the bench gives `websocket_chat --queue`.
+const CHAT_QUEUE: usize = 4096;
 
 /// The chat room: a sender per client.
 #[derive(Default)]

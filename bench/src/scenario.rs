@@ -389,7 +389,6 @@ pub async fn fanout(
         bytes.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
         sender.send(Message::binary(bytes)).await?;
     }
-    let send_time = start.elapsed();
     let mut latencies = histogram();
     let mut delivered = 0u64;
     for task in tasks {
@@ -397,6 +396,8 @@ pub async fn fanout(
         latencies.add(&histogram).context("merging histograms")?;
         delivered += n;
     }
+    // Until the last delivery, not the last send: queues may drain later.
+    let send_time = start.elapsed();
     let _ = sender.close(None).await;
     let expected = n_messages * receivers as u64;
     Ok(Rate {
