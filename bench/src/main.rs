@@ -33,6 +33,12 @@ enum Command {
         /// Leave nginx out even when it is installed.
         #[arg(long)]
         no_nginx: bool,
+        /// Run only these scenarios (repeatable) [default: all].
+        #[arg(long = "only", value_enum, value_name = "SCENARIO")]
+        only: Vec<Scenario>,
+        /// Messages per second the fan-out sender sends [default: 1000; smoke: 200].
+        #[arg(long, value_name = "N")]
+        fanout_rate: Option<u32>,
     },
     /// The baseline server: WebSocket echo (/echo) and chat (/chat) with no gateway.
     BaselineServer {
@@ -45,6 +51,23 @@ enum Command {
     },
 }
 
+/// The scenarios, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Echo, 64 B, one in flight.
+    RoundTrips,
+    /// Echo, 64 B, 16 in flight.
+    Pipelined,
+    /// Echo, 64 KiB.
+    Large,
+    /// Connect, echo, close.
+    Churn,
+    /// Idle connections and their memory.
+    Idle,
+    /// Chat fan-out.
+    Fanout,
+}
+
 /// How much of each scenario a run does.
 struct Settings {
     duration: Duration,
@@ -53,6 +76,14 @@ struct Settings {
     idle_connections: usize,
     fanout_receivers: usize,
     fanout_rate: u32,
+    /// Empty: every scenario.
+    only: Vec<Scenario>,
+}
+
+impl Settings {
+    fn runs(&self, scenario: Scenario) -> bool {
+        self.only.is_empty() || self.only.contains(&scenario)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +103,8 @@ fn main() -> anyhow::Result<()> {
             smoke,
             bin_dir,
             no_nginx,
+            only,
+            fanout_rate,
         } => {
             let bench = std::env::current_exe()?;
             let dir = match bin_dir {
@@ -81,7 +114,7 @@ fn main() -> anyhow::Result<()> {
                     .context("the executable has a directory")?
                     .to_owned(),
             };
-            let settings = if smoke {
+            let mut settings = if smoke {
                 Settings {
                     duration: Duration::from_millis(300),
                     connections: 10,
@@ -89,6 +122,7 @@ fn main() -> anyhow::Result<()> {
                     idle_connections: 50,
                     fanout_receivers: 20,
                     fanout_rate: 200,
+                    only: Vec::new(),
                 }
             } else {
                 Settings {
@@ -98,8 +132,13 @@ fn main() -> anyhow::Result<()> {
                     idle_connections: 9_000,
                     fanout_receivers: 1_000,
                     fanout_rate: 1_000,
+                    only: Vec::new(),
                 }
             };
+            if let Some(rate) = fanout_rate {
+                settings.fanout_rate = rate.max(1);
+            }
+            settings.only = only;
             let kinds: &[Kind] = if no_nginx {
                 &[Kind::Baseline, Kind::Relay, Kind::Direct]
             } else {
@@ -134,6 +173,9 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
     // Scenario by scenario, every system in turn, so slow drifts of the
     // machine spread over all of them.
     for (idx, system) in systems.iter().enumerate() {
+        if !s.runs(Scenario::RoundTrips) {
+            break;
+        }
         eprintln!("{}: echo round trips", system.kind.label());
         results[idx].round_trips = scenario::echo_round_trips(
             &system.url("echo"),
@@ -145,6 +187,9 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
         .await?;
     }
     for (idx, system) in systems.iter().enumerate() {
+        if !s.runs(Scenario::Pipelined) {
+            break;
+        }
         eprintln!("{}: echo pipelined", system.kind.label());
         results[idx].pipelined = scenario::echo_pipelined(
             &system.url("echo"),
@@ -157,6 +202,9 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
         .await?;
     }
     for (idx, system) in systems.iter().enumerate() {
+        if !s.runs(Scenario::Large) {
+            break;
+        }
         eprintln!("{}: echo 64 KiB", system.kind.label());
         results[idx].large = scenario::echo_pipelined(
             &system.url("echo"),
@@ -169,15 +217,24 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
         .await?;
     }
     for (idx, system) in systems.iter().enumerate() {
+        if !s.runs(Scenario::Churn) {
+            break;
+        }
         eprintln!("{}: churn", system.kind.label());
         results[idx].churn =
             scenario::churn(&system.url("echo"), system.addr, 8, s.duration).await?;
     }
     for (idx, system) in systems.iter().enumerate() {
+        if !s.runs(Scenario::Idle) {
+            break;
+        }
         eprintln!("{}: idle connections", system.kind.label());
         results[idx].idle = scenario::idle(system, s.idle_connections).await?;
     }
     for (idx, system) in systems.iter().enumerate() {
+        if !s.runs(Scenario::Fanout) {
+            break;
+        }
         eprintln!("{}: chat fan-out", system.kind.label());
         results[idx].fanout = scenario::fanout(
             &system.url("chat"),
