@@ -47,7 +47,8 @@ def write_record(conn, kind, payload=b""):
 def receive_handoff(conn):
     """The HANDOFF record: the client's socket (SCM_RIGHTS) and the bytes the
     gateway read past the handshake."""
-    header, fds, _flags, _addr = socket.recv_fds(conn, 5, 4)
+    # Only the 5-byte header, which carries the descriptor; close-on-exec at once.
+    header, fds, _flags, _addr = socket.recv_fds(conn, 5, 4, socket.MSG_CMSG_CLOEXEC)
     header += read_exact(conn, 5 - len(header)) if header else b""
     for extra in fds[1:]:
         os.close(extra)  # only one descriptor is expected
