@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-use crate::link::{ClientLimits, LinkError, fd_pass};
+use crate::link::{ClientLimits, LinkError, close_for_client_error, fd_pass};
 
 /// WebSocket read buffer of a direct client, and the most one read takes.
 /// 16 KiB keeps large messages as fast as tungstenite's 128 KiB default (see
@@ -219,7 +219,7 @@ impl Stream for DirectClient {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(message))) => message,
                 Poll::Ready(Some(Err(error))) => {
-                    let close = match client_failure(&error) {
+                    let close = match close_for_client_error(&error) {
                         Some((code, reason)) => this.close_with(cx, code, reason),
                         None => {
                             this.closed = true;
@@ -247,20 +247,6 @@ impl Stream for DirectClient {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             }
         }
-    }
-}
-
-/// The close code the client gets for a failure, as the gateway sends it in
-/// relay mode; `None` when the connection just ended.
-fn client_failure(error: &tungstenite::Error) -> Option<(CloseCode, &'static str)> {
-    use tungstenite::Error;
-    use tungstenite::error::ProtocolError;
-    match error {
-        Error::Capacity(_) => Some((CloseCode::Size, "message too big")),
-        Error::Utf8(_) => Some((CloseCode::Invalid, "text message is not UTF-8")),
-        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        Error::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
-        _ => None,
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use servers::link::close_for_client_error;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_tungstenite::WebSocketStream;
@@ -182,36 +183,16 @@ async fn first_ending(
     ending
 }
 
-/// The ending for an error reading the client.
+/// The ending for an error reading the client: the close code is the one a
+/// direct-mode backend would send (`servers::link::close_for_client_error`).
 fn client_error(error: tungstenite::Error) -> Ending {
-    use tungstenite::Error;
-    use tungstenite::error::CapacityError;
-    match error {
-        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Ending::ClientFailed {
-            code: CloseCode::Size,
-            reason: "message too big",
-            detail: format!("message of {size} bytes over the limit of {max_size}"),
+    match close_for_client_error(&error) {
+        Some((code, reason)) => Ending::ClientFailed {
+            code,
+            reason,
+            detail: error.to_string(),
         },
-        Error::Capacity(other) => Ending::ClientFailed {
-            code: CloseCode::Size,
-            reason: "message too big",
-            detail: other.to_string(),
-        },
-        Error::Utf8(detail) => Ending::ClientFailed {
-            code: CloseCode::Invalid,
-            reason: "text message is not UTF-8",
-            detail,
-        },
-        // A connection that just ends is a client gone, not a protocol error.
-        Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
-            Ending::ClientGone("connection closed without a close frame".to_owned())
-        }
-        Error::Protocol(violation) => Ending::ClientFailed {
-            code: CloseCode::Protocol,
-            reason: "protocol error",
-            detail: violation.to_string(),
-        },
-        other => Ending::ClientGone(other.to_string()),
+        None => Ending::ClientGone(error.to_string()),
     }
 }
 
