@@ -68,6 +68,30 @@ enum Scenario {
     Fanout,
 }
 
+impl Scenario {
+    /// Every scenario, in the order a run does them.
+    const ALL: [Scenario; 6] = [
+        Scenario::RoundTrips,
+        Scenario::Pipelined,
+        Scenario::Large,
+        Scenario::Churn,
+        Scenario::Idle,
+        Scenario::Fanout,
+    ];
+
+    /// The name in progress lines.
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::RoundTrips => "echo round trips",
+            Scenario::Pipelined => "echo pipelined",
+            Scenario::Large => "echo 64 KiB",
+            Scenario::Churn => "churn",
+            Scenario::Idle => "idle connections",
+            Scenario::Fanout => "chat fan-out",
+        }
+    }
+}
+
 /// How much of each scenario a run does.
 struct Settings {
     duration: Duration,
@@ -172,78 +196,14 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
     };
     // Scenario by scenario, every system in turn, so slow drifts of the
     // machine spread over all of them.
-    for (idx, system) in systems.iter().enumerate() {
-        if !s.runs(Scenario::RoundTrips) {
-            break;
+    for scenario in Scenario::ALL {
+        if !s.runs(scenario) {
+            continue;
         }
-        eprintln!("{}: echo round trips", system.kind.label());
-        results[idx].round_trips = scenario::echo_round_trips(
-            &system.url("echo"),
-            system.addr,
-            s.connections,
-            64,
-            s.duration,
-        )
-        .await?;
-    }
-    for (idx, system) in systems.iter().enumerate() {
-        if !s.runs(Scenario::Pipelined) {
-            break;
+        for (system, results) in systems.iter().zip(results.iter_mut()) {
+            eprintln!("{}: {}", system.kind.label(), scenario.name());
+            run_scenario(scenario, system, s, results).await?;
         }
-        eprintln!("{}: echo pipelined", system.kind.label());
-        results[idx].pipelined = scenario::echo_pipelined(
-            &system.url("echo"),
-            system.addr,
-            s.connections,
-            16,
-            64,
-            s.duration,
-        )
-        .await?;
-    }
-    for (idx, system) in systems.iter().enumerate() {
-        if !s.runs(Scenario::Large) {
-            break;
-        }
-        eprintln!("{}: echo 64 KiB", system.kind.label());
-        results[idx].large = scenario::echo_pipelined(
-            &system.url("echo"),
-            system.addr,
-            s.large_connections,
-            4,
-            64 * 1024,
-            s.duration,
-        )
-        .await?;
-    }
-    for (idx, system) in systems.iter().enumerate() {
-        if !s.runs(Scenario::Churn) {
-            break;
-        }
-        eprintln!("{}: churn", system.kind.label());
-        results[idx].churn =
-            scenario::churn(&system.url("echo"), system.addr, 8, s.duration).await?;
-    }
-    for (idx, system) in systems.iter().enumerate() {
-        if !s.runs(Scenario::Idle) {
-            break;
-        }
-        eprintln!("{}: idle connections", system.kind.label());
-        results[idx].idle = scenario::idle(system, s.idle_connections).await?;
-    }
-    for (idx, system) in systems.iter().enumerate() {
-        if !s.runs(Scenario::Fanout) {
-            break;
-        }
-        eprintln!("{}: chat fan-out", system.kind.label());
-        results[idx].fanout = scenario::fanout(
-            &system.url("chat"),
-            system.addr,
-            s.fanout_receivers,
-            s.fanout_rate,
-            s.duration,
-        )
-        .await?;
     }
     for system in &mut systems {
         system.check_running()?;
@@ -255,6 +215,44 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
     let errors: u64 = results.iter().map(Results::errors).sum();
     if errors > 0 {
         anyhow::bail!("THE RUN HAD {errors} ERRORS: the figures above are not valid");
+    }
+    Ok(())
+}
+
+/// Runs `scenario` against `system` and stores its figures in `results`.
+async fn run_scenario(
+    scenario: Scenario,
+    system: &System,
+    s: &Settings,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let (url, addr) = (system.url("echo"), system.addr);
+    match scenario {
+        Scenario::RoundTrips => {
+            results.round_trips =
+                scenario::echo_round_trips(&url, addr, s.connections, 64, s.duration).await?;
+        }
+        Scenario::Pipelined => {
+            results.pipelined =
+                scenario::echo_pipelined(&url, addr, s.connections, 16, 64, s.duration).await?;
+        }
+        Scenario::Large => {
+            results.large =
+                scenario::echo_pipelined(&url, addr, s.large_connections, 4, 64 * 1024, s.duration)
+                    .await?;
+        }
+        Scenario::Churn => results.churn = scenario::churn(&url, addr, 8, s.duration).await?,
+        Scenario::Idle => results.idle = scenario::idle(system, s.idle_connections).await?,
+        Scenario::Fanout => {
+            results.fanout = scenario::fanout(
+                &system.url("chat"),
+                addr,
+                s.fanout_receivers,
+                s.fanout_rate,
+                s.duration,
+            )
+            .await?;
+        }
     }
     Ok(())
 }

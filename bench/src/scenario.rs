@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Barrier, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{WebSocketStream, client_async};
 
@@ -55,6 +56,20 @@ pub struct Rate {
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Waits for every client task and merges their latencies and counts.
+async fn join_counting(
+    tasks: Vec<JoinHandle<(Histogram<u64>, u64)>>,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let mut latencies = histogram();
+    let mut total = 0;
+    for task in tasks {
+        let (histogram, n) = task.await?;
+        latencies.add(&histogram).context("merging histograms")?;
+        total += n;
+    }
+    Ok((latencies, total))
 }
 
 async fn connect(url: &str, addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Ws> {
@@ -121,13 +136,7 @@ pub async fn echo_round_trips(
             (latencies, seq)
         }));
     }
-    let mut latencies = histogram();
-    let mut total = 0;
-    for task in tasks {
-        let (histogram, n) = task.await?;
-        latencies.add(&histogram).context("merging histograms")?;
-        total += n;
-    }
+    let (latencies, total) = join_counting(tasks).await?;
     let per_second = total as f64 / duration.as_secs_f64();
     Ok(Rate {
         per_second,
@@ -260,13 +269,7 @@ pub async fn churn(
             (latencies, n)
         }));
     }
-    let mut latencies = histogram();
-    let mut total = 0;
-    for task in tasks {
-        let (histogram, n) = task.await?;
-        latencies.add(&histogram).context("merging histograms")?;
-        total += n;
-    }
+    let (latencies, total) = join_counting(tasks).await?;
     Ok(Rate {
         per_second: total as f64 / duration.as_secs_f64(),
         mb_per_second: 0.0,
@@ -389,13 +392,7 @@ pub async fn fanout(
         bytes.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
         sender.send(Message::binary(bytes)).await?;
     }
-    let mut latencies = histogram();
-    let mut delivered = 0u64;
-    for task in tasks {
-        let (histogram, n) = task.await?;
-        latencies.add(&histogram).context("merging histograms")?;
-        delivered += n;
-    }
+    let (latencies, delivered) = join_counting(tasks).await?;
     // Until the last delivery, not the last send: queues may drain later.
     let send_time = start.elapsed();
     let _ = sender.close(None).await;
