@@ -8,7 +8,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -204,9 +204,7 @@ fn truncate_reason(reason: &str) -> &str {
 
 fn record_to_message(record: Record) -> Result<Message, SessionError> {
     Ok(match record {
-        Record::Text(payload) => {
-            Message::Text(Utf8Bytes::try_from(payload).map_err(|_| LinkError::InvalidUtf8)?)
-        }
+        Record::Text(text) => Message::Text(text),
         Record::Binary(payload) => Message::Binary(payload),
         Record::Close(None) => Message::Close(None),
         Record::Close(Some(info)) => Message::Close(Some(CloseFrame {
@@ -219,7 +217,7 @@ fn record_to_message(record: Record) -> Result<Message, SessionError> {
 
 fn message_to_record(message: Message) -> Option<Record> {
     match message {
-        Message::Text(text) => Some(Record::Text(Bytes::from(text))),
+        Message::Text(text) => Some(Record::Text(text)),
         Message::Binary(data) => Some(Record::Binary(data)),
         Message::Close(None) => Some(Record::Close(None)),
         Message::Close(Some(frame)) => Some(Record::Close(Some(CloseInfo {
@@ -323,6 +321,6 @@ mod tests {
             let record = message_to_record(message.clone()).expect("data and close cross the link");
             assert_eq!(record_to_message(record).expect("maps back"), message);
         }
-        assert_eq!(message_to_record(Message::Ping(Bytes::new())), None);
+        assert_eq!(message_to_record(Message::Ping(bytes::Bytes::new())), None);
     }
 }

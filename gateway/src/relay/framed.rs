@@ -168,11 +168,7 @@ async fn backend_to_client(
         let mut n_batched = 0;
         loop {
             let message = match next {
-                Some(Ok(Record::Text(payload))) => match Utf8Bytes::try_from(payload) {
-                    Ok(text) => Message::Text(text),
-                    // The codec checked it already; never trust it twice.
-                    Err(_) => return Ending::BackendGone("TEXT record is not UTF-8".into()),
-                },
+                Some(Ok(Record::Text(text))) => Message::Text(text),
                 Some(Ok(Record::Binary(payload))) => Message::Binary(payload),
                 Some(Ok(Record::Close(info))) => {
                     if let Err(error) = client_writer.flush().await {
@@ -212,7 +208,7 @@ enum Forward {
 
 fn message_to_record(message: Message) -> Forward {
     match message {
-        Message::Text(text) => Forward::Record(Record::Text(Bytes::from(text))),
+        Message::Text(text) => Forward::Record(Record::Text(text)),
         Message::Binary(data) => Forward::Record(Record::Binary(data)),
         Message::Close(frame) => Forward::Closed(frame),
         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Forward::Nothing,

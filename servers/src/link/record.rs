@@ -6,6 +6,7 @@
 //! both sides share one definition; connecting and relaying are the callers' jobs.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Bytes before the payload: one kind byte and a 32-bit length.
@@ -57,8 +58,8 @@ pub enum Record {
     Reject(Bytes),
     /// Direct-mode hand-over: the bytes the gateway read past the handshake.
     Handoff(Bytes),
-    /// A text message; the codec has checked it is UTF-8.
-    Text(Bytes),
+    /// A text message, checked to be UTF-8 once, by the codec.
+    Text(Utf8Bytes),
     /// A binary message.
     Binary(Bytes),
     /// A close with an optional code and reason.
@@ -147,8 +148,8 @@ impl Record {
             | Record::Accept(b)
             | Record::Reject(b)
             | Record::Handoff(b)
-            | Record::Text(b)
             | Record::Binary(b) => b.len(),
+            Record::Text(text) => text.len(),
             Record::Close(None) => 0,
             Record::Close(Some(info)) => 2 + info.reason.len(),
         }
@@ -216,8 +217,7 @@ impl Decoder for RecordCodec {
             RecordKind::Reject => Record::Reject(payload),
             RecordKind::Handoff => Record::Handoff(payload),
             RecordKind::Text => {
-                std::str::from_utf8(&payload).map_err(|_| LinkError::InvalidUtf8)?;
-                Record::Text(payload)
+                Record::Text(Utf8Bytes::try_from(payload).map_err(|_| LinkError::InvalidUtf8)?)
             }
             RecordKind::Binary => Record::Binary(payload),
             RecordKind::Close => Record::Close(decode_close(&payload)?),
@@ -269,8 +269,8 @@ impl Encoder<Record> for RecordCodec {
             | Record::Accept(b)
             | Record::Reject(b)
             | Record::Handoff(b)
-            | Record::Text(b)
             | Record::Binary(b) => dst.extend_from_slice(&b),
+            Record::Text(text) => dst.extend_from_slice(text.as_bytes()),
             Record::Close(None) => {}
             Record::Close(Some(info)) => {
                 dst.put_u16(info.code);

@@ -1,6 +1,7 @@
 //! Table-driven tests of the record codec: round trips, truncation, limits.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::{CloseInfo, LinkError, Record, RecordCodec};
@@ -23,7 +24,10 @@ fn check_round_trip(record: Record, expected_bytes: &[u8]) {
 
 #[test]
 fn records_round_trip_byte_for_byte() {
-    check_round_trip(Record::Text(Bytes::from_static(b"hi")), b"\x10\0\0\0\x02hi");
+    check_round_trip(
+        Record::Text(Utf8Bytes::from_static("hi")),
+        b"\x10\0\0\0\x02hi",
+    );
     check_round_trip(
         Record::Binary(Bytes::from_static(&[0, 255])),
         b"\x11\0\0\0\x02\x00\xff",
@@ -47,7 +51,7 @@ fn records_round_trip_byte_for_byte() {
 
 #[test]
 fn partial_records_wait_for_more_bytes() {
-    let whole = encode(Record::Text(Bytes::from_static(b"hello")));
+    let whole = encode(Record::Text(Utf8Bytes::from_static("hello")));
     for cut in 0..whole.len() {
         let mut codec = RecordCodec::new(1024);
         let mut buf = BytesMut::from(&whole[..cut]);
@@ -59,7 +63,7 @@ fn partial_records_wait_for_more_bytes() {
         buf.extend_from_slice(&whole[cut..]);
         assert_eq!(
             codec.decode(&mut buf).expect("decodes"),
-            Some(Record::Text(Bytes::from_static(b"hello")))
+            Some(Record::Text(Utf8Bytes::from_static("hello")))
         );
     }
 }
@@ -144,7 +148,7 @@ fn malformed_records_are_errors() {
 
 #[test]
 fn several_records_in_one_buffer_decode_in_order() {
-    let mut buf = encode(Record::Text(Bytes::from_static(b"a")));
+    let mut buf = encode(Record::Text(Utf8Bytes::from_static("a")));
     buf.extend_from_slice(&encode(Record::Binary(Bytes::from_static(b"b"))));
     buf.extend_from_slice(&encode(Record::Close(None)));
     let mut codec = RecordCodec::new(1024);
@@ -155,7 +159,7 @@ fn several_records_in_one_buffer_decode_in_order() {
     assert_eq!(
         records,
         vec![
-            Record::Text(Bytes::from_static(b"a")),
+            Record::Text(Utf8Bytes::from_static("a")),
             Record::Binary(Bytes::from_static(b"b")),
             Record::Close(None)
         ]
