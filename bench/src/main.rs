@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use wsgate_bench::report::{self, Labels, Results};
-use wsgate_bench::scenario;
-use wsgate_bench::system::{Binaries, Kind, System};
+use bench::report::{self, Labels, Results};
+use bench::scenario;
+use bench::system::{Binaries, Kind, System};
 
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -116,12 +116,12 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Command::BaselineServer { listen, unix } => runtime.block_on(async {
             if let Some(path) = unix {
-                return wsgate_bench::baseline::serve_unix(&path).await;
+                return bench::baseline::serve_unix(&path).await;
             }
             let listener =
                 tokio::net::TcpListener::bind(listen.unwrap_or(([127, 0, 0, 1], 0).into())).await?;
             println!("listening on http://{}", listener.local_addr()?);
-            wsgate_bench::baseline::serve_tcp(listener).await
+            bench::baseline::serve_tcp(listener).await
         }),
         Command::All {
             smoke,

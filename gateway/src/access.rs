@@ -130,21 +130,6 @@ impl NamePolicy {
     pub fn is_direct(&self, name: &str) -> bool {
         self.direct.set.is_match(name)
     }
-
-    /// The allow globs as configured.
-    pub fn allow_globs(&self) -> &[String] {
-        &self.allow.globs
-    }
-
-    /// The deny globs as configured.
-    pub fn deny_globs(&self) -> &[String] {
-        &self.deny.globs
-    }
-
-    /// The raw globs as configured.
-    pub fn raw_globs(&self) -> &[String] {
-        &self.raw.globs
-    }
 }
 
 /// Why the direct globs cannot be used.

@@ -10,14 +10,38 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use servers::link::{AcceptReply, OpenMeta, Record, RecordCodec, RejectReply};
+use link::websocket::LINK_READ_BUFFER;
+use link::{AcceptReply, LinkError, OpenMeta, Record, RecordCodec, RejectReply};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
 use crate::refusal::Refusal;
 
-/// Initial read buffer of a link; it grows only for larger records.
-pub(crate) const LINK_READ_BUFFER: usize = 512;
+/// How a backend broke the link protocol before accepting a client (`502`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BackendFailure {
+    /// The OPEN record could not be written.
+    #[error("writing OPEN")]
+    WriteOpen(#[source] LinkError),
+    /// The answer to OPEN could not be read or decoded.
+    #[error("reading the answer to OPEN")]
+    ReadAnswer(#[source] LinkError),
+    /// The ACCEPT or REJECT body is not valid.
+    #[error("bad answer to OPEN")]
+    BadAnswer(#[source] LinkError),
+    /// ACCEPT chose a subprotocol the client did not offer.
+    #[error("it chose subprotocol {0:?}, which the client did not offer")]
+    UnofferedProtocol(String),
+    /// REJECT carried a status outside 400–599.
+    #[error("REJECT status {0} is not between 400 and 599")]
+    RejectStatus(u16),
+    /// The backend answered OPEN with another record than ACCEPT or REJECT.
+    #[error("expected ACCEPT or REJECT, got {0}")]
+    UnexpectedRecord(&'static str),
+    /// The backend closed the link without answering.
+    #[error("it closed the link instead of answering OPEN")]
+    ClosedBeforeAnswer,
+}
 
 /// A framed link whose backend answered ACCEPT.
 pub(crate) type FramedLink = Framed<UnixStream, RecordCodec>;
@@ -37,29 +61,27 @@ pub(crate) async fn open_framed(
         let stream = connect(socket_path, name).await?;
         let mut link =
             Framed::with_capacity(stream, RecordCodec::new(max_payload), LINK_READ_BUFFER);
-        let failed = |cause: String| Refusal::BackendFailed {
+        let failed = |cause: BackendFailure| Refusal::BackendFailed {
             name: name.clone(),
             cause,
         };
         link.send(Record::Open(open.to_payload()))
             .await
-            .map_err(|error| failed(format!("writing OPEN: {error}")))?;
+            .map_err(|error| failed(BackendFailure::WriteOpen(error)))?;
         match link.next().await {
             Some(Ok(Record::Accept(payload))) => {
                 let reply = AcceptReply::from_payload(&payload)
-                    .map_err(|error| failed(error.to_string()))?;
+                    .map_err(|error| failed(BackendFailure::BadAnswer(error)))?;
                 if let Some(protocol) = &reply.protocol
                     && !open.protocols.contains(protocol)
                 {
-                    return Err(failed(format!(
-                        "it chose subprotocol {protocol:?}, which the client did not offer"
-                    )));
+                    return Err(failed(BackendFailure::UnofferedProtocol(protocol.clone())));
                 }
                 Ok((link, reply))
             }
             Some(Ok(Record::Reject(payload))) => {
                 let reply = RejectReply::from_payload(&payload)
-                    .map_err(|error| failed(error.to_string()))?;
+                    .map_err(|error| failed(BackendFailure::BadAnswer(error)))?;
                 match StatusCode::from_u16(reply.status) {
                     Ok(status) if (400..=599).contains(&reply.status) => {
                         Err(Refusal::BackendRejected {
@@ -68,20 +90,12 @@ pub(crate) async fn open_framed(
                             reason: reply.reason,
                         })
                     }
-                    _ => Err(failed(format!(
-                        "REJECT status {} is not between 400 and 599",
-                        reply.status
-                    ))),
+                    _ => Err(failed(BackendFailure::RejectStatus(reply.status))),
                 }
             }
-            Some(Ok(other)) => Err(failed(format!(
-                "expected ACCEPT or REJECT, got {}",
-                other.name()
-            ))),
-            Some(Err(error)) => Err(failed(error.to_string())),
-            None => Err(failed(
-                "it closed the link instead of answering OPEN".to_owned(),
-            )),
+            Some(Ok(other)) => Err(failed(BackendFailure::UnexpectedRecord(other.name()))),
+            Some(Err(error)) => Err(failed(BackendFailure::ReadAnswer(error))),
+            None => Err(failed(BackendFailure::ClosedBeforeAnswer)),
         }
     };
     tokio::time::timeout(accept_timeout, exchange)

@@ -1,6 +1,6 @@
 //! Direct mode: after the `101`, hand the client's TCP socket and the bytes
 //! already read past the handshake to the backend in one HANDOFF record
-//! (SCM_RIGHTS through `servers::link::fd_pass`), then forget the client.
+//! (SCM_RIGHTS through `link::fd_pass`), then forget the client.
 //!
 //! From then on the backend speaks WebSocket on the socket itself; the
 //! gateway holds no descriptor, no task and no connection slot for it.
@@ -8,7 +8,7 @@
 use std::os::fd::AsFd;
 
 use bytes::Bytes;
-use servers::link::fd_pass;
+use link::fd_pass;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -5,11 +5,11 @@
 //! binds the listeners and calls [`serve`]. Everything else lives here, one
 //! concept per module:
 //!
-//! - [`config`]: the command line ([`Args`]), the TOML file, and the validated [`Config`].
-//! - [`access`]: who may reach what: the allow/deny/raw globs on names and the Origin rule.
-//! - [`route`]: request path → backend name → socket path under the docroot.
-//! - [`handshake`]: RFC 6455 request validation and the `101` response.
-//! - [`refusal`]: every way an upgrade is refused, each with exactly one HTTP status.
+//! - `config`: the command line ([`Args`]), the TOML file, and the validated [`Config`].
+//! - `access`: who may reach what: the allow/deny/raw globs on names and the Origin rule.
+//! - `route`: request path → backend name → socket path under the docroot.
+//! - `handshake`: RFC 6455 request validation and the `101` response.
+//! - `refusal`: every way an upgrade is refused, each with exactly one HTTP status.
 //! - `backend`: connecting to a backend and the OPEN → ACCEPT/REJECT exchange.
 //! - `relay`: messages between a client and its backend until one side closes
 //!   (`relay::framed` for the link protocol, `relay::raw` for ouistiti's raw mode).
@@ -18,28 +18,25 @@
 //! - `connection`: one TCP connection served by hyper; dispatches each request.
 //! - `static_files`: files from `--htdocs` through tower-http's `ServeDir`.
 //! - `response`: the response body type and plain-text responses.
-//! - [`server`]: the accept loops, the connection limit and graceful shutdown ([`serve`]).
-//! - [`shutdown`]: the cancellation token that stop signals trigger.
-#![deny(unsafe_code)]
-#![warn(missing_docs)]
+//! - `server`: the accept loops, the connection limit and graceful shutdown ([`serve`]).
+//!
+//! Only what the binary needs is public; the gateway depends on the `link`
+//! crate for the wire format and on `lifecycle` for logging and signals, and
+//! on nothing of the backends.
 
-pub mod access;
+mod access;
 mod backend;
-pub mod config;
+mod config;
 mod connection;
 mod handoff;
-pub mod handshake;
-pub mod refusal;
+mod handshake;
+mod refusal;
 mod relay;
 mod response;
-pub mod route;
-pub mod server;
-pub mod shutdown;
+mod route;
+mod server;
 mod static_files;
 mod upgrade;
 
-pub use access::{NamePolicy, OriginPolicy};
 pub use config::{Args, Config, ConfigError};
-pub use refusal::Refusal;
-pub use server::serve;
-pub use shutdown::token_cancelled_on_signal;
+pub use server::{bind_all, serve};

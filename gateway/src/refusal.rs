@@ -7,6 +7,7 @@
 use http::header::{HeaderValue, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{Response, StatusCode};
 
+use crate::backend::BackendFailure;
 use crate::response::{self, Body};
 use crate::route::RouteError;
 
@@ -20,8 +21,8 @@ pub enum Refusal {
     #[error("unsupported WebSocket version {0:?}, this server speaks 13")]
     UnsupportedVersion(String),
     /// The path does not name a backend (traversal, NUL, too long, ...).
-    #[error("bad path: {0}")]
-    BadPath(RouteError),
+    #[error("bad path")]
+    BadPath(#[source] RouteError),
     /// The name is outside the allow globs or inside a deny glob.
     #[error("name {0:?} is not allowed")]
     Denied(String),
@@ -29,11 +30,12 @@ pub enum Refusal {
     #[error("origin {0:?} is not allowed")]
     OriginDenied(String),
     /// No socket serves the name (missing, not a socket, or outside the docroot).
-    #[error("no backend for {name:?}: {cause}")]
+    #[error("no backend for {name:?}")]
     NoBackend {
         /// The requested name.
         name: String,
         /// What the file system said.
+        #[source]
         cause: RouteError,
     },
     /// A plain GET reached a name that a backend serves.
@@ -43,7 +45,7 @@ pub enum Refusal {
     #[error("too many WebSocket clients (limit {0})")]
     ConnectionLimit(usize),
     /// Connecting to the backend's socket failed.
-    #[error("backend {name:?} refused the connection: {cause}")]
+    #[error("backend {name:?} refused the connection")]
     BackendUnavailable {
         /// The backend name.
         name: String,
@@ -52,19 +54,21 @@ pub enum Refusal {
         cause: std::io::Error,
     },
     /// The backend broke the link protocol before accepting.
-    #[error("backend {name:?} failed: {cause}")]
+    #[error("backend {name:?} failed")]
     BackendFailed {
         /// The backend name.
         name: String,
-        /// What went wrong, in words.
-        cause: String,
+        /// How it broke the link protocol.
+        #[source]
+        cause: BackendFailure,
     },
     /// The backend did not answer OPEN within `--accept-timeout`.
     #[error("backend {0:?} did not answer in time")]
     BackendTimeout(String),
-    /// The configuration cannot serve this name.
-    #[error("misconfigured: {0}")]
-    Misconfigured(String),
+    /// The name matches both a raw and a direct glob, which the
+    /// configuration check rules out for literal globs only.
+    #[error("misconfigured: {0:?} matches both a raw and a direct glob")]
+    RawAndDirect(String),
     /// The backend answered REJECT.
     #[error("backend {name:?} rejected the client with {status}: {reason}")]
     BackendRejected {
@@ -95,7 +99,7 @@ impl Refusal {
                 StatusCode::BAD_GATEWAY
             }
             Refusal::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Refusal::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::RawAndDirect(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::BackendRejected { status, .. } => *status,
         }
     }
@@ -108,7 +112,7 @@ impl Refusal {
                 status.canonical_reason().unwrap_or("rejected").to_owned()
             }
             Refusal::BackendRejected { reason, .. } => one_line(reason),
-            other => one_line(&other.to_string()),
+            other => one_line(&error_chain(other)),
         };
         let mut response = response::text(self.status(), &line);
         match self {
@@ -130,12 +134,25 @@ impl Refusal {
     /// Logs the refusal once, at a level that matches whose fault it is.
     pub fn log(&self) {
         let status = self.status().as_u16();
+        let error = self as &dyn std::error::Error;
         if self.status().is_server_error() {
-            tracing::warn!(status, "refused: {self}");
+            tracing::warn!(status, error, "refused");
         } else {
-            tracing::info!(status, "refused: {self}");
+            tracing::info!(status, error, "refused");
         }
     }
+}
+
+/// An error and its causes, joined with `: `, for the one-line response body.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 /// Control characters (a backend's reason may hold any) become spaces.

@@ -58,20 +58,6 @@ pub enum RouteError {
     NoProtocolMatch,
 }
 
-impl RouteError {
-    /// Whether the request itself is malformed (400), as opposed to naming
-    /// something that is forbidden (403) or absent (404).
-    pub fn is_bad_request(&self) -> bool {
-        !matches!(
-            self,
-            RouteError::OutsideDocroot
-                | RouteError::NotFound
-                | RouteError::NotSocket
-                | RouteError::NoProtocolMatch
-        )
-    }
-}
-
 /// Where a name leads: the socket to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use lifecycle::AcceptBackoff;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -21,9 +22,6 @@ use crate::config::Config;
 use crate::connection;
 use crate::relay::RelaySettings;
 use crate::static_files::StaticFiles;
-
-/// Pause after an accept error such as EMFILE, so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Extra time, beyond the shutdown timeout, for relays to finish closing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -84,6 +82,7 @@ pub async fn serve(
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut backoff = AcceptBackoff::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -91,6 +90,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((tcp, peer)) => {
+                backoff.reset();
                 // WebSocket messages are small and interactive: no Nagle delay.
                 let _ = tcp.set_nodelay(true);
                 let shared_for_connection = Arc::clone(&shared);
@@ -100,8 +100,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
             Err(error) => {
                 // EMFILE, ENFILE, ENOBUFS...: the connection waits in the backlog.
-                tracing::warn!("accept failed: {error}");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                tracing::warn!(%error, "accept failed");
+                backoff.wait().await;
             }
         }
     }

@@ -16,7 +16,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use servers::link::{ClientLimits, LINK_VERSION, LinkMode, OpenMeta};
+use link::{ClientLimits, LINK_VERSION, LinkMode, OpenMeta};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
@@ -126,10 +126,7 @@ async fn accept(
     if config.names.is_raw(&target.name) {
         if is_direct {
             // The configuration check rules this out for literal globs; refuse the rest.
-            return Err(Refusal::Misconfigured(format!(
-                "{:?} matches both a raw and a direct glob",
-                target.name
-            )));
+            return Err(Refusal::RawAndDirect(target.name));
         }
         let stream =
             backend::open_raw(&target.socket_path, &target.name, config.accept_timeout).await?;

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use wsgate_tests::http::{self, HandshakeRequest};
-use wsgate_tests::{Backend, Gateway, Message};
+use harness::http::{self, HandshakeRequest};
+use harness::{Backend, Gateway, Message};
 
 /// Size of each message the stalled client sends.
 const MESSAGE_SIZE: usize = 1 << 20;

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use wsgate_tests::binaries::repo_root;
-use wsgate_tests::browser::Browser;
-use wsgate_tests::{Backend, Gateway};
+use harness::binaries::repo_root;
+use harness::browser::Browser;
+use harness::{Backend, Gateway};
 
 /// A gateway serving www/ on `docroot`.
 async fn gateway_with_pages(docroot: &Path) -> anyhow::Result<Gateway> {
@@ -94,7 +94,7 @@ async fn webauth_and_websql_pages_log_in_add_a_user_and_list_a_table() -> anyhow
     let data = tempfile::tempdir()?;
     let users_db = data.path().join("users.db");
     let sql_db = data.path().join("data.db");
-    let mut auth_command = std::process::Command::new(wsgate_tests::bin_path("websocket_jsonrpc")?);
+    let mut auth_command = std::process::Command::new(harness::bin_path("websocket_jsonrpc")?);
     auth_command
         .args(["-R", docroot.path().to_str().expect("UTF-8 temp path")])
         .args(["-n", "auth", "-L", "authrpc.so", "-C"])

@@ -18,8 +18,8 @@ use tempfile::TempDir;
 use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use wsgate_tests::client::describe;
-use wsgate_tests::{
+use harness::client::describe;
+use harness::{
     Backend, Client, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, Mode, both_modes,
     wait,
 };

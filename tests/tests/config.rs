@@ -1,7 +1,7 @@
 //! Settings that change the gateway's behaviour on the wire: the TOML file
 //! given with `--config` (flags override it) and keepalive pings.
 
-use wsgate_tests::{Backend, CloseCode, Gateway, HandshakeRequest, Message, Mode, both_modes};
+use harness::{Backend, CloseCode, Gateway, HandshakeRequest, Message, Mode, both_modes};
 
 #[tokio::test]
 async fn config_file_settings_apply_and_flags_override_them() -> anyhow::Result<()> {

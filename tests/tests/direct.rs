@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wsgate_tests::http::HandshakeRequest;
-use wsgate_tests::{
+use harness::http::HandshakeRequest;
+use harness::{
     Backend, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, Mode, bin_path, wait,
 };
 

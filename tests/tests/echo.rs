@@ -5,8 +5,8 @@
 use futures_util::future::try_join_all;
 use tempfile::TempDir;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
-use wsgate_tests::client::describe;
-use wsgate_tests::{Backend, CloseCode, Gateway, Message, Mode, both_modes};
+use harness::client::describe;
+use harness::{Backend, CloseCode, Gateway, Message, Mode, both_modes};
 
 both_modes!(
     echo_returns_each_message_with_its_kind_and_bytes,

@@ -6,7 +6,7 @@
 
 use tempfile::TempDir;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
-use wsgate_tests::{
+use harness::{
     AcceptReply, Backend, Client, CloseCode, FakeBackend, FakeBehaviour, Gateway, HandshakeRequest,
     LinkEvent, Message, Mode, Record, both_modes,
 };

@@ -13,8 +13,8 @@ use std::process::Command;
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use wsgate_tests::binaries::{bin_dir, bin_path, repo_root};
-use wsgate_tests::{Backend, Client, EXIT_DEADLINE, Gateway, Message, Mode, both_modes};
+use harness::binaries::{bin_dir, bin_path, repo_root};
+use harness::{Backend, Client, EXIT_DEADLINE, Gateway, Message, Mode, both_modes};
 
 const ROOT_PASSWORD: &str = "test-root-password";
 
@@ -406,9 +406,9 @@ async fn the_root_password_is_printed_once_when_not_given() -> anyhow::Result<()
     let db = path_str(&db)?.to_owned();
     let args = ["-L", "authrpc.so", "-C", db.as_str()];
     let backend = start_jsonrpc(docroot.path(), "auth", &args, &[]).await?;
-    let password = wsgate_tests::wait::until(
+    let password = harness::wait::until(
         "the root password on stderr",
-        wsgate_tests::STARTUP_DEADLINE,
+        harness::STARTUP_DEADLINE,
         || {
             let text = backend.stderr_text();
             async move {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use wsgate_tests::{Backend, EVENT_DEADLINE, Gateway, Message, wait};
+use harness::{Backend, EVENT_DEADLINE, Gateway, Message, wait};
 
 /// What a [`RawBackend`] writes back.
 #[derive(Debug, Clone, Copy)]

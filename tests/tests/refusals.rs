@@ -10,8 +10,8 @@
 
 use anyhow::Context;
 use tempfile::TempDir;
-use wsgate_tests::http::SAMPLE_ACCEPT;
-use wsgate_tests::{
+use harness::http::SAMPLE_ACCEPT;
+use harness::{
     AcceptReply, Backend, CloseCode, EVENT_DEADLINE, FakeBackend, FakeBehaviour, Gateway,
     HandshakeRequest, HttpResponse, LinkEvent, Message, RejectReply, wait,
 };

@@ -8,9 +8,9 @@
 
 use std::path::Path;
 
-use servers::link::LinkMode;
+use link::LinkMode;
 use tempfile::TempDir;
-use wsgate_tests::{
+use harness::{
     AcceptReply, Backend, FakeBackend, FakeBehaviour, Gateway, HandshakeRequest, LinkEvent, Message,
 };
 
@@ -129,7 +129,7 @@ async fn open_record_describes_the_client() -> anyhow::Result<()> {
         )
         .await?;
     let meta = backend.expect_open().await?;
-    assert_eq!(meta.version, servers::link::LINK_VERSION);
+    assert_eq!(meta.version, link::LINK_VERSION);
     assert_eq!(meta.mode, LinkMode::Framed);
     assert_eq!(meta.name, "meta");
     assert_eq!(meta.path, "/meta");
@@ -148,7 +148,7 @@ async fn open_record_describes_the_client() -> anyhow::Result<()> {
     );
     match backend.next_record_or_end().await? {
         LinkEvent::Received { record, .. } => {
-            assert_eq!(record, wsgate_tests::Record::Text("after open".into()));
+            assert_eq!(record, harness::Record::Text("after open".into()));
         }
         other => panic!("expected the TEXT record, got {other:?}"),
     }

@@ -3,7 +3,7 @@
 //! bounded time, leaving the backends running.
 
 use nix::sys::signal::Signal;
-use wsgate_tests::{
+use harness::{
     AcceptReply, Backend, CloseCode, EXIT_DEADLINE, FakeBackend, FakeBehaviour, Gateway, LinkEvent,
     Message, Record,
 };

@@ -1,14 +1,13 @@
 //! `wsgate`: parses flags, sets up logging, binds the listeners and runs
 //! [`gateway::serve`] until SIGTERM or SIGINT.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
     let args = gateway::Args::parse();
-    init_tracing();
+    lifecycle::init_tracing();
     let config = match gateway::Config::from_args(args) {
         Ok(config) => config,
         Err(error) => {
@@ -34,24 +33,14 @@ fn main() -> ExitCode {
 
 async fn run(config: gateway::Config) -> anyhow::Result<()> {
     // Signals are handled before anyone learns the address and could send one.
-    let shutdown = gateway::token_cancelled_on_signal()?;
-    let listeners = gateway::server::bind_all(&config.listen).await?;
+    let shutdown = lifecycle::token_cancelled_on_signal()?;
+    let listeners = gateway::bind_all(&config.listen).await?;
     for listener in &listeners {
         println!("listening on http://{}", listener.local_addr()?);
     }
     gateway::serve(listeners, config, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -7,20 +7,21 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use servers::link::record::CloseInfo;
-use servers::link::{Record, RecordCodec};
+use link::keepalive::{IdleTimer, PingTicker};
+use link::message::{close_frame_for_client, close_info, message_to_record};
+use link::websocket::LINK_READ_BUFFER;
+use link::{CloseInfo, Record, RecordCodec};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClientReader, ClientWriter, ClientWs, Ending, IdleTimer, MAX_BATCH, PingTicker, RelaySettings,
-    client_error, close_client, first_ending,
+    ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, MAX_BATCH,
+    RelaySettings, client_error, close_client, first_ending,
 };
-use crate::backend::{FramedLink, LINK_READ_BUFFER};
+use crate::backend::FramedLink;
 
 type LinkReader = FramedRead<OwnedReadHalf, RecordCodec>;
 type LinkWriter = FramedWrite<OwnedWriteHalf, RecordCodec>;
@@ -111,26 +112,23 @@ async fn client_to_backend(
         loop {
             idle.heard();
             match next {
-                Some(Ok(message)) => match message_to_record(message) {
-                    Forward::Record(record) => {
+                Some(Ok(Message::Close(frame))) => {
+                    if let Err(error) = link_writer.flush().await {
+                        return Ending::BackendGone(LinkFailure::Write(error));
+                    }
+                    return Ending::ClientClosed(frame);
+                }
+                Some(Ok(message)) => {
+                    // Pings and pongs have no record: tungstenite answers pings itself.
+                    if let Some(record) = message_to_record(message) {
                         if let Err(error) = link_writer.feed(record).await {
-                            return Ending::BackendGone(format!("writing the link: {error}"));
+                            return Ending::BackendGone(LinkFailure::Write(error));
                         }
                         n_batched += 1;
                     }
-                    // Ping or pong: tungstenite answers pings itself.
-                    Forward::Nothing => {}
-                    Forward::Closed(frame) => {
-                        if let Err(error) = link_writer.flush().await {
-                            return Ending::BackendGone(format!("writing the link: {error}"));
-                        }
-                        return Ending::ClientClosed(frame);
-                    }
-                },
-                Some(Err(error)) => return client_error(error),
-                None => {
-                    return Ending::ClientGone("connection closed without a close frame".into());
                 }
+                Some(Err(error)) => return client_error(error),
+                None => return Ending::ClientGone(ClientGone::Vanished),
             }
             if n_batched >= MAX_BATCH {
                 break;
@@ -141,7 +139,7 @@ async fn client_to_backend(
             }
         }
         if let Err(error) = link_writer.flush().await {
-            return Ending::BackendGone(format!("writing the link: {error}"));
+            return Ending::BackendGone(LinkFailure::Write(error));
         }
     }
 }
@@ -159,7 +157,7 @@ async fn backend_to_client(
             next = link_reader.next() => next,
             () = pings.tick() => {
                 if let Err(error) = client_writer.send(Message::Ping(Bytes::new())).await {
-                    return Ending::ClientGone(format!("writing a ping: {error}"));
+                    return Ending::ClientGone(ClientGone::Write(error));
                 }
                 continue;
             }
@@ -172,18 +170,16 @@ async fn backend_to_client(
                 Some(Ok(Record::Binary(payload))) => Message::Binary(payload),
                 Some(Ok(Record::Close(info))) => {
                     if let Err(error) = client_writer.flush().await {
-                        return Ending::ClientGone(format!("writing: {error}"));
+                        return Ending::ClientGone(ClientGone::Write(error));
                     }
-                    return Ending::BackendClosed(info.map(close_frame));
+                    return Ending::BackendClosed(info.map(close_frame_for_client));
                 }
-                Some(Ok(other)) => {
-                    return Ending::BackendGone(format!("unexpected {} record", other.name()));
-                }
-                Some(Err(error)) => return Ending::BackendGone(error.to_string()),
-                None => return Ending::BackendGone("the link closed without a CLOSE".into()),
+                Some(Ok(other)) => return Ending::BackendGone(LinkFailure::Unexpected(other.name())),
+                Some(Err(error)) => return Ending::BackendGone(LinkFailure::Read(error)),
+                None => return Ending::BackendGone(LinkFailure::Eof),
             };
             if let Err(error) = client_writer.feed(message).await {
-                return Ending::ClientGone(format!("writing: {error}"));
+                return Ending::ClientGone(ClientGone::Write(error));
             }
             n_batched += 1;
             if n_batched >= MAX_BATCH {
@@ -195,50 +191,7 @@ async fn backend_to_client(
             }
         }
         if let Err(error) = client_writer.flush().await {
-            return Ending::ClientGone(format!("writing: {error}"));
+            return Ending::ClientGone(ClientGone::Write(error));
         }
     }
-}
-
-enum Forward {
-    Record(Record),
-    Nothing,
-    Closed(Option<CloseFrame>),
-}
-
-fn message_to_record(message: Message) -> Forward {
-    match message {
-        Message::Text(text) => Forward::Record(Record::Text(text)),
-        Message::Binary(data) => Forward::Record(Record::Binary(data)),
-        Message::Close(frame) => Forward::Closed(frame),
-        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Forward::Nothing,
-    }
-}
-
-fn close_info(frame: &CloseFrame) -> CloseInfo {
-    CloseInfo {
-        code: u16::from(frame.code),
-        reason: frame.reason.as_str().to_owned(),
-    }
-}
-
-/// A CLOSE record as a close frame; codes that may not be sent become `1011`.
-fn close_frame(info: CloseInfo) -> CloseFrame {
-    let code = CloseCode::from(info.code);
-    let code = if is_sendable(code) {
-        code
-    } else {
-        CloseCode::Error
-    };
-    CloseFrame {
-        code,
-        reason: Utf8Bytes::from(info.reason),
-    }
-}
-
-/// RFC 6455 section 7.4: 1005, 1006 and 1015 never go on the wire, and
-/// codes below 1000 or in unassigned ranges are invalid.
-fn is_sendable(code: CloseCode) -> bool {
-    let value = u16::from(code);
-    matches!(value, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }

@@ -11,15 +11,16 @@
 pub(crate) mod framed;
 pub(crate) mod raw;
 
-use std::pin::Pin;
+use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use servers::link::close_for_client_error;
+use link::LinkError;
+use link::close_for_client_error;
+use link::websocket::{RELAY_READ_BUFFER, client_config};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -27,16 +28,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-
-/// WebSocket read buffer per client, and the most one read takes from the
-/// socket. Small because most clients idle: with 1 KiB a relayed idle client
-/// costs the gateway about 7 KiB (4 KiB gives 64 KiB messages fewer reads, at
-/// 3 KiB more per client). tungstenite grows it to hold larger frames.
-const WS_READ_BUFFER: usize = 1024;
-
-/// Bytes of outgoing frames tungstenite may hold before a send waits for the
-/// socket: the backpressure bound towards a slow client, beyond one message.
-const WS_WRITE_BUFFER_LIMIT: usize = 256 * 1024;
+use raw::RawSplitError;
 
 /// Messages forwarded in one batch before the gateway flushes.
 const MAX_BATCH: usize = 64;
@@ -74,14 +66,9 @@ impl RelaySettings {
         }
     }
 
-    /// The WebSocket configuration of every client.
+    /// The WebSocket configuration of every relayed client.
     fn websocket_config(&self) -> WebSocketConfig {
-        WebSocketConfig::default()
-            .read_buffer_size(WS_READ_BUFFER)
-            .write_buffer_size(0)
-            .max_write_buffer_size(WS_WRITE_BUFFER_LIMIT.max(self.max_message_size + 64))
-            .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_message_size))
+        client_config(self.max_message_size, RELAY_READ_BUFFER)
     }
 }
 
@@ -100,13 +87,53 @@ pub(crate) async fn client_websocket(
     }
 }
 
+/// How a client left without a close handshake.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientGone {
+    /// The connection ended without a close frame.
+    #[error("connection closed without a close frame")]
+    Vanished,
+    /// Reading the client failed in a way that needs no close code (a reset).
+    #[error("reading the client")]
+    Read(#[source] tungstenite::Error),
+    /// Writing a message or a ping to the client failed.
+    #[error("writing to the client")]
+    Write(#[source] tungstenite::Error),
+}
+
+/// How the link to the backend failed during a relay.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkFailure {
+    /// Writing a record (or raw bytes) to the backend failed.
+    #[error("writing the link")]
+    Write(#[source] LinkError),
+    /// Reading or decoding a record failed.
+    #[error("reading the link")]
+    Read(#[source] LinkError),
+    /// The backend sent a record that has no place after ACCEPT.
+    #[error("unexpected {0} record")]
+    Unexpected(&'static str),
+    /// The link ended without a CLOSE record.
+    #[error("the link closed without a CLOSE")]
+    Eof,
+    /// Reading a raw backend failed.
+    #[error("reading the raw link")]
+    RawRead(#[source] io::Error),
+    /// Writing to a raw backend failed.
+    #[error("writing the raw link")]
+    RawWrite(#[source] io::Error),
+    /// A raw backend's message broke a limit.
+    #[error(transparent)]
+    RawMessage(#[from] RawSplitError),
+}
+
 /// How a relay ended, which decides the close handshake that follows.
 #[derive(Debug)]
 pub(crate) enum Ending {
     /// The client sent a close frame (tungstenite has queued the reply).
     ClientClosed(Option<CloseFrame>),
     /// The client's connection ended or failed without a close frame.
-    ClientGone(String),
+    ClientGone(ClientGone),
     /// The client broke the protocol: it gets `code`, and so does the backend.
     ClientFailed {
         /// The close code for the client.
@@ -114,14 +141,14 @@ pub(crate) enum Ending {
         /// The close reason for the client.
         reason: &'static str,
         /// The error, for the log.
-        detail: String,
+        error: tungstenite::Error,
     },
     /// Nothing came from the client for the idle timeout.
     Idle,
     /// The backend closed the client with this frame.
     BackendClosed(Option<CloseFrame>),
     /// The link ended or broke without a close: the client gets `1011`.
-    BackendGone(String),
+    BackendGone(LinkFailure),
     /// The gateway is shutting down: the client gets `1001`.
     Shutdown,
 }
@@ -145,21 +172,25 @@ impl Ending {
         }
     }
 
-    /// Logs how the client's relay ended, once.
+    /// Logs how the client's relay ended, once, with the cause as a field.
     fn log(&self) {
+        let code = |frame: &Option<CloseFrame>| frame.as_ref().map(|f| u16::from(f.code));
         match self {
-            Ending::ClientClosed(frame) => {
-                tracing::debug!(code = ?frame.as_ref().map(|f| u16::from(f.code)), "client closed")
+            Ending::ClientClosed(frame) => tracing::debug!(code = ?code(frame), "client closed"),
+            Ending::ClientGone(gone) => {
+                tracing::debug!(error = gone as &dyn std::error::Error, "client gone")
             }
-            Ending::ClientGone(detail) => tracing::debug!("client gone: {detail}"),
-            Ending::ClientFailed { code, detail, .. } => {
-                tracing::info!(code = u16::from(*code), "client failed: {detail}")
-            }
+            Ending::ClientFailed { code, error, .. } => tracing::info!(
+                code = u16::from(*code),
+                error = error as &dyn std::error::Error,
+                "client failed"
+            ),
             Ending::Idle => tracing::info!("client idle, closing"),
-            Ending::BackendClosed(frame) => {
-                tracing::debug!(code = ?frame.as_ref().map(|f| u16::from(f.code)), "backend closed")
-            }
-            Ending::BackendGone(detail) => tracing::warn!("backend link failed: {detail}"),
+            Ending::BackendClosed(frame) => tracing::debug!(code = ?code(frame), "backend closed"),
+            Ending::BackendGone(failure) => tracing::warn!(
+                error = failure as &dyn std::error::Error,
+                "backend link failed"
+            ),
             Ending::Shutdown => tracing::debug!("closing for shutdown"),
         }
     }
@@ -184,79 +215,15 @@ async fn first_ending(
 }
 
 /// The ending for an error reading the client: the close code is the one a
-/// direct-mode backend would send (`servers::link::close_for_client_error`).
+/// direct-mode backend would send (`link::close_for_client_error`).
 fn client_error(error: tungstenite::Error) -> Ending {
     match close_for_client_error(&error) {
         Some((code, reason)) => Ending::ClientFailed {
             code,
             reason,
-            detail: error.to_string(),
+            error,
         },
-        None => Ending::ClientGone(error.to_string()),
-    }
-}
-
-/// When the client was last heard from, and the timer that checks it.
-///
-/// One timer per client, re-armed only when it fires, so a busy client costs
-/// a clock read per message rather than a timer per message.
-struct IdleTimer {
-    idle_timeout: Option<Duration>,
-    last_heard: Instant,
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl IdleTimer {
-    fn new(idle_timeout: Option<Duration>) -> IdleTimer {
-        let now = Instant::now();
-        IdleTimer {
-            idle_timeout,
-            last_heard: now,
-            sleep: idle_timeout.map(|timeout| Box::pin(tokio::time::sleep_until(now + timeout))),
-        }
-    }
-
-    fn heard(&mut self) {
-        if self.idle_timeout.is_some() {
-            self.last_heard = Instant::now();
-        }
-    }
-
-    /// Resolves once the client has been silent for the idle timeout; never without one.
-    async fn expired(&mut self) {
-        let (Some(timeout), Some(sleep)) = (self.idle_timeout, self.sleep.as_mut()) else {
-            return std::future::pending().await;
-        };
-        loop {
-            sleep.as_mut().await;
-            let deadline = self.last_heard + timeout;
-            if Instant::now() >= deadline {
-                return;
-            }
-            sleep.as_mut().reset(deadline);
-        }
-    }
-}
-
-/// The keepalive ping ticker; never ticks without a ping interval.
-struct PingTicker(Option<Interval>);
-
-impl PingTicker {
-    fn new(ping_interval: Option<Duration>) -> PingTicker {
-        PingTicker(ping_interval.map(|period| {
-            let mut interval = tokio::time::interval_at(Instant::now() + period, period);
-            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            interval
-        }))
-    }
-
-    async fn tick(&mut self) {
-        match &mut self.0 {
-            Some(interval) => {
-                interval.tick().await;
-            }
-            None => std::future::pending().await,
-        }
+        None => Ending::ClientGone(ClientGone::Read(error)),
     }
 }
 

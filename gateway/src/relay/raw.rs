@@ -15,8 +15,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use link::keepalive::{IdleTimer, PingTicker};
+
 use super::{
-    ClientReader, ClientWriter, ClientWs, Ending, IdleTimer, PingTicker, RelaySettings,
+    ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, RelaySettings,
     client_error, close_client, first_ending,
 };
 
@@ -67,7 +69,7 @@ async fn client_to_backend(
             Some(Ok(Message::Close(frame))) => return Ending::ClientClosed(frame),
             Some(Ok(_)) => continue,
             Some(Err(error)) => return client_error(error),
-            None => return Ending::ClientGone("connection closed without a close frame".into()),
+            None => return Ending::ClientGone(ClientGone::Vanished),
         };
         let written = if settings.raw_nul {
             let mut terminated = BytesMut::with_capacity(payload.len() + 1);
@@ -78,7 +80,7 @@ async fn client_to_backend(
             link_writer.write_all(&payload).await
         };
         if let Err(error) = written {
-            return Ending::BackendGone(format!("writing the link: {error}"));
+            return Ending::BackendGone(LinkFailure::RawWrite(error));
         }
     }
 }
@@ -96,11 +98,11 @@ async fn backend_to_client(
         let n_read = tokio::select! {
             read = link_reader.read_buf(&mut buffer) => match read {
                 Ok(n_read) => n_read,
-                Err(error) => return Ending::BackendGone(format!("reading the link: {error}")),
+                Err(error) => return Ending::BackendGone(LinkFailure::RawRead(error)),
             },
             () = pings.tick() => {
                 if let Err(error) = client_writer.send(Message::Ping(Bytes::new())).await {
-                    return Ending::ClientGone(format!("writing a ping: {error}"));
+                    return Ending::ClientGone(ClientGone::Write(error));
                 }
                 continue;
             }
@@ -114,7 +116,7 @@ async fn backend_to_client(
         }
         let messages = match splitter.push(buffer.split()) {
             Ok(messages) => messages,
-            Err(detail) => return Ending::BackendGone(detail),
+            Err(error) => return Ending::BackendGone(error.into()),
         };
         for payload in messages {
             // Cloning `Bytes` only counts a reference.
@@ -123,13 +125,26 @@ async fn backend_to_client(
                 Err(_) => Message::Binary(payload),
             };
             if let Err(error) = client_writer.feed(message).await {
-                return Ending::ClientGone(format!("writing: {error}"));
+                return Ending::ClientGone(ClientGone::Write(error));
             }
         }
         if let Err(error) = client_writer.flush().await {
-            return Ending::ClientGone(format!("writing: {error}"));
+            return Ending::ClientGone(ClientGone::Write(error));
         }
     }
+}
+
+/// A raw backend's message broke a limit.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum RawSplitError {
+    /// More than the maximum message size arrived without a NUL.
+    #[error("raw backend sent {len} bytes without a NUL, over the message limit of {max}")]
+    TooLong {
+        /// Bytes held so far.
+        len: usize,
+        /// The maximum message size.
+        max: usize,
+    },
 }
 
 /// Cuts a raw backend's byte stream into messages.
@@ -153,7 +168,7 @@ impl RawSplitter {
     }
 
     /// The messages completed by one read of `chunk`.
-    fn push(&mut self, chunk: BytesMut) -> Result<Vec<Bytes>, String> {
+    fn push(&mut self, chunk: BytesMut) -> Result<Vec<Bytes>, RawSplitError> {
         if self.pending.is_empty() {
             self.pending = chunk;
         } else {
@@ -170,10 +185,10 @@ impl RawSplitter {
             messages.push(self.pending.split().freeze());
         }
         if self.pending.len() > self.max_message_size {
-            return Err(format!(
-                "raw backend sent {} bytes without a NUL, over the message limit",
-                self.pending.len()
-            ));
+            return Err(RawSplitError::TooLong {
+                len: self.pending.len(),
+                max: self.max_message_size,
+            });
         }
         Ok(messages)
     }
@@ -210,6 +225,9 @@ mod tests {
     fn a_message_without_its_nul_is_bounded() {
         let mut splitter = RawSplitter::new(4);
         push(&mut splitter, b"a\0");
-        assert!(splitter.push(BytesMut::from(&b"12345"[..])).is_err());
+        assert_eq!(
+            splitter.push(BytesMut::from(&b"12345"[..])),
+            Err(RawSplitError::TooLong { len: 5, max: 4 })
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use servers::chat::{self, DEFAULT_QUEUE_CAPACITY, Room, RoomOptions};
-use servers::{CommonArgs, ServeOptions};
+use backend::{CommonArgs, ServeOptions};
 
 /// Chat server for wsgate: every message goes to every other connected client.
 ///
@@ -30,7 +30,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    servers::init_tracing();
+    backend::init_tracing();
     let options = RoomOptions {
         commands: args.commands,
         queue_capacity: args.queue_capacity,
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         let room = Arc::new(Room::new(options));
         Ok(move |session, shutdown| chat::run_session(session, shutdown, Arc::clone(&room)))
     };
-    match servers::launch(
+    match backend::launch(
         &args.common,
         "websocket_chat",
         ServeOptions::default(),

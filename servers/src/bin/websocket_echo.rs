@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use servers::{CloseCode, CommonArgs, Message, ServeOptions, Session};
+use backend::{CloseCode, CommonArgs, Message, ServeOptions, Session};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -18,8 +18,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    servers::init_tracing();
-    match servers::launch(
+    backend::init_tracing();
+    match backend::launch(
         &args.common,
         "websocket_echo",
         ServeOptions::default(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use servers::jsonrpc::{self, DEFAULT_PLUGIN_DIR, PluginSet, SearchPath};
-use servers::{CommonArgs, LaunchError, ServeOptions};
+use backend::{CommonArgs, LaunchError, ServeOptions};
 
 /// JSON-RPC server for wsgate: each WebSocket message is a JSON-RPC 2.0
 /// request or batch, answered by the methods of the loaded plugins.
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     };
     let plugins = indexed("plugins", &args.plugins);
     let configs = indexed("configs", &args.configs);
-    servers::init_tracing();
+    backend::init_tracing();
     let search = SearchPath {
         exe_dir: std::env::current_exe()
             .ok()
@@ -67,15 +67,15 @@ fn main() -> ExitCode {
     };
     let setup = || {
         let specs = jsonrpc::pair_configs(&plugins, &configs)
-            .map_err(|error| LaunchError::Setup(error.to_string()))?;
+            .map_err(|error| LaunchError::Setup(Box::new(error)))?;
         let plugin_set = PluginSet::load(&specs, &search)
-            .map_err(|error| LaunchError::Setup(error.to_string()))?;
+            .map_err(|error| LaunchError::Setup(Box::new(error)))?;
         let plugin_set = Arc::new(plugin_set);
         Ok(move |session, shutdown| {
             jsonrpc::run_session(session, shutdown, Arc::clone(&plugin_set))
         })
     };
-    match servers::launch(
+    match backend::launch(
         &args.common,
         "websocket_jsonrpc",
         ServeOptions::default(),

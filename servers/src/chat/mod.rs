@@ -28,7 +28,7 @@ pub use command::Command;
 pub use name::{MAX_NAME_LEN, NameError, unique_name, validate_name};
 pub use room::{ClientId, DEFAULT_QUEUE_CAPACITY, Member, Room, RoomOptions};
 
-use crate::session::{Session, SessionError};
+use backend::{Session, SessionError};
 
 /// How long a closing client gets to take its close frame (and whatever was
 /// queued in the socket before it). A client too slow to read the close within

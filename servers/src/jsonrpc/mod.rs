@@ -8,7 +8,7 @@
 //!   methods call the plugins on the blocking pool.
 //!
 //! This module ([`run_session`]) is the handler a server passes to
-//! [`crate::launch`]. The plugin ABI itself is the `rpc_abi` crate.
+//! [`backend::launch`]. The plugin ABI itself is the `rpc_abi` crate.
 
 pub mod dispatch;
 pub mod lookup;
@@ -20,8 +20,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::session::Session;
-use crate::{CloseCode, Message};
+use backend::Session;
+use backend::{CloseCode, Message};
 pub use dispatch::Dispatcher;
 pub use lookup::{DEFAULT_PLUGIN_DIR, SearchPath};
 pub use plugins::{PluginSet, PluginSpec, SetupError, pair_configs};

@@ -16,13 +16,14 @@ pub const HEADER_LEN: usize = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RecordKind {
-    /// Gateway to backend, first record: JSON [`crate::link::OpenMeta`].
+    /// Gateway to backend, first record: JSON [`crate::OpenMeta`].
     Open = 0x01,
-    /// Backend to gateway: the client may be upgraded; JSON [`crate::link::AcceptReply`] or empty.
+    /// Backend to gateway: the client may be upgraded; JSON [`crate::AcceptReply`] or empty.
     Accept = 0x02,
-    /// Backend to gateway: refuse the client; JSON [`crate::link::RejectReply`].
+    /// Backend to gateway: refuse the client; JSON [`crate::RejectReply`].
     Reject = 0x03,
-    /// Direct mode: the record that carries the client's socket (reserved, not implemented yet).
+    /// Direct mode: carries the client's socket (SCM_RIGHTS on its first byte,
+    /// see [`crate::fd_pass`]) and the bytes the gateway read past the handshake.
     Handoff = 0x04,
     /// One whole text message; the payload is UTF-8.
     Text = 0x10,
@@ -33,7 +34,8 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
-    fn from_byte(byte: u8) -> Option<RecordKind> {
+    /// The kind of a kind byte, if this version knows it.
+    pub fn from_byte(byte: u8) -> Option<RecordKind> {
         Some(match byte {
             0x01 => RecordKind::Open,
             0x02 => RecordKind::Accept,
@@ -110,9 +112,41 @@ pub enum LinkError {
     /// A record arrived where the protocol does not allow it.
     #[error("unexpected {0} record")]
     Unexpected(&'static str),
+    /// A HANDOFF record arrived without a descriptor.
+    #[error("HANDOFF record carried no descriptor")]
+    NoDescriptor,
+    /// The kernel cut the descriptors of a HANDOFF short (MSG_CTRUNC).
+    #[error("descriptors were truncated in transit")]
+    DescriptorsTruncated,
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// The header of a record: its kind byte and 32-bit big-endian payload length.
+pub fn encode_header(kind: RecordKind, len: u32) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = kind as u8;
+    header[1..].copy_from_slice(&len.to_be_bytes());
+    header
+}
+
+/// Reads a record header: the kind, and the payload length checked against `max_payload`.
+pub fn decode_header(
+    header: [u8; HEADER_LEN],
+    max_payload: usize,
+) -> Result<(RecordKind, usize), LinkError> {
+    let [kind_byte, len @ ..] = header;
+    let kind = RecordKind::from_byte(kind_byte).ok_or(LinkError::UnknownKind(kind_byte))?;
+    let len = u32::from_be_bytes(len);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|len| *len <= max_payload)
+        .ok_or(LinkError::TooLong {
+            len: u64::from(len),
+            max: max_payload,
+        })?;
+    Ok((kind, len))
 }
 
 impl Record {
@@ -167,16 +201,11 @@ impl RecordCodec {
     pub fn new(max_payload: usize) -> RecordCodec {
         RecordCodec { max_payload }
     }
-
-    /// The largest payload this codec accepts.
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
-    }
 }
 
 impl Default for RecordCodec {
     fn default() -> RecordCodec {
-        RecordCodec::new(super::DEFAULT_MAX_PAYLOAD)
+        RecordCodec::new(crate::DEFAULT_MAX_PAYLOAD)
     }
 }
 
@@ -185,19 +214,10 @@ impl Decoder for RecordCodec {
     type Error = LinkError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Record>, LinkError> {
-        let Some(header) = src.get(..HEADER_LEN) else {
+        let Some(&header) = src.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
-        let kind_byte = header[0];
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        let kind = RecordKind::from_byte(kind_byte).ok_or(LinkError::UnknownKind(kind_byte))?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|len| *len <= self.max_payload)
-            .ok_or(LinkError::TooLong {
-                len: u64::from(len),
-                max: self.max_payload,
-            })?;
+        let (kind, len) = decode_header(header, self.max_payload)?;
         let Some(total) = HEADER_LEN.checked_add(len) else {
             return Err(LinkError::TooLong {
                 len: len as u64,
@@ -262,8 +282,7 @@ impl Encoder<Record> for RecordCodec {
         }
         let len32 = u32::try_from(len).map_err(|_| too_long)?;
         dst.reserve(HEADER_LEN + len);
-        dst.put_u8(record.kind() as u8);
-        dst.put_u32(len32);
+        dst.extend_from_slice(&encode_header(record.kind(), len32));
         match record {
             Record::Open(b)
             | Record::Accept(b)

@@ -1,6 +1,6 @@
 //! Starting a backend process the ouistiti way: the common flags
 //! (`-R -n -u -m -D`), binding the socket file, dropping privileges,
-//! daemonizing, and running [`crate::serve`] until SIGTERM or SIGINT.
+//! daemonizing, and running [`crate::serve()`] until SIGTERM or SIGINT.
 //!
 //! Each server's `main` parses its own flags (flattening [`CommonArgs`]) and
 //! calls [`launch`]; what the server does with a session stays in its handler.
@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use nix::unistd::{Uid, User};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use lifecycle::token_cancelled_on_signal;
 
 use crate::serve::{Listener, ServeOptions, serve};
 use crate::session::Session;
@@ -76,22 +78,11 @@ pub enum LaunchError {
     #[error("cannot daemonize: {0}")]
     Daemonize(#[source] nix::Error),
     /// The server's own setup failed (loading plugins, say).
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    Setup(Box<dyn std::error::Error + Send + Sync>),
     /// The runtime or the listening socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Runs a backend: binds `<docroot>/<name>`, drops privileges, daemonizes if
@@ -162,21 +153,4 @@ fn drop_privileges(socket_file: &SocketFile, user: &User) -> Result<(), LaunchEr
     nix::unistd::setuid(user.uid).map_err(privileges)?;
     info!(user = %user.name, uid = user.uid.as_raw(), "dropped privileges");
     Ok(())
-}
-
-/// A token cancelled at the first SIGTERM or SIGINT.
-pub fn token_cancelled_on_signal() -> std::io::Result<CancellationToken> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let token = CancellationToken::new();
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => info!("SIGTERM: shutting down"),
-            _ = interrupt.recv() => info!("SIGINT: shutting down"),
-        }
-        cancel.cancel();
-    });
-    Ok(token)
 }

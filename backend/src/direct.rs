@@ -8,7 +8,6 @@
 //! pings and closes it after the idle timeout, as the gateway does when it
 //! relays. `session` wraps it; servers never see the difference.
 
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -16,19 +15,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
+use link::websocket::{DIRECT_READ_BUFFER, client_config};
+use link::{ClientLimits, LinkError, close_for_client_error, fd_pass};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-
-use crate::link::{ClientLimits, LinkError, close_for_client_error, fd_pass};
-
-/// WebSocket read buffer of a direct client, and the most one read takes.
-/// 16 KiB keeps large messages as fast as tungstenite's 128 KiB default (see
-/// BENCHMARKS.md) at a fraction of its memory per idle client.
-const READ_BUFFER: usize = 16 * 1024;
 
 /// Keepalive and limits of direct clients: the gateway's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +38,9 @@ pub struct DirectOptions {
 impl Default for DirectOptions {
     fn default() -> DirectOptions {
         DirectOptions {
-            max_message_size: crate::link::DEFAULT_MAX_PAYLOAD,
-            ping_interval: Some(Duration::from_secs(30)),
-            idle_timeout: Some(Duration::from_secs(120)),
+            max_message_size: link::DEFAULT_MAX_PAYLOAD,
+            ping_interval: Some(DEFAULT_PING_INTERVAL),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }
@@ -80,12 +74,7 @@ pub(crate) async fn take_over(
     let peer = std_stream.peer_addr().ok();
     let tcp = TcpStream::from_std(std_stream)?;
     let _ = tcp.set_nodelay(true);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(options.max_message_size.saturating_add(64 * 1024))
-        .max_message_size(Some(options.max_message_size))
-        .max_frame_size(Some(options.max_message_size));
+    let config = client_config(options.max_message_size, DIRECT_READ_BUFFER);
     let ws =
         WebSocketStream::from_partially_read(tcp, pending.to_vec(), Role::Server, Some(config))
             .await;
@@ -96,46 +85,28 @@ pub(crate) async fn take_over(
 #[derive(Debug)]
 pub(crate) struct DirectClient {
     ws: WebSocketStream<TcpStream>,
-    pings: Option<Interval>,
+    pings: PingTicker,
     ping_due: bool,
-    idle: Option<IdleDeadline>,
+    idle: IdleTimer,
     /// The one `Close` was yielded; the stream ends now.
     closed: bool,
 }
 
-#[derive(Debug)]
-struct IdleDeadline {
-    timeout: Duration,
-    last_heard: Instant,
-    sleep: Pin<Box<Sleep>>,
-}
-
 impl DirectClient {
     fn new(ws: WebSocketStream<TcpStream>, options: DirectOptions) -> DirectClient {
-        let now = Instant::now();
         DirectClient {
             ws,
-            pings: options.ping_interval.map(|period| {
-                let mut interval = tokio::time::interval_at(now + period, period);
-                interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                interval
-            }),
+            pings: PingTicker::new(options.ping_interval),
             ping_due: false,
-            idle: options.idle_timeout.map(|timeout| IdleDeadline {
-                timeout,
-                last_heard: now,
-                sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
-            }),
+            idle: IdleTimer::new(options.idle_timeout),
             closed: false,
         }
     }
 
     /// Sends a ping when one is due and the socket can take it; never waits.
     fn poll_keepalive(&mut self, cx: &mut Context<'_>) {
-        if let Some(pings) = &mut self.pings {
-            while pings.poll_tick(cx).is_ready() {
-                self.ping_due = true;
-            }
+        while self.pings.poll_tick(cx).is_ready() {
+            self.ping_due = true;
         }
         if self.ping_due {
             match self.ws.poll_ready_unpin(cx) {
@@ -152,27 +123,6 @@ impl DirectClient {
                 Poll::Ready(Err(_)) => self.ping_due = false,
                 Poll::Pending => {}
             }
-        }
-    }
-
-    /// True once the client has been silent for the idle timeout.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(idle) = &mut self.idle else {
-            return false;
-        };
-        while idle.sleep.as_mut().poll(cx).is_ready() {
-            let deadline = idle.last_heard + idle.timeout;
-            if Instant::now() >= deadline {
-                return true;
-            }
-            idle.sleep.as_mut().reset(deadline);
-        }
-        false
-    }
-
-    fn heard(&mut self) {
-        if let Some(idle) = &mut self.idle {
-            idle.last_heard = Instant::now();
         }
     }
 
@@ -201,8 +151,10 @@ impl DirectClient {
     }
 }
 
+/// Yields `Text`, `Binary` and one final `Close`, never an error: a failing
+/// client becomes the `Close` with the code the gateway would have sent.
 impl Stream for DirectClient {
-    type Item = Result<Message, LinkError>;
+    type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -210,9 +162,9 @@ impl Stream for DirectClient {
             return Poll::Ready(None);
         }
         this.poll_keepalive(cx);
-        if this.poll_idle(cx) {
+        if this.idle.poll_expired(cx).is_ready() {
             let close = this.close_with(cx, CloseCode::Away, "idle timeout");
-            return Poll::Ready(Some(Ok(close)));
+            return Poll::Ready(Some(close));
         }
         loop {
             let message = match this.ws.poll_next_unpin(cx) {
@@ -226,22 +178,22 @@ impl Stream for DirectClient {
                             Message::Close(None)
                         }
                     };
-                    return Poll::Ready(Some(Ok(close)));
+                    return Poll::Ready(Some(close));
                 }
                 Poll::Ready(None) => {
                     // Gone without a close frame: as the gateway reports it in relay mode.
                     this.closed = true;
-                    return Poll::Ready(Some(Ok(Message::Close(None))));
+                    return Poll::Ready(Some(Message::Close(None)));
                 }
             };
-            this.heard();
+            this.idle.heard();
             match message {
-                Message::Text(_) | Message::Binary(_) => return Poll::Ready(Some(Ok(message))),
+                Message::Text(_) | Message::Binary(_) => return Poll::Ready(Some(message)),
                 Message::Close(frame) => {
                     // tungstenite queued the reply; send it now.
                     let _ = this.ws.poll_flush_unpin(cx);
                     this.closed = true;
-                    return Poll::Ready(Some(Ok(Message::Close(frame))));
+                    return Poll::Ready(Some(Message::Close(frame)));
                 }
                 // tungstenite answers pings itself.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
@@ -250,35 +202,37 @@ impl Stream for DirectClient {
     }
 }
 
-fn ws_error(error: tungstenite::Error) -> LinkError {
-    match error {
-        tungstenite::Error::Io(error) => LinkError::Io(error),
-        other => LinkError::Io(io::Error::other(other)),
-    }
-}
-
 impl Sink<Message> for DirectClient {
-    type Error = LinkError;
+    type Error = tungstenite::Error;
 
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), LinkError>> {
-        self.ws.poll_ready_unpin(cx).map_err(ws_error)
+    fn poll_ready(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tungstenite::Error>> {
+        self.ws.poll_ready_unpin(cx)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), LinkError> {
-        self.ws.start_send_unpin(message).map_err(ws_error)
+    fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), tungstenite::Error> {
+        self.ws.start_send_unpin(message)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), LinkError>> {
-        self.ws.poll_flush_unpin(cx).map_err(ws_error)
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tungstenite::Error>> {
+        self.ws.poll_flush_unpin(cx)
     }
 
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), LinkError>> {
+    fn poll_close(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tungstenite::Error>> {
         match self.ws.poll_close_unpin(cx) {
             // Closing a socket the client already closed is not a failure.
             Poll::Ready(Err(
                 tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
             )) => Poll::Ready(Ok(())),
-            other => other.map_err(ws_error),
+            other => other,
         }
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! The HANDOFF record is an ordinary record (kind 0x04, payload: the bytes the
 //! gateway read past the handshake) whose first byte carries the descriptor.
-//! This is the only module of the crate with `unsafe`: taking ownership of a
-//! descriptor the kernel just installed. What the backend does with the socket
-//! afterwards is `session`'s business.
+//! Its header is the codec's ([`crate::record::encode_header`]). This is the
+//! only module of the crate with `unsafe`: taking ownership of a descriptor the
+//! kernel just installed. What the backend does with the socket afterwards is
+//! the backend library's business.
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSlice, IoSliceMut};
@@ -17,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tracing::warn;
 
-use super::LinkError;
-use super::record::{HEADER_LEN, RecordKind};
+use crate::LinkError;
+use crate::record::{HEADER_LEN, RecordKind, decode_header, encode_header};
 
 /// How many descriptors one receive makes room for; a HANDOFF carries one,
 /// the room for more lets us see, and close, any extra a peer sends.
@@ -35,9 +36,7 @@ pub async fn send_handoff(
         len: pending.len() as u64,
         max: u32::MAX as usize,
     })?;
-    let mut header = [0u8; HEADER_LEN];
-    header[0] = RecordKind::Handoff as u8;
-    header[1..].copy_from_slice(&len.to_be_bytes());
+    let header = encode_header(RecordKind::Handoff, len);
     let fds = [client.as_raw_fd()];
     let raw_link = link.as_raw_fd();
     let sent = link
@@ -98,29 +97,18 @@ pub async fn recv_handoff(
         return Err(LinkError::Io(io::ErrorKind::UnexpectedEof.into()));
     }
     if truncated {
-        return Err(LinkError::Io(io::Error::other(
-            "descriptors were truncated in transit",
-        )));
+        return Err(LinkError::DescriptorsTruncated);
     }
     link.read_exact(&mut header[n_read..])
         .await
         .map_err(|_| LinkError::Truncated)?;
-    if header[0] != RecordKind::Handoff as u8 {
+    let (kind, len) = decode_header(header, max_pending)?;
+    if kind != RecordKind::Handoff {
         return Err(LinkError::Unexpected("non-HANDOFF"));
     }
     let Some(client) = client else {
-        return Err(LinkError::Io(io::Error::other(
-            "HANDOFF record carried no descriptor",
-        )));
+        return Err(LinkError::NoDescriptor);
     };
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let len = usize::try_from(len)
-        .ok()
-        .filter(|len| *len <= max_pending)
-        .ok_or(LinkError::TooLong {
-            len: u64::from(len),
-            max: max_pending,
-        })?;
     let mut pending = vec![0u8; len];
     link.read_exact(&mut pending)
         .await
@@ -169,7 +157,7 @@ mod tests {
             .await
             .expect("write");
         let result = recv_handoff(&mut backend_side, 1024).await;
-        assert!(matches!(result, Err(LinkError::Io(_))), "{result:?}");
+        assert!(matches!(result, Err(LinkError::NoDescriptor)), "{result:?}");
     }
 
     #[tokio::test]

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
+use lifecycle::{AcceptBackoff, is_transient_accept_error};
+use link::{AcceptReply, DEFAULT_MAX_PAYLOAD};
+
 use crate::direct::DirectOptions;
-use crate::link::{AcceptReply, DEFAULT_MAX_PAYLOAD};
 use crate::session::{Connection, Session, SessionError};
 use crate::socket_file::SocketFile;
 
@@ -60,7 +62,7 @@ impl Listener {
     /// Waits for the next link from the gateway. Running out of descriptors
     /// is waited out rather than returned, so a burst of clients cannot stop the server.
     pub async fn accept(&self) -> io::Result<Connection> {
-        let mut backoff = Duration::from_millis(10);
+        let mut backoff = AcceptBackoff::new();
         loop {
             match self.inner.accept().await {
                 Ok((stream, _)) => {
@@ -70,28 +72,14 @@ impl Listener {
                         self.direct_options,
                     ));
                 }
-                Err(error) if is_transient(&error) => {
+                Err(error) if is_transient_accept_error(&error) => {
                     warn!(%error, "accept failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff.wait().await;
                 }
                 Err(error) => return Err(error),
             }
         }
     }
-}
-
-fn is_transient(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(
-            nix::libc::EMFILE
-                | nix::libc::ENFILE
-                | nix::libc::ENOBUFS
-                | nix::libc::ENOMEM
-                | nix::libc::ECONNABORTED
-        )
-    )
 }
 
 /// How [`serve`] treats clients.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::LinkError;
+use crate::LinkError;
 
 /// How the gateway and the backend exchange a client's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ pub struct ClientLimits {
 /// Metadata of a new client, sent as the OPEN record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenMeta {
-    /// The link protocol version of the gateway ([`crate::link::LINK_VERSION`]).
+    /// The link protocol version of the gateway ([`crate::LINK_VERSION`]).
     pub version: u32,
     /// How messages will travel after ACCEPT.
     pub mode: LinkMode,

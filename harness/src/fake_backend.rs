@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use servers::link::{AcceptReply, OpenMeta, Record, RecordCodec, RejectReply};
+use link::{AcceptReply, OpenMeta, Record, RecordCodec, RejectReply};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};

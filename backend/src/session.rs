@@ -17,14 +17,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::codec::{Framed, FramedParts};
 
-use crate::direct::{self, DirectClient, DirectOptions};
-use crate::link::record::CloseInfo;
-use crate::link::{
+use link::message::{message_to_record, record_to_message, truncate_reason};
+use link::websocket::LINK_READ_BUFFER;
+use link::{
     AcceptReply, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record, RecordCodec, RejectReply,
 };
 
-/// Initial read buffer of a link. Small, because most sessions sit idle.
-const LINK_READ_BUFFER: usize = 512;
+use crate::direct::{self, DirectClient, DirectOptions};
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,12 +31,19 @@ pub enum SessionError {
     /// The link broke or carried something malformed.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// Writing to the client's own socket failed (direct mode).
+    #[error("client socket: {0}")]
+    Client(#[from] tokio_tungstenite::tungstenite::Error),
     /// The link ended before the gateway sent OPEN (a readiness probe does this).
     #[error("link closed before OPEN")]
     ClosedBeforeOpen,
-    /// The gateway asked for something this backend does not do; the link got a REJECT.
-    #[error("unsupported request: {0}")]
-    Unsupported(String),
+    /// The gateway speaks a link protocol version this backend does not; the
+    /// link got a REJECT with status 501 and this message as its reason.
+    #[error("link protocol version {version} (this backend speaks {LINK_VERSION})")]
+    UnsupportedVersion {
+        /// The version in the gateway's OPEN.
+        version: u32,
+    },
 }
 
 /// An accepted link whose OPEN has not been read yet.
@@ -70,7 +76,7 @@ impl Connection {
     /// Reads the OPEN record. A link that closes first is
     /// [`SessionError::ClosedBeforeOpen`]; an OPEN this backend cannot serve (a
     /// newer protocol version) is answered with REJECT here and becomes
-    /// [`SessionError::Unsupported`].
+    /// [`SessionError::UnsupportedVersion`].
     pub async fn open(mut self) -> Result<Incoming, SessionError> {
         let record = match self.framed.next().await {
             None => return Err(SessionError::ClosedBeforeOpen),
@@ -85,24 +91,19 @@ impl Connection {
             framed: self.framed,
             direct_options: self.direct_options,
         };
-        let unsupported = (incoming.meta.version != LINK_VERSION).then(|| {
-            format!(
-                "link protocol version {} (this backend speaks {LINK_VERSION})",
-                incoming.meta.version
-            )
-        });
-        match unsupported {
-            None => Ok(incoming),
-            Some(reason) => {
-                incoming
-                    .reject(RejectReply {
-                        status: 501,
-                        reason: reason.clone(),
-                    })
-                    .await?;
-                Err(SessionError::Unsupported(reason))
-            }
+        if incoming.meta.version == LINK_VERSION {
+            return Ok(incoming);
         }
+        let error = SessionError::UnsupportedVersion {
+            version: incoming.meta.version,
+        };
+        incoming
+            .reject(RejectReply {
+                status: 501,
+                reason: error.to_string(),
+            })
+            .await?;
+        Err(error)
     }
 }
 
@@ -193,56 +194,20 @@ impl Session {
     }
 }
 
-/// A close reason must fit a control frame: 123 bytes, cut on a character boundary.
-fn truncate_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
-}
-
-fn record_to_message(record: Record) -> Result<Message, SessionError> {
-    Ok(match record {
-        Record::Text(text) => Message::Text(text),
-        Record::Binary(payload) => Message::Binary(payload),
-        Record::Close(None) => Message::Close(None),
-        Record::Close(Some(info)) => Message::Close(Some(CloseFrame {
-            code: CloseCode::from(info.code),
-            reason: Utf8Bytes::from(info.reason),
-        })),
-        other => return Err(LinkError::Unexpected(other.name()).into()),
-    })
-}
-
-fn message_to_record(message: Message) -> Option<Record> {
-    match message {
-        Message::Text(text) => Some(Record::Text(text)),
-        Message::Binary(data) => Some(Record::Binary(data)),
-        Message::Close(None) => Some(Record::Close(None)),
-        Message::Close(Some(frame)) => Some(Record::Close(Some(CloseInfo {
-            code: u16::from(frame.code),
-            reason: truncate_reason(&frame.reason).to_owned(),
-        }))),
-        // The gateway keeps the client alive itself; these never cross the link.
-        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
-    }
-}
-
 impl Stream for Session {
     type Item = Result<Message, SessionError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.transport {
             Transport::Link(framed) => match framed.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(record))) => Poll::Ready(Some(record_to_message(record))),
+                Poll::Ready(Some(Ok(record))) => {
+                    Poll::Ready(Some(record_to_message(record).map_err(SessionError::from)))
+                }
                 Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
-            Transport::Direct(client) => client
-                .poll_next_unpin(cx)
-                .map(|item| item.map(|result| result.map_err(SessionError::from))),
+            Transport::Direct(client) => client.poll_next_unpin(cx).map(|item| item.map(Ok)),
         }
     }
 }
@@ -290,37 +255,5 @@ impl Sink<Message> for Session {
             Transport::Link(framed) => framed.poll_close_unpin(cx).map_err(SessionError::from),
             Transport::Direct(client) => client.poll_close_unpin(cx).map_err(SessionError::from),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_reasons_are_cut_on_character_boundaries() {
-        let long = "é".repeat(100);
-        let cut = truncate_reason(&long);
-        assert!(cut.len() <= 123);
-        assert_eq!(cut.len(), 122);
-        assert_eq!(truncate_reason("bye"), "bye");
-    }
-
-    #[test]
-    fn messages_map_to_records_and_back() {
-        let messages = [
-            Message::text("hi"),
-            Message::binary(vec![0u8, 255]),
-            Message::Close(None),
-            Message::Close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: "bye".into(),
-            })),
-        ];
-        for message in messages {
-            let record = message_to_record(message.clone()).expect("data and close cross the link");
-            assert_eq!(record_to_message(record).expect("maps back"), message);
-        }
-        assert_eq!(message_to_record(Message::Ping(bytes::Bytes::new())), None);
     }
 }

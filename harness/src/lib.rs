@@ -38,7 +38,7 @@ pub use fake_backend::{FakeBackend, FakeBehaviour, LinkEvent};
 pub use gateway::Gateway;
 pub use http::{HandshakeRequest, HttpResponse};
 pub use mode::Mode;
-pub use servers::link::{AcceptReply, OpenMeta, Record, RejectReply};
+pub use link::{AcceptReply, OpenMeta, Record, RejectReply};
 pub use tokio_tungstenite::tungstenite::Message;
 pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -1,0 +1,30 @@
+//! The backend library of wsgate: what every backend process needs to serve
+//! clients that the gateway sends it, whatever the server does with them.
+//!
+//! - [`socket_file`]: binding `<docroot>/<name>`, replacing stale files, removal on exit.
+//! - [`session`]: one client as a `Stream` + `Sink` of WebSocket messages,
+//!   relayed over the link or (direct mode) on the client's own socket.
+//! - `direct`: the client's socket taken over in direct mode, kept alive and
+//!   timed out as the gateway would.
+//! - [`serve`]: the accept loop with the client limit and graceful shutdown.
+//! - [`launch`]: the ouistiti command-line flags and process start-up.
+//!
+//! A server (`servers`) uses this API and never sees a link record; the wire
+//! format is the `link` crate's, and logging and signals are `lifecycle`'s.
+
+pub mod direct;
+pub mod launch;
+pub mod serve;
+pub mod session;
+pub mod socket_file;
+
+pub use direct::DirectOptions;
+pub use launch::{CommonArgs, LaunchError, launch};
+pub use lifecycle::{init_tracing, token_cancelled_on_signal};
+pub use link::{AcceptReply, LinkMode, OpenMeta, RejectReply};
+pub use serve::{Listener, ServeOptions, serve};
+pub use session::{Connection, Incoming, Session, SessionError};
+pub use socket_file::{BindError, SocketFile};
+pub use tokio_tungstenite::tungstenite::Message;
+pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

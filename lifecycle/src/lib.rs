@@ -1,0 +1,122 @@
+//! The process life cycle that the gateway and every backend share: logging
+//! set-up, the stop signals turned into a cancellation token, and the
+//! back-off of an accept loop that ran out of descriptors.
+//!
+//! What stopping means (closing clients with `1001`, removing socket files)
+//! and what an accept loop serves are the callers' business.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Sets up logging to stderr once per process, filtered by `RUST_LOG`
+/// (default `info`), in colour only on a terminal.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .init();
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT. Must be called inside a
+/// tokio runtime; fails only if the signal handlers cannot be installed.
+pub fn token_cancelled_on_signal() -> io::Result<CancellationToken> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let signal = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal, "shutting down");
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
+/// True for accept errors that a later accept may not hit: out of
+/// descriptors or memory, or a connection aborted before it was taken.
+pub fn is_transient_accept_error(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            nix::libc::EMFILE
+                | nix::libc::ENFILE
+                | nix::libc::ENOBUFS
+                | nix::libc::ENOMEM
+                | nix::libc::ECONNABORTED
+        )
+    )
+}
+
+/// The pause after a failed accept: 10 ms, doubling up to 1 s, back to 10 ms
+/// after an accept succeeds. The waiting connection stays in the backlog.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    next: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// A back-off at its first step.
+    pub fn new() -> AcceptBackoff {
+        AcceptBackoff { next: Self::FIRST }
+    }
+
+    /// An accept succeeded: the next failure waits the first step again.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// Waits after a failed accept, longer each time in a row.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Self::MAX);
+    }
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> AcceptBackoff {
+        AcceptBackoff::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_up_to_a_second_and_resets() {
+        let mut backoff = AcceptBackoff::new();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let started = tokio::time::Instant::now();
+            backoff.wait().await;
+            waits.push(started.elapsed().as_millis());
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        backoff.reset();
+        let started = tokio::time::Instant::now();
+        backoff.wait().await;
+        assert_eq!(started.elapsed().as_millis(), 10);
+    }
+
+    #[test]
+    fn descriptor_exhaustion_is_transient_and_a_bad_socket_is_not() {
+        assert!(is_transient_accept_error(&io::Error::from_raw_os_error(
+            nix::libc::EMFILE
+        )));
+        assert!(!is_transient_accept_error(&io::Error::from_raw_os_error(
+            nix::libc::EBADF
+        )));
+    }
+}
