@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
 use bench::report::{self, Labels, Results};
 use bench::scenario;
 use bench::system::{Binaries, Kind, System};
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -176,7 +176,7 @@ fn main() -> anyhow::Result<()> {
 async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> anyhow::Result<()> {
     let mut systems = Vec::new();
     for kind in kinds {
-        match System::start(*kind, binaries)? {
+        match System::start(*kind, binaries).await? {
             Some(system) => systems.push(system),
             None => eprintln!("{}: not installed, left out", kind.label()),
         }

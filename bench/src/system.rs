@@ -6,20 +6,14 @@
 //! Every start waits on readiness (an address printed, a socket that
 //! accepts), with a deadline; dropping a [`System`] kills its processes.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use std::os::unix::process::CommandExt;
+use std::process::Command;
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-
-/// How long a process may take to become ready.
-const READY_DEADLINE: Duration = Duration::from_secs(20);
+use harness::child::{ChildGuard, Logging};
+use harness::gateway::start_announcing;
+use harness::{Backend, STARTUP_DEADLINE, wait};
 
 /// Descriptors and clients every server may hold: the idle scenario's ceiling.
 pub const MAX_CLIENTS: usize = 20_000;
@@ -58,20 +52,6 @@ pub struct Binaries {
     pub bench: PathBuf,
 }
 
-/// A child process killed and reaped on drop.
-#[derive(Debug)]
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // The whole process group: nginx's workers die with their master.
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = self.0.wait();
-    }
-}
-
 /// A running system.
 #[derive(Debug)]
 pub struct System {
@@ -83,45 +63,45 @@ pub struct System {
     pub front_pid: Option<u32>,
     /// The echo server's process.
     pub echo_pid: u32,
-    processes: Vec<Process>,
+    processes: Vec<ChildGuard>,
+    backends: Vec<Backend>,
     _dir: tempfile::TempDir,
 }
 
 impl System {
     /// Starts `kind`; `None` when it cannot run here (nginx not installed).
-    pub fn start(kind: Kind, binaries: &Binaries) -> anyhow::Result<Option<System>> {
+    /// Every process logs only warnings, so logging costs nothing per message.
+    pub async fn start(kind: Kind, binaries: &Binaries) -> anyhow::Result<Option<System>> {
         let dir = tempfile::tempdir()?;
         let docroot = dir.path().join("sockets");
         let mut processes = Vec::new();
+        let mut backends = Vec::new();
+        let max = MAX_CLIENTS.to_string();
         let (addr, front_pid, echo_pid) = match kind {
             Kind::Baseline => {
-                let (process, addr) = start_printing_addr(Command::new(&binaries.bench).args([
-                    "baseline-server",
-                    "--listen",
-                    "127.0.0.1:0",
-                ]))?;
-                let pid = process.0.id();
+                let mut command = Command::new(&binaries.bench);
+                command.args(["baseline-server", "--listen", "127.0.0.1:0"]);
+                let (process, addr) =
+                    start_announcing("baseline server", command, Logging::Quiet).await?;
+                let pid = process.pid();
                 processes.push(process);
                 (addr, None, pid)
             }
             Kind::Relay | Kind::Direct => {
-                let max = MAX_CLIENTS.to_string();
-                let echo = spawn(
-                    Command::new(binaries.dir.join("websocket_echo"))
-                        .arg("-R")
-                        .arg(&docroot)
-                        .args(["-n", "echo", "-m", &max]),
-                )?;
-                let echo_pid = echo.0.id();
-                processes.push(echo);
-                processes.push(spawn(
-                    Command::new(binaries.dir.join("websocket_chat"))
-                        .arg("-R")
-                        .arg(&docroot)
-                        .args(["-n", "chat", "-m", &max, "--queue", "4096"]),
-                )?);
-                wait_socket(&docroot.join("echo"))?;
-                wait_socket(&docroot.join("chat"))?;
+                let echo =
+                    start_backend(&binaries.dir, &docroot, "websocket_echo", "echo", &[]).await?;
+                let echo_pid = echo.pid();
+                backends.push(echo);
+                let chat_args = ["--queue", "4096"];
+                let chat = start_backend(
+                    &binaries.dir,
+                    &docroot,
+                    "websocket_chat",
+                    "chat",
+                    &chat_args,
+                )
+                .await?;
+                backends.push(chat);
                 let mut command = Command::new(binaries.dir.join("wsgate"));
                 command
                     .args(["--listen", "127.0.0.1:0", "--max-connections", &max])
@@ -131,8 +111,8 @@ impl System {
                 if kind == Kind::Direct {
                     command.args(["--direct", "*"]);
                 }
-                let (gateway, addr) = start_printing_addr(&mut command)?;
-                let pid = gateway.0.id();
+                let (gateway, addr) = start_announcing("wsgate", command, Logging::Quiet).await?;
+                let pid = gateway.pid();
                 processes.push(gateway);
                 (addr, Some(pid), echo_pid)
             }
@@ -142,31 +122,40 @@ impl System {
                 };
                 std::fs::create_dir_all(&docroot)?;
                 let socket = docroot.join("baseline.sock");
-                let backend = spawn(
-                    Command::new(&binaries.bench)
-                        .args(["baseline-server", "--unix"])
-                        .arg(&socket),
-                )?;
-                let echo_pid = backend.0.id();
-                processes.push(backend);
-                wait_socket(&socket)?;
+                let mut command = Command::new(&binaries.bench);
+                command.args(["baseline-server", "--unix"]).arg(&socket);
+                let backend = Backend::start_command_with(
+                    "baseline server",
+                    command,
+                    &socket,
+                    Logging::Quiet,
+                )
+                .await?;
+                let echo_pid = backend.pid();
+                backends.push(backend);
                 let port = std::net::TcpListener::bind("127.0.0.1:0")?
                     .local_addr()?
                     .port();
                 let conf = dir.path().join("nginx.conf");
                 std::fs::write(&conf, nginx_conf(port, &socket, dir.path()))?;
-                let master = spawn(
-                    Command::new(nginx)
-                        .arg("-p")
-                        .arg(dir.path())
-                        .arg("-c")
-                        .arg(&conf)
-                        .args(["-e", "stderr"]),
-                )?;
-                let pid = master.0.id();
-                processes.push(master);
+                let mut command = Command::new(nginx);
+                command
+                    .arg("-p")
+                    .arg(dir.path())
+                    .arg("-c")
+                    .arg(&conf)
+                    .args(["-e", "stderr"]);
+                let mut master = ChildGuard::spawn_with("nginx", command, Logging::Quiet)?;
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                wait_tcp(addr)?;
+                wait::until("nginx to answer", STARTUP_DEADLINE, || {
+                    let ready = master
+                        .check_running()
+                        .map(|()| std::net::TcpStream::connect(addr).is_ok().then_some(()));
+                    async move { ready }
+                })
+                .await?;
+                let pid = master.pid();
+                processes.push(master);
                 (addr, Some(pid), echo_pid)
             }
         };
@@ -176,6 +165,7 @@ impl System {
             front_pid,
             echo_pid,
             processes,
+            backends,
             _dir: dir,
         }))
     }
@@ -207,70 +197,33 @@ impl System {
     /// True while every process still runs.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         for process in &mut self.processes {
-            if let Some(status) = process.0.try_wait()? {
+            if let Some(status) = process.try_exit_status()? {
                 bail!("{} exited: {status}", self.kind.label());
             }
+        }
+        for backend in &mut self.backends {
+            backend.check_running()?;
         }
         Ok(())
     }
 }
 
-/// Starts `command` in its own process group, with no stdin or stderr and,
-/// unless the caller piped it, no stdout: nothing it leaves behind can hold
-/// the caller's pipes open.
-fn spawn(command: &mut Command) -> anyhow::Result<Process> {
-    spawn_with_stdout(command, Stdio::null())
-}
-
-fn spawn_with_stdout(command: &mut Command, stdout: Stdio) -> anyhow::Result<Process> {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {command:?}"))?;
-    Ok(Process(child))
-}
-
-/// Starts a process that prints `listening on http://ADDR` when ready.
-fn start_printing_addr(command: &mut Command) -> anyhow::Result<(Process, SocketAddr)> {
-    let mut process = spawn_with_stdout(command, Stdio::piped())?;
-    let stdout = process.0.stdout.take().context("stdout is piped")?;
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on http://") {
-                let _ = sender.send(addr.trim().to_owned());
-            }
-        }
-    });
-    let addr = receiver
-        .recv_timeout(READY_DEADLINE)
-        .with_context(|| format!("{command:?} did not print its address"))?;
-    Ok((process, addr.parse()?))
-}
-
-fn wait_socket(path: &Path) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        if start.elapsed() > READY_DEADLINE {
-            bail!("{} does not accept connections", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn wait_tcp(addr: SocketAddr) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        if start.elapsed() > READY_DEADLINE {
-            bail!("nothing answers on {addr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+/// Starts `<dir>/<program> -R <docroot> -n <name> -m MAX_CLIENTS <extra_args>`,
+/// ready once its socket accepts.
+async fn start_backend(
+    dir: &Path,
+    docroot: &Path,
+    program: &str,
+    name: &str,
+    extra_args: &[&str],
+) -> anyhow::Result<Backend> {
+    let mut command = Command::new(dir.join(program));
+    command
+        .arg("-R")
+        .arg(docroot)
+        .args(["-n", name, "-m", &MAX_CLIENTS.to_string()])
+        .args(extra_args);
+    Backend::start_command_with(program, command, &docroot.join(name), Logging::Quiet).await
 }
 
 fn find_nginx() -> Option<PathBuf> {

@@ -9,7 +9,7 @@ use std::process::{Command, ExitStatus, Stdio};
 
 use nix::sys::signal::Signal;
 
-use crate::child::ChildGuard;
+use crate::child::{ChildGuard, Logging};
 use crate::{STARTUP_DEADLINE, binaries, wait};
 
 /// A running backend; dropping it kills and reaps the process.
@@ -28,6 +28,17 @@ impl Backend {
         name: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Backend> {
+        Backend::start_with(program, docroot, name, extra_args, Logging::Debug).await
+    }
+
+    /// [`Backend::start`] with the given [`Logging`] (benchmarks run it quiet).
+    pub async fn start_with(
+        program: &str,
+        docroot: &Path,
+        name: &str,
+        extra_args: &[&str],
+        logging: Logging,
+    ) -> anyhow::Result<Backend> {
         let mut command = Command::new(binaries::bin_path(program)?);
         command
             .arg("-R")
@@ -35,19 +46,30 @@ impl Backend {
             .arg("-n")
             .arg(name)
             .args(extra_args);
-        Backend::start_command(&format!("{program} ({name})"), command, &docroot.join(name)).await
+        let label = format!("{program} ({name})");
+        Backend::start_command_with(&label, command, &docroot.join(name), logging).await
     }
 
     /// Starts any `command` (a backend in another language, say) that will
     /// listen on `socket_path`, and waits until that socket accepts a connection.
     pub async fn start_command(
         label: &str,
+        command: Command,
+        socket_path: &Path,
+    ) -> anyhow::Result<Backend> {
+        Backend::start_command_with(label, command, socket_path, Logging::Debug).await
+    }
+
+    /// [`Backend::start_command`] with the given [`Logging`].
+    pub async fn start_command_with(
+        label: &str,
         mut command: Command,
         socket_path: &Path,
+        logging: Logging,
     ) -> anyhow::Result<Backend> {
         command.stdout(Stdio::null());
         let mut backend = Backend {
-            process: ChildGuard::spawn(label, command)?,
+            process: ChildGuard::spawn_with(label, command, logging)?,
             socket_path: socket_path.to_owned(),
         };
         let what = format!("{label} to accept on {}", socket_path.display());

@@ -1,9 +1,10 @@
-//! The guard around every child process a test starts.
+//! The guard around every child process a test or a benchmark starts.
 //!
-//! The child's stderr goes to a temporary file. Dropping the guard kills the
-//! child if it still runs, reaps it, and prints its stderr to the test's
-//! output, which libtest shows only when the test fails. Readiness is the
-//! business of [`crate::Backend`] and [`crate::Gateway`].
+//! The child runs in a process group of its own and its stderr goes to a
+//! temporary file. Dropping the guard kills the group if the child still runs
+//! (so a master takes its workers along), reaps the child, and for a test
+//! prints its stderr to the test's output, which libtest shows only when the
+//! test fails. Readiness is the business of [`crate::Backend`] and [`crate::Gateway`].
 
 use std::fs::File;
 use std::io::Read;
@@ -11,11 +12,23 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use nix::sys::signal::{Signal, kill};
+use std::os::unix::process::CommandExt;
+
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tempfile::NamedTempFile;
 
 use crate::wait;
+
+/// How much a child logs, and whether its log is printed when it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logging {
+    /// Tests: `RUST_LOG=debug` unless set, the log printed when the guard drops.
+    Debug,
+    /// Benchmarks: `RUST_LOG=warn` unless set, so logging costs nothing per
+    /// message; the log is kept in its file but not printed.
+    Quiet,
+}
 
 /// A running child process with its stderr captured to a file.
 #[derive(Debug)]
@@ -24,13 +37,23 @@ pub struct ChildGuard {
     child: Child,
     stderr_log: NamedTempFile,
     exit_status: Option<ExitStatus>,
+    logging: Logging,
 }
 
 impl ChildGuard {
     /// Starts `command` with stderr to a fresh log file. `label` names the
     /// process in errors and in the printed log. Stdin is closed; stdout is
     /// left as the caller configured it.
-    pub fn spawn(label: &str, mut command: Command) -> anyhow::Result<ChildGuard> {
+    pub fn spawn(label: &str, command: Command) -> anyhow::Result<ChildGuard> {
+        ChildGuard::spawn_with(label, command, Logging::Debug)
+    }
+
+    /// [`ChildGuard::spawn`] with the given [`Logging`].
+    pub fn spawn_with(
+        label: &str,
+        mut command: Command,
+        logging: Logging,
+    ) -> anyhow::Result<ChildGuard> {
         let stderr_log = tempfile::Builder::new()
             .prefix("wsgate-test-")
             .suffix(".log")
@@ -38,11 +61,18 @@ impl ChildGuard {
             .context("creating a log file for the child's stderr")?;
         let stderr = stderr_log.as_file().try_clone()?;
         if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "debug");
+            let level = match logging {
+                Logging::Debug => "debug",
+                Logging::Quiet => "warn",
+            };
+            command.env("RUST_LOG", level);
         }
         // Plain logs in the file: tracing-subscriber colours by default.
         command.env("NO_COLOR", "1");
-        command.stdin(Stdio::null()).stderr(Stdio::from(stderr));
+        command
+            .stdin(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .process_group(0);
         let child = command
             .spawn()
             .with_context(|| format!("starting {label}: {command:?}"))?;
@@ -51,6 +81,7 @@ impl ChildGuard {
             child,
             stderr_log,
             exit_status: None,
+            logging,
         })
     }
 
@@ -126,12 +157,14 @@ impl ChildGuard {
         .await
     }
 
-    /// Kills the child with SIGKILL and reaps it.
+    /// Kills the child and its process group with SIGKILL and reaps it.
     pub fn kill_and_reap(&mut self) -> anyhow::Result<ExitStatus> {
         if let Some(status) = self.try_exit_status()? {
             return Ok(status);
         }
-        self.signal(Signal::SIGKILL)?;
+        let pid = i32::try_from(self.child.id()).context("pid fits in pid_t")?;
+        killpg(Pid::from_raw(pid), Signal::SIGKILL)
+            .with_context(|| format!("killing {}", self.label))?;
         let status = self
             .child
             .wait()
@@ -145,6 +178,9 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Err(error) = self.kill_and_reap() {
             eprintln!("cannot stop {}: {error:#}", self.label);
+        }
+        if self.logging == Logging::Quiet {
+            return;
         }
         // Captured by libtest: shown only when the test fails.
         eprintln!(

@@ -1,7 +1,7 @@
 //! An in-process framed backend that behaves as a test asks (echo, reject,
 //! never answer) and records everything that happens on its links.
 //!
-//! It uses the link codec from `servers::link` and nothing else of the backend
+//! It uses the link codec from the `link` crate and nothing else of the backend
 //! library, so it sees the records the gateway really sends. Its task runs on
 //! the test's runtime and is aborted (with every link) when it is dropped.
 

@@ -14,7 +14,7 @@ use anyhow::Context;
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
-use crate::child::ChildGuard;
+use crate::child::{ChildGuard, Logging};
 use crate::client::Client;
 use crate::http::{self, HandshakeRequest, HttpResponse};
 use crate::{STARTUP_DEADLINE, binaries, wait};
@@ -33,55 +33,23 @@ impl Gateway {
     /// Starts `wsgate --listen 127.0.0.1:0 -R <docroot> <extra_args>` and waits
     /// for its `listening on` line.
     pub async fn start(docroot: &Path, extra_args: &[&str]) -> anyhow::Result<Gateway> {
+        Gateway::start_with(docroot, extra_args, Logging::Debug).await
+    }
+
+    /// [`Gateway::start`] with the given [`Logging`] (benchmarks run it quiet).
+    pub async fn start_with(
+        docroot: &Path,
+        extra_args: &[&str],
+        logging: Logging,
+    ) -> anyhow::Result<Gateway> {
         let mut command = Command::new(binaries::bin_path("wsgate")?);
         command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("-R")
             .arg(docroot)
-            .args(extra_args)
-            .stdout(Stdio::piped());
-        let mut process = ChildGuard::spawn("wsgate", command)?;
-        let stdout = process
-            .child_mut()
-            .stdout
-            .take()
-            .context("the gateway's stdout is piped")?;
-        let (line_sender, mut line_receiver) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // The receiver may be gone once the address is known; keep draining.
-                let _ = line_sender.send(line);
-            }
-        });
-        let line = wait::within(
-            "the gateway's `listening on` line",
-            STARTUP_DEADLINE,
-            async {
-                while let Some(line) = line_receiver.recv().await {
-                    if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
-                        return Some(addr.trim().to_owned());
-                    }
-                }
-                None
-            },
-        )
-        .await;
-        let addr = match line {
-            Ok(Some(addr)) => addr,
-            Ok(None) => anyhow::bail!(
-                "wsgate closed its stdout without printing `{LISTENING_PREFIX}<addr>`; its stderr:\n{}",
-                process.stderr_text()
-            ),
-            Err(error) => {
-                anyhow::bail!("{error}; the gateway's stderr:\n{}", process.stderr_text())
-            }
-        };
-        let addr = addr
-            .trim_end_matches('/')
-            .parse()
-            .with_context(|| format!("parsing the gateway's address {addr:?}"))?;
+            .args(extra_args);
+        let (process, addr) = start_announcing("wsgate", command, logging).await?;
         Ok(Gateway { process, addr })
     }
 
@@ -162,4 +130,55 @@ impl Gateway {
         ))
         .await
     }
+}
+
+/// Starts `command`, a server that prints `listening on http://<addr>` on
+/// stdout once it is ready (wsgate, the benchmark's baseline server), and
+/// returns it with the first address it printed.
+///
+/// A thread reads stdout for the whole life of the process, so the server
+/// never writes into a full or closed pipe.
+pub async fn start_announcing(
+    label: &str,
+    mut command: Command,
+    logging: Logging,
+) -> anyhow::Result<(ChildGuard, SocketAddr)> {
+    command.stdout(Stdio::piped());
+    let mut process = ChildGuard::spawn_with(label, command, logging)?;
+    let stdout = process
+        .child_mut()
+        .stdout
+        .take()
+        .context("stdout is piped")?;
+    let (line_sender, mut line_receiver) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // The receiver may be gone once the address is known; keep draining.
+            let _ = line_sender.send(line);
+        }
+    });
+    let what = format!("the `listening on` line of {label}");
+    let line = wait::within(&what, STARTUP_DEADLINE, async {
+        while let Some(line) = line_receiver.recv().await {
+            if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
+                return Some(addr.trim().to_owned());
+            }
+        }
+        None
+    })
+    .await;
+    let addr = match line {
+        Ok(Some(addr)) => addr,
+        Ok(None) => anyhow::bail!(
+            "{label} closed its stdout without printing `{LISTENING_PREFIX}<addr>`; its stderr:\n{}",
+            process.stderr_text()
+        ),
+        Err(error) => anyhow::bail!("{error}; the stderr of {label}:\n{}", process.stderr_text()),
+    };
+    let addr = addr
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("parsing the address {addr:?} of {label}"))?;
+    Ok((process, addr))
 }

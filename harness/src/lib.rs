@@ -1,14 +1,19 @@
-//! End-to-end harness: runs the real `wsgate` and backend binaries on temporary
-//! docroots and ephemeral ports, and talks to them as clients do.
+//! The harness of the end-to-end tests (`tests`) and the benchmark (`bench`):
+//! runs the real `wsgate` and backend binaries on temporary docroots and
+//! ephemeral ports, waits until they are ready, and talks to them as clients do.
 //!
 //! - [`browser`]: [`browser::Browser`], headless chromium over WebDriver for the page tests.
 //! - [`binaries`]: finds the built binaries in the target directory (or `WSGATE_BIN_DIR`).
-//! - [`child`]: the process guard both kinds of process share (stderr to a file, kill and reap on drop).
+//! - [`child`]: the process guard every child shares (own process group, stderr to a file,
+//!   kill and reap on drop), with test or benchmark [`child::Logging`].
 //! - [`backend`]: [`Backend`], a backend process that is ready once its socket accepts.
-//! - [`gateway`]: [`Gateway`], the `wsgate` process, ready once it printed `listening on`.
+//! - [`gateway`]: [`Gateway`], the `wsgate` process, ready once it printed `listening on`
+//!   (and [`gateway::start_announcing`] for any server that announces itself so).
 //! - [`client`]: [`Client`], a WebSocket client whose every read has a deadline.
 //! - [`http`]: raw HTTP/1.1 requests with exact control over headers, for refusals.
 //! - [`fake_backend`]: [`FakeBackend`], an in-process framed backend that records its links.
+//!
+//! Nothing of the product depends on this crate.
 //! - [`mode`]: [`Mode`], relay or direct, and [`both_modes!`] to run a suite in both.
 //! - [`wait`]: waiting on a fact under a deadline, the only way these tests wait.
 //!
@@ -37,8 +42,8 @@ pub use client::Client;
 pub use fake_backend::{FakeBackend, FakeBehaviour, LinkEvent};
 pub use gateway::Gateway;
 pub use http::{HandshakeRequest, HttpResponse};
-pub use mode::Mode;
 pub use link::{AcceptReply, OpenMeta, Record, RejectReply};
+pub use mode::Mode;
 pub use tokio_tungstenite::tungstenite::Message;
 pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

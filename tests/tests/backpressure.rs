@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use anyhow::Context;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use harness::http::{self, HandshakeRequest};
 use harness::{Backend, Gateway, Message};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// Size of each message the stalled client sends.
 const MESSAGE_SIZE: usize = 1 << 20;

@@ -14,15 +14,15 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use futures_util::StreamExt;
 use futures_util::future::try_join_all;
-use tempfile::TempDir;
-use tokio::sync::Notify;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use harness::client::describe;
 use harness::{
     Backend, Client, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, Mode, both_modes,
     wait,
 };
+use tempfile::TempDir;
+use tokio::sync::Notify;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 both_modes!(
     chat_message_reaches_everyone_but_sender_in_order,

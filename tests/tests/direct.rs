@@ -7,12 +7,12 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use harness::http::HandshakeRequest;
 use harness::{
     Backend, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, Mode, bin_path, wait,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 async fn start_direct_echo() -> anyhow::Result<(tempfile::TempDir, Backend, Gateway)> {
     let docroot = tempfile::tempdir()?;

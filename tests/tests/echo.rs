@@ -3,10 +3,10 @@
 //! clients each get their own data.
 
 use futures_util::future::try_join_all;
-use tempfile::TempDir;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 use harness::client::describe;
 use harness::{Backend, CloseCode, Gateway, Message, Mode, both_modes};
+use tempfile::TempDir;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 
 both_modes!(
     echo_returns_each_message_with_its_kind_and_bytes,

@@ -4,12 +4,12 @@
 //! with the close code or status the issue specifies, and the gateway keeps
 //! serving everyone else.
 
-use tempfile::TempDir;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 use harness::{
     AcceptReply, Backend, Client, CloseCode, FakeBackend, FakeBehaviour, Gateway, HandshakeRequest,
     LinkEvent, Message, Mode, Record, both_modes,
 };
+use tempfile::TempDir;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 
 /// One frame to send: opcode, payload, FIN bit.
 type FrameSpec<'a> = (Data, &'a [u8], bool);

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
-use serde_json::{Value, json};
-use tempfile::TempDir;
 use harness::binaries::{bin_dir, bin_path, repo_root};
 use harness::{Backend, Client, EXIT_DEADLINE, Gateway, Message, Mode, both_modes};
+use serde_json::{Value, json};
+use tempfile::TempDir;
 
 const ROOT_PASSWORD: &str = "test-root-password";
 

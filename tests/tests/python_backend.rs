@@ -6,10 +6,10 @@
 use std::process::Command;
 
 use futures_util::future::try_join_all;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 use harness::binaries::repo_root;
 use harness::client::describe;
 use harness::{Backend, CloseCode, EXIT_DEADLINE, Gateway, Message, Mode, both_modes};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 
 /// Starts the example on `<docroot>/pyecho`. python3 is required: a machine
 /// without it fails here, as CI installs it.

@@ -9,11 +9,11 @@
 use std::path::Path;
 
 use anyhow::Context;
+use harness::{Backend, EVENT_DEADLINE, Gateway, Message, wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use harness::{Backend, EVENT_DEADLINE, Gateway, Message, wait};
 
 /// What a [`RawBackend`] writes back.
 #[derive(Debug, Clone, Copy)]

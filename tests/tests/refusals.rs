@@ -9,12 +9,12 @@
 //! the gateway opened.
 
 use anyhow::Context;
-use tempfile::TempDir;
 use harness::http::SAMPLE_ACCEPT;
 use harness::{
     AcceptReply, Backend, CloseCode, EVENT_DEADLINE, FakeBackend, FakeBehaviour, Gateway,
     HandshakeRequest, HttpResponse, LinkEvent, Message, RejectReply, wait,
 };
+use tempfile::TempDir;
 
 fn echo_behaviour() -> FakeBehaviour {
     FakeBehaviour::Echo(AcceptReply::default())

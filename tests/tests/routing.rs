@@ -8,11 +8,11 @@
 
 use std::path::Path;
 
-use link::LinkMode;
-use tempfile::TempDir;
 use harness::{
     AcceptReply, Backend, FakeBackend, FakeBehaviour, Gateway, HandshakeRequest, LinkEvent, Message,
 };
+use link::LinkMode;
+use tempfile::TempDir;
 
 fn echo_behaviour() -> FakeBehaviour {
     FakeBehaviour::Echo(AcceptReply::default())

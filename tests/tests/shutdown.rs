@@ -2,11 +2,11 @@
 //! close 1001, every backend link is closed, and the process exits 0 within a
 //! bounded time, leaving the backends running.
 
-use nix::sys::signal::Signal;
 use harness::{
     AcceptReply, Backend, CloseCode, EXIT_DEADLINE, FakeBackend, FakeBehaviour, Gateway, LinkEvent,
     Message, Record,
 };
+use nix::sys::signal::Signal;
 
 #[tokio::test]
 async fn stop_signal_closes_every_client_with_1001_and_exits_zero() -> anyhow::Result<()> {

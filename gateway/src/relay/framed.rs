@@ -174,7 +174,9 @@ async fn backend_to_client(
                     }
                     return Ending::BackendClosed(info.map(close_frame_for_client));
                 }
-                Some(Ok(other)) => return Ending::BackendGone(LinkFailure::Unexpected(other.name())),
+                Some(Ok(other)) => {
+                    return Ending::BackendGone(LinkFailure::Unexpected(other.name()));
+                }
                 Some(Err(error)) => return Ending::BackendGone(LinkFailure::Read(error)),
                 None => return Ending::BackendGone(LinkFailure::Eof),
             };

@@ -6,9 +6,9 @@ use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use backend::{CommonArgs, ServeOptions};
 use clap::Parser;
 use servers::chat::{self, DEFAULT_QUEUE_CAPACITY, Room, RoomOptions};
-use backend::{CommonArgs, ServeOptions};
 
 /// Chat server for wsgate: every message goes to every other connected client.
 ///

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use backend::{CloseCode, CommonArgs, Message, ServeOptions, Session};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use backend::{CloseCode, CommonArgs, Message, ServeOptions, Session};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 

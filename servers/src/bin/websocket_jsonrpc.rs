@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use backend::{CommonArgs, LaunchError, ServeOptions};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use servers::jsonrpc::{self, DEFAULT_PLUGIN_DIR, PluginSet, SearchPath};
-use backend::{CommonArgs, LaunchError, ServeOptions};
 
 /// JSON-RPC server for wsgate: each WebSocket message is a JSON-RPC 2.0
 /// request or batch, answered by the methods of the loaded plugins.
