@@ -3,8 +3,9 @@
 //!
 //! [`Browser::start`] runs one chromedriver on a free loopback port and waits
 //! until its `/status` says ready; each [`Page`] is a separate browser session
-//! (its own chromium, its own profile). When chromium or chromedriver is
-//! missing the tests are skipped with a message, unless
+//! (its own chromium, its own profile in a temporary directory removed with
+//! the page). [`Browser::missing`] says why the browser tests cannot run here;
+//! the test binary then reports them ignored with that reason, unless
 //! `WSGATE_REQUIRE_BROWSER=1` (set by `.ci/run`) makes that a failure.
 
 use std::net::{SocketAddr, TcpListener};
@@ -45,20 +46,32 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver, or returns `None` (after saying why on stderr)
-    /// when the browser is not installed and not required.
-    pub async fn start() -> anyhow::Result<Option<Browser>> {
-        let (Some(chromium), Some(chromedriver)) = (
-            find_program(&["chromium", "chromium-browser", "google-chrome"]),
-            find_program(&["chromedriver"]),
-        ) else {
-            let why = "chromium and chromedriver are needed for the browser tests \
-                       (apt-get install chromium chromium-driver)";
-            if std::env::var(REQUIRE_BROWSER_VAR).is_ok_and(|value| value == "1") {
-                bail!("{why}; {REQUIRE_BROWSER_VAR}=1 makes this a failure");
-            }
-            eprintln!("skipping the browser test: {why}");
-            return Ok(None);
+    /// Why the browser tests cannot run on this machine, or `None` when
+    /// chromium and chromedriver are both installed.
+    pub fn missing() -> Option<String> {
+        let (chromium, chromedriver) = programs();
+        match (chromium, chromedriver) {
+            (Some(_), Some(_)) => None,
+            _ => Some(
+                "chromium and chromedriver are needed for the browser tests \
+                 (apt-get install chromium chromium-driver)"
+                    .to_owned(),
+            ),
+        }
+    }
+
+    /// True when `WSGATE_REQUIRE_BROWSER=1`: a missing browser is a failure.
+    pub fn required() -> bool {
+        std::env::var(REQUIRE_BROWSER_VAR).is_ok_and(|value| value == "1")
+    }
+
+    /// Starts chromedriver; an error when the browser is not installed.
+    pub async fn start() -> anyhow::Result<Browser> {
+        let (Some(chromium), Some(chromedriver)) = programs() else {
+            bail!(
+                "{}",
+                Browser::missing().unwrap_or_else(|| "no browser".to_owned())
+            );
         };
         // chromedriver has no "any free port": take one, release it, and retry
         // on the rare collision.
@@ -77,11 +90,11 @@ impl Browser {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             match wait_ready(addr, &mut driver).await {
                 Ok(()) => {
-                    return Ok(Some(Browser {
+                    return Ok(Browser {
                         driver,
                         addr,
                         chromium,
-                    }));
+                    });
                 }
                 Err(error) => last_error = Some(error),
             }
@@ -91,10 +104,16 @@ impl Browser {
 
     /// Opens a new, independent browser session.
     pub async fn page(&self) -> anyhow::Result<Page> {
+        let profile = tempfile::Builder::new()
+            .prefix("wsgate-chromium-")
+            .tempdir()
+            .context("creating a chromium profile directory")?;
+        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|arg| (*arg).to_owned()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".to_owned(),
-            json!({ "binary": self.chromium, "args": CHROMIUM_ARGS }),
+            json!({ "binary": self.chromium, "args": args }),
         );
         let webdriver = wait::within(
             "a chromium session",
@@ -110,7 +129,10 @@ impl Browser {
                 self.driver.stderr_text()
             )
         })?;
-        Ok(Page { webdriver })
+        Ok(Page {
+            webdriver,
+            _profile: profile,
+        })
     }
 }
 
@@ -121,6 +143,14 @@ impl Drop for Browser {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
+}
+
+/// Chromium and chromedriver, where installed.
+fn programs() -> (Option<PathBuf>, Option<PathBuf>) {
+    (
+        find_program(&["chromium", "chromium-browser", "google-chrome"]),
+        find_program(&["chromedriver"]),
+    )
 }
 
 /// The first of `names` found on `PATH`.
@@ -165,6 +195,8 @@ async fn wait_ready(addr: SocketAddr, driver: &mut ChildGuard) -> anyhow::Result
 #[derive(Debug)]
 pub struct Page {
     webdriver: WebDriver,
+    /// The session's chromium profile, removed when the page is dropped.
+    _profile: tempfile::TempDir,
 }
 
 impl Page {

@@ -1,8 +1,17 @@
 //! The pages of www/ in a real browser (headless chromium over WebDriver),
 //! through the real gateway and backends: what a user sees is what is checked.
-//! Skipped when chromium is not installed, unless `WSGATE_REQUIRE_BROWSER=1`.
+//!
+//! This test binary has its own harness (libtest-mimic) so that, when chromium
+//! is not installed, each test is reported as ignored with the reason, never
+//! as passed; `WSGATE_REQUIRE_BROWSER=1` (set by `.ci/run`) runs them anyway,
+//! so that they fail.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Failed, Trial};
 
 use harness::binaries::repo_root;
 use harness::browser::Browser;
@@ -15,11 +24,8 @@ async fn gateway_with_pages(docroot: &Path) -> anyhow::Result<Gateway> {
     Gateway::start(docroot, &["--htdocs", htdocs]).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_page_echoes_and_shows_the_close_code() -> anyhow::Result<()> {
-    let Some(browser) = Browser::start().await? else {
-        return Ok(());
-    };
+    let browser = Browser::start().await?;
     let docroot = tempfile::tempdir()?;
     let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
     let gateway = gateway_with_pages(docroot.path()).await?;
@@ -36,11 +42,8 @@ async fn echo_page_echoes_and_shows_the_close_code() -> anyhow::Result<()> {
     page.close().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_webchat_pages_talk_in_public_and_in_private() -> anyhow::Result<()> {
-    let Some(browser) = Browser::start().await? else {
-        return Ok(());
-    };
+    let browser = Browser::start().await?;
     let docroot = tempfile::tempdir()?;
     let _chat = Backend::start("websocket_chat", docroot.path(), "chat", &["-w"]).await?;
     let gateway = gateway_with_pages(docroot.path()).await?;
@@ -84,12 +87,9 @@ async fn two_webchat_pages_talk_in_public_and_in_private() -> anyhow::Result<()>
     bob.close().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webauth_and_websql_pages_log_in_add_a_user_and_list_a_table() -> anyhow::Result<()> {
     const ROOT_PASSWORD: &str = "browser-root-password";
-    let Some(browser) = Browser::start().await? else {
-        return Ok(());
-    };
+    let browser = Browser::start().await?;
     let docroot = tempfile::tempdir()?;
     let data = tempfile::tempdir()?;
     let users_db = data.path().join("users.db");
@@ -151,4 +151,50 @@ async fn webauth_and_websql_pages_log_in_add_a_user_and_list_a_table() -> anyhow
     page.wait_for_text("#view", "lemon").await?;
     page.wait_for_text("#view", "purple").await?;
     page.close().await
+}
+
+type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+type TestFn = fn() -> TestFuture;
+
+/// Every browser test, by name.
+fn tests() -> Vec<(&'static str, TestFn)> {
+    vec![
+        ("echo_page_echoes_and_shows_the_close_code", || {
+            Box::pin(echo_page_echoes_and_shows_the_close_code())
+        }),
+        ("two_webchat_pages_talk_in_public_and_in_private", || {
+            Box::pin(two_webchat_pages_talk_in_public_and_in_private())
+        }),
+        (
+            "webauth_and_websql_pages_log_in_add_a_user_and_list_a_table",
+            || Box::pin(webauth_and_websql_pages_log_in_add_a_user_and_list_a_table()),
+        ),
+    ]
+}
+
+fn main() -> ExitCode {
+    let arguments = Arguments::from_args();
+    let missing = Browser::missing().filter(|_| !Browser::required());
+    if let Some(why) = &missing {
+        println!("browser tests ignored: {why}");
+    }
+    let trials = tests()
+        .into_iter()
+        .map(|(name, test)| {
+            Trial::test(name, move || run(test())).with_ignored_flag(missing.is_some())
+        })
+        .collect();
+    libtest_mimic::run(&arguments, trials).exit_code()
+}
+
+/// Runs one test on its own runtime; an error fails it with its whole chain.
+fn run(test: TestFuture) -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| Failed::from(format!("cannot start a runtime: {error}")))?;
+    runtime
+        .block_on(test)
+        .map_err(|error| Failed::from(format!("{error:#}")))
 }
