@@ -3,8 +3,11 @@
 //!
 //! [`parse_name`] is pure: it percent-decodes the path and rejects `..`, `.`,
 //! empty and hidden segments, control bytes and invalid UTF-8. [`resolve`]
-//! touches the file system (it blocks; call it off the async threads): it
-//! rejects socket paths too long for `sun_path` and anything whose real path
+//! asks the file system (`realpath` of the docroot, then `lstat` and
+//! `realpath` per candidate: one, or one per offered subprotocol for a
+//! directory). Those calls on a local docroot are short, so the connection's
+//! task makes them inline rather than paying a blocking-pool hand-off per
+//! upgrade. It rejects socket paths too long for `sun_path` and anything whose real path
 //! lies outside the real docroot, and applies ouistiti's rule that a directory
 //! name picks its socket by the client's subprotocol. Globs and Origin are
 //! `access`'s job; connecting is `backend`'s.
@@ -112,7 +115,7 @@ pub fn socket_path(docroot: &Path, name: &str) -> Result<PathBuf, RouteError> {
 /// A socket is the target. A directory picks, among the `offered`
 /// subprotocols in order, the first `p` for which `<docroot>/<name>/<p>` is a
 /// socket. Every candidate's real path must lie inside the real docroot.
-/// This blocks on the file system.
+/// It makes a few short system calls per candidate (see the module docs).
 pub fn resolve(docroot: &Path, name: &str, offered: &[String]) -> Result<Target, RouteError> {
     let path = socket_path(docroot, name)?;
     let real_docroot = std::fs::canonicalize(docroot).map_err(|_| RouteError::NotFound)?;
