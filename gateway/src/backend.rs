@@ -17,6 +17,15 @@ use tokio_util::codec::Framed;
 
 use crate::refusal::Refusal;
 
+/// Most response headers a backend's ACCEPT may add to the `101`.
+pub(crate) const MAX_ACCEPT_HEADERS: usize = 32;
+
+/// Longest name plus value of one header an ACCEPT adds.
+pub(crate) const MAX_ACCEPT_HEADER_SIZE: usize = 4096;
+
+/// Longest REJECT reason passed to the client; a longer one is cut.
+pub(crate) const MAX_REJECT_REASON: usize = 512;
+
 /// How a backend broke the link protocol before accepting a client (`502`).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BackendFailure {
@@ -32,6 +41,12 @@ pub(crate) enum BackendFailure {
     /// ACCEPT chose a subprotocol the client did not offer.
     #[error("it chose subprotocol {0:?}, which the client did not offer")]
     UnofferedProtocol(String),
+    /// ACCEPT asked for more response headers than the gateway passes on.
+    #[error("ACCEPT adds {0} headers, more than {MAX_ACCEPT_HEADERS}")]
+    TooManyHeaders(usize),
+    /// ACCEPT asked for a response header longer than the gateway passes on.
+    #[error("ACCEPT adds a header of {0} bytes, more than {MAX_ACCEPT_HEADER_SIZE}")]
+    HeaderTooLong(usize),
     /// REJECT carried a status outside 400–599.
     #[error("REJECT status {0} is not between 400 and 599")]
     RejectStatus(u16),
@@ -77,6 +92,18 @@ pub(crate) async fn open_framed(
                 {
                     return Err(failed(BackendFailure::UnofferedProtocol(protocol.clone())));
                 }
+                if reply.headers.len() > MAX_ACCEPT_HEADERS {
+                    return Err(failed(BackendFailure::TooManyHeaders(reply.headers.len())));
+                }
+                if let Some(longest) = reply
+                    .headers
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len())
+                    .max()
+                    .filter(|len| *len > MAX_ACCEPT_HEADER_SIZE)
+                {
+                    return Err(failed(BackendFailure::HeaderTooLong(longest)));
+                }
                 Ok((link, reply))
             }
             Some(Ok(Record::Reject(payload))) => {
@@ -87,7 +114,7 @@ pub(crate) async fn open_framed(
                         Err(Refusal::BackendRejected {
                             name: name.clone(),
                             status,
-                            reason: reply.reason,
+                            reason: truncate(reply.reason, MAX_REJECT_REASON),
                         })
                     }
                     _ => Err(failed(BackendFailure::RejectStatus(reply.status))),
@@ -101,6 +128,18 @@ pub(crate) async fn open_framed(
     tokio::time::timeout(accept_timeout, exchange)
         .await
         .map_err(|_| Refusal::BackendTimeout(name.clone()))?
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// Connects to a raw-mode backend (no OPEN, no ACCEPT) within `accept_timeout`.
@@ -128,4 +167,15 @@ async fn connect(socket_path: &Path, name: &str) -> Result<UnixStream, Refusal> 
                 cause,
             },
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("é".repeat(300), 511).len(), 510);
+        assert_eq!(truncate("short".to_owned(), 512), "short");
+    }
 }

@@ -32,6 +32,21 @@ pub const DEFAULT_ACCEPT_TIMEOUT: u64 = 5;
 /// Default seconds that graceful shutdown (and each close handshake) may take.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 5;
 
+/// Default seconds a client has to send a complete request head.
+pub const DEFAULT_HEADER_TIMEOUT: u64 = 10;
+/// Default largest request line or header line, in bytes (nginx's
+/// `large_client_header_buffers` buffer size).
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 8 * 1024;
+/// Default largest request head (request line and every header), in bytes
+/// (nginx's four large header buffers of 8 KiB).
+pub const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 32 * 1024;
+/// Default largest number of connections from one IP address that have not
+/// upgraded (plain HTTP, or a handshake in progress).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+
+/// hyper reads a request head into a buffer of at least this many bytes.
+const MIN_REQUEST_HEADER_SIZE: usize = 8192;
+
 /// The largest `--max-message-size`: a link record length is 32 bits.
 const MAX_MESSAGE_SIZE_LIMIT: usize = u32::MAX as usize;
 
@@ -129,6 +144,34 @@ pub struct Args {
     /// also bounds each close handshake. [default: 5]
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
+
+    /// Seconds a client has to send a complete request head once it connected
+    /// (or after its previous response); then the connection is closed.
+    /// [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub header_timeout: Option<u64>,
+
+    /// Largest request line or header line, in bytes; a request with a longer
+    /// one gets 431. [default: 8192]
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_size: Option<usize>,
+
+    /// Largest request head (request line and all headers), in bytes, at
+    /// least 8192; a longer head gets 431. [default: 32768]
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_header_size: Option<usize>,
+
+    /// Largest number of connections from one IP address that have not
+    /// upgraded to WebSocket (plain HTTP, handshakes in progress); more are
+    /// closed at once. Upgraded clients do not count. 0: no limit. [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Host name this gateway serves (repeatable; the Host header without its
+    /// port, compared case-insensitively). Any other Host gets 421, which stops
+    /// DNS rebinding. Recommended in production. [default: any host]
+    #[arg(long, value_name = "NAME")]
+    pub allowed_host: Vec<String>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -150,6 +193,11 @@ struct FileConfig {
     idle_timeout: Option<u64>,
     accept_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
+    header_timeout: Option<u64>,
+    max_header_size: Option<usize>,
+    max_request_header_size: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    allowed_host: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -212,6 +260,18 @@ pub enum ConfigError {
         /// The configured value.
         value: u64,
     },
+    /// `--htdocs` is missing or not a directory.
+    #[error("htdocs {} is not a directory", path.display())]
+    Htdocs {
+        /// The configured directory.
+        path: PathBuf,
+        /// Why it cannot be used.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An `allowed_host` is empty or holds characters a host name cannot.
+    #[error("invalid allowed host {0:?}: expected a host name or IP address without port")]
+    AllowedHost(String),
     /// `idle_timeout` would cut off clients that only answer pings.
     #[error("idle-timeout ({idle}s) must be longer than ping-interval ({ping}s), or one of them 0")]
     IdleBeforePing {
@@ -249,6 +309,16 @@ pub struct Config {
     pub(crate) accept_timeout: Duration,
     /// Time graceful shutdown, and each close handshake, may take.
     pub(crate) shutdown_timeout: Duration,
+    /// Time a client has to send a complete request head.
+    pub(crate) header_timeout: Duration,
+    /// Largest request line or header line.
+    pub(crate) max_header_size: usize,
+    /// Largest request head.
+    pub(crate) max_request_header_size: usize,
+    /// Connections from one IP address before they upgrade; `None`: no limit.
+    pub(crate) max_connections_per_ip: Option<usize>,
+    /// Host names served (lower case); empty: any.
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -351,6 +421,50 @@ impl Config {
             check_range(setting, value, 0, u64::from(u32::MAX))?;
         }
 
+        let header_timeout = args
+            .header_timeout
+            .or(file.header_timeout)
+            .unwrap_or(DEFAULT_HEADER_TIMEOUT);
+        check_range("header-timeout", header_timeout, 1, u64::from(u32::MAX))?;
+        let max_request_header_size = args
+            .max_request_header_size
+            .or(file.max_request_header_size)
+            .unwrap_or(DEFAULT_MAX_REQUEST_HEADER_SIZE);
+        check_range(
+            "max-request-header-size",
+            max_request_header_size as u64,
+            MIN_REQUEST_HEADER_SIZE as u64,
+            MAX_MESSAGE_SIZE_LIMIT as u64,
+        )?;
+        let max_header_size = args
+            .max_header_size
+            .or(file.max_header_size)
+            .unwrap_or(DEFAULT_MAX_HEADER_SIZE);
+        check_range(
+            "max-header-size",
+            max_header_size as u64,
+            1,
+            max_request_header_size as u64,
+        )?;
+        let max_connections_per_ip = args
+            .max_connections_per_ip
+            .or(file.max_connections_per_ip)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP);
+        let allowed_hosts = list(args.allowed_host, file.allowed_host, &[])
+            .into_iter()
+            .map(|host| {
+                let valid = !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || b"-.:[]_".contains(&byte));
+                if valid {
+                    Ok(host.to_ascii_lowercase())
+                } else {
+                    Err(ConfigError::AllowedHost(host))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         let seconds = |secs: u64| (secs != 0).then(|| Duration::from_secs(secs));
         Ok(Config {
             listen,
@@ -368,7 +482,32 @@ impl Config {
             idle_timeout: seconds(idle),
             accept_timeout: Duration::from_secs(accept),
             shutdown_timeout: Duration::from_secs(shutdown),
+            header_timeout: Duration::from_secs(header_timeout),
+            max_header_size,
+            max_request_header_size,
+            max_connections_per_ip: (max_connections_per_ip != 0).then_some(max_connections_per_ip),
+            allowed_hosts,
         })
+    }
+
+    /// Checks the paths that must exist before serving: `--htdocs`, when
+    /// given, must be a directory. (The docroot may appear later, when the
+    /// first backend creates it.)
+    pub fn check_paths(&self) -> Result<(), ConfigError> {
+        let Some(htdocs) = &self.htdocs else {
+            return Ok(());
+        };
+        match std::fs::metadata(htdocs) {
+            Ok(metadata) if metadata.is_dir() => Ok(()),
+            Ok(_) => Err(ConfigError::Htdocs {
+                path: htdocs.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            }),
+            Err(source) => Err(ConfigError::Htdocs {
+                path: htdocs.clone(),
+                source,
+            }),
+        }
     }
 }
 
@@ -450,6 +589,18 @@ mod tests {
             "3",
             "--shutdown-timeout",
             "10",
+            "--header-timeout",
+            "15",
+            "--max-header-size",
+            "4096",
+            "--max-request-header-size",
+            "16384",
+            "--max-connections-per-ip",
+            "32",
+            "--allowed-host",
+            "example.com",
+            "--allowed-host",
+            "localhost",
         ]))
         .expect("the flags are valid");
         assert_eq!(from_file, from_flags);

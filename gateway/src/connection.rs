@@ -1,47 +1,70 @@
 //! One TCP connection served by hyper: HTTP/1.1 requests until the client
 //! leaves, an upgrade takes the connection over, or the gateway stops.
 //!
-//! Each request is dispatched here: a WebSocket upgrade to `upgrade`, a plain
-//! GET on a backend's name to `426`, anything else to the static files.
+//! Each request is dispatched here: a Host outside `--allowed-host` gets
+//! `421` and an over-long header line `431` (hyper itself answers `431` to a
+//! head over `--max-request-header-size`); then a WebSocket upgrade goes to
+//! `upgrade`, a plain GET on a backend's name to `426`, anything else to the
+//! static files. The connection is closed early when the gateway needs its
+//! descriptor back (`http_connections`).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
+use http::header::HOST;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::handshake;
+use crate::http_connections::HttpConnection;
 use crate::refusal::Refusal;
 use crate::response::Body;
 use crate::route;
 use crate::server::Shared;
 use crate::upgrade;
 
-/// Time a client has to send a complete request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves HTTP on `tcp` until it closes; on shutdown, finishes the request in
 /// progress and closes (upgraded connections live on in their relay task).
-pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// `registered` counts the connection until it ends or upgrades; when the
+/// gateway sheds it, an idle connection is closed at once.
+pub(crate) async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    registered: HttpConnection,
+) {
     let shutdown = shared.shutdown.clone();
+    let config = &shared.config;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(config.max_request_header_size);
+    let registered = Arc::new(registered);
+    let shed = registered.shed_token().clone();
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(dispatch(request, peer, &shared).await) }
+        let in_flight = registered.request();
+        async move {
+            let response = dispatch(request, peer, &shared).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
     });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+    let connection = builder
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        () = shed.cancelled() => {
+            tracing::debug!(%peer, "idle connection closed: descriptors are short");
+            return;
+        }
         () = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
@@ -57,6 +80,10 @@ async fn dispatch(
     peer: SocketAddr,
     shared: &Arc<Shared>,
 ) -> Response<Body> {
+    if let Err(refusal) = check_head(&request, shared) {
+        refusal.log();
+        return refusal.to_response();
+    }
     if handshake::is_websocket_upgrade(request.headers()) {
         return upgrade::handle(request, peer, shared).await;
     }
@@ -68,9 +95,77 @@ async fn dispatch(
     shared.static_files.serve(request).await
 }
 
+/// The checks every request passes first: the Host is one this gateway
+/// serves, and no header line is longer than `--max-header-size`.
+fn check_head<B>(request: &Request<B>, shared: &Shared) -> Result<(), Refusal> {
+    let config = &shared.config;
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    let longest_header = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 2)
+        .max()
+        .unwrap_or(0);
+    if uri_len.max(longest_header) > config.max_header_size {
+        return Err(Refusal::HeaderTooLarge(config.max_header_size));
+    }
+    if !config.allowed_hosts.is_empty() {
+        let host = request
+            .headers()
+            .get(HOST)
+            .and_then(|value| value.to_str().ok())
+            .map(host_without_port)
+            .unwrap_or_default();
+        if !config
+            .allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(host))
+        {
+            return Err(Refusal::HostNotServed(host.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// `host[:port]` or `[v6]:port` without the port.
+fn host_without_port(host: &str) -> &str {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().map_or(host, |inner| {
+            // Keep the brackets: an allowed IPv6 host is written `[::1]`.
+            &host[..inner.len() + 2]
+        });
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|byte| byte.is_ascii_digit()))
+        .map_or(host, |(name, _)| name)
+}
+
 /// The name, if `path` names a backend's socket.
 fn backend_name(path: &str, shared: &Shared) -> Option<String> {
     let name = route::parse_name(path).ok()?;
     route::resolve(&shared.config.docroot, &name, &[]).ok()?;
     Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_is_not_part_of_the_host() {
+        for (header, host) in [
+            ("example.com", "example.com"),
+            ("example.com:8080", "example.com"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]"),
+            (" Example.COM ", "Example.COM"),
+        ] {
+            assert_eq!(host_without_port(header), host, "{header}");
+        }
+    }
 }

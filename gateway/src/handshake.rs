@@ -4,7 +4,7 @@
 //! Which backend the request reaches, and whether it may, is decided elsewhere
 //! (`route`, `access`, `backend`); this module only reads and writes headers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use data_encoding::BASE64;
 use http::header::{
@@ -16,6 +16,13 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::refusal::Refusal;
 use crate::response::{self, Body};
+
+/// Most subprotocols a client may offer; more is a bad handshake. Browsers
+/// offer what a page lists, a handful at most.
+pub(crate) const MAX_OFFERED_PROTOCOLS: usize = 32;
+
+/// Longest subprotocol name a client may offer.
+pub(crate) const MAX_PROTOCOL_LEN: usize = 128;
 
 /// Request headers copied into the OPEN record for the backend.
 const FORWARDED_HEADERS: [HeaderName; 7] = [
@@ -78,6 +85,16 @@ pub fn validate<B>(request: &Request<B>) -> Result<UpgradeRequest, Refusal> {
         Some("13") => {}
         Some(other) => return Err(Refusal::UnsupportedVersion(other.to_owned())),
         None => return Err(Refusal::UnsupportedVersion(String::new())),
+    }
+    // RFC 6455 section 4.1: the opening handshake is a GET without a body;
+    // a declared body would be read as WebSocket frames after the 101.
+    let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|value| value.as_bytes() != b"0");
+    if has_body {
+        return Err(Refusal::BadHandshake("an upgrade request has no body"));
     }
     let origin = match headers.get_all(ORIGIN).iter().count() {
         0 => None,
@@ -164,9 +181,13 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
         .any(|item| item.trim().eq_ignore_ascii_case(token))
 }
 
-/// The offered subprotocols: comma-separated tokens over all the header's lines.
+/// The offered subprotocols: comma-separated tokens over all the header's
+/// lines, in order, each once. At most [`MAX_OFFERED_PROTOCOLS`] of at most
+/// [`MAX_PROTOCOL_LEN`] bytes: the work is linear in the header and stops at
+/// the first token over a limit.
 fn offered_protocols(headers: &HeaderMap) -> Result<Vec<String>, Refusal> {
     let mut protocols: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     for value in headers.get_all(SEC_WEBSOCKET_PROTOCOL) {
         let value = value
             .to_str()
@@ -176,12 +197,18 @@ fn offered_protocols(headers: &HeaderMap) -> Result<Vec<String>, Refusal> {
             .map(str::trim)
             .filter(|item| !item.is_empty())
         {
+            if item.len() > MAX_PROTOCOL_LEN {
+                return Err(Refusal::BadHandshake("an offered subprotocol is too long"));
+            }
             if !item.bytes().all(is_token_byte) {
                 return Err(Refusal::BadHandshake(
                     "Sec-WebSocket-Protocol holds a value that is not a token",
                 ));
             }
-            if !protocols.iter().any(|known| known == item) {
+            if seen.insert(item) {
+                if protocols.len() == MAX_OFFERED_PROTOCOLS {
+                    return Err(Refusal::BadHandshake("too many subprotocols offered"));
+                }
                 protocols.push(item.to_owned());
             }
         }
@@ -258,6 +285,36 @@ mod tests {
     }
 
     #[test]
+    fn limits_allow_what_browsers_send() {
+        let parts = request(|builder| {
+            let headers = builder.headers_mut().expect("builder is fine");
+            let offered: Vec<String> = (0..MAX_OFFERED_PROTOCOLS)
+                .map(|protocol_idx| format!("p{protocol_idx}"))
+                .collect();
+            headers.insert(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_str(&offered.join(",")).expect("ascii"),
+            );
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        });
+        let upgrade = validate(&parts).expect("32 protocols and an empty body are fine");
+        assert_eq!(upgrade.protocols.len(), MAX_OFFERED_PROTOCOLS);
+    }
+
+    #[test]
+    fn a_repeated_protocol_counts_once() {
+        // 95,000 tokens once took seconds to de-duplicate; repeats of one are one.
+        let parts = request(|builder| {
+            let offered = vec!["chat"; 95_000].join(",");
+            builder.headers_mut().expect("builder is fine").insert(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_str(&offered).expect("ascii"),
+            );
+        });
+        assert_eq!(validate(&parts).expect("valid").protocols, ["chat"]);
+    }
+
+    #[test]
     fn invalid_requests_are_refused_with_their_status() {
         let cases: Vec<(&str, Request<()>, u16)> = vec![
             (
@@ -300,6 +357,48 @@ mod tests {
                         .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
                 }),
                 426,
+            ),
+            (
+                "chunked body",
+                request(|b| {
+                    b.headers_mut().expect("ok").insert(
+                        http::header::TRANSFER_ENCODING,
+                        HeaderValue::from_static("chunked"),
+                    );
+                }),
+                400,
+            ),
+            (
+                "content-length body",
+                request(|b| {
+                    b.headers_mut()
+                        .expect("ok")
+                        .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+                }),
+                400,
+            ),
+            (
+                "33 subprotocols",
+                request(|b| {
+                    let offered: Vec<String> = (0..=MAX_OFFERED_PROTOCOLS)
+                        .map(|protocol_idx| format!("p{protocol_idx}"))
+                        .collect();
+                    b.headers_mut().expect("ok").insert(
+                        SEC_WEBSOCKET_PROTOCOL,
+                        HeaderValue::from_str(&offered.join(", ")).expect("ascii"),
+                    );
+                }),
+                400,
+            ),
+            (
+                "over-long subprotocol",
+                request(|b| {
+                    b.headers_mut().expect("ok").insert(
+                        SEC_WEBSOCKET_PROTOCOL,
+                        HeaderValue::from_str(&"p".repeat(MAX_PROTOCOL_LEN + 1)).expect("ascii"),
+                    );
+                }),
+                400,
             ),
             (
                 "bad protocol token",

@@ -16,6 +16,7 @@
 //! - `handoff`: direct mode, the client's socket handed to the backend after the `101`.
 //! - `upgrade`: one upgrade request from handshake to the spawned relay.
 //! - `connection`: one TCP connection served by hyper; dispatches each request.
+//! - `http_connections`: connections not yet upgraded, per address, and which to shed first.
 //! - `static_files`: files from `--htdocs` through tower-http's `ServeDir`.
 //! - `response`: the response body type and plain-text responses.
 //! - `server`: the accept loops, the connection limit and graceful shutdown ([`serve`]).
@@ -30,6 +31,7 @@ mod config;
 mod connection;
 mod handoff;
 mod handshake;
+mod http_connections;
 mod refusal;
 mod relay;
 mod response;

@@ -41,6 +41,12 @@ pub enum Refusal {
     /// A plain GET reached a name that a backend serves.
     #[error("{0:?} is a WebSocket endpoint: upgrade required")]
     UpgradeRequired(String),
+    /// A request line or header line is longer than `--max-header-size`.
+    #[error("a request header is longer than {0} bytes")]
+    HeaderTooLarge(usize),
+    /// The Host header names a host outside `--allowed-host`.
+    #[error("host {0:?} is not served here")]
+    HostNotServed(String),
     /// The gateway is at `--max-connections`.
     #[error("too many WebSocket clients (limit {0})")]
     ConnectionLimit(usize),
@@ -86,6 +92,8 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadHandshake(_) => StatusCode::BAD_REQUEST,
+            Refusal::HeaderTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::HostNotServed(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::UnsupportedVersion(_) | Refusal::UpgradeRequired(_) => {
                 StatusCode::UPGRADE_REQUIRED
             }

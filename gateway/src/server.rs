@@ -20,8 +20,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection;
+use crate::http_connections::HttpConnections;
 use crate::relay::RelaySettings;
 use crate::static_files::StaticFiles;
+
+/// Idle connections closed at once when accepting runs out of descriptors.
+const SHED_BATCH: usize = 64;
 
 /// Extra time, beyond the shutdown timeout, for relays to finish closing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -38,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     pub(crate) static_files: StaticFiles,
+    /// Connections that have not upgraded: per-address limit and shedding.
+    pub(crate) http_connections: Arc<HttpConnections>,
 }
 
 /// Serves HTTP and WebSocket on `listeners` until `shutdown` is cancelled,
@@ -60,6 +66,7 @@ pub async fn serve(
         tracker: TaskTracker::new(),
         shutdown: shutdown.clone(),
         static_files: StaticFiles::new(config.htdocs.as_deref()),
+        http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
         config,
     });
     for listener in listeners {
@@ -91,16 +98,31 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match accepted {
             Ok((tcp, peer)) => {
                 backoff.reset();
+                let Some(registered) = shared.http_connections.register(peer.ip()) else {
+                    // Dropping the stream closes it: this address holds its share.
+                    tracing::info!(%peer, "too many connections from this address; closed");
+                    continue;
+                };
                 // WebSocket messages are small and interactive: no Nagle delay.
                 let _ = tcp.set_nodelay(true);
                 let shared_for_connection = Arc::clone(&shared);
-                shared
-                    .tracker
-                    .spawn(connection::serve(tcp, peer, shared_for_connection));
+                shared.tracker.spawn(connection::serve(
+                    tcp,
+                    peer,
+                    shared_for_connection,
+                    registered,
+                ));
             }
             Err(error) => {
                 // EMFILE, ENFILE, ENOBUFS...: the connection waits in the backlog.
-                tracing::warn!(%error, "accept failed");
+                // Out of descriptors, idle connections that have not upgraded
+                // make room, so upgraded clients and new ones still get in.
+                let n_shed = if lifecycle::is_transient_accept_error(&error) {
+                    shared.http_connections.shed_idle(SHED_BATCH)
+                } else {
+                    0
+                };
+                tracing::warn!(%error, n_shed, "accept failed");
                 backoff.wait().await;
             }
         }

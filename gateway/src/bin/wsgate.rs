@@ -8,7 +8,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = gateway::Args::parse();
     lifecycle::init_tracing();
-    let config = match gateway::Config::from_args(args) {
+    let config = match gateway::Config::from_args(args).and_then(|config| {
+        config.check_paths()?;
+        Ok(config)
+    }) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("wsgate: {}", error_chain(&error));

@@ -152,10 +152,18 @@ pub(crate) enum RawSplitError {
 /// Until the backend has sent a NUL, every read is one message. Once it has,
 /// the backend is taken to end its messages with NUL, and bytes are held
 /// until their NUL (up to the maximum message size).
+///
+/// Each byte is searched for NUL once: a search resumes where the previous
+/// one stopped, so a long message costs time linear in its length.
 struct RawSplitter {
     nul_terminated: bool,
     pending: BytesMut,
+    /// Bytes at the start of `pending` known to hold no NUL.
+    searched: usize,
     max_message_size: usize,
+    /// Bytes examined for NUL so far, to check that the work stays linear.
+    #[cfg(test)]
+    n_examined: usize,
 }
 
 impl RawSplitter {
@@ -163,7 +171,10 @@ impl RawSplitter {
         RawSplitter {
             nul_terminated: false,
             pending: BytesMut::new(),
+            searched: 0,
             max_message_size,
+            #[cfg(test)]
+            n_examined: 0,
         }
     }
 
@@ -175,14 +186,26 @@ impl RawSplitter {
             self.pending.extend_from_slice(&chunk);
         }
         let mut messages = Vec::new();
-        while let Some(nul_idx) = self.pending.iter().position(|byte| *byte == 0) {
+        loop {
+            let unsearched = &self.pending[self.searched..];
+            let found = memchr::memchr(0, unsearched);
+            #[cfg(test)]
+            {
+                self.n_examined += found.map_or(unsearched.len(), |idx| idx + 1);
+            }
+            let Some(offset) = found else {
+                self.searched = self.pending.len();
+                break;
+            };
             self.nul_terminated = true;
-            let message = self.pending.split_to(nul_idx).freeze();
+            let message = self.pending.split_to(self.searched + offset).freeze();
             self.pending.advance(1);
+            self.searched = 0;
             messages.push(message);
         }
         if !self.nul_terminated && !self.pending.is_empty() {
             messages.push(self.pending.split().freeze());
+            self.searched = 0;
         }
         if self.pending.len() > self.max_message_size {
             return Err(RawSplitError::TooLong {
@@ -219,6 +242,22 @@ mod tests {
         assert!(push(&mut splitter, b"rd").is_empty());
         assert_eq!(push(&mut splitter, b"\0"), [Bytes::from_static(b"third")]);
         assert_eq!(push(&mut splitter, b"\0"), [Bytes::new()]);
+    }
+
+    #[test]
+    fn each_byte_is_searched_once() {
+        let mut splitter = RawSplitter::new(16 * 1024 * 1024);
+        push(&mut splitter, b"\0");
+        let chunk = vec![b'x'; 4096];
+        for _ in 0..256 {
+            assert!(push(&mut splitter, &chunk).is_empty());
+        }
+        assert_eq!(
+            push(&mut splitter, b"\0"),
+            [Bytes::from(vec![b'x'; 256 * 4096])]
+        );
+        // One byte for the first NUL, 1 MiB once, one for the last NUL.
+        assert_eq!(splitter.n_examined, 1 + 256 * 4096 + 1);
     }
 
     #[test]
