@@ -161,6 +161,7 @@ both_modes!(
     framing_errors_have_the_standard_codes,
     batches_answer_in_order_and_notifications_get_no_reply,
     a_panicking_method_fails_that_call_only,
+    a_client_leaving_mid_batch_cancels_the_rest_of_it,
     authrpc_methods_and_their_errors,
     sessions_have_their_own_login_state,
     injection_attempts_are_refused_or_harmless,
@@ -280,6 +281,63 @@ async fn a_panicking_method_fails_that_call_only(mode: Mode) -> anyhow::Result<(
         json!("the config")
     );
     backend.check_running()?;
+    Ok(())
+}
+
+/// `testrpc`'s plugin-wide `stats`: `(holding, ticks, closed)`.
+async fn stats(rpc: &mut Rpc) -> anyhow::Result<(u64, u64, u64)> {
+    let stats = rpc.call("stats", json!({})).await?;
+    let field = |name: &str| {
+        stats[name]
+            .as_u64()
+            .with_context(|| format!("stats.{name}: {stats}"))
+    };
+    Ok((field("holding")?, field("ticks")?, field("closed")?))
+}
+
+async fn a_client_leaving_mid_batch_cancels_the_rest_of_it(mode: Mode) -> anyhow::Result<()> {
+    let testrpc = plugin_path("testrpc")?;
+    let (_docroot, backend, gateway) = start(mode, "rpc", &["-L", path_str(&testrpc)?]).await?;
+    let mut leaving = Rpc::connect(&gateway, "/rpc").await?;
+    let mut watcher = Rpc::connect(&gateway, "/rpc").await?;
+    let mut batch = vec![json!({"jsonrpc": "2.0", "id": 0, "method": "hold"})];
+    batch.extend((1..50).map(|id| json!({"jsonrpc": "2.0", "id": id, "method": "tick"})));
+    leaving
+        .client
+        .send(Message::text(Value::from(batch).to_string()))
+        .await?;
+    let deadline = wsgate_tests::EVENT_DEADLINE;
+    let start_holding = std::time::Instant::now();
+    while stats(&mut watcher).await?.0 == 0 {
+        ensure!(
+            start_holding.elapsed() < deadline,
+            "the batch's first call never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The client vanishes while the first call of its batch runs.
+    drop(leaving.client.into_tcp());
+    wsgate_tests::wait::until("the server to notice the client left", deadline, || {
+        let noticed = backend
+            .stderr_text()
+            .contains("its remaining requests are cancelled");
+        async move { Ok(noticed.then_some(())) }
+    })
+    .await?;
+    watcher.call("gate", json!({"open": true})).await?;
+    let start_closing = std::time::Instant::now();
+    let (_, ticks, _) = loop {
+        let stats = stats(&mut watcher).await?;
+        if stats.2 == 1 {
+            break stats;
+        }
+        ensure!(
+            start_closing.elapsed() < deadline,
+            "the left client's plugin session was never closed: {stats:?}"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(ticks, 0, "requests of a departed client's batch ran");
     Ok(())
 }
 

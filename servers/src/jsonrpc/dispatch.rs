@@ -26,7 +26,13 @@ use tracing::{debug, warn};
 use super::plugins::PluginSet;
 
 /// Most requests in one batch; a larger batch is answered with one `-32600`.
-pub const MAX_BATCH: usize = 1000;
+///
+/// A batch runs one request after another on the session's one plugin
+/// session, so this bounds the work one message can queue: 100 password
+/// checks of `authrpc` are a few seconds of one core. The client may cancel a
+/// batch by leaving (`super::run_session`); a client that needs more requests
+/// sends more messages.
+pub const MAX_BATCH: usize = 100;
 
 /// The id jsonrpsee sees; the client's own id is restored in [`finish_response`].
 const INNER_ID: &str = "0";

@@ -267,3 +267,26 @@ async fn sessions_are_separate() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_are_bounded_at_100_requests() {
+    let dispatcher = dispatcher();
+    let batch = |n_requests: usize| {
+        let requests: Vec<Value> = (0..n_requests)
+            .map(|id| json!({"jsonrpc": "2.0", "id": id, "method": "count"}))
+            .collect();
+        Value::from(requests).to_string()
+    };
+    check_error(&dispatcher, &batch(101), json!(null), -32600).await;
+    let reply = dispatcher
+        .handle_text(&batch(100))
+        .await
+        .expect("a batch reply");
+    let reply: Value = serde_json::from_str(&reply).expect("JSON");
+    assert_eq!(reply.as_array().map(Vec::len), Some(100), "{reply}");
+    assert_eq!(
+        reply[99],
+        json!({"jsonrpc": "2.0", "result": 100, "id": 99}),
+        "the refused batch ran nothing"
+    );
+}
