@@ -268,6 +268,14 @@ async fn a_panicking_method_fails_that_call_only(mode: Mode) -> anyhow::Result<(
     let mut first = Rpc::connect(&gateway, "/rpc").await?;
     let mut second = Rpc::connect(&gateway, "/rpc").await?;
     assert_eq!(first.call("count", json!(null)).await?, json!(1));
+    let client = first.call("client", json!(null)).await?;
+    assert_eq!(client["path"], "/rpc", "{client}");
+    ensure!(
+        client["peer"]
+            .as_str()
+            .is_some_and(|peer| peer.starts_with("127.0.0.1:")),
+        "session_open got no client address: {client}"
+    );
     let response = first.response("panic", json!(null)).await?;
     assert_eq!(response["error"]["code"], -32603, "{response}");
     assert!(
@@ -726,7 +734,15 @@ async fn a_plugin_written_in_c_answers_through_the_header(mode: Mode) -> anyhow:
     let response = first.response("fail", json!(null)).await?;
     assert_eq!(
         response["error"],
-        json!({"code": 1001, "message": "failure from C"})
+        json!({"code": 9001, "message": "failure from C"})
+    );
+    let client = first.call("client", json!(null)).await?;
+    assert_eq!(client["path"], "/hello", "{client}");
+    ensure!(
+        client["peer"]
+            .as_str()
+            .is_some_and(|peer| peer.starts_with("127.0.0.1:")),
+        "session_open got no client address: {client}"
     );
     assert_eq!(first.error_code("malformed", json!(null)).await?, -32603);
     assert_eq!(first.error_code("broken", json!(null)).await?, -32603);

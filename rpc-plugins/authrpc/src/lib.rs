@@ -114,7 +114,7 @@ impl Plugin for AuthRpc {
         AuthRpc::open(config, root_password)
     }
 
-    fn open_session(&self) -> Result<Session, String> {
+    fn open_session(&self, _client: &rpc_abi::ClientInfo) -> Result<Session, String> {
         let connection = store::open(&self.db_path)
             .map_err(|error| format!("cannot open {}: {error}", self.db_path.display()))?;
         Ok(Session {

@@ -24,7 +24,9 @@ fn code(result: Result<Value, RpcError>) -> i32 {
 }
 
 fn root_session(plugin: &AuthRpc) -> Session {
-    let mut session = plugin.open_session().expect("opens");
+    let mut session = plugin
+        .open_session(&rpc_abi::ClientInfo::default())
+        .expect("opens");
     call(
         plugin,
         &mut session,
@@ -39,7 +41,9 @@ fn root_session(plugin: &AuthRpc) -> Session {
 fn root_logs_in_with_the_operators_password_only() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let plugin = plugin(&dir);
-    let mut session = plugin.open_session().expect("opens");
+    let mut session = plugin
+        .open_session(&rpc_abi::ClientInfo::default())
+        .expect("opens");
     assert_eq!(
         call(&plugin, &mut session, "whoami", Value::Null),
         Ok(Value::Null)
@@ -81,7 +85,9 @@ fn root_logs_in_with_the_operators_password_only() {
         Some("another".to_owned()),
     )
     .expect("reopens");
-    let mut session = plugin.open_session().expect("opens");
+    let mut session = plugin
+        .open_session(&rpc_abi::ClientInfo::default())
+        .expect("opens");
     call(
         &plugin,
         &mut session,
@@ -117,7 +123,9 @@ fn root_adds_and_removes_users_and_others_may_not() {
         USER_EXISTS
     );
 
-    let mut alice = plugin.open_session().expect("opens");
+    let mut alice = plugin
+        .open_session(&rpc_abi::ClientInfo::default())
+        .expect("opens");
     assert_eq!(
         code(call(
             &plugin,
@@ -179,7 +187,9 @@ fn passwords_change_with_the_old_one_or_as_root() {
         json!({"user": "bob", "passwd": "b1", "group": "staff", "home": "/srv/bob"}),
     )
     .expect("adds");
-    let mut bob = plugin.open_session().expect("opens");
+    let mut bob = plugin
+        .open_session(&rpc_abi::ClientInfo::default())
+        .expect("opens");
     call(
         &plugin,
         &mut bob,
@@ -233,7 +243,9 @@ fn passwords_change_with_the_old_one_or_as_root() {
     );
     call(&plugin, &mut root, "passwd", change(None, "b3", "b3"))
         .expect("root needs no old password");
-    let mut again = plugin.open_session().expect("opens");
+    let mut again = plugin
+        .open_session(&rpc_abi::ClientInfo::default())
+        .expect("opens");
     assert_eq!(
         code(call(
             &plugin,
@@ -280,7 +292,9 @@ fn hostile_names_are_refused_or_harmless() {
             INVALID_PARAMS_CODE,
             "{name:?}"
         );
-        let mut session = plugin.open_session().expect("opens");
+        let mut session = plugin
+            .open_session(&rpc_abi::ClientInfo::default())
+            .expect("opens");
         assert_eq!(
             code(call(
                 &plugin,

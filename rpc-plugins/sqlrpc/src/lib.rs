@@ -159,7 +159,7 @@ impl Plugin for SqlRpc {
         Ok(plugin)
     }
 
-    fn open_session(&self) -> Result<Connection, String> {
+    fn open_session(&self, _client: &rpc_abi::ClientInfo) -> Result<Connection, String> {
         self.connect()
     }
 

@@ -15,7 +15,9 @@ fn setup(options: &str) -> (tempfile::TempDir, SqlRpc, Connection) {
         .expect("fills");
     let config = format!("{}{options}", path.display());
     let plugin = SqlRpc::init(Some(&config)).expect("init");
-    let session = plugin.open_session().expect("opens");
+    let session = plugin
+        .open_session(&rpc_abi::ClientInfo::default())
+        .expect("opens");
     (dir, plugin, session)
 }
 

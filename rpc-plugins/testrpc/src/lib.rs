@@ -1,7 +1,7 @@
 //! `testrpc`: a plugin for the tests of `websocket_jsonrpc`, not for production.
 //!
 //! Methods: `echo` (returns its params), `count` (calls of `count` in this
-//! session: per-session state), `config` (the `-C` string or null), `panic`
+//! session: per-session state), `client` (the session's `ClientInfo`), `config` (the `-C` string or null), `panic`
 //! (panics: the host must answer `-32603` and keep going), `fail {code,
 //! message?}` (returns that error object, reserved codes included, so the
 //! host's code mapping can be tested).
@@ -16,7 +16,7 @@ use std::ffi::CStr;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rpc_abi::{Plugin, RpcError, parse_params};
+use rpc_abi::{ClientInfo, Plugin, RpcError, parse_params};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -39,10 +39,10 @@ struct Gate {
     n_closed: u64,
 }
 
-/// Per-session state: the number of `count` calls.
-#[derive(Default)]
+/// Per-session state: the number of `count` calls and who the client is.
 struct Session {
     n_counts: u64,
+    client: ClientInfo,
 }
 
 #[derive(Deserialize)]
@@ -62,7 +62,8 @@ impl Plugin for TestRpc {
     type Session = Session;
     const NAME: &'static CStr = c"testrpc";
     const METHODS: &'static [&'static CStr] = &[
-        c"echo", c"count", c"config", c"panic", c"fail", c"hold", c"gate", c"tick", c"stats",
+        c"echo", c"count", c"client", c"config", c"panic", c"fail", c"hold", c"gate", c"tick",
+        c"stats",
     ];
 
     fn init(config: Option<&str>) -> Result<TestRpc, String> {
@@ -76,8 +77,11 @@ impl Plugin for TestRpc {
         })
     }
 
-    fn open_session(&self) -> Result<Session, String> {
-        Ok(Session::default())
+    fn open_session(&self, client: &ClientInfo) -> Result<Session, String> {
+        Ok(Session {
+            n_counts: 0,
+            client: client.clone(),
+        })
     }
 
     fn close_session(&self, _session: Session) {
@@ -118,6 +122,7 @@ impl Plugin for TestRpc {
                 Ok(json!(session.n_counts))
             }
             "config" => Ok(json!(self.config)),
+            "client" => Ok(json!(session.client)),
             "panic" => panic!("testrpc: panicking as asked"),
             "fail" => {
                 let params: FailParams = parse_params(params)?;

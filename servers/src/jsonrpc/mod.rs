@@ -17,6 +17,7 @@ pub mod plugins;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
+use rpc_abi::ClientInfo;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -27,7 +28,8 @@ pub use dispatch::Dispatcher;
 pub use lookup::{DEFAULT_PLUGIN_DIR, SearchPath};
 pub use plugins::{PluginSet, PluginSpec, SetupError, pair_configs};
 
-/// Serves one client: opens its plugin sessions, answers each text (or UTF-8
+/// Serves one client: opens its plugin sessions (telling them the client's
+/// address, path and query from the OPEN metadata), answers each text (or UTF-8
 /// binary) message in order, and closes the plugin sessions when the client
 /// is gone. A plugin that cannot open a session closes the client with 1011.
 pub async fn run_session(
@@ -35,7 +37,13 @@ pub async fn run_session(
     shutdown: CancellationToken,
     plugin_set: Arc<PluginSet>,
 ) {
-    let dispatcher = match dispatch::open_dispatcher(plugin_set).await {
+    let meta = session.meta();
+    let client = ClientInfo {
+        peer: meta.peer.clone(),
+        path: meta.path.clone(),
+        query: meta.query.clone(),
+    };
+    let dispatcher = match dispatch::open_dispatcher(plugin_set, client).await {
         Ok(dispatcher) => dispatcher,
         Err(error) => {
             warn!(%error, "cannot open plugin sessions");

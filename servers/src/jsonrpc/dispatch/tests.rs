@@ -20,7 +20,7 @@ impl Plugin for Probe {
         Ok(Probe)
     }
 
-    fn open_session(&self) -> Result<u64, String> {
+    fn open_session(&self, _client: &rpc_abi::ClientInfo) -> Result<u64, String> {
         Ok(0)
     }
 
@@ -47,7 +47,7 @@ fn dispatcher() -> Dispatcher {
     let library = PluginLibrary::in_process::<Probe>().expect("valid table");
     let plugin = Arc::new(library.init(None).expect("init"));
     let plugin_set = PluginSet::from_plugins(vec![plugin]);
-    Dispatcher::open(&plugin_set).expect("opens")
+    Dispatcher::open(&plugin_set, &rpc_abi::ClientInfo::default()).expect("opens")
 }
 
 async fn check(dispatcher: &Dispatcher, request: &str, expected: Option<Value>) {
