@@ -148,7 +148,7 @@ fn exec_runs_one_statement_when_enabled() {
     assert_eq!(result, json!({"changes": 3}));
     assert_eq!(
         code(plugin.call(&mut session, "exec", json!({"query": "SELEC 1"}))),
-        1
+        QUERY_FAILED
     );
     assert_eq!(
         code(plugin.call(
@@ -156,7 +156,7 @@ fn exec_runs_one_statement_when_enabled() {
             "exec",
             json!({"query": "SELECT 1; DROP TABLE people"})
         )),
-        1
+        QUERY_FAILED
     );
     assert_eq!(
         plugin
