@@ -57,7 +57,10 @@ pub async fn run_session(
         }
     };
     // A message that arrived while a call was running, answered next. Only one
-    // is held: the session is not read further until it has been answered.
+    // is held: the session is not read further until it has been answered, so
+    // a client that pipelined a message and then left has the message being
+    // answered run to its end (at most MAX_BATCH calls); the held one is not
+    // started, because answering it watches the client again.
     let mut pending: Option<Message> = None;
     loop {
         let message = match pending.take() {
