@@ -140,8 +140,10 @@ async fn answer(
     let handling = dispatcher.handle_text(text);
     tokio::pin!(handling);
     loop {
+        // The client is looked at before the answer is polled, so a close that
+        // is already there stops even the first request of the message.
         tokio::select! {
-            reply = &mut handling => return Answer::Reply(reply),
+            biased;
             _ = shutdown.cancelled() => return Answer::Shutdown,
             next = session.next(), if pending.is_none() => match next {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
@@ -153,6 +155,7 @@ async fn answer(
                     return Answer::ClientGone;
                 }
             },
+            reply = &mut handling => return Answer::Reply(reply),
         }
     }
 }
