@@ -1,7 +1,10 @@
 //! `authrpc`: users and groups in SQLite, for `websocket_jsonrpc -L authrpc.so -C users.db`.
 //!
-//! Configuration (`-C`): the path of the database file, created with its
-//! schema on first use. The first time, a `root` group, a `users` group and a
+//! Configuration (`-C`): `PATH[?OPTION&OPTION...]`, the path of the database
+//! file, created with its schema on first use, and optionally the failure
+//! budget: `user_failures=N` (free failures per user name, default 5),
+//! `address_failures=N` (per client address, default 20), `lock_s=N` (the
+//! first lock, default 1) and `max_lock_s=N` (the longest, default 300). The first time, a `root` group, a `users` group and a
 //! `root` user are created; root's password is `WSGATE_ROOT_PASSWORD` from the
 //! environment if set and non-empty, otherwise a random one printed once on
 //! stderr. There is no fixed, well-known password.
@@ -47,7 +50,7 @@ mod throttle;
 use std::ffi::CStr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rpc_abi::{ClientInfo, Plugin, RpcError, parse_params};
 use rusqlite::Connection;
@@ -142,8 +145,7 @@ impl Plugin for AuthRpc {
         let root_password = std::env::var(ROOT_PASSWORD_VAR)
             .ok()
             .filter(|password| !password.is_empty());
-        let throttle = Throttle::new(Policy::USER, Policy::ADDRESS, throttle::MAX_KEYS);
-        AuthRpc::open(config, root_password, throttle, Arc::new(Instant::now))
+        AuthRpc::open(config, root_password, Arc::new(Instant::now))
     }
 
     fn open_session(&self, client: &ClientInfo) -> Result<Session, String> {
@@ -190,23 +192,17 @@ impl Plugin for AuthRpc {
 rpc_abi::export_plugin!(AuthRpc);
 
 impl AuthRpc {
-    /// Opens and, on first use, initialises the database named by `config`;
-    /// root's first password is `root_password` or a random one printed on stderr.
-    /// `throttle` and `clock` are the failure budgets and the time they read.
+    /// Opens and, on first use, initialises the database named by `config`
+    /// (with the budget options it gives); root's first password is
+    /// `root_password` or a random one printed on stderr. The failure budgets
+    /// read the time from `clock`.
     fn open(
         config: Option<&str>,
         root_password: Option<String>,
-        throttle: Throttle,
         clock: Clock,
     ) -> Result<AuthRpc, String> {
-        let db_path = match config {
-            Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => {
-                return Err(
-                    "-C must give the path of the user database (created if missing)".to_owned(),
-                );
-            }
-        };
+        let (db_path, user_policy, address_policy) = parse_config(config.unwrap_or_default())?;
+        let throttle = Throttle::new(user_policy, address_policy, throttle::MAX_KEYS);
         let mut connection = store::open(&db_path)
             .map_err(|error| format!("cannot open {}: {error}", db_path.display()))?;
         let hasher = Hasher::per_core();
@@ -242,6 +238,41 @@ impl AuthRpc {
             clock,
         })
     }
+}
+
+/// Splits `PATH?opt&opt` into the database path and the two budget policies.
+fn parse_config(config: &str) -> Result<(PathBuf, Policy, Policy), String> {
+    let (path, options) = config.rsplit_once('?').unwrap_or((config, ""));
+    if path.is_empty() {
+        return Err(
+            "-C must give the path of the user database (created if missing): \
+             PATH[?user_failures=N][&address_failures=N][&lock_s=N][&max_lock_s=N]"
+                .to_owned(),
+        );
+    }
+    let (mut user, mut address) = (Policy::USER, Policy::ADDRESS);
+    for option in options.split('&').filter(|option| !option.is_empty()) {
+        let (name, value) = option.split_once('=').unwrap_or((option, ""));
+        let number: u32 = value
+            .parse()
+            .map_err(|_| format!("option {option:?}: the value must be a whole number"))?;
+        let seconds = Duration::from_secs(u64::from(number));
+        match name {
+            "user_failures" => user.free_failures = number,
+            "address_failures" => address.free_failures = number,
+            "lock_s" => (user.first_lock, address.first_lock) = (seconds, seconds),
+            "max_lock_s" => (user.max_lock, address.max_lock) = (seconds, seconds),
+            _ => {
+                return Err(format!(
+                    "unknown option {option:?}: authrpc knows user_failures, address_failures, lock_s and max_lock_s"
+                ));
+            }
+        }
+    }
+    for policy in [&mut user, &mut address] {
+        policy.max_lock = policy.max_lock.max(policy.first_lock);
+    }
+    Ok((PathBuf::from(path), user, address))
 }
 
 /// A database failure: logged here, a bare `-32603` for the client.

@@ -1,7 +1,6 @@
 //! The methods called through the `Plugin` trait on a temporary database.
 
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use super::*;
 
@@ -29,14 +28,7 @@ impl TestClock {
 fn open_with_clock(dir: &tempfile::TempDir, clock: &TestClock) -> AuthRpc {
     let path = dir.path().join("users.db");
     let path = path.to_str().expect("temporary paths are UTF-8");
-    let throttle = Throttle::new(Policy::USER, Policy::ADDRESS, throttle::MAX_KEYS);
-    AuthRpc::open(
-        Some(path),
-        Some(ROOT_PASSWORD.to_owned()),
-        throttle,
-        clock.clock(),
-    )
-    .expect("opens")
+    AuthRpc::open(Some(path), Some(ROOT_PASSWORD.to_owned()), clock.clock()).expect("opens")
 }
 
 fn plugin(dir: &tempfile::TempDir) -> AuthRpc {
@@ -121,7 +113,6 @@ fn root_logs_in_with_the_operators_password_only() {
     let plugin = AuthRpc::open(
         Some(dir.path().join("users.db").to_str().expect("UTF-8")),
         Some("another".to_owned()),
-        Throttle::new(Policy::USER, Policy::ADDRESS, throttle::MAX_KEYS),
         Arc::new(Instant::now),
     )
     .expect("reopens");
@@ -566,7 +557,6 @@ fn a_database_of_the_first_schema_is_migrated_and_ids_are_not_reused() {
     let plugin = AuthRpc::open(
         Some(path.to_str().expect("UTF-8")),
         None,
-        Throttle::new(Policy::USER, Policy::ADDRESS, throttle::MAX_KEYS),
         Arc::new(Instant::now),
     )
     .expect("opens and migrates");
@@ -595,4 +585,45 @@ fn a_database_of_the_first_schema_is_migrated_and_ids_are_not_reused() {
     )
     .expect("adds");
     assert_eq!(id_of(&root, "old"), 3);
+}
+
+#[test]
+fn the_budget_is_configured_after_the_path() {
+    let check = |config: &str, expected: Result<(&str, Policy, Policy), &str>| {
+        let parsed = parse_config(config);
+        match expected {
+            Ok((path, user, address)) => {
+                assert_eq!(
+                    parsed,
+                    Ok((PathBuf::from(path), user, address)),
+                    "{config:?}"
+                );
+            }
+            Err(needle) => {
+                let error = parsed.expect_err(config);
+                assert!(error.contains(needle), "{config:?}: {error}");
+            }
+        }
+    };
+    check("users.db", Ok(("users.db", Policy::USER, Policy::ADDRESS)));
+    let user = Policy {
+        free_failures: 2,
+        first_lock: Duration::from_secs(600),
+        max_lock: Duration::from_secs(600),
+        ..Policy::USER
+    };
+    let address = Policy {
+        free_failures: 7,
+        first_lock: Duration::from_secs(600),
+        max_lock: Duration::from_secs(600),
+        ..Policy::ADDRESS
+    };
+    check(
+        "/a?b/users.db?user_failures=2&address_failures=7&lock_s=600",
+        Ok(("/a?b/users.db", user, address)),
+    );
+    check("", Err("-C must give the path"));
+    check("?lock_s=1", Err("-C must give the path"));
+    check("users.db?lock_s=-1", Err("whole number"));
+    check("users.db?write=1", Err("unknown option"));
 }
