@@ -354,7 +354,7 @@ impl AuthRpc {
     /// Checks `password` for the user `name` under the failure budget: the
     /// user if it matches, [`AUTH_FAILED`] if not (an unknown or impossible
     /// name costs the same check), [`TOO_MANY_ATTEMPTS`] without a check.
-    fn check_password(
+    fn verify_login(
         &self,
         session: &Session,
         name: &str,
@@ -383,7 +383,7 @@ impl AuthRpc {
 
     fn auth(&self, session: &mut Session, params: AuthParams) -> Result<Value, RpcError> {
         session.account = None;
-        let user = self.check_password(session, &params.user, &params.passwd)?;
+        let user = self.verify_login(session, &params.user, &params.passwd)?;
         session.account = Some(user.account);
         Ok(json!(user.info))
     }
@@ -415,7 +415,7 @@ impl AuthRpc {
             ));
         }
         match &params.old {
-            Some(old) => match self.check_password(session, &params.user, old) {
+            Some(old) => match self.verify_login(session, &params.user, old) {
                 Ok(_) => {}
                 Err(error) if error.code == AUTH_FAILED => {
                     return Err(RpcError::new(AUTH_FAILED, "the old password is wrong"));
