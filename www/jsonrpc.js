@@ -1,25 +1,39 @@
 // A JSON-RPC 2.0 client over one WebSocket to ws(s)://<this host>/<name>,
 // shared by webauth.html and websql.html. Plain script, no build step.
+//
+// Like webchat.html, it reconnects by itself when the connection closes: after
+// 0.5 s, then twice as long each time up to 10 s, and back to 0.5 s once a
+// connection opens. A new connection is a new server session (logged out).
 "use strict";
 
+const FIRST_RETRY_DELAY_MS = 500;
+const MAX_RETRY_DELAY_MS = 10000;
+
 class JsonRpcClient {
-  // events: { open(), close(event), error(), unexpected(text) }, all optional.
+  // events: { open(), close(event, retryDelayMs), error(), unexpected(text) }, all optional.
   constructor(name, events) {
     this.url = (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + "/" + name;
     this.events = events || {};
     this.socket = null;
     this.nextId = 1;
     this.pending = new Map();
+    this.retryDelay = FIRST_RETRY_DELAY_MS;
   }
 
   connect() {
     const events = this.events;
     this.socket = new WebSocket(this.url);
-    this.socket.onopen = () => events.open && events.open();
+    this.socket.onopen = () => {
+      this.retryDelay = FIRST_RETRY_DELAY_MS;
+      if (events.open) events.open();
+    };
     this.socket.onclose = (event) => {
       for (const { reject } of this.pending.values()) reject(new Error("connection closed"));
       this.pending.clear();
-      if (events.close) events.close(event);
+      const delay = this.retryDelay;
+      if (events.close) events.close(event, delay);
+      setTimeout(() => this.connect(), delay);
+      this.retryDelay = Math.min(delay * 2, MAX_RETRY_DELAY_MS);
     };
     this.socket.onerror = () => events.error && events.error();
     this.socket.onmessage = (event) => {
@@ -54,6 +68,11 @@ class JsonRpcClient {
 
   static describeError(error) {
     if (error instanceof Error) return error.message;
-    return error.message + " (code " + error.code + ")";
+    let text = error.message + " (code " + error.code + ")";
+    const data = error.data;
+    if (data && typeof data.retry_after_ms === "number") {
+      text += "; try again in " + Math.ceil(data.retry_after_ms / 1000) + " s";
+    }
+    return text;
   }
 }

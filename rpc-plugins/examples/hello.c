@@ -8,7 +8,8 @@
  * Methods:
  *   hello      -> {"greeting": "hello from C", "calls": <calls of this method
  *                  in this session>, "config": <the -C string or null>}
- *   fail       -> the error {"code": 1001, "message": "failure from C"}
+ *   client     -> the JSON object session_open was given for this client
+ *   fail       -> the error {"code": 9001, "message": "failure from C"}
  *   malformed  -> a result that is not JSON (the client gets -32603)
  *   broken     -> WSGATE_RPC_FAILED (the client gets -32603)
  *
@@ -31,6 +32,7 @@ struct hello_plugin {
 
 struct hello_session {
     unsigned long calls; /* only touched by this session's calls, which never overlap */
+    char *client;        /* the client JSON of session_open, copied: it is valid only then */
 };
 
 /* Writes text as a JSON string literal into a new malloc'd buffer. */
@@ -82,11 +84,17 @@ static int32_t hello_init(const char *config, void **plugin, char **error)
     return WSGATE_RPC_OK;
 }
 
-static int32_t hello_session_open(void *plugin, void **session, char **error)
+static int32_t hello_session_open(void *plugin, const char *client, void **session, char **error)
 {
     (void)plugin;
     struct hello_session *state = calloc(1, sizeof(*state));
     if (state == NULL) {
+        *error = copy("out of memory");
+        return WSGATE_RPC_FAILED;
+    }
+    state->client = copy(client);
+    if (state->client == NULL) {
+        free(state);
         *error = copy("out of memory");
         return WSGATE_RPC_FAILED;
     }
@@ -97,7 +105,9 @@ static int32_t hello_session_open(void *plugin, void **session, char **error)
 static void hello_session_close(void *plugin, void *session)
 {
     (void)plugin;
-    free(session);
+    struct hello_session *state = session;
+    free(state->client);
+    free(state);
 }
 
 static int32_t hello_call(void *plugin, void *session, const char *method, const char *params,
@@ -117,8 +127,12 @@ static int32_t hello_call(void *plugin, void *session, const char *method, const
         snprintf(*out, size, format, client->calls, state->config_json);
         return WSGATE_RPC_OK;
     }
+    if (strcmp(method, "client") == 0) {
+        *out = copy(client->client);
+        return *out != NULL ? WSGATE_RPC_OK : WSGATE_RPC_FAILED;
+    }
     if (strcmp(method, "fail") == 0) {
-        *out = copy("{\"code\":1001,\"message\":\"failure from C\"}");
+        *out = copy("{\"code\":9001,\"message\":\"failure from C\"}");
         return WSGATE_RPC_ERROR;
     }
     if (strcmp(method, "malformed") == 0) {
@@ -141,7 +155,7 @@ static void hello_release(void *plugin)
     free(state);
 }
 
-static const char *const hello_methods[] = {"hello", "fail", "malformed", "broken", NULL};
+static const char *const hello_methods[] = {"hello", "client", "fail", "malformed", "broken", NULL};
 
 static const wsgate_rpc_plugin_t hello_table = {
     .abi_version = HELLO_ABI_VERSION,

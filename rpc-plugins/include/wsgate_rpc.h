@@ -1,5 +1,5 @@
 /*
- * wsgate_rpc.h: the C ABI of websocket_jsonrpc plugins, version 1.
+ * wsgate_rpc.h: the C ABI of websocket_jsonrpc plugins, version 2.
  *
  * A plugin is a shared library that exports one function, wsgate_rpc_plugin(),
  * returning a pointer to a static wsgate_rpc_plugin_t. websocket_jsonrpc loads
@@ -20,8 +20,9 @@
 extern "C" {
 #endif
 
-/* The ABI version this header describes. */
-#define WSGATE_RPC_ABI_VERSION 1u
+/* The ABI version this header describes. Version 2 added the client argument
+ * of session_open. */
+#define WSGATE_RPC_ABI_VERSION 2u
 
 /* The name of the one exported symbol. */
 #define WSGATE_RPC_ENTRY_SYMBOL "wsgate_rpc_plugin"
@@ -51,11 +52,15 @@ typedef struct wsgate_rpc_plugin {
      * the server then exits with that message. */
     int32_t (*init)(const char *config, void **plugin, char **error);
 
-    /* A WebSocket client connected. Store the session state (any pointer, NULL
-     * included) in *session and return WSGATE_RPC_OK, or return
-     * WSGATE_RPC_FAILED with an optional *error message: that client's
+    /* A WebSocket client connected. client is a JSON object describing it,
+     * valid only during the call: {"peer": "ip:port" (the client's address as
+     * the gateway saw it; "[v6]:port" for IPv6), "path": the request path,
+     * "query": the query string without '?'}; a field may be "" when unknown,
+     * and later versions of the host may add fields. Store the session state
+     * (any pointer, NULL included) in *session and return WSGATE_RPC_OK, or
+     * return WSGATE_RPC_FAILED with an optional *error message: that client's
      * WebSocket is then closed with 1011. */
-    int32_t (*session_open)(void *plugin, void **session, char **error);
+    int32_t (*session_open)(void *plugin, const char *client, void **session, char **error);
 
     /* The client is gone: called exactly once for each opened session, after
      * its last call has returned. */

@@ -161,8 +161,11 @@ both_modes!(
     framing_errors_have_the_standard_codes,
     batches_answer_in_order_and_notifications_get_no_reply,
     a_panicking_method_fails_that_call_only,
+    a_client_leaving_mid_batch_cancels_the_rest_of_it,
     authrpc_methods_and_their_errors,
     sessions_have_their_own_login_state,
+    a_session_loses_its_rights_with_its_account,
+    password_guesses_are_locked_out,
     injection_attempts_are_refused_or_harmless,
     sqlrpc_lists_views_and_pages_through_a_table,
     a_plugin_written_in_c_answers_through_the_header,
@@ -267,6 +270,14 @@ async fn a_panicking_method_fails_that_call_only(mode: Mode) -> anyhow::Result<(
     let mut first = Rpc::connect(&gateway, "/rpc").await?;
     let mut second = Rpc::connect(&gateway, "/rpc").await?;
     assert_eq!(first.call("count", json!(null)).await?, json!(1));
+    let client = first.call("client", json!(null)).await?;
+    assert_eq!(client["path"], "/rpc", "{client}");
+    ensure!(
+        client["peer"]
+            .as_str()
+            .is_some_and(|peer| peer.starts_with("127.0.0.1:")),
+        "session_open got no client address: {client}"
+    );
     let response = first.response("panic", json!(null)).await?;
     assert_eq!(response["error"]["code"], -32603, "{response}");
     assert!(
@@ -283,6 +294,63 @@ async fn a_panicking_method_fails_that_call_only(mode: Mode) -> anyhow::Result<(
     Ok(())
 }
 
+/// `testrpc`'s plugin-wide `stats`: `(holding, ticks, closed)`.
+async fn stats(rpc: &mut Rpc) -> anyhow::Result<(u64, u64, u64)> {
+    let stats = rpc.call("stats", json!({})).await?;
+    let field = |name: &str| {
+        stats[name]
+            .as_u64()
+            .with_context(|| format!("stats.{name}: {stats}"))
+    };
+    Ok((field("holding")?, field("ticks")?, field("closed")?))
+}
+
+async fn a_client_leaving_mid_batch_cancels_the_rest_of_it(mode: Mode) -> anyhow::Result<()> {
+    let testrpc = plugin_path("testrpc")?;
+    let (_docroot, backend, gateway) = start(mode, "rpc", &["-L", path_str(&testrpc)?]).await?;
+    let mut leaving = Rpc::connect(&gateway, "/rpc").await?;
+    let mut watcher = Rpc::connect(&gateway, "/rpc").await?;
+    let mut batch = vec![json!({"jsonrpc": "2.0", "id": 0, "method": "hold"})];
+    batch.extend((1..50).map(|id| json!({"jsonrpc": "2.0", "id": id, "method": "tick"})));
+    leaving
+        .client
+        .send(Message::text(Value::from(batch).to_string()))
+        .await?;
+    let deadline = harness::EVENT_DEADLINE;
+    let start_holding = std::time::Instant::now();
+    while stats(&mut watcher).await?.0 == 0 {
+        ensure!(
+            start_holding.elapsed() < deadline,
+            "the batch's first call never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The client vanishes while the first call of its batch runs.
+    drop(leaving.client.into_tcp());
+    harness::wait::until("the server to notice the client left", deadline, || {
+        let noticed = backend
+            .stderr_text()
+            .contains("its remaining requests are cancelled");
+        async move { Ok(noticed.then_some(())) }
+    })
+    .await?;
+    watcher.call("gate", json!({"open": true})).await?;
+    let start_closing = std::time::Instant::now();
+    let (_, ticks, _) = loop {
+        let stats = stats(&mut watcher).await?;
+        if stats.2 == 1 {
+            break stats;
+        }
+        ensure!(
+            start_closing.elapsed() < deadline,
+            "the left client's plugin session was never closed: {stats:?}"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(ticks, 0, "requests of a departed client's batch ran");
+    Ok(())
+}
+
 async fn authrpc_methods_and_their_errors(mode: Mode) -> anyhow::Result<()> {
     let authrpc = plugin_path("authrpc")?;
     let dir = tempfile::tempdir()?;
@@ -295,12 +363,12 @@ async fn authrpc_methods_and_their_errors(mode: Mode) -> anyhow::Result<()> {
     assert_eq!(
         root.error_code("adduser", json!({"user": "a", "passwd": "b"}))
             .await?,
-        1
+        1001
     );
     assert_eq!(
         root.error_code("auth", json!({"user": "root", "passwd": "wrong"}))
             .await?,
-        3
+        1003
     );
     assert_eq!(
         root.error_code("auth", json!({"user": "root"})).await?,
@@ -319,7 +387,7 @@ async fn authrpc_methods_and_their_errors(mode: Mode) -> anyhow::Result<()> {
         root.call("adduser", alice.clone()).await?,
         json!({"user": "alice", "group": "users", "home": "/srv/alice"})
     );
-    assert_eq!(root.error_code("adduser", alice).await?, 5);
+    assert_eq!(root.error_code("adduser", alice).await?, 1005);
     assert_eq!(
         root.error_code("adduser", json!({"user": "bad name", "passwd": "x"}))
             .await?,
@@ -333,39 +401,45 @@ async fn authrpc_methods_and_their_errors(mode: Mode) -> anyhow::Result<()> {
     assert_eq!(
         user.error_code("adduser", json!({"user": "bob", "passwd": "b"}))
             .await?,
-        2
+        1002
     );
-    assert_eq!(user.error_code("rmuser", json!({"user": "root"})).await?, 2);
+    assert_eq!(
+        user.error_code("rmuser", json!({"user": "root"})).await?,
+        1002
+    );
     let change = json!({"user": "alice", "old": "alice-1", "new": "alice-2", "confirm": "alice-3"});
-    assert_eq!(user.error_code("passwd", change).await?, 6);
+    assert_eq!(user.error_code("passwd", change).await?, 1006);
     let change = json!({"user": "alice", "old": "nope", "new": "alice-2", "confirm": "alice-2"});
-    assert_eq!(user.error_code("passwd", change).await?, 3);
+    assert_eq!(user.error_code("passwd", change).await?, 1003);
     let change = json!({"user": "alice", "old": "alice-1", "new": "alice-2", "confirm": "alice-2"});
     assert_eq!(user.call("passwd", change).await?, json!({"user": "alice"}));
     let change = json!({"user": "root", "new": "x", "confirm": "x"});
-    assert_eq!(user.error_code("passwd", change).await?, 2);
+    assert_eq!(user.error_code("passwd", change).await?, 1002);
     // Root may reset a password without the old one.
     let reset = json!({"user": "alice", "new": "alice-3", "confirm": "alice-3"});
     root.call("passwd", reset).await?;
     assert_eq!(
         user.error_code("auth", json!({"user": "alice", "passwd": "alice-2"}))
             .await?,
-        3
+        1003
     );
     user.call("auth", json!({"user": "alice", "passwd": "alice-3"}))
         .await?;
-    assert_eq!(root.error_code("rmuser", json!({"user": "root"})).await?, 2);
+    assert_eq!(
+        root.error_code("rmuser", json!({"user": "root"})).await?,
+        1002
+    );
     assert_eq!(
         root.call("rmuser", json!({"user": "alice"})).await?,
         json!({"user": "alice"})
     );
     assert_eq!(
         root.error_code("rmuser", json!({"user": "alice"})).await?,
-        4
+        1004
     );
     assert_eq!(user.call("whoami", json!({})).await?, json!(null));
     root.call("logout", json!({})).await?;
-    assert_eq!(root.error_code("rmuser", json!({"user": "x"})).await?, 1);
+    assert_eq!(root.error_code("rmuser", json!({"user": "x"})).await?, 1001);
     Ok(())
 }
 
@@ -392,9 +466,95 @@ async fn sessions_have_their_own_login_state(mode: Mode) -> anyhow::Result<()> {
     });
     for (whoami, denied) in futures_util::future::try_join_all(calls).await? {
         assert_eq!(whoami, json!(null));
-        assert_eq!(denied, 1);
+        assert_eq!(denied, 1001);
     }
     assert_eq!(first.call("whoami", json!(null)).await?["user"], "root");
+    Ok(())
+}
+
+async fn a_session_loses_its_rights_with_its_account(mode: Mode) -> anyhow::Result<()> {
+    plugin_path("authrpc")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("users.db");
+    let (_docroot, _backend, gateway) =
+        start(mode, "auth", &["-L", "authrpc", "-C", path_str(&db)?]).await?;
+    let mut root = Rpc::connect(&gateway, "/auth").await?;
+    root.call("auth", json!({"user": "root", "passwd": ROOT_PASSWORD}))
+        .await?;
+    root.call("adduser", json!({"user": "bob", "passwd": "bob-1"}))
+        .await?;
+    let mut bob = Rpc::connect(&gateway, "/auth").await?;
+    bob.call("auth", json!({"user": "bob", "passwd": "bob-1"}))
+        .await?;
+    // Root removes bob and creates another bob, in group root.
+    root.call("rmuser", json!({"user": "bob"})).await?;
+    root.call(
+        "adduser",
+        json!({"user": "bob", "passwd": "bob-2", "group": "root"}),
+    )
+    .await?;
+    assert_eq!(
+        bob.error_code("adduser", json!({"user": "mallory", "passwd": "m"}))
+            .await?,
+        1001
+    );
+    assert_eq!(bob.call("whoami", json!({})).await?, json!(null));
+    // A password change logs out the user's other sessions.
+    let mut bob_again = Rpc::connect(&gateway, "/auth").await?;
+    bob_again
+        .call("auth", json!({"user": "bob", "passwd": "bob-2"}))
+        .await?;
+    root.call(
+        "passwd",
+        json!({"user": "bob", "new": "bob-3", "confirm": "bob-3"}),
+    )
+    .await?;
+    assert_eq!(
+        bob_again
+            .error_code("rmuser", json!({"user": "root"}))
+            .await?,
+        1001
+    );
+    Ok(())
+}
+
+async fn password_guesses_are_locked_out(mode: Mode) -> anyhow::Result<()> {
+    plugin_path("authrpc")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("users.db");
+    // The default budget (5 free failures), with a first lock of an hour
+    // instead of a second, so the outcome does not depend on how fast this
+    // machine hashes.
+    let config = format!("{}?lock_s=3600", path_str(&db)?);
+    let (_docroot, _backend, gateway) =
+        start(mode, "auth", &["-L", "authrpc", "-C", &config]).await?;
+    let mut guesser = Rpc::connect(&gateway, "/auth").await?;
+    // One batch of 99 wrong guesses and then the right password, as an attacker sends them.
+    let mut batch: Vec<Value> = (0..99)
+        .map(|id| {
+            json!({"jsonrpc": "2.0", "id": id, "method": "auth",
+                   "params": {"user": "root", "passwd": format!("guess {id}")}})
+        })
+        .collect();
+    batch.push(json!({"jsonrpc": "2.0", "id": 99, "method": "auth",
+                      "params": {"user": "root", "passwd": ROOT_PASSWORD}}));
+    let reply = guesser.raw(&Value::from(batch).to_string()).await?;
+    let replies = reply.as_array().context("a batch reply")?;
+    let codes: Vec<i64> = replies
+        .iter()
+        .map(|reply| reply["error"]["code"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(codes.len(), 100, "{reply}");
+    // 5 free failures and the one that sets the first lock; the rest are
+    // refused unchecked, the right password included.
+    assert_eq!(codes[..6], [1003; 6], "{reply}");
+    assert!(codes[6..].iter().all(|code| *code == 1007), "{reply}");
+    let retry_after = replies[99]["error"]["data"]["retry_after_ms"].as_u64();
+    assert!(
+        retry_after.is_some_and(|ms| ms > 0 && ms <= 3_600_000),
+        "{}",
+        replies[99]
+    );
     Ok(())
 }
 
@@ -462,11 +622,13 @@ async fn injection_attempts_are_refused_or_harmless(mode: Mode) -> anyhow::Resul
         )
         .await?;
     }
+    // A first lock of an hour, so root's guesses below lock it for the whole test.
+    let users_config = format!("{}?lock_s=3600", path_str(&users)?);
     let args = [
         "-L",
         "authrpc.so",
         "-C",
-        path_str(&users)?,
+        &users_config,
         "-L",
         "sqlrpc.so",
         "-C",
@@ -474,6 +636,11 @@ async fn injection_attempts_are_refused_or_harmless(mode: Mode) -> anyhow::Resul
     ];
     let (_docroot, _backend, gateway) = start(mode, "rpc", &args).await?;
     let mut rpc = Rpc::connect(&gateway, "/rpc").await?;
+    // Root logs in before the guesses below lock its name out for a while.
+    let mut admin = Rpc::connect(&gateway, "/rpc").await?;
+    admin
+        .call("auth", json!({"user": "root", "passwd": ROOT_PASSWORD}))
+        .await?;
     let attacks = [
         "' OR '1'='1",
         "root' --",
@@ -483,17 +650,19 @@ async fn injection_attempts_are_refused_or_harmless(mode: Mode) -> anyhow::Resul
         "notes\" UNION SELECT name, passwd FROM users --",
         "\u{0}root",
     ];
-    for attack in attacks {
+    for (attack_idx, attack) in attacks.into_iter().enumerate() {
         assert_eq!(
             rpc.error_code("auth", json!({"user": attack, "passwd": ROOT_PASSWORD}))
                 .await?,
-            3,
+            1003,
             "{attack:?}"
         );
+        // Root's sixth failure locks its name: the seventh is 1007.
+        let expected = if attack_idx < 6 { 1003 } else { 1007 };
         assert_eq!(
             rpc.error_code("auth", json!({"user": "root", "passwd": attack}))
                 .await?,
-            3,
+            expected,
             "{attack:?}"
         );
         assert_eq!(
@@ -520,29 +689,27 @@ async fn injection_attempts_are_refused_or_harmless(mode: Mode) -> anyhow::Resul
             .await?;
         assert_eq!(row["row"][1], attack, "{row}");
     }
-    rpc.call("auth", json!({"user": "root", "passwd": ROOT_PASSWORD}))
-        .await?;
     for attack in attacks {
         let params = json!({"user": attack, "passwd": "p"});
         assert_eq!(
-            rpc.error_code("adduser", params).await?,
+            admin.error_code("adduser", params).await?,
             -32602,
             "{attack:?}"
         );
         let params = json!({"user": "newbie", "passwd": "p", "group": attack});
         assert_eq!(
-            rpc.error_code("adduser", params).await?,
+            admin.error_code("adduser", params).await?,
             -32602,
             "{attack:?}"
         );
         assert_eq!(
-            rpc.error_code("rmuser", json!({"user": attack})).await?,
+            admin.error_code("rmuser", json!({"user": attack})).await?,
             -32602,
             "{attack:?}"
         );
         let params = json!({"user": attack, "new": "p", "confirm": "p"});
         assert_eq!(
-            rpc.error_code("passwd", params).await?,
+            admin.error_code("passwd", params).await?,
             -32602,
             "{attack:?}"
         );
@@ -555,7 +722,7 @@ async fn injection_attempts_are_refused_or_harmless(mode: Mode) -> anyhow::Resul
     assert_eq!(
         rpc.error_code("exec", json!({"query": "DROP TABLE notes"}))
             .await?,
-        2
+        2002
     );
     Ok(())
 }
@@ -593,7 +760,7 @@ async fn sqlrpc_lists_views_and_pages_through_a_table(mode: Mode) -> anyhow::Res
     assert_eq!(
         sql.error_code("get", json!({"table": "n", "rowid": 999}))
             .await?,
-        4
+        2004
     );
     let result = sql
         .call(
@@ -605,7 +772,7 @@ async fn sqlrpc_lists_views_and_pages_through_a_table(mode: Mode) -> anyhow::Res
     assert_eq!(
         sql.error_code("exec", json!({"query": "SELECT * FROM missing"}))
             .await?,
-        1
+        2001
     );
     drop(sql);
     drop(gateway);
@@ -616,12 +783,12 @@ async fn sqlrpc_lists_views_and_pages_through_a_table(mode: Mode) -> anyhow::Res
     assert_eq!(
         sql.error_code("insert", json!({"table": "n", "values": {"v": 1}}))
             .await?,
-        2
+        2002
     );
     assert_eq!(
         sql.error_code("exec", json!({"query": "DELETE FROM n"}))
             .await?,
-        2
+        2002
     );
     assert_eq!(
         sql.call("view", json!({"table": "n", "limit": 1})).await?["total"],
@@ -668,7 +835,15 @@ async fn a_plugin_written_in_c_answers_through_the_header(mode: Mode) -> anyhow:
     let response = first.response("fail", json!(null)).await?;
     assert_eq!(
         response["error"],
-        json!({"code": 1001, "message": "failure from C"})
+        json!({"code": 9001, "message": "failure from C"})
+    );
+    let client = first.call("client", json!(null)).await?;
+    assert_eq!(client["path"], "/hello", "{client}");
+    ensure!(
+        client["peer"]
+            .as_str()
+            .is_some_and(|peer| peer.starts_with("127.0.0.1:")),
+        "session_open got no client address: {client}"
     );
     assert_eq!(first.error_code("malformed", json!(null)).await?, -32603);
     assert_eq!(first.error_code("broken", json!(null)).await?, -32603);

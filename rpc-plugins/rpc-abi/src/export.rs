@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use crate::client::ClientInfo;
 use crate::error::RpcError;
 use crate::ffi::{ABI_VERSION, PluginTable, STATUS_ERROR, STATUS_FAILED, STATUS_OK};
 use crate::plugin::Plugin;
@@ -37,7 +38,7 @@ use crate::plugin::Plugin;
 ///     fn init(_config: Option<&str>) -> Result<Hello, String> {
 ///         Ok(Hello)
 ///     }
-///     fn open_session(&self) -> Result<u64, String> {
+///     fn open_session(&self, _client: &rpc_abi::ClientInfo) -> Result<u64, String> {
 ///         Ok(0)
 ///     }
 ///     fn call(&self, calls: &mut u64, _method: &str, _params: Value) -> Result<Value, RpcError> {
@@ -217,13 +218,24 @@ unsafe extern "C" fn init<P: Plugin>(
 
 unsafe extern "C" fn session_open<P: Plugin>(
     plugin: *mut c_void,
+    client: *const c_char,
     session: *mut *mut c_void,
     error: *mut *mut c_char,
 ) -> i32 {
     // SAFETY: `plugin` is the pointer our `init` produced from a `Box<P>`; the
     // host keeps it alive until `release` and only reads it through `&P`.
     let plugin = unsafe { &*plugin.cast_const().cast::<P>() };
-    let message = match catch_unwind(AssertUnwindSafe(|| plugin.open_session())) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the ABI passes a NUL-terminated string valid during session_open.
+        let client = match unsafe { read_str(client) } {
+            Ok(Some(text)) => serde_json::from_str::<ClientInfo>(text)
+                .map_err(|error| format!("client: {error}"))?,
+            Ok(None) => ClientInfo::default(),
+            Err(why) => return Err(format!("client: {why}")),
+        };
+        plugin.open_session(&client)
+    }));
+    let message = match outcome {
         Ok(Ok(state)) => {
             if session.is_null() {
                 return STATUS_FAILED;

@@ -9,7 +9,9 @@ use std::ffi::{c_char, c_void};
 
 /// The ABI version this crate speaks. A host refuses a table whose
 /// [`PluginTable::abi_version`] differs, before it reads any other field.
-pub const ABI_VERSION: u32 = 1;
+///
+/// Version 2 added the `client` argument of [`SessionOpenFn`].
+pub const ABI_VERSION: u32 = 2;
 
 /// The one symbol a plugin library exports: `const wsgate_rpc_plugin_t *wsgate_rpc_plugin(void)`.
 pub const ENTRY_SYMBOL: &str = "wsgate_rpc_plugin";
@@ -31,9 +33,11 @@ pub type InitFn = unsafe extern "C" fn(
     error: *mut *mut c_char,
 ) -> i32;
 
-/// `session_open(plugin, &session, &error)`: called when a client connects.
+/// `session_open(plugin, client, &session, &error)`: called when a client
+/// connects; `client` is a JSON object (see [`crate::ClientInfo`]).
 pub type SessionOpenFn = unsafe extern "C" fn(
     plugin: *mut c_void,
+    client: *const c_char,
     session: *mut *mut c_void,
     error: *mut *mut c_char,
 ) -> i32;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use crate::client::ClientInfo;
 use crate::error::RpcError;
 use crate::export::TableStorage;
 use crate::ffi::{
@@ -430,14 +431,26 @@ impl LoadedPlugin {
         self.library.methods()
     }
 
-    /// Opens the session of a new client. Blocks as long as the plugin does.
-    pub fn open_session(self: &Arc<LoadedPlugin>) -> Result<PluginSession, SessionOpenError> {
+    /// Opens the session of a new `client`. Blocks as long as the plugin does.
+    pub fn open_session(
+        self: &Arc<LoadedPlugin>,
+        client: &ClientInfo,
+    ) -> Result<PluginSession, SessionOpenError> {
+        let client = serde_json::to_string(client)
+            .ok()
+            .and_then(|json| CString::new(json).ok())
+            .ok_or_else(|| SessionOpenError {
+                plugin: self.name().to_owned(),
+                message: "cannot pass the client's metadata as a C string".to_owned(),
+            })?;
         let functions = self.library.functions;
         let mut session: *mut c_void = ptr::null_mut();
         let mut error: *mut c_char = ptr::null_mut();
         // SAFETY: the plugin is initialised and not released (we hold it);
-        // `session` and `error` are valid for writes.
-        let status = unsafe { (functions.session_open)(self.state.0, &mut session, &mut error) };
+        // `client` outlives the call; `session` and `error` are valid for writes.
+        let status = unsafe {
+            (functions.session_open)(self.state.0, client.as_ptr(), &mut session, &mut error)
+        };
         // SAFETY: `error` is NULL or a string from this plugin, given back once.
         let message = unsafe { take_string(functions.free_string, error) };
         if status != STATUS_OK {

@@ -7,6 +7,7 @@
 //! - [`error`]: [`RpcError`], the JSON-RPC error object a method returns, and
 //!   [`parse_params`], which turns `params` into a typed struct or `-32602`.
 //! - [`plugin`]: the [`Plugin`] trait a Rust plugin implements.
+//! - [`client`]: [`ClientInfo`], who a session is for (the client's address...).
 //! - [`export`]: the `extern "C"` trampolines behind [`export_plugin!`]; every
 //!   one catches panics, so a panicking method becomes an error reply.
 //! - [`host`]: loading a library, checking its ABI version before anything
@@ -18,12 +19,14 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod error;
 pub mod export;
 pub mod ffi;
 pub mod host;
 pub mod plugin;
 
+pub use client::ClientInfo;
 pub use error::{RpcError, parse_params};
 pub use plugin::Plugin;
 pub use serde_json;

@@ -7,6 +7,7 @@ use std::ffi::CStr;
 
 use serde_json::Value;
 
+use crate::client::ClientInfo;
 use crate::error::RpcError;
 
 /// A `websocket_jsonrpc` plugin written in Rust.
@@ -30,8 +31,9 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// the host at startup with this message.
     fn init(config: Option<&str>) -> Result<Self, String>;
 
-    /// A client connected. An error closes that client's WebSocket (1011).
-    fn open_session(&self) -> Result<Self::Session, String>;
+    /// A client connected; `client` says who (its address...). An error
+    /// closes that client's WebSocket (1011).
+    fn open_session(&self, client: &ClientInfo) -> Result<Self::Session, String>;
 
     /// The client is gone. The default drops the session.
     fn close_session(&self, session: Self::Session) {

@@ -17,8 +17,9 @@
 //!
 //! Table and column names are checked against the schema before they are
 //! quoted into SQL; values always travel as parameters. BLOBs come back as
-//! `{"blob": "<hex>"}`. Errors: `2` disabled by the configuration, `4` no
-//! such row, `-32602` unknown table or column or bad value, `-32603` database
+//! `{"blob": "<hex>"}`. Errors (sqlrpc's codes are 2001..=2999; authrpc's
+//! are 1001..=1999): `2001` the client's `exec` query failed (SQLite's message),
+//! `2002` disabled by the configuration, `2004` no such row, `-32602` unknown table or column or bad value, `-32603` database
 //! trouble (logged on stderr; only `exec` returns SQLite's message, about the
 //! client's own query).
 
@@ -37,8 +38,9 @@ const DEFAULT_LIMIT: u64 = 100;
 /// Most rows `view` or `exec` returns at once.
 const MAX_LIMIT: u64 = 1000;
 
-const DISABLED: i32 = 2;
-const NO_SUCH_ROW: i32 = 4;
+const QUERY_FAILED: i32 = 2001;
+const DISABLED: i32 = 2002;
+const NO_SUCH_ROW: i32 = 2004;
 
 /// What the operator allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,7 +161,7 @@ impl Plugin for SqlRpc {
         Ok(plugin)
     }
 
-    fn open_session(&self) -> Result<Connection, String> {
+    fn open_session(&self, _client: &rpc_abi::ClientInfo) -> Result<Connection, String> {
         self.connect()
     }
 
@@ -403,7 +405,8 @@ fn insert(connection: &Connection, params: InsertParams) -> Result<Value, RpcErr
 }
 
 fn exec(connection: &Connection, params: ExecParams) -> Result<Value, RpcError> {
-    let user_error = |error: rusqlite::Error| RpcError::new(1, format!("query failed: {error}"));
+    let user_error =
+        |error: rusqlite::Error| RpcError::new(QUERY_FAILED, format!("query failed: {error}"));
     let statement = connection.prepare(&params.query).map_err(user_error)?;
     if statement.column_count() > 0 {
         drop(statement);

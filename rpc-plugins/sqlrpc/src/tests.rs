@@ -15,7 +15,9 @@ fn setup(options: &str) -> (tempfile::TempDir, SqlRpc, Connection) {
         .expect("fills");
     let config = format!("{}{options}", path.display());
     let plugin = SqlRpc::init(Some(&config)).expect("init");
-    let session = plugin.open_session().expect("opens");
+    let session = plugin
+        .open_session(&rpc_abi::ClientInfo::default())
+        .expect("opens");
     (dir, plugin, session)
 }
 
@@ -146,7 +148,7 @@ fn exec_runs_one_statement_when_enabled() {
     assert_eq!(result, json!({"changes": 3}));
     assert_eq!(
         code(plugin.call(&mut session, "exec", json!({"query": "SELEC 1"}))),
-        1
+        QUERY_FAILED
     );
     assert_eq!(
         code(plugin.call(
@@ -154,7 +156,7 @@ fn exec_runs_one_statement_when_enabled() {
             "exec",
             json!({"query": "SELECT 1; DROP TABLE people"})
         )),
-        1
+        QUERY_FAILED
     );
     assert_eq!(
         plugin

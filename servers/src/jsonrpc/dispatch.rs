@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use jsonrpsee::RpcModule;
 use jsonrpsee::types::{ErrorCode, ErrorObjectOwned};
+use rpc_abi::ClientInfo;
 use rpc_abi::host::{CallError, PluginSession, SessionOpenError};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -26,7 +27,13 @@ use tracing::{debug, warn};
 use super::plugins::PluginSet;
 
 /// Most requests in one batch; a larger batch is answered with one `-32600`.
-pub const MAX_BATCH: usize = 1000;
+///
+/// A batch runs one request after another on the session's one plugin
+/// session, so this bounds the work one message can queue: 100 password
+/// checks of `authrpc` are a few seconds of one core. The client may cancel a
+/// batch by leaving (`super::run_session`); a client that needs more requests
+/// sends more messages.
+pub const MAX_BATCH: usize = 100;
 
 /// The id jsonrpsee sees; the client's own id is restored in [`finish_response`].
 const INNER_ID: &str = "0";
@@ -46,12 +53,15 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Opens one session in every plugin. Blocks as long as the plugins do:
-    /// call it from a blocking thread.
-    pub fn open(plugin_set: &PluginSet) -> Result<Dispatcher, SessionOpenError> {
+    /// Opens one session for `client` in every plugin. Blocks as long as the
+    /// plugins do: call it from a blocking thread.
+    pub fn open(
+        plugin_set: &PluginSet,
+        client: &ClientInfo,
+    ) -> Result<Dispatcher, SessionOpenError> {
         let mut sessions = Vec::with_capacity(plugin_set.plugins().len());
         for plugin in plugin_set.plugins() {
-            sessions.push(Mutex::new(plugin.open_session()?));
+            sessions.push(Mutex::new(plugin.open_session(client)?));
         }
         let mut module = RpcModule::new(SessionContext { sessions });
         for entry in plugin_set.methods() {
@@ -284,9 +294,12 @@ fn plugin_may_use(code: i32) -> bool {
         || code == -32603
 }
 
-/// Opens a dispatcher on the blocking pool (plugins may block in `session_open`).
-pub async fn open_dispatcher(plugin_set: Arc<PluginSet>) -> Result<Dispatcher, SessionOpenError> {
-    match tokio::task::spawn_blocking(move || Dispatcher::open(&plugin_set)).await {
+/// Opens a dispatcher for `client` on the blocking pool (plugins may block in `session_open`).
+pub async fn open_dispatcher(
+    plugin_set: Arc<PluginSet>,
+    client: ClientInfo,
+) -> Result<Dispatcher, SessionOpenError> {
+    match tokio::task::spawn_blocking(move || Dispatcher::open(&plugin_set, &client)).await {
         Ok(result) => result,
         Err(join_error) => Err(SessionOpenError {
             plugin: "(host)".to_owned(),

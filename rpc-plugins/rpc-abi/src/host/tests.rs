@@ -7,6 +7,7 @@ use std::ffi::CStr;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::client::ClientInfo;
 use crate::error::{INVALID_PARAMS, RpcError, parse_params};
 
 struct Counter {
@@ -32,7 +33,7 @@ impl Plugin for Counter {
         })
     }
 
-    fn open_session(&self) -> Result<u64, String> {
+    fn open_session(&self, _client: &ClientInfo) -> Result<u64, String> {
         Ok(0)
     }
 
@@ -63,8 +64,8 @@ fn counter(config: Option<&str>) -> Arc<LoadedPlugin> {
 #[test]
 fn sessions_keep_their_own_state() {
     let plugin = counter(None);
-    let mut first = plugin.open_session().expect("opens");
-    let mut second = plugin.open_session().expect("opens");
+    let mut first = plugin.open_session(&ClientInfo::default()).expect("opens");
+    let mut second = plugin.open_session(&ClientInfo::default()).expect("opens");
     assert_eq!(first.call("count", "null").expect("counts").get(), "1");
     assert_eq!(first.call("count", "null").expect("counts").get(), "2");
     assert_eq!(second.call("count", "{}").expect("counts").get(), "1");
@@ -72,12 +73,16 @@ fn sessions_keep_their_own_state() {
 
 #[test]
 fn config_reaches_init_and_init_errors_name_the_plugin() {
-    let mut session = counter(Some("a=b")).open_session().expect("opens");
+    let mut session = counter(Some("a=b"))
+        .open_session(&ClientInfo::default())
+        .expect("opens");
     assert_eq!(
         session.call("config", "null").expect("answers").get(),
         r#""a=b""#
     );
-    let mut session = counter(None).open_session().expect("opens");
+    let mut session = counter(None)
+        .open_session(&ClientInfo::default())
+        .expect("opens");
     assert_eq!(
         session.call("config", "null").expect("answers").get(),
         "null"
@@ -95,7 +100,7 @@ fn config_reaches_init_and_init_errors_name_the_plugin() {
 #[test]
 fn errors_and_panics_come_back_as_values() {
     let plugin = counter(None);
-    let mut session = plugin.open_session().expect("opens");
+    let mut session = plugin.open_session(&ClientInfo::default()).expect("opens");
     match session.call("fail", r#"{"code": 42}"#) {
         Err(CallError::Rpc(error)) => assert_eq!(error, RpcError::new(42, "failed as asked")),
         other => panic!("expected an RPC error, got {other:?}"),

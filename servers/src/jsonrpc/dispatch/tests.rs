@@ -20,7 +20,7 @@ impl Plugin for Probe {
         Ok(Probe)
     }
 
-    fn open_session(&self) -> Result<u64, String> {
+    fn open_session(&self, _client: &rpc_abi::ClientInfo) -> Result<u64, String> {
         Ok(0)
     }
 
@@ -47,7 +47,7 @@ fn dispatcher() -> Dispatcher {
     let library = PluginLibrary::in_process::<Probe>().expect("valid table");
     let plugin = Arc::new(library.init(None).expect("init"));
     let plugin_set = PluginSet::from_plugins(vec![plugin]);
-    Dispatcher::open(&plugin_set).expect("opens")
+    Dispatcher::open(&plugin_set, &rpc_abi::ClientInfo::default()).expect("opens")
 }
 
 async fn check(dispatcher: &Dispatcher, request: &str, expected: Option<Value>) {
@@ -266,4 +266,27 @@ async fn sessions_are_separate() {
         Some(json!({"jsonrpc": "2.0", "result": 1, "id": 1})),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_are_bounded_at_100_requests() {
+    let dispatcher = dispatcher();
+    let batch = |n_requests: usize| {
+        let requests: Vec<Value> = (0..n_requests)
+            .map(|id| json!({"jsonrpc": "2.0", "id": id, "method": "count"}))
+            .collect();
+        Value::from(requests).to_string()
+    };
+    check_error(&dispatcher, &batch(101), json!(null), -32600).await;
+    let reply = dispatcher
+        .handle_text(&batch(100))
+        .await
+        .expect("a batch reply");
+    let reply: Value = serde_json::from_str(&reply).expect("JSON");
+    assert_eq!(reply.as_array().map(Vec::len), Some(100), "{reply}");
+    assert_eq!(
+        reply[99],
+        json!({"jsonrpc": "2.0", "result": 100, "id": 99}),
+        "the refused batch ran nothing"
+    );
 }
