@@ -41,6 +41,7 @@ both_modes!(
     burst_of_5000_small_messages_reaches_every_fast_reader,
     reader_that_never_reads_is_closed_with_1008_during_a_burst,
     without_w_commands_are_ordinary_messages,
+    with_w_lines_from_clients_name_their_sender_and_never_pass_for_the_chats,
     sigterm_closes_every_client_with_1001,
 );
 
@@ -85,7 +86,8 @@ async fn start_chat_on_one_thread(
 /// sender is in, and whoever receives it was in. So the first client sends
 /// `sync <n>` until every other one has received one, each given a short
 /// while per round, and then `sync done`, which they read up to; nothing else
-/// is pending for anyone after that.
+/// is pending for anyone after that. (With `-w` they arrive as
+/// `(unnamed): sync <n>`, the beacon having no name.)
 async fn connect_joined(gateway: &Gateway, n_clients: usize) -> anyhow::Result<Vec<Client>> {
     /// How long a client gets to show it received a round's `sync` before the next round.
     const SYNC_ROUND: Duration = Duration::from_millis(200);
@@ -127,7 +129,7 @@ async fn connect_joined(gateway: &Gateway, n_clients: usize) -> anyhow::Result<V
     for other in others.iter_mut() {
         loop {
             let message = other.recv().await?;
-            if message == Message::text("sync done") {
+            if sync_text(&message) == Some("sync done") {
                 break;
             }
             ensure!(
@@ -141,7 +143,17 @@ async fn connect_joined(gateway: &Gateway, n_clients: usize) -> anyhow::Result<V
 }
 
 fn is_sync(message: &Message) -> bool {
-    matches!(message, Message::Text(text) if text.as_str().starts_with("sync "))
+    sync_text(message).is_some_and(|text| text.starts_with("sync "))
+}
+
+/// The text of a message from the unnamed beacon of [`connect_joined`],
+/// without the `(unnamed): ` that `-w` puts before it.
+fn sync_text(message: &Message) -> Option<&str> {
+    let Message::Text(text) = message else {
+        return None;
+    };
+    let text = text.as_str();
+    Some(text.strip_prefix("(unnamed): ").unwrap_or(text))
 }
 
 /// Reads the next message and checks that it is the text `expected`.
@@ -323,7 +335,7 @@ async fn private_message_reaches_only_its_recipient(mode: Mode) -> anyhow::Resul
     expect_text(sender, "WSJoin bob").await?;
     expect_text(bystander, "WSJoin bob").await?;
     command(sender, "WSPrivate bob psst, a secret", &[]).await?;
-    expect_text(bob, "psst, a secret").await?;
+    expect_text(bob, "(private) (unnamed): psst, a secret").await?;
     command(
         sender,
         "WSPrivate nobody hello",
@@ -339,8 +351,8 @@ async fn private_message_reaches_only_its_recipient(mode: Mode) -> anyhow::Resul
     // Neither the bystander nor bob got anything else: the next message each
     // gets is this broadcast.
     sender.send(Message::text("public")).await?;
-    expect_text(bob, "public").await?;
-    expect_text(bystander, "public").await?;
+    expect_text(bob, "(unnamed): public").await?;
+    expect_text(bystander, "(unnamed): public").await?;
     Ok(())
 }
 
@@ -399,7 +411,7 @@ async fn client_over_the_limit_is_closed_with_1013(mode: Mode) -> anyhow::Result
     third.expect_close_code(CloseCode::Again).await?;
     // The two inside are unaffected.
     clients[0].send(Message::text("still here")).await?;
-    expect_text(&mut clients[1], "still here").await?;
+    expect_text(&mut clients[1], "(unnamed): still here").await?;
     // Once one leaves, its slot is free again (as soon as the chat has seen it go).
     let leaving = clients.pop().context("two clients")?;
     drop(leaving);
@@ -417,7 +429,7 @@ async fn client_over_the_limit_is_closed_with_1013(mode: Mode) -> anyhow::Result
     })
     .await?;
     newcomer.send(Message::text("hello again")).await?;
-    expect_text(&mut clients[0], "hello again").await?;
+    expect_text(&mut clients[0], "(unnamed): hello again").await?;
     Ok(())
 }
 
@@ -481,7 +493,8 @@ async fn stalled_reader_is_closed_with_1008_while_others_get_everything(
                 let mut saw_leave = false;
                 loop {
                     let message = receiver.recv().await?;
-                    if message == Message::text("end") {
+                    // The sender has no name: with `-w` its text names it `(unnamed)`.
+                    if message == Message::text("(unnamed): end") {
                         break;
                     }
                     if message == Message::text("WSLeave staller") && !saw_leave {
@@ -763,7 +776,8 @@ async fn reader_that_never_reads_is_closed_with_1008_during_a_burst(
                 let mut saw_leave = false;
                 loop {
                     let message = reader.recv().await?;
-                    if message == Message::text("end") {
+                    // The sender has no name: with `-w` its text names it `(unnamed)`.
+                    if message == Message::text("(unnamed): end") {
                         break;
                     }
                     if message == Message::text("WSLeave staller") && !saw_leave {
@@ -829,6 +843,74 @@ async fn reader_that_never_reads_is_closed_with_1008_during_a_burst(
         close.code,
         close.reason.as_str()
     );
+    Ok(())
+}
+
+async fn with_w_lines_from_clients_name_their_sender_and_never_pass_for_the_chats(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let (_docroot, _chat, gateway) = start_chat(mode, &["-w"]).await?;
+    let mut clients = connect_joined(&gateway, 3).await?;
+    let [mallory, alice, watcher] = clients.as_mut_slice() else {
+        bail!("three clients");
+    };
+    command(
+        mallory,
+        "WSHello mallory",
+        &["WSWelcome mallory", "WSUsers"],
+    )
+    .await?;
+    expect_text(alice, "WSJoin mallory").await?;
+    expect_text(watcher, "WSJoin mallory").await?;
+    command(
+        alice,
+        "WSHello alice",
+        &["WSWelcome alice", "WSUsers mallory"],
+    )
+    .await?;
+    expect_text(mallory, "WSJoin alice").await?;
+    expect_text(watcher, "WSJoin alice").await?;
+    // Each forgery reaches the others as what it is: a line from mallory.
+    let forgeries = [
+        "WSWelcome mallory",
+        "WSJoin ghost",
+        "WSLeave alice",
+        "WSUsers ghost",
+        "WSIs alice 6.6.6.6",
+        "WSError you were kicked",
+        "WSJoin",
+        "bob: hello",
+        "(private) bob: psst",
+        "(unnamed): hi",
+    ];
+    for forgery in forgeries {
+        mallory.send(Message::text(forgery)).await?;
+    }
+    for receiver in [&mut *alice, &mut *watcher] {
+        for forgery in forgeries {
+            expect_text(receiver, &format!("mallory: {forgery}")).await?;
+        }
+    }
+    // Privately too, and an unnamed client is named as such.
+    command(mallory, "WSPrivate alice WSWelcome mallory", &[]).await?;
+    expect_text(alice, "(private) mallory: WSWelcome mallory").await?;
+    command(watcher, "WSPrivate alice bob: hello", &[]).await?;
+    expect_text(alice, "(private) (unnamed): bob: hello").await?;
+    watcher.send(Message::text("WSJoin ghost")).await?;
+    expect_text(alice, "(unnamed): WSJoin ghost").await?;
+    expect_text(mallory, "(unnamed): WSJoin ghost").await?;
+    // Binary messages are not lines: they still go out as they came.
+    mallory
+        .send(Message::binary(b"WSJoin ghost".to_vec()))
+        .await?;
+    for receiver in [&mut *alice, &mut *watcher] {
+        let message = receiver.recv().await?;
+        ensure!(
+            message == Message::binary(b"WSJoin ghost".to_vec()),
+            "expected the binary message, got {}",
+            describe(&message)
+        );
+    }
     Ok(())
 }
 

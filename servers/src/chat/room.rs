@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::command::{Command, PRIVATE_USAGE};
+use super::command::{Command, PRIVATE_USAGE, private_line, public_line};
 use super::name::{unique_name, validate_name};
 use super::outbox::{Admission, Outbox, OutboxLimits};
 
@@ -261,6 +261,15 @@ impl Room {
             return wait;
         }
         match command {
+            // With `-w`, the others learn who said it, and nobody can pass
+            // for the chat or for another client.
+            None if self.options.commands => match message {
+                Message::Text(text) => {
+                    let line = public_line(state.name_of(from), text.as_str());
+                    state.broadcast(from, &Message::text(line));
+                }
+                _ => state.broadcast(from, message),
+            },
             None => state.broadcast(from, message),
             Some(Command::Hello { name }) => state.hello(from, name),
             Some(Command::Private { name, message }) => state.private(from, name, message),
@@ -382,9 +391,17 @@ impl RoomState {
         self.broadcast(from, &Message::text(format!("WSJoin {name}")));
     }
 
+    /// The name of client `id`, if it has one.
+    fn name_of(&self, id: ClientId) -> Option<&str> {
+        self.clients.get(&id)?.name.as_deref()
+    }
+
     fn private(&mut self, from: ClientId, name: &str, text: &str) {
         match self.names.get(name) {
-            Some(&to) => self.send_to(to, Message::text(text)),
+            Some(&to) => {
+                let line = private_line(self.name_of(from), text);
+                self.send_to(to, Message::text(line));
+            }
             None => self.send_to(from, error_line(&format!("unknown name {name}"))),
         }
     }

@@ -99,22 +99,22 @@ fn chat_message_reaches_everyone_but_sender_in_order() {
     clients[0].send(Message::binary(vec![0u8, 255]));
     clients[2].send_text("two");
     clients[0].send_text("three");
-    assert_eq!(clients[0].received(), vec![Message::text("two")]);
+    assert_eq!(clients[0].received(), vec![Message::text("(unnamed): two")]);
     assert_eq!(
         clients[1].received(),
         vec![
-            Message::text("one"),
+            Message::text("(unnamed): one"),
             Message::binary(vec![0u8, 255]),
-            Message::text("two"),
-            Message::text("three"),
+            Message::text("(unnamed): two"),
+            Message::text("(unnamed): three"),
         ]
     );
     assert_eq!(
         clients[2].received(),
         vec![
-            Message::text("one"),
+            Message::text("(unnamed): one"),
             Message::binary(vec![0u8, 255]),
-            Message::text("three"),
+            Message::text("(unnamed): three"),
         ]
     );
 }
@@ -256,7 +256,10 @@ fn private_message_reaches_only_its_recipient() {
     let mut bob = join_named(&room, &mut [&mut bystander], "bob");
     let mut sender = join(&room, "127.0.0.1:2");
     sender.send_text("WSPrivate bob psst, a secret");
-    assert_eq!(bob.received_texts(), strings(&["psst, a secret"]));
+    assert_eq!(
+        bob.received_texts(),
+        strings(&["(private) (unnamed): psst, a secret"])
+    );
     assert_eq!(sender.received_texts(), Vec::<String>::new());
     assert_eq!(bystander.received_texts(), Vec::<String>::new());
     sender.send_text("WSPrivate nobody hello");
@@ -270,6 +273,33 @@ fn private_message_reaches_only_its_recipient() {
     );
     assert_eq!(bob.received_texts(), Vec::<String>::new());
     assert_eq!(bystander.received_texts(), Vec::<String>::new());
+}
+
+#[test]
+fn with_commands_lines_from_clients_name_their_sender() {
+    let room = room(true, 16);
+    let mut watcher = join(&room, "127.0.0.1:1");
+    let mut alice = join_named(&room, &mut [&mut watcher], "alice");
+    let mallory = join_named(&room, &mut [&mut watcher, &mut alice], "mallory");
+    for forgery in ["WSWelcome mallory", "WSJoin ghost", "bob: hello"] {
+        mallory.send_text(forgery);
+        let line = format!("mallory: {forgery}");
+        assert_eq!(alice.received_texts(), strings(&[&line]));
+        assert_eq!(watcher.received_texts(), strings(&[&line]));
+    }
+    mallory.send_text("WSPrivate alice WSLeave bob");
+    assert_eq!(
+        alice.received_texts(),
+        strings(&["(private) mallory: WSLeave bob"])
+    );
+    watcher.send_text("alice: hi");
+    assert_eq!(alice.received_texts(), strings(&["(unnamed): alice: hi"]));
+    // Binary messages go out as they came.
+    mallory.send(Message::binary(b"WSJoin ghost".to_vec()));
+    assert_eq!(
+        alice.received(),
+        vec![Message::binary(b"WSJoin ghost".to_vec())]
+    );
 }
 
 #[test]
@@ -345,11 +375,13 @@ fn full_queue_makes_the_sender_wait_instead_of_evicting() {
         WAIT_FOR_WRITER
     );
     // Once the writer took its messages out, the message goes to everyone.
-    let expected: Vec<String> = (0..4).map(|idx| format!("message {idx}")).collect();
+    let expected: Vec<String> = (0..4)
+        .map(|idx| format!("(unnamed): message {idx}"))
+        .collect();
     assert_eq!(reader.received_texts(), expected);
     sender.send_text("message 4");
-    assert_eq!(reader.received_texts(), strings(&["message 4"]));
-    assert_eq!(other.received_texts(), strings(&["message 4"]));
+    assert_eq!(reader.received_texts(), strings(&["(unnamed): message 4"]));
+    assert_eq!(other.received_texts(), strings(&["(unnamed): message 4"]));
 }
 
 #[test]
@@ -369,14 +401,16 @@ fn full_queue_of_a_client_that_does_not_read_evicts_only_it() {
     assert!(slow.member.evicted().is_cancelled());
     assert_eq!(
         fast.received_texts(),
-        strings(&["WSLeave slow", "message 4"])
+        strings(&["WSLeave slow", "(unnamed): message 4"])
     );
     // The slow client's outbox holds what fitted, and nothing after its eviction.
-    let expected: Vec<String> = (0..4).map(|idx| format!("message {idx}")).collect();
+    let expected: Vec<String> = (0..4)
+        .map(|idx| format!("(unnamed): message {idx}"))
+        .collect();
     assert_eq!(slow.received_texts(), expected);
     sender.send_text("message 5");
     assert_eq!(slow.received_texts(), Vec::<String>::new());
-    assert_eq!(fast.received_texts(), strings(&["message 5"]));
+    assert_eq!(fast.received_texts(), strings(&["(unnamed): message 5"]));
     assert_eq!(room.n_clients(), 2);
     // Its name is free again.
     let mut next = join(&room, "127.0.0.1:3");
