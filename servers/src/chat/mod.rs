@@ -1,12 +1,13 @@
 //! The library half of `websocket_chat`: a room where every message goes to
 //! every other client, with ouistiti's commands (`-w`) and presence lines.
 //!
-//! - `command`: the syntax of `WSHello`, `WSPrivate` and `WSWhois`.
+//! - `command`: the syntax of `WSHello`, `WSPrivate` and `WSWhois`, and of
+//!   the lines that relay a client's text with its sender's name (`-w`).
 //! - `name`: which names are valid, and the `bob`, `bob1`, ... rule for taken ones.
 //! - `room`: who is connected under which name, and delivering to bounded
 //!   outboxes: a sender waits for room, a client that does not read is evicted.
-//! - `outbox`: one client's queue, bounded in messages and bytes, and whether
-//!   its writer is blocked on the client's socket.
+//! - `outbox`: one client's queue, bounded in messages and bytes, and since
+//!   when its writer has been waiting for the client's socket.
 //! - [`run_session`] (here): one client's task, reading its messages into the
 //!   room and writing its outbox to its socket.
 //!

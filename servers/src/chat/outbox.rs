@@ -143,6 +143,9 @@ impl Outbox {
     /// Waits for messages and moves up to `max` of them into `batch`;
     /// `false` once the outbox is closed and empty.
     pub async fn next_batch(&self, batch: &mut VecDeque<Message>, max: usize) -> bool {
+        // The writer's socket writes run outside tokio's budget; this is where
+        // a writer that always finds messages waiting lets its task yield.
+        tokio::task::consume_budget().await;
         loop {
             {
                 let mut state = self.lock();
