@@ -1,7 +1,8 @@
 //! `websocket_chat` through the gateway, in relay and direct mode: broadcast
 //! to everyone but the sender in per-sender order, ouistiti's `-w` commands
-//! with our presence lines, names freed on disconnect, the `-m` limit, and a
-//! stalled reader dropped with 1008 while everyone else gets every message.
+//! with our presence lines, names freed on disconnect, the `-m` limit, a
+//! stalled reader dropped with 1008 while everyone else gets every message,
+//! and one client's burst reaching every fast reader without evicting any.
 //!
 //! A client's `101` does not mean it is in the room yet (direct mode hands
 //! the socket over a moment later), so [`connect_joined`] waits until every
@@ -16,10 +17,13 @@ use futures_util::StreamExt;
 use futures_util::future::try_join_all;
 use harness::client::describe;
 use harness::{
-    Backend, Client, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, Mode, both_modes,
-    wait,
+    Backend, Client, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, Mode, bin_path,
+    both_modes, wait,
 };
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 use tempfile::TempDir;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -33,7 +37,11 @@ both_modes!(
     names_are_freed_when_their_client_leaves,
     client_over_the_limit_is_closed_with_1013,
     stalled_reader_is_closed_with_1008_while_others_get_everything,
+    burst_of_300_tiny_messages_reaches_every_fast_reader,
+    burst_of_5000_small_messages_reaches_every_fast_reader,
+    reader_that_never_reads_is_closed_with_1008_during_a_burst,
     without_w_commands_are_ordinary_messages,
+    with_w_lines_from_clients_name_their_sender_and_never_pass_for_the_chats,
     sigterm_closes_every_client_with_1001,
 );
 
@@ -48,6 +56,28 @@ async fn start_chat(
     Ok((docroot, backend, gateway))
 }
 
+/// Like [`start_chat`], but the chat's runtime has one worker thread
+/// (`TOKIO_WORKER_THREADS=1`): nothing runs beside the session that is
+/// reading a client's burst, the harshest schedule for the others' queues.
+async fn start_chat_on_one_thread(
+    mode: Mode,
+    backend_args: &[&str],
+) -> anyhow::Result<(TempDir, Backend, Gateway)> {
+    let docroot = tempfile::tempdir()?;
+    let mut command = std::process::Command::new(bin_path("websocket_chat")?);
+    command
+        .arg("-R")
+        .arg(docroot.path())
+        .args(["-n", "chat"])
+        .args(backend_args)
+        .env("TOKIO_WORKER_THREADS", "1");
+    let socket_path = docroot.path().join("chat");
+    let backend =
+        Backend::start_command("websocket_chat (chat, one thread)", command, &socket_path).await?;
+    let gateway = Gateway::start(docroot.path(), mode.gateway_args()).await?;
+    Ok((docroot, backend, gateway))
+}
+
 /// Connects `n_clients` clients and returns once every one of them is in the room.
 ///
 /// A `101` does not prove that: in direct mode the chat's session for a
@@ -56,7 +86,8 @@ async fn start_chat(
 /// sender is in, and whoever receives it was in. So the first client sends
 /// `sync <n>` until every other one has received one, each given a short
 /// while per round, and then `sync done`, which they read up to; nothing else
-/// is pending for anyone after that.
+/// is pending for anyone after that. (With `-w` they arrive as
+/// `(unnamed): sync <n>`, the beacon having no name.)
 async fn connect_joined(gateway: &Gateway, n_clients: usize) -> anyhow::Result<Vec<Client>> {
     /// How long a client gets to show it received a round's `sync` before the next round.
     const SYNC_ROUND: Duration = Duration::from_millis(200);
@@ -98,7 +129,7 @@ async fn connect_joined(gateway: &Gateway, n_clients: usize) -> anyhow::Result<V
     for other in others.iter_mut() {
         loop {
             let message = other.recv().await?;
-            if message == Message::text("sync done") {
+            if sync_text(&message) == Some("sync done") {
                 break;
             }
             ensure!(
@@ -112,7 +143,17 @@ async fn connect_joined(gateway: &Gateway, n_clients: usize) -> anyhow::Result<V
 }
 
 fn is_sync(message: &Message) -> bool {
-    matches!(message, Message::Text(text) if text.as_str().starts_with("sync "))
+    sync_text(message).is_some_and(|text| text.starts_with("sync "))
+}
+
+/// The text of a message from the unnamed beacon of [`connect_joined`],
+/// without the `(unnamed): ` that `-w` puts before it.
+fn sync_text(message: &Message) -> Option<&str> {
+    let Message::Text(text) = message else {
+        return None;
+    };
+    let text = text.as_str();
+    Some(text.strip_prefix("(unnamed): ").unwrap_or(text))
 }
 
 /// Reads the next message and checks that it is the text `expected`.
@@ -294,7 +335,7 @@ async fn private_message_reaches_only_its_recipient(mode: Mode) -> anyhow::Resul
     expect_text(sender, "WSJoin bob").await?;
     expect_text(bystander, "WSJoin bob").await?;
     command(sender, "WSPrivate bob psst, a secret", &[]).await?;
-    expect_text(bob, "psst, a secret").await?;
+    expect_text(bob, "(private) (unnamed): psst, a secret").await?;
     command(
         sender,
         "WSPrivate nobody hello",
@@ -310,8 +351,8 @@ async fn private_message_reaches_only_its_recipient(mode: Mode) -> anyhow::Resul
     // Neither the bystander nor bob got anything else: the next message each
     // gets is this broadcast.
     sender.send(Message::text("public")).await?;
-    expect_text(bob, "public").await?;
-    expect_text(bystander, "public").await?;
+    expect_text(bob, "(unnamed): public").await?;
+    expect_text(bystander, "(unnamed): public").await?;
     Ok(())
 }
 
@@ -370,7 +411,7 @@ async fn client_over_the_limit_is_closed_with_1013(mode: Mode) -> anyhow::Result
     third.expect_close_code(CloseCode::Again).await?;
     // The two inside are unaffected.
     clients[0].send(Message::text("still here")).await?;
-    expect_text(&mut clients[1], "still here").await?;
+    expect_text(&mut clients[1], "(unnamed): still here").await?;
     // Once one leaves, its slot is free again (as soon as the chat has seen it go).
     let leaving = clients.pop().context("two clients")?;
     drop(leaving);
@@ -388,7 +429,7 @@ async fn client_over_the_limit_is_closed_with_1013(mode: Mode) -> anyhow::Result
     })
     .await?;
     newcomer.send(Message::text("hello again")).await?;
-    expect_text(&mut clients[0], "hello again").await?;
+    expect_text(&mut clients[0], "(unnamed): hello again").await?;
     Ok(())
 }
 
@@ -413,8 +454,10 @@ async fn stalled_reader_is_closed_with_1008_while_others_get_everything(
     const N_AFTER_EVICTION: usize = 20;
     /// If the stalled reader is not evicted after this many messages, the test fails.
     const MAX_MESSAGES: usize = 1500;
-    // The default queue (256 messages): with the socket buffers in front of
-    // the stalled reader, eviction comes after roughly 330 messages here.
+    // The default queue (1 MiB, 16 of these messages): with the socket
+    // buffers in front of the stalled reader, it is full after about a hundred
+    // messages; the sender then waits for it (at most the stall timeout,
+    // 2 s) until it is evicted.
     let (_docroot, chat, gateway) = start_chat(mode, &["-w", "-m", "60"]).await?;
     let mut clients = connect_joined(&gateway, N_RECEIVERS + 2).await?;
     let mut staller = clients.pop().context("the staller")?;
@@ -450,7 +493,8 @@ async fn stalled_reader_is_closed_with_1008_while_others_get_everything(
                 let mut saw_leave = false;
                 loop {
                     let message = receiver.recv().await?;
-                    if message == Message::text("end") {
+                    // The sender has no name: with `-w` its text names it `(unnamed)`.
+                    if message == Message::text("(unnamed): end") {
                         break;
                     }
                     if message == Message::text("WSLeave staller") && !saw_leave {
@@ -551,6 +595,322 @@ async fn stalled_reader_is_closed_with_1008_while_others_get_everything(
         n_late < n_sent,
         "the staller got {n_late} messages, all of {n_sent}"
     );
+    Ok(())
+}
+
+/// The text message number `message_idx` of a burst: its number, then
+/// padding up to `len` bytes (at least 6).
+fn burst_message(message_idx: usize, len: usize) -> Message {
+    let mut text = format!("{message_idx:06}");
+    text.extend(std::iter::repeat_n('m', len.saturating_sub(text.len())));
+    Message::text(text)
+}
+
+/// Spawns a reader that takes `n_messages` burst messages of `len` bytes,
+/// in order, then `end`, and returns its client.
+fn spawn_burst_reader(
+    reader_idx: usize,
+    mut reader: Client,
+    n_messages: usize,
+    len: usize,
+) -> tokio::task::JoinHandle<anyhow::Result<Client>> {
+    tokio::spawn(async move {
+        for message_idx in 0..n_messages {
+            let message = reader.recv().await?;
+            ensure!(
+                message == burst_message(message_idx, len),
+                "reader {reader_idx} got {}, expected message {message_idx}",
+                describe(&message)
+            );
+        }
+        expect_text(&mut reader, "end")
+            .await
+            .with_context(|| format!("reader {reader_idx} after the burst"))?;
+        Ok(reader)
+    })
+}
+
+/// A client's text frame carrying `message`, masked with a fixed key, encoded
+/// here rather than by the WebSocket library the chat uses.
+fn masked_text_frame(message: &Message) -> anyhow::Result<Vec<u8>> {
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let Message::Text(text) = message else {
+        bail!("only text frames are encoded here");
+    };
+    let payload = text.as_bytes();
+    let mut frame = vec![0x81];
+    match u16::try_from(payload.len()) {
+        Ok(len) if len < 126 => frame.push(0x80 | len as u8),
+        Ok(len) => {
+            frame.push(0x80 | 126);
+            frame.extend(len.to_be_bytes());
+        }
+        Err(_) => bail!("a burst message is shorter than 64 KiB"),
+    }
+    frame.extend(MASK);
+    frame.extend(
+        payload
+            .iter()
+            .zip(MASK.iter().cycle())
+            .map(|(byte, mask)| byte ^ mask),
+    );
+    Ok(frame)
+}
+
+/// One client sends `n_messages` text messages of `len` bytes as fast as it
+/// can while three others read as fast as they
+/// can: each reader gets every message, in order, and nobody is closed.
+async fn burst_reaches_every_fast_reader(
+    mode: Mode,
+    n_messages: usize,
+    len: usize,
+) -> anyhow::Result<()> {
+    const N_READERS: usize = 3;
+    let (_docroot, chat, gateway) = start_chat_on_one_thread(mode, &[]).await?;
+    let mut clients = connect_joined(&gateway, N_READERS + 1).await?;
+    let sender = clients.pop().context("the sender")?;
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(reader_idx, reader)| spawn_burst_reader(reader_idx, reader, n_messages, len))
+        .collect();
+    // The burst is written while the chat is stopped, until the socket
+    // buffers in front of it are full or it is all written: the chat then
+    // finds it waiting and reads it in large gulps, as from a fast client on
+    // a fast machine.
+    let mut burst = Vec::new();
+    for message_idx in 0..n_messages {
+        burst.extend(masked_text_frame(&burst_message(message_idx, len))?);
+    }
+    burst.extend(masked_text_frame(&Message::text("end"))?);
+    let mut sender = sender.into_tcp();
+    let chat_pid = Pid::from_raw(i32::try_from(chat.pid())?);
+    signal::kill(chat_pid, Signal::SIGSTOP)?;
+    let mut n_written = 0;
+    while n_written < burst.len() {
+        match sender.try_write(&burst[n_written..]) {
+            Ok(n) => n_written += n,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(error) => {
+                signal::kill(chat_pid, Signal::SIGCONT)?;
+                return Err(error).context("writing the burst");
+            }
+        }
+    }
+    signal::kill(chat_pid, Signal::SIGCONT)?;
+    wait::within(
+        "the rest of the burst to be written",
+        EVENT_DEADLINE,
+        sender.write_all(&burst[n_written..]),
+    )
+    .await??;
+    let mut sender = WebSocketStream::from_raw_socket(sender, Role::Client, None).await;
+    let mut readers = try_join_all(readers)
+        .await?
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(
+        !chat.stderr_text().contains("closing with 1008"),
+        "the chat evicted someone:\n{}",
+        chat.stderr_text()
+    );
+    // Everyone is still connected, both ways.
+    readers[0].send(Message::text("still here")).await?;
+    let message = wait::within("the sender to hear back", EVENT_DEADLINE, sender.next())
+        .await?
+        .context("the sender's connection ended")??;
+    ensure!(
+        message == Message::text("still here"),
+        "the sender got {}",
+        describe(&message)
+    );
+    for reader in &mut readers[1..] {
+        expect_text(reader, "still here").await?;
+    }
+    Ok(())
+}
+
+async fn burst_of_300_tiny_messages_reaches_every_fast_reader(mode: Mode) -> anyhow::Result<()> {
+    burst_reaches_every_fast_reader(mode, 300, 10).await
+}
+
+async fn burst_of_5000_small_messages_reaches_every_fast_reader(mode: Mode) -> anyhow::Result<()> {
+    burst_reaches_every_fast_reader(mode, 5000, 100).await
+}
+
+/// A sender that does not pace itself, three fast readers and one that never
+/// reads: the latter is closed with 1008 once its socket and queue are full,
+/// and the others get every message, including those sent after it was gone.
+async fn reader_that_never_reads_is_closed_with_1008_during_a_burst(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    const N_READERS: usize = 3;
+    /// Messages sent after a reader saw the staller leave.
+    const N_AFTER_EVICTION: usize = 50;
+    /// If the staller is not evicted after this many messages, the test fails.
+    const MAX_MESSAGES: usize = 1500;
+    let (_docroot, _chat, gateway) = start_chat(mode, &["-w"]).await?;
+    let mut clients = connect_joined(&gateway, N_READERS + 2).await?;
+    let mut staller = clients.pop().context("the staller")?;
+    let mut sender = clients.pop().context("the sender")?;
+    command(
+        &mut staller,
+        "WSHello staller",
+        &["WSWelcome staller", "WSUsers"],
+    )
+    .await?;
+    expect_text(&mut sender, "WSJoin staller").await?;
+    for reader in &mut clients {
+        expect_text(reader, "WSJoin staller").await?;
+    }
+    let staller_tcp = staller.into_tcp();
+
+    let leave_seen = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(reader_idx, mut reader)| {
+            let leave_seen = Arc::clone(&leave_seen);
+            tokio::spawn(async move {
+                let mut n_received = 0;
+                let mut saw_leave = false;
+                loop {
+                    let message = reader.recv().await?;
+                    // The sender has no name: with `-w` its text names it `(unnamed)`.
+                    if message == Message::text("(unnamed): end") {
+                        break;
+                    }
+                    if message == Message::text("WSLeave staller") && !saw_leave {
+                        saw_leave = true;
+                        leave_seen.store(true, Ordering::SeqCst);
+                        continue;
+                    }
+                    ensure!(
+                        message == stall_message(n_received),
+                        "reader {reader_idx} got {}, expected message {n_received}",
+                        describe(&message)
+                    );
+                    n_received += 1;
+                }
+                ensure!(saw_leave, "reader {reader_idx} never saw WSLeave staller");
+                anyhow::Ok(n_received)
+            })
+        })
+        .collect();
+
+    // No pacing: the sender goes as fast as the chat takes its messages.
+    let mut n_sent = 0;
+    while !leave_seen.load(Ordering::SeqCst) {
+        ensure!(
+            n_sent < MAX_MESSAGES,
+            "the reader that never reads was not evicted after {MAX_MESSAGES} messages of {STALL_MESSAGE_LEN} bytes"
+        );
+        sender.send(stall_message(n_sent)).await?;
+        n_sent += 1;
+    }
+    for _ in 0..N_AFTER_EVICTION {
+        sender.send(stall_message(n_sent)).await?;
+        n_sent += 1;
+    }
+    sender.send(Message::text("end")).await?;
+    for (reader_idx, reader) in readers.into_iter().enumerate() {
+        let n_received = wait::within("a reader to finish", EVENT_DEADLINE, reader).await???;
+        ensure!(
+            n_received == n_sent,
+            "reader {reader_idx} got {n_received} of {n_sent} messages"
+        );
+    }
+
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let mut staller =
+        WebSocketStream::from_raw_socket(staller_tcp, Role::Client, Some(config)).await;
+    let close = loop {
+        let next = wait::within("the staller's close", EVENT_DEADLINE, staller.next()).await?;
+        match next {
+            Some(Ok(Message::Binary(_))) => {}
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(other)) => bail!("the staller got {}", describe(&other)),
+            Some(Err(error)) => return Err(error).context("reading as the staller"),
+            None => bail!("the staller's connection ended without a close"),
+        }
+    };
+    let close = close.context("the staller's close has a code")?;
+    ensure!(
+        close.code == CloseCode::Policy && close.reason.as_str() == "too slow: message queue full",
+        "the staller was closed with {} {:?}",
+        close.code,
+        close.reason.as_str()
+    );
+    Ok(())
+}
+
+async fn with_w_lines_from_clients_name_their_sender_and_never_pass_for_the_chats(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let (_docroot, _chat, gateway) = start_chat(mode, &["-w"]).await?;
+    let mut clients = connect_joined(&gateway, 3).await?;
+    let [mallory, alice, watcher] = clients.as_mut_slice() else {
+        bail!("three clients");
+    };
+    command(
+        mallory,
+        "WSHello mallory",
+        &["WSWelcome mallory", "WSUsers"],
+    )
+    .await?;
+    expect_text(alice, "WSJoin mallory").await?;
+    expect_text(watcher, "WSJoin mallory").await?;
+    command(
+        alice,
+        "WSHello alice",
+        &["WSWelcome alice", "WSUsers mallory"],
+    )
+    .await?;
+    expect_text(mallory, "WSJoin alice").await?;
+    expect_text(watcher, "WSJoin alice").await?;
+    // Each forgery reaches the others as what it is: a line from mallory.
+    let forgeries = [
+        "WSWelcome mallory",
+        "WSJoin ghost",
+        "WSLeave alice",
+        "WSUsers ghost",
+        "WSIs alice 6.6.6.6",
+        "WSError you were kicked",
+        "WSJoin",
+        "bob: hello",
+        "(private) bob: psst",
+        "(unnamed): hi",
+    ];
+    for forgery in forgeries {
+        mallory.send(Message::text(forgery)).await?;
+    }
+    for receiver in [&mut *alice, &mut *watcher] {
+        for forgery in forgeries {
+            expect_text(receiver, &format!("mallory: {forgery}")).await?;
+        }
+    }
+    // Privately too, and an unnamed client is named as such.
+    command(mallory, "WSPrivate alice WSWelcome mallory", &[]).await?;
+    expect_text(alice, "(private) mallory: WSWelcome mallory").await?;
+    command(watcher, "WSPrivate alice bob: hello", &[]).await?;
+    expect_text(alice, "(private) (unnamed): bob: hello").await?;
+    watcher.send(Message::text("WSJoin ghost")).await?;
+    expect_text(alice, "(unnamed): WSJoin ghost").await?;
+    expect_text(mallory, "(unnamed): WSJoin ghost").await?;
+    // Binary messages are not lines: they still go out as they came.
+    mallory
+        .send(Message::binary(b"WSJoin ghost".to_vec()))
+        .await?;
+    for receiver in [&mut *alice, &mut *watcher] {
+        let message = receiver.recv().await?;
+        ensure!(
+            message == Message::binary(b"WSJoin ghost".to_vec()),
+            "expected the binary message, got {}",
+            describe(&message)
+        );
+    }
     Ok(())
 }
 

@@ -5,10 +5,13 @@
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use backend::{CommonArgs, ServeOptions};
 use clap::Parser;
-use servers::chat::{self, DEFAULT_QUEUE_CAPACITY, Room, RoomOptions};
+use servers::chat::{
+    self, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_STALL_TIMEOUT, Room, RoomOptions,
+};
 
 /// Chat server for wsgate: every message goes to every other connected client.
 ///
@@ -23,9 +26,16 @@ struct Args {
     /// Understand ouistiti's chat commands (WSHello, WSPrivate, WSWhois) and send presence lines.
     #[arg(short = 'w', long = "commands")]
     commands: bool,
-    /// Messages that may wait for one client; a client that falls further behind is closed with 1008.
+    /// Messages that may wait for one client. A sender waits while a client's queue is full; a client
+    /// whose queue is full and who reads nothing for --stall-timeout is closed with 1008.
     #[arg(long = "queue", value_name = "N", default_value_t = NonZeroUsize::new(DEFAULT_QUEUE_CAPACITY).expect("the default capacity is not zero"))]
     queue_capacity: NonZeroUsize,
+    /// Payload bytes that may wait for one client (default 1 MiB), with the same effect as --queue.
+    #[arg(long = "queue-bytes", value_name = "BYTES", default_value_t = NonZeroUsize::new(DEFAULT_QUEUE_BYTES).expect("the default byte limit is not zero"))]
+    queue_bytes: NonZeroUsize,
+    /// Seconds a client with a full queue may read nothing before it is closed with 1008.
+    #[arg(long = "stall-timeout", value_name = "SECONDS", default_value_t = DEFAULT_STALL_TIMEOUT.as_secs())]
+    stall_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -34,6 +44,8 @@ fn main() -> ExitCode {
     let options = RoomOptions {
         commands: args.commands,
         queue_capacity: args.queue_capacity,
+        queue_bytes: args.queue_bytes,
+        stall_timeout: Duration::from_secs(args.stall_timeout),
     };
     let setup = || {
         let room = Arc::new(Room::new(options));

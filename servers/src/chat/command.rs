@@ -1,10 +1,18 @@
-//! The syntax of ouistiti's chat commands, enabled with `websocket_chat -w`:
-//! a text message that starts with a command word and one space.
+//! The syntax of `websocket_chat -w`: ouistiti's chat commands (a text
+//! message that starts with a command word and one space), and the lines
+//! that relay a client's text to the others, naming its sender.
 //!
 //! Parsing only splits a message into its parts; whether a name is valid is
 //! `name`'s business and what a command does is `room`'s. A text that is not
 //! a command (including a command word without its space) is an ordinary
-//! chat message.
+//! chat message, which goes out as [`public_line`] or, through `WSPrivate`,
+//! [`private_line`].
+//!
+//! The chat's own lines start with one of [`SERVER_WORDS`] as their first word
+//! (up to the first space). A relayed line never does: its first word is the
+//! sender's name followed by `:` (names cannot contain `:` or spaces),
+//! [`UNNAMED`] followed by `:`, or [`PRIVATE_MARK`]. So no client can make
+//! its text pass for the chat's, or for another client's.
 
 /// A chat command sent by a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +47,35 @@ const WHOIS: &str = "WSWhois ";
 
 /// The line a client gets for a `WSPrivate` without a message.
 pub const PRIVATE_USAGE: &str = "usage: WSPrivate <name> <message>";
+
+/// The first words of the chat's own lines. Clients' text never starts with one.
+pub const SERVER_WORDS: [&str; 6] = [
+    "WSWelcome",
+    "WSUsers",
+    "WSJoin",
+    "WSLeave",
+    "WSIs",
+    "WSError",
+];
+
+/// Stands for the sender in a line from a client without a name; it is not a
+/// valid name, so no client can be called that.
+pub const UNNAMED: &str = "(unnamed)";
+
+/// The first word of a line carrying a private message.
+pub const PRIVATE_MARK: &str = "(private)";
+
+/// The line the others get for chat `text` from a client called `sender`
+/// (`None`: it has no name yet): `<sender>: <text>`.
+pub fn public_line(sender: Option<&str>, text: &str) -> String {
+    format!("{}: {text}", sender.unwrap_or(UNNAMED))
+}
+
+/// The line the recipient of `WSPrivate <name> <text>` from a client called
+/// `sender` gets: `(private) <sender>: <text>`.
+pub fn private_line(sender: Option<&str>, text: &str) -> String {
+    format!("{PRIVATE_MARK} {}: {text}", sender.unwrap_or(UNNAMED))
+}
 
 impl<'a> Command<'a> {
     /// Reads `text` as a command; `None` means it is an ordinary message.
@@ -91,6 +128,56 @@ mod tests {
         check("WSPrivate", None);
         check("hello WSHello bob", None);
         check("", None);
+    }
+
+    /// The first word of `line`, as a client reads it (up to the first space).
+    fn first_word(line: &str) -> &str {
+        line.split(' ').next().unwrap_or(line)
+    }
+
+    #[test]
+    fn relayed_lines_name_their_sender_and_never_start_like_the_chats() {
+        let texts = [
+            "hello",
+            "WSWelcome mallory",
+            "WSJoin ghost",
+            "WSLeave alice",
+            "WSUsers ghost",
+            "WSIs alice 6.6.6.6",
+            "WSError kicked",
+            "WSJoin",
+            "bob: hello",
+            "bob (private): hello",
+            "(private) bob: hello",
+            "(unnamed): hello",
+            "",
+            " ",
+        ];
+        // Valid names, some spelled like the chat's words.
+        let senders = [Some("mallory"), Some("WSJoin"), Some("WSWelcome"), None];
+        for sender in senders {
+            let name = sender.unwrap_or(UNNAMED);
+            for text in texts {
+                let public = public_line(sender, text);
+                assert_eq!(public, format!("{name}: {text}"));
+                assert_eq!(first_word(&public), format!("{name}:"));
+                let private = private_line(sender, text);
+                assert_eq!(private, format!("(private) {name}: {text}"));
+                assert_eq!(first_word(&private), PRIVATE_MARK);
+                for line in [&public, &private] {
+                    assert!(
+                        !SERVER_WORDS.contains(&first_word(line)),
+                        "{line:?} passes for the chat's"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_markers_are_not_valid_names() {
+        assert!(crate::chat::validate_name(UNNAMED).is_err());
+        assert!(crate::chat::validate_name(PRIVATE_MARK).is_err());
     }
 
     #[test]

@@ -1,23 +1,31 @@
 //! The library half of `websocket_chat`: a room where every message goes to
 //! every other client, with ouistiti's commands (`-w`) and presence lines.
 //!
-//! - `command`: the syntax of `WSHello`, `WSPrivate` and `WSWhois`.
+//! - `command`: the syntax of `WSHello`, `WSPrivate` and `WSWhois`, and of
+//!   the lines that relay a client's text with its sender's name (`-w`).
 //! - `name`: which names are valid, and the `bob`, `bob1`, ... rule for taken ones.
-//! - `room`: who is connected under which name, and delivering to bounded queues.
+//! - `room`: who is connected under which name, and delivering to bounded
+//!   outboxes: a sender waits for room, a client that does not read is evicted.
+//! - `outbox`: one client's queue, bounded in messages and bytes, and since
+//!   when its writer has been waiting for the client's socket.
 //! - [`run_session`] (here): one client's task, reading its messages into the
-//!   room and writing its queue to its socket.
+//!   room and writing its outbox to its socket.
 //!
 //! The protocol, including the differences from ouistiti, is `docs/chat.md`.
 
 pub mod command;
 pub mod name;
+pub mod outbox;
 pub mod room;
 
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -26,7 +34,11 @@ use tracing::{debug, warn};
 
 pub use command::Command;
 pub use name::{MAX_NAME_LEN, NameError, unique_name, validate_name};
-pub use room::{ClientId, DEFAULT_QUEUE_CAPACITY, Member, Room, RoomOptions};
+pub use outbox::{Admission, Outbox, OutboxLimits};
+pub use room::{
+    ClientId, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_STALL_TIMEOUT, Handling, Member,
+    Room, RoomOptions,
+};
 
 use backend::{Session, SessionError};
 
@@ -62,32 +74,38 @@ enum Ending {
 ///
 /// One task does both directions: reading never waits for writing, so a
 /// client whose socket is slow still gets its own messages to the others,
-/// while its queue fills up until the room evicts it.
+/// while its outbox fills up until the room evicts it. Its own messages wait
+/// while an outbox they reach is full (`Member::handle`); its writer goes on
+/// meanwhile, so waiting for its own outbox ends too.
 pub async fn run_session(session: Session, shutdown: CancellationToken, room: Arc<Room>) {
-    let (member, mut queue) = room.join(&session.meta().peer);
+    let (member, outbox) = room.join(&session.meta().peer);
     debug!(client = member.id(), "joined the room");
     let (mut sink, mut stream) = session.split();
+    // Taken from the outbox, not yet written: still the client's at shutdown.
+    let mut batch = VecDeque::with_capacity(WRITE_BATCH);
     let ending = tokio::select! {
         biased;
         _ = shutdown.cancelled() => Ending::Shutdown,
         _ = member.evicted().cancelled() => Ending::Evicted,
         ending = read_client(&mut stream, &member) => ending,
-        ending = write_queue(&mut sink, &mut queue) => ending,
+        ending = write_outbox(&mut sink, &outbox, &mut batch) => ending,
     };
     // Leave first, so the others hear `WSLeave` without waiting for our close.
     drop(member);
     let (code, reason, pending) = match ending {
         Ending::Shutdown => {
-            // Leaving dropped the room's sender: this takes what was queued, then ends.
-            let mut pending = Vec::new();
-            while let Ok(message) = queue.try_recv() {
-                pending.push(message);
-            }
+            // Leaving closed the outbox: this is all that was queued.
+            let mut pending: Vec<Message> = batch.drain(..).collect();
+            pending.extend(outbox.take_all());
             (CloseCode::Away, "server shutting down", pending)
         }
         Ending::Evicted => {
+            let (n_messages, n_bytes) = outbox.n_waiting();
             warn!(
                 queue_capacity = room.options().queue_capacity.get(),
+                queue_bytes = room.options().queue_bytes.get(),
+                n_messages,
+                n_bytes,
                 "message queue full; closing with 1008"
             );
             (CloseCode::Policy, TOO_SLOW_REASON, Vec::new())
@@ -96,7 +114,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, room: Ar
         Ending::ReadFailed(error) => return warn!(%error, "cannot read from client"),
         Ending::WriteFailed(error) => return warn!(%error, "cannot write to client"),
     };
-    drop(queue);
+    drop(outbox);
     let close = Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
@@ -127,7 +145,7 @@ where
         match stream.next().await {
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                 debug!(len = message.len(), "from client");
-                member.handle(message);
+                member.handle(message).await;
             }
             Some(Ok(Message::Close(_))) | None => return Ending::ClientGone,
             // Sessions yield no other kind; nothing to do with one anyway.
@@ -140,25 +158,51 @@ where
 /// The most messages written to a client before its socket is flushed.
 const WRITE_BATCH: usize = 64;
 
-/// Writes the client's queue to its socket: whatever is queued already goes
-/// out in one batch with one flush.
-async fn write_queue<S>(sink: &mut S, queue: &mut mpsc::Receiver<Message>) -> Ending
+/// Writes the client's outbox to its socket: whatever is queued already goes
+/// out in one batch (through `batch`) with one flush.
+async fn write_outbox<S>(sink: &mut S, outbox: &Outbox, batch: &mut VecDeque<Message>) -> Ending
 where
     S: Sink<Message, Error = SessionError> + Unpin,
 {
-    // The room holds the sender for as long as the client is a member, so the
-    // queue only ends when the room evicted the client.
-    while let Some(message) = queue.recv().await {
-        let mut n_batched = 1;
-        let mut sent = sink.feed(message).await;
-        while sent.is_ok() && n_batched < WRITE_BATCH {
-            let Ok(message) = queue.try_recv() else { break };
-            n_batched += 1;
-            sent = sink.feed(message).await;
+    // The room closes the outbox only when the client leaves it, which the
+    // session sees first; here that can only be an eviction.
+    while outbox.next_batch(batch, WRITE_BATCH).await {
+        while let Some(message) = batch.pop_front() {
+            if let Err(error) = on_socket(outbox, sink.feed(message)).await {
+                return Ending::WriteFailed(error);
+            }
         }
-        if let Err(error) = sent.and(sink.flush().await) {
+        if let Err(error) = on_socket(outbox, sink.flush()).await {
             return Ending::WriteFailed(error);
         }
     }
     Ending::Evicted
+}
+
+/// Runs one write to the client's socket, telling `outbox` when it has to
+/// wait for the socket and when the socket took it: that is how the room
+/// tells a client that does not read from one that reads, if more slowly
+/// than someone talks.
+///
+/// `write` runs outside tokio's cooperative budget (one message, or one
+/// flush), so that it is pending only when the socket is full, never because
+/// this task has done much work.
+async fn on_socket<F: Future>(outbox: &Outbox, write: F) -> F::Output {
+    let mut write = pin!(tokio::task::unconstrained(write));
+    let mut blocked = false;
+    let output = poll_fn(|cx| match write.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(output),
+        Poll::Pending => {
+            if !blocked {
+                blocked = true;
+                outbox.writer_blocked(tokio::time::Instant::now());
+            }
+            Poll::Pending
+        }
+    })
+    .await;
+    if blocked {
+        outbox.writer_progressed();
+    }
+    output
 }

@@ -1,37 +1,53 @@
 //! The chat room: who is connected, under which name, and delivering each
 //! message to the right queues.
 //!
-//! Every client has a bounded queue ([`RoomOptions::queue_capacity`]) that its
+//! Every client has an [`Outbox`], bounded in messages and bytes
+//! ([`RoomOptions::queue_capacity`], [`RoomOptions::queue_bytes`]), that its
 //! own session task drains into its socket (`chat::run_session`). The room
-//! only ever `try_send`s into those queues, under a `std` mutex held for one
-//! operation and never across an await, so no client can slow down the room or
-//! another client: a client whose queue is full is removed at once (its name
-//! freed, `WSLeave` sent) and its [`Member::evicted`] token is cancelled, and
-//! its session task then closes it with 1008. Each message is built once and
-//! cloned per recipient; a [`Message`] holds `Bytes`, so a clone is a reference
-//! count, not a copy of the payload.
+//! works under a `std` mutex held for one operation and never across an
+//! await. A client's message goes in only when it fits into every outbox it
+//! reaches ([`Room::try_handle_message`]); when one is full, nothing is
+//! delivered and the sender's session waits ([`Member::handle`], outside the
+//! lock) until that outbox drains, so one client talking fast cannot push
+//! anybody out. A full outbox whose client's socket has taken nothing for
+//! [`RoomOptions::stall_timeout`] is the exception: that client does not
+//! read, so it is removed (its name freed, `WSLeave` sent), its
+//! [`Member::evicted`] token is cancelled, and its session task then closes it
+//! with 1008; senders wait for it no longer than that. The room's
+//! own lines (replies, presence) go in without waiting. Each message is built
+//! once and cloned per recipient; a [`Message`] holds `Bytes`, so a clone is a
+//! reference count, not a copy of the payload.
 //!
-//! Ordering: every delivery happens under the lock, so each queue receives
-//! messages in the order the room handled them, and a session handles its
-//! client's messages one at a time, in the order received.
+//! Ordering: every delivery happens under the lock, a message goes to all its
+//! recipients in one operation, so each outbox receives messages in the order
+//! the room handled them, and a session hands its client's messages over one
+//! at a time, in the order received.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::command::{Command, PRIVATE_USAGE};
+use super::command::{Command, PRIVATE_USAGE, private_line, public_line};
 use super::name::{unique_name, validate_name};
+use super::outbox::{Admission, Outbox, OutboxLimits};
 
-/// The default number of messages waiting for one client before it is
-/// disconnected as too slow.
+/// The default number of messages that may wait for one client.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+
+/// The default number of payload bytes that may wait for one client (1 MiB).
+pub const DEFAULT_QUEUE_BYTES: usize = 1 << 20;
+
+/// The default time a client with a full queue may leave its socket
+/// untouched before it counts as not reading.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A client's number within one room, for as long as the process runs.
 pub type ClientId = u64;
@@ -42,8 +58,14 @@ pub struct RoomOptions {
     /// Whether ouistiti's commands (`WSHello`, `WSPrivate`, `WSWhois`) are
     /// understood (`-w`); without them every message is ordinary chat.
     pub commands: bool,
-    /// Messages that may wait for one client; one more disconnects it.
+    /// Messages that may wait for one client; a sender whose message would
+    /// be one more waits (or evicts the client if it does not read).
     pub queue_capacity: NonZeroUsize,
+    /// Payload bytes that may wait for one client, with the same effect.
+    pub queue_bytes: NonZeroUsize,
+    /// How long a client whose queue is full may leave its socket untouched
+    /// (nothing written to it) before it is evicted as not reading.
+    pub stall_timeout: Duration,
 }
 
 impl Default for RoomOptions {
@@ -52,6 +74,9 @@ impl Default for RoomOptions {
             commands: false,
             queue_capacity: NonZeroUsize::new(DEFAULT_QUEUE_CAPACITY)
                 .expect("the default capacity is not zero"),
+            queue_bytes: NonZeroUsize::new(DEFAULT_QUEUE_BYTES)
+                .expect("the default byte limit is not zero"),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -61,6 +86,23 @@ impl Default for RoomOptions {
 pub struct Room {
     options: RoomOptions,
     state: Mutex<RoomState>,
+    /// Woken when an outbox a sender waits for drains, closes, or its writer
+    /// blocks: the waiting senders then try again.
+    changed: Arc<Notify>,
+}
+
+/// What became of a client's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// It was handled (or dropped, the client being gone).
+    Done,
+    /// An outbox it would reach is full; nothing happened. Try again once the
+    /// room's outboxes change, or at `until` ([`Member::handle`] does).
+    Wait {
+        /// When a full outbox's client will count as not reading unless its
+        /// socket takes something before; `None` if none is blocked.
+        until: Option<Instant>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -69,7 +111,7 @@ struct RoomState {
     clients: HashMap<ClientId, ClientEntry>,
     /// Taken names; sorted, so `WSUsers` lists them in a stable order.
     names: BTreeMap<String, ClientId>,
-    /// Clients whose queue overflowed during the current operation.
+    /// Clients found too slow during the current operation.
     overflowed: Vec<ClientId>,
 }
 
@@ -78,7 +120,7 @@ struct ClientEntry {
     name: Option<String>,
     /// The client's IP address, for `WSWhois`.
     address: String,
-    queue: mpsc::Sender<Message>,
+    outbox: Arc<Outbox>,
     evicted: CancellationToken,
 }
 
@@ -103,9 +145,32 @@ impl Member {
         &self.evicted
     }
 
-    /// Handles a message from this client: a command (with `-w`) or chat for the others.
-    pub fn handle(&self, message: Message) {
-        self.room.handle_message(self.id, message);
+    /// Handles a message from this client: a command (with `-w`) or chat for
+    /// the others. Waits, without holding the room's lock, while an outbox the
+    /// message would reach is full and its writer is still taking messages out.
+    pub async fn handle(&self, message: Message) {
+        loop {
+            let changed = self.room.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before trying, so a change in between is not missed.
+            changed.as_mut().enable();
+            match self.room.try_handle_message(self.id, &message) {
+                Handling::Done => return,
+                Handling::Wait { until: None } => changed.await,
+                Handling::Wait { until: Some(until) } => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(until) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a message from this client if every outbox it reaches has room
+    /// for it now; [`Handling::Wait`] if not (nothing happened then).
+    pub fn try_handle(&self, message: &Message) -> Handling {
+        self.room.try_handle_message(self.id, message)
     }
 }
 
@@ -121,6 +186,7 @@ impl Room {
         Room {
             options,
             state: Mutex::new(RoomState::default()),
+            changed: Arc::new(Notify::new()),
         }
     }
 
@@ -130,9 +196,14 @@ impl Room {
     }
 
     /// Adds an unnamed client whose address (`ip:port`, from OPEN) is `peer`.
-    /// Returns its membership and the queue its session must drain.
-    pub fn join(self: &Arc<Room>, peer: &str) -> (Member, mpsc::Receiver<Message>) {
-        let (sender, receiver) = mpsc::channel(self.options.queue_capacity.get());
+    /// Returns its membership and the outbox its session must drain.
+    pub fn join(self: &Arc<Room>, peer: &str) -> (Member, Arc<Outbox>) {
+        let limits = OutboxLimits {
+            messages: self.options.queue_capacity,
+            bytes: self.options.queue_bytes,
+            stall_timeout: self.options.stall_timeout,
+        };
+        let outbox = Arc::new(Outbox::new(limits, Arc::clone(&self.changed)));
         let evicted = CancellationToken::new();
         let id = {
             let mut state = self.lock();
@@ -143,7 +214,7 @@ impl Room {
                 ClientEntry {
                     name: None,
                     address: peer_ip(peer),
-                    queue: sender,
+                    outbox: Arc::clone(&outbox),
                     evicted: evicted.clone(),
                 },
             );
@@ -154,7 +225,7 @@ impl Room {
             id,
             evicted,
         };
-        (member, receiver)
+        (member, outbox)
     }
 
     /// Number of clients in the room.
@@ -162,19 +233,44 @@ impl Room {
         self.lock().clients.len()
     }
 
-    /// Handles one message from client `from`.
-    pub fn handle_message(&self, from: ClientId, message: Message) {
+    /// Handles one message from client `from` if it fits into every outbox
+    /// it reaches: the others' for chat, everyone's for a command (its replies
+    /// and presence lines). On the way, clients that do not read (a full
+    /// outbox, nothing written to the socket for the stall timeout) are
+    /// evicted. If an outbox is still full, nothing is delivered and the
+    /// answer is [`Handling::Wait`].
+    pub fn try_handle_message(&self, from: ClientId, message: &Message) -> Handling {
         let mut state = self.lock();
-        let command = match &message {
+        let command = match message {
             Message::Text(text) if self.options.commands => Command::parse(text.as_str()),
             Message::Text(_) | Message::Binary(_) => None,
             // Sessions only yield data and close messages; nothing else is chat.
             Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
-                return;
+                return Handling::Done;
             }
         };
+        let wait = state.make_room(message.len(), Instant::now(), |id| {
+            command.is_some() || id != from
+        });
+        state.evict_overflowed();
+        if !state.clients.contains_key(&from) {
+            // The sender itself does not read, or has left.
+            return Handling::Done;
+        }
+        if let Some(wait) = wait {
+            return wait;
+        }
         match command {
-            None => state.broadcast(from, &message),
+            // With `-w`, the others learn who said it, and nobody can pass
+            // for the chat or for another client.
+            None if self.options.commands => match message {
+                Message::Text(text) => {
+                    let line = public_line(state.name_of(from), text.as_str());
+                    state.broadcast(from, &Message::text(line));
+                }
+                _ => state.broadcast(from, message),
+            },
+            None => state.broadcast(from, message),
             Some(Command::Hello { name }) => state.hello(from, name),
             Some(Command::Private { name, message }) => state.private(from, name, message),
             Some(Command::PrivateUsage) => {
@@ -182,14 +278,12 @@ impl Room {
             }
             Some(Command::Whois { name }) => state.whois(from, name),
         }
-        state.evict_overflowed();
+        Handling::Done
     }
 
     /// Removes client `id`, freeing its name; the others get `WSLeave` if it had one.
     pub fn leave(&self, id: ClientId) {
-        let mut state = self.lock();
-        state.remove(id);
-        state.evict_overflowed();
+        self.lock().remove(id);
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomState> {
@@ -200,16 +294,42 @@ impl Room {
 }
 
 impl RoomState {
-    /// Queues `message` for client `to`; a full queue marks it for eviction.
+    /// Asks the outbox of every client that `reaches` whether a message of
+    /// `len` bytes fits at `now`: clients that do not read are marked for
+    /// eviction, and if some other outbox is full the answer is how the
+    /// sender must wait.
+    fn make_room(
+        &mut self,
+        len: usize,
+        now: Instant,
+        reaches: impl Fn(ClientId) -> bool,
+    ) -> Option<Handling> {
+        let mut wait = None;
+        for (&id, entry) in &self.clients {
+            if !reaches(id) {
+                continue;
+            }
+            match entry.outbox.admit(len, now) {
+                Admission::Fits => {}
+                Admission::Full { stalled_at } => {
+                    let until = match wait {
+                        Some(Handling::Wait {
+                            until: Some(earlier),
+                        }) => Some(stalled_at.map_or(earlier, |at| at.min(earlier))),
+                        _ => stalled_at,
+                    };
+                    wait = Some(Handling::Wait { until });
+                }
+                Admission::Stalled => self.overflowed.push(id),
+            }
+        }
+        wait
+    }
+
+    /// Queues `message` for client `to`.
     fn send_to(&mut self, to: ClientId, message: Message) {
-        let Some(entry) = self.clients.get(&to) else {
-            return;
-        };
-        match entry.queue.try_send(message) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.overflowed.push(to),
-            // The session has ended and is about to leave.
-            Err(TrySendError::Closed(_)) => {}
+        if let Some(entry) = self.clients.get(&to) {
+            entry.outbox.push(message);
         }
     }
 
@@ -271,9 +391,17 @@ impl RoomState {
         self.broadcast(from, &Message::text(format!("WSJoin {name}")));
     }
 
+    /// The name of client `id`, if it has one.
+    fn name_of(&self, id: ClientId) -> Option<&str> {
+        self.clients.get(&id)?.name.as_deref()
+    }
+
     fn private(&mut self, from: ClientId, name: &str, text: &str) {
         match self.names.get(name) {
-            Some(&to) => self.send_to(to, Message::text(text)),
+            Some(&to) => {
+                let line = private_line(self.name_of(from), text);
+                self.send_to(to, Message::text(line));
+            }
             None => self.send_to(from, error_line(&format!("unknown name {name}"))),
         }
     }
@@ -289,8 +417,10 @@ impl RoomState {
     }
 
     /// Removes client `id`, if still here, and announces it if it had a name.
+    /// Its outbox closes, so senders waiting for it go on.
     fn remove(&mut self, id: ClientId) -> Option<ClientEntry> {
         let entry = self.clients.remove(&id)?;
+        entry.outbox.close();
         if let Some(name) = &entry.name {
             self.names.remove(name);
             self.broadcast(id, &Message::text(format!("WSLeave {name}")));
@@ -298,13 +428,12 @@ impl RoomState {
         Some(entry)
     }
 
-    /// Removes every client whose queue overflowed, cancelling its token so
-    /// its session closes it. Announcing a removal may overflow more queues;
-    /// those go too, so this ends with no overflowed client in the room.
+    /// Removes every client found too slow, cancelling its token so its
+    /// session closes it.
     fn evict_overflowed(&mut self) {
         while let Some(id) = self.overflowed.pop() {
             if let Some(entry) = self.remove(id) {
-                debug!(client = id, name = ?entry.name, "queue full; evicted");
+                debug!(client = id, name = ?entry.name, "queue full, not reading; evicted");
                 entry.evicted.cancel();
             }
         }
