@@ -106,6 +106,8 @@ impl System {
                 command
                     .args(["--listen", "127.0.0.1:0", "--max-connections", &max])
                     .args(["--ping-interval", "0", "--idle-timeout", "0"])
+                    // Every load-generator connection comes from 127.0.0.1.
+                    .args(["--max-connections-per-ip", "0"])
                     .arg("-R")
                     .arg(&docroot);
                 if kind == Kind::Direct {

@@ -42,7 +42,7 @@ pub const DEFAULT_MAX_HEADER_SIZE: usize = 8 * 1024;
 pub const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 32 * 1024;
 /// Default largest number of connections from one IP address that have not
 /// upgraded (plain HTTP, or a handshake in progress).
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 
 /// hyper reads a request head into a buffer of at least this many bytes.
 const MIN_REQUEST_HEADER_SIZE: usize = 8192;
@@ -71,7 +71,7 @@ pub struct Args {
     /// Address to listen on, `ip:port`; repeat for several. Port 0 picks a free
     /// port; each listener prints `listening on http://<addr>` on stdout once it
     /// accepts. [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Vec<SocketAddr>,
 
     /// Directory of the backends' UNIX sockets: `ws://host/<name>` is relayed to
@@ -163,7 +163,7 @@ pub struct Args {
 
     /// Largest number of connections from one IP address that have not
     /// upgraded to WebSocket (plain HTTP, handshakes in progress); more are
-    /// closed at once. Upgraded clients do not count. 0: no limit. [default: 64]
+    /// closed at once. Upgraded clients do not count. 0: no limit. [default: 256]
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
 
@@ -239,7 +239,7 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     /// A `listen` address in the file is not `ip:port`.
-    #[error("invalid listen address {0:?}: expected ip:port")]
+    #[error("invalid listen address {0:?}: {LISTEN_FORM}")]
     Listen(String),
     /// An allow, deny or raw glob does not compile.
     #[error(transparent)]
@@ -509,6 +509,14 @@ impl Config {
             }),
         }
     }
+}
+
+/// What a listen address looks like, for the error when one does not.
+const LISTEN_FORM: &str = "expected ip:port, such as 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080 (host names are not resolved)";
+
+/// Parses `--listen`, naming the expected form when the value is not `ip:port`.
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| LISTEN_FORM.to_owned())
 }
 
 fn check_range(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {

@@ -95,22 +95,34 @@ async fn dispatch(
     shared.static_files.serve(request).await
 }
 
-/// The checks every request passes first: the Host is one this gateway
-/// serves, and no header line is longer than `--max-header-size`.
+/// The checks every request passes first: no header line is longer than
+/// `--max-header-size`, the head is within `--max-request-header-size`, and
+/// the Host is one this gateway serves.
 fn check_head<B>(request: &Request<B>, shared: &Shared) -> Result<(), Refusal> {
     let config = &shared.config;
-    let uri_len = request
-        .uri()
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
-    let longest_header = request
+    // The request line, then each header line as `name: value`.
+    let request_line = request.method().as_str().len()
+        + request
+            .uri()
+            .path_and_query()
+            .map_or(1, |pq| pq.as_str().len())
+        + " HTTP/1.1".len()
+        + 1;
+    let header_lines = request
         .headers()
         .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 2)
-        .max()
-        .unwrap_or(0);
-    if uri_len.max(longest_header) > config.max_header_size {
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len());
+    let (mut head_size, mut longest_line) = (request_line, request_line);
+    for line in header_lines {
+        head_size += line + 2;
+        longest_line = longest_line.max(line);
+    }
+    if longest_line > config.max_header_size {
         return Err(Refusal::HeaderTooLarge(config.max_header_size));
+    }
+    // hyper stops reading a head near this size; this makes the limit exact.
+    if head_size > config.max_request_header_size {
+        return Err(Refusal::HeadTooLarge(config.max_request_header_size));
     }
     if !config.allowed_hosts.is_empty() {
         let host = request

@@ -44,6 +44,9 @@ pub enum Refusal {
     /// A request line or header line is longer than `--max-header-size`.
     #[error("a request header is longer than {0} bytes")]
     HeaderTooLarge(usize),
+    /// The request head is longer than `--max-request-header-size`.
+    #[error("the request head is longer than {0} bytes")]
+    HeadTooLarge(usize),
     /// The Host header names a host outside `--allowed-host`.
     #[error("host {0:?} is not served here")]
     HostNotServed(String),
@@ -92,7 +95,9 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadHandshake(_) => StatusCode::BAD_REQUEST,
-            Refusal::HeaderTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::HeaderTooLarge(_) | Refusal::HeadTooLarge(_) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             Refusal::HostNotServed(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::UnsupportedVersion(_) | Refusal::UpgradeRequired(_) => {
                 StatusCode::UPGRADE_REQUIRED
