@@ -174,3 +174,180 @@ fn one_line(text: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::backend::BackendFailure;
+
+    /// The body of `refusal`'s response, as text.
+    async fn body(refusal: &Refusal) -> String {
+        let bytes = refusal
+            .to_response()
+            .into_body()
+            .collect()
+            .await
+            .expect("a text body cannot fail")
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("the body is UTF-8")
+    }
+
+    /// One row of docs/configuration.md's refusal table: a refusal, its
+    /// status, and a piece of the one-line body.
+    async fn check(refusal: Refusal, status: u16, body_part: &str) {
+        assert_eq!(refusal.status().as_u16(), status, "{refusal:?}");
+        let response = refusal.to_response();
+        assert_eq!(response.status().as_u16(), status, "{refusal:?}");
+        let line = body(&refusal).await;
+        assert!(line.contains(body_part), "{refusal:?}: {line:?}");
+        assert_eq!(line.lines().count(), 1, "one line: {line:?}");
+    }
+
+    #[tokio::test]
+    async fn every_refusal_has_its_documented_status() {
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let table: Vec<(Refusal, u16, &str)> = vec![
+            (
+                Refusal::BadHandshake("method must be GET"),
+                400,
+                "method must be GET",
+            ),
+            (Refusal::BadPath(RouteError::NotAbsolute), 400, "bad path"),
+            (Refusal::BadPath(RouteError::NotUtf8), 400, "UTF-8"),
+            (
+                Refusal::BadPath(RouteError::ControlCharacter),
+                400,
+                "control",
+            ),
+            (
+                Refusal::BadPath(RouteError::EmptySegment),
+                400,
+                "empty segment",
+            ),
+            (Refusal::BadPath(RouteError::DotSegment), 400, ". or .."),
+            (Refusal::BadPath(RouteError::HiddenSegment), 400, "hidden"),
+            (
+                Refusal::BadPath(RouteError::TooLong),
+                414,
+                "longer than 107 bytes",
+            ),
+            (
+                Refusal::BadPath(RouteError::OutsideDocroot),
+                403,
+                "outside the docroot",
+            ),
+            (
+                Refusal::Denied("secret".into()),
+                403,
+                "\"secret\" is not allowed",
+            ),
+            (
+                Refusal::OriginDenied("https://evil".into()),
+                403,
+                "https://evil",
+            ),
+            (
+                Refusal::HostNotServed("evil.example".into()),
+                421,
+                "evil.example",
+            ),
+            (Refusal::HeaderTooLarge(8192), 431, "8192"),
+            (Refusal::HeadTooLarge(32768), 431, "32768"),
+            (
+                Refusal::NoBackend {
+                    name: "chat".into(),
+                    cause: RouteError::NotFound,
+                },
+                404,
+                "no socket at this path",
+            ),
+            (
+                Refusal::NoBackend {
+                    name: "chat".into(),
+                    cause: RouteError::NotSocket,
+                },
+                404,
+                "not a socket",
+            ),
+            (
+                Refusal::NoBackend {
+                    name: "dir".into(),
+                    cause: RouteError::NoProtocolMatch,
+                },
+                404,
+                "subprotocol",
+            ),
+            (
+                Refusal::UpgradeRequired("chat".into()),
+                426,
+                "upgrade required",
+            ),
+            (Refusal::UnsupportedVersion("8".into()), 426, "13"),
+            (Refusal::ConnectionLimit(10), 503, "limit 10"),
+            (
+                Refusal::BackendUnavailable {
+                    name: "chat".into(),
+                    cause: io(),
+                },
+                502,
+                "refused the connection",
+            ),
+            (
+                Refusal::BackendFailed {
+                    name: "chat".into(),
+                    cause: BackendFailure::ClosedBeforeAnswer,
+                },
+                502,
+                "instead of answering OPEN",
+            ),
+            (
+                Refusal::BackendFailed {
+                    name: "chat".into(),
+                    cause: BackendFailure::RejectStatus(302),
+                },
+                502,
+                "302",
+            ),
+            (Refusal::BackendTimeout("chat".into()), 504, "in time"),
+            (Refusal::RawAndDirect("x".into()), 500, "raw and a direct"),
+            (
+                Refusal::BackendRejected {
+                    name: "chat".into(),
+                    status: StatusCode::UNAUTHORIZED,
+                    reason: "log in first".into(),
+                },
+                401,
+                "log in first",
+            ),
+        ];
+        for (refusal, status, body_part) in table {
+            check(refusal, status, body_part).await;
+        }
+    }
+
+    #[test]
+    fn protocol_headers_come_with_their_statuses() {
+        let version = Refusal::UnsupportedVersion("8".into()).to_response();
+        assert_eq!(version.headers()[SEC_WEBSOCKET_VERSION], "13");
+        let upgrade = Refusal::UpgradeRequired("chat".into()).to_response();
+        assert_eq!(upgrade.headers()[UPGRADE], "websocket");
+    }
+
+    #[tokio::test]
+    async fn a_reject_reason_is_the_body_as_one_line() {
+        let refusal = Refusal::BackendRejected {
+            name: "chat".into(),
+            status: StatusCode::FORBIDDEN,
+            reason: "line one\nline two\r".into(),
+        };
+        assert_eq!(body(&refusal).await, "line one line two \n");
+        let empty = Refusal::BackendRejected {
+            name: "chat".into(),
+            status: StatusCode::FORBIDDEN,
+            reason: String::new(),
+        };
+        assert_eq!(body(&empty).await, "Forbidden\n");
+    }
+}
