@@ -2,6 +2,12 @@
 //! socket file, [`serve`] reads each OPEN, enforces the client limit and runs
 //! the server's handler for each session until shutdown.
 //!
+//! Every wait on the gateway has a deadline: OPEN within `open_timeout`;
+//! ACCEPT written and (direct mode) HANDOFF received within
+//! `handoff_timeout`. Links that have not become sessions yet are bounded by
+//! `max_pending_links`: past it the loop stops accepting, so further links
+//! wait in the kernel's backlog and hold no descriptor of this process.
+//!
 //! What a session does with its messages is the handler's business.
 
 use std::future::Future;
@@ -10,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,13 +88,32 @@ impl Listener {
     }
 }
 
+/// Default of [`ServeOptions::open_timeout`]: the gateway sends OPEN as soon
+/// as it has connected, so a link silent this long is not the gateway's.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Default of [`ServeOptions::handoff_timeout`]: the gateway sends HANDOFF
+/// right after writing its `101`.
+pub const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default of [`ServeOptions::max_pending_links`].
+pub const DEFAULT_MAX_PENDING_LINKS: usize = 64;
+
 /// How [`serve`] treats clients.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Clients served at once; the next one is accepted and closed with 1013.
     pub max_clients: usize,
-    /// How long a new link may take to send OPEN.
+    /// How long a new link may take to send OPEN; a link still silent then is closed.
     pub open_timeout: Duration,
+    /// How long, after OPEN, the gateway may take to read ACCEPT and, in
+    /// direct mode, to send HANDOFF (and to take a 1013 close when the
+    /// server is full). Past it the link is closed and the slot freed.
+    pub handoff_timeout: Duration,
+    /// Links accepted but not yet sessions (waiting for OPEN or HANDOFF, or
+    /// being closed with 1013) held at once; each holds one or two
+    /// descriptors. Past it no link is accepted until one of them resolves.
+    pub max_pending_links: usize,
     /// Subprotocols this server speaks, by preference: the first one the
     /// client offers is chosen in ACCEPT. Empty: choose none.
     pub subprotocols: Vec<String>,
@@ -100,7 +125,9 @@ impl Default for ServeOptions {
     fn default() -> ServeOptions {
         ServeOptions {
             max_clients: 50,
-            open_timeout: Duration::from_secs(10),
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
+            handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
+            max_pending_links: DEFAULT_MAX_PENDING_LINKS,
             subprotocols: Vec::new(),
             shutdown_timeout: Duration::from_secs(5),
         }
@@ -124,8 +151,15 @@ where
 {
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(options.max_clients));
+    let pending_links = Arc::new(Semaphore::new(options.max_pending_links.max(1)));
     let options = Arc::new(options);
     let result = loop {
+        let pending_permit = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            permit = pending_links.clone().acquire_owned() => {
+                permit.expect("the pending-links semaphore is never closed")
+            }
+        };
         let connection = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             accepted = listener.accept() => match accepted {
@@ -137,6 +171,7 @@ where
         tracker.spawn(
             run_connection(
                 connection,
+                pending_permit,
                 options.clone(),
                 slots.clone(),
                 shutdown.child_token(),
@@ -164,6 +199,7 @@ where
 
 async fn run_connection<H, F>(
     connection: Connection,
+    pending_permit: OwnedSemaphorePermit,
     options: Arc<ServeOptions>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -183,6 +219,7 @@ async fn run_connection<H, F>(
         Ok(Err(error)) => return warn!(%error, "cannot open session"),
         Ok(Ok(incoming)) => incoming,
     };
+    let incoming_mode = incoming.meta().mode;
     let span = tracing::Span::current();
     span.record("id", incoming.meta().id);
     span.record("peer", incoming.meta().peer.as_str());
@@ -196,23 +233,32 @@ async fn run_connection<H, F>(
         ..AcceptReply::default()
     };
     let permit = slots.try_acquire_owned();
-    let mut session = match incoming.accept(reply).await {
-        Ok(session) => session,
-        Err(error) => return warn!(%error, "cannot accept session"),
+    let accepted = tokio::time::timeout(options.handoff_timeout, incoming.accept(reply)).await;
+    let mut session = match accepted {
+        Err(_) => {
+            return warn!(
+                mode = ?incoming_mode,
+                "gateway did not complete the session within {:?}; dropping the link",
+                options.handoff_timeout
+            );
+        }
+        Ok(Err(error)) => return warn!(%error, "cannot accept session"),
+        Ok(Ok(session)) => session,
     };
     let Ok(_permit) = permit else {
         warn!(
             max_clients = options.max_clients,
             "client limit reached; closing with 1013"
         );
-        if let Err(error) = session
-            .close(CloseCode::Again, "too many clients, try again later")
-            .await
-        {
-            debug!(%error, "cannot send close");
+        let close = session.close(CloseCode::Again, "too many clients, try again later");
+        match tokio::time::timeout(options.handoff_timeout, close).await {
+            Err(_) => debug!("close not taken in time"),
+            Ok(Err(error)) => debug!(%error, "cannot send close"),
+            Ok(Ok(())) => {}
         }
         return;
     };
+    drop(pending_permit);
     info!(name = %session.meta().name, "session opened");
     handler(session, shutdown).await;
     info!("session ended");

@@ -1,8 +1,12 @@
 //! The backend's listening socket file under the docroot: bind, stale-file
-//! replacement, and removal on exit.
+//! replacement, publication, and removal on exit.
 //!
 //! Binding happens before the process daemonizes or drops privileges, so it is
 //! synchronous; [`crate::Listener`] takes the bound socket into tokio afterwards.
+//! [`SocketFile::bind_hidden`] binds under a hidden name (`.<pid>.sock`, which
+//! the gateway never routes to) and [`SocketFile::publish`] renames it to
+//! its name once the server is ready, so the name only ever exists for a
+//! server that can serve.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -54,7 +58,10 @@ pub const MAX_SOCKET_PATH: usize = 107;
 #[derive(Debug)]
 pub struct SocketFile {
     listener: Option<UnixListener>,
+    /// `<docroot>/<name>`, where the file is once published.
     path: PathBuf,
+    /// Where the file is now: the hidden name until published, then `path`.
+    bound_path: PathBuf,
     identity: (u64, u64),
 }
 
@@ -62,7 +69,21 @@ impl SocketFile {
     /// Binds `<docroot>/<name>`, creating the docroot (and subdirectories of a
     /// name like `a/b`) if missing. A stale socket file, one nobody accepts on,
     /// is replaced; a live one is [`BindError::AlreadyServing`].
+    ///
+    /// The socket accepts at once; [`SocketFile::bind_hidden`] and
+    /// [`SocketFile::publish`] split the two for a server with set-up to do.
     pub fn bind(docroot: &Path, name: &str) -> Result<SocketFile, BindError> {
+        let mut socket_file = SocketFile::bind_hidden(docroot, name)?;
+        socket_file.publish()?;
+        Ok(socket_file)
+    }
+
+    /// Binds and listens on a hidden name next to `<docroot>/<name>`
+    /// (`.<pid>.sock`: the gateway refuses hidden names, so no client reaches
+    /// it), after the same checks as [`SocketFile::bind`]: a live server on
+    /// `<name>` is [`BindError::AlreadyServing`] now, before any set-up runs.
+    /// [`SocketFile::publish`] makes it reachable.
+    pub fn bind_hidden(docroot: &Path, name: &str) -> Result<SocketFile, BindError> {
         check_name(name)?;
         let docroot = std::path::absolute(docroot).map_err(|source| BindError::Docroot {
             path: docroot.to_owned(),
@@ -77,33 +98,71 @@ impl SocketFile {
             path: parent.to_owned(),
             source,
         })?;
-        remove_if_stale(&path)?;
+        check_not_live(&path)?;
+        let bound_path = parent.join(format!(".{}.sock", std::process::id()));
+        if bound_path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(BindError::PathTooLong(bound_path));
+        }
         let io_error = |source| BindError::Io {
-            path: path.clone(),
+            path: bound_path.clone(),
             source,
         };
-        let listener = UnixListener::bind(&path).map_err(io_error)?;
-        // The docroot's permissions decide who may connect, as for ouistiti's sockets.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
-            .map_err(io_error)?;
-        listener.set_nonblocking(true).map_err(io_error)?;
-        let metadata = std::fs::symlink_metadata(&path).map_err(io_error)?;
-        info!(path = %path.display(), "listening");
-        Ok(SocketFile {
+        // Left behind by an earlier process with our pid that was killed.
+        match std::fs::remove_file(&bound_path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(error)),
+        }
+        let listener = UnixListener::bind(&bound_path).map_err(io_error)?;
+        let metadata = std::fs::symlink_metadata(&bound_path).map_err(io_error)?;
+        let socket_file = SocketFile {
             listener: Some(listener),
             identity: (metadata.dev(), metadata.ino()),
+            bound_path: bound_path.clone(),
             path,
-        })
+        };
+        // The docroot's permissions decide who may connect, as for ouistiti's
+        // sockets: anyone who can reach the file may (README, "Running it for real").
+        std::fs::set_permissions(&bound_path, std::fs::Permissions::from_mode(0o666))
+            .map_err(io_error)?;
+        if let Some(listener) = &socket_file.listener {
+            listener.set_nonblocking(true).map_err(io_error)?;
+        }
+        Ok(socket_file)
     }
 
-    /// The absolute path of the socket file.
+    /// Makes the socket reachable under its name: rename(2) from the hidden
+    /// name, atomic, so a client finds either no socket or a ready one. A
+    /// stale file under the name is replaced; a live one (a server that
+    /// started since [`SocketFile::bind_hidden`]) is [`BindError::AlreadyServing`].
+    /// Publishing twice is a no-op.
+    pub fn publish(&mut self) -> Result<(), BindError> {
+        if self.bound_path == self.path {
+            return Ok(());
+        }
+        check_not_live(&self.path)?;
+        std::fs::rename(&self.bound_path, &self.path).map_err(|source| BindError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.bound_path = self.path.clone();
+        info!(path = %self.path.display(), "listening");
+        Ok(())
+    }
+
+    /// The absolute path of the socket file once published: `<docroot>/<name>`.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Where the socket file is now: its hidden name until published.
+    pub fn bound_path(&self) -> &Path {
+        &self.bound_path
+    }
+
     /// Gives the socket file to `user`'s uid and gid, before dropping privileges to it.
     pub fn chown(&self, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> io::Result<()> {
-        nix::unistd::chown(&self.path, Some(uid), Some(gid)).map_err(io::Error::from)
+        nix::unistd::chown(&self.bound_path, Some(uid), Some(gid)).map_err(io::Error::from)
     }
 
     /// Takes the listening socket out, for [`crate::Listener::new`]; the file stays owned.
@@ -114,15 +173,16 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
+        let path = &self.bound_path;
+        let ours = std::fs::symlink_metadata(path)
             .map(|m| (m.dev(), m.ino()) == self.identity)
             .unwrap_or(false);
         if !ours {
             return;
         }
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => info!(path = %self.path.display(), "removed socket file"),
-            Err(error) => warn!(path = %self.path.display(), %error, "cannot remove socket file"),
+        match std::fs::remove_file(path) {
+            Ok(()) => info!(path = %path.display(), "removed socket file"),
+            Err(error) => warn!(path = %path.display(), %error, "cannot remove socket file"),
         }
     }
 }
@@ -142,7 +202,9 @@ fn check_name(name: &str) -> Result<(), BindError> {
     }
 }
 
-fn remove_if_stale(path: &Path) -> Result<(), BindError> {
+/// Fails if `path` is a socket some server accepts on, or not a socket at all.
+/// A stale socket is left for [`SocketFile::publish`]'s rename to replace.
+fn check_not_live(path: &Path) -> Result<(), BindError> {
     let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -160,10 +222,7 @@ fn remove_if_stale(path: &Path) -> Result<(), BindError> {
         Ok(_) => Err(BindError::AlreadyServing(path.to_owned())),
         Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
             warn!(path = %path.display(), "replacing stale socket file");
-            std::fs::remove_file(path).map_err(|source| BindError::Io {
-                path: path.to_owned(),
-                source,
-            })
+            Ok(())
         }
         Err(source) => Err(BindError::Io {
             path: path.to_owned(),
@@ -208,6 +267,55 @@ mod tests {
         assert_eq!(second.path(), path);
         drop(second);
         assert!(!path.exists(), "socket file removed on drop");
+    }
+
+    #[test]
+    fn hidden_socket_appears_under_its_name_only_when_published() {
+        let docroot = tempfile::tempdir().expect("tempdir");
+        let path = docroot.path().join("echo");
+        let mut hidden = SocketFile::bind_hidden(docroot.path(), "echo").expect("bind hidden");
+        assert!(!path.exists(), "not reachable before publish");
+        let bound_path = hidden.bound_path().to_owned();
+        let hidden_name = bound_path.file_name().expect("file name").to_string_lossy();
+        assert!(hidden_name.starts_with('.'), "{hidden_name}");
+        assert_eq!(bound_path.parent(), path.parent());
+        hidden.publish().expect("publish");
+        assert!(!bound_path.exists(), "renamed, not copied");
+        assert!(UnixStream::connect(&path).is_ok(), "accepts under its name");
+        let late = SocketFile::bind_hidden(docroot.path(), "echo");
+        assert!(
+            matches!(late, Err(BindError::AlreadyServing(_))),
+            "{late:?}"
+        );
+        drop(hidden);
+        assert!(!path.exists(), "removed on drop");
+    }
+
+    #[test]
+    fn unpublished_socket_is_removed_on_drop_and_a_live_name_wins() {
+        let docroot = tempfile::tempdir().expect("tempdir");
+        let hidden = SocketFile::bind_hidden(docroot.path(), "echo").expect("bind hidden");
+        let bound_path = hidden.bound_path().to_owned();
+        drop(hidden);
+        assert!(!bound_path.exists(), "hidden file removed on drop");
+
+        let mut hidden = SocketFile::bind_hidden(docroot.path(), "echo").expect("bind hidden");
+        let bound_path = hidden.bound_path().to_owned();
+        // Another server takes the name while this one sets up.
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let mut other = SocketFile::bind(other_dir.path(), "echo").expect("other bind");
+        let other_listener = other.take_listener().expect("listener");
+        std::fs::rename(other.path(), docroot.path().join("echo")).expect("move other");
+        std::mem::forget(other);
+        let result = hidden.publish();
+        assert!(
+            matches!(result, Err(BindError::AlreadyServing(_))),
+            "{result:?}"
+        );
+        drop(hidden);
+        assert!(!bound_path.exists(), "hidden file removed on drop");
+        assert!(docroot.path().join("echo").exists(), "the live one stays");
+        drop(other_listener);
     }
 
     #[test]

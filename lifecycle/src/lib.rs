@@ -1,6 +1,7 @@
 //! The process life cycle that the gateway and every backend share: logging
-//! set-up, the stop signals turned into a cancellation token, and the
-//! back-off of an accept loop that ran out of descriptors.
+//! set-up, the descriptor limit raised to its hard limit, the stop signals
+//! turned into a cancellation token, and the back-off of an accept loop that
+//! ran out of descriptors.
 //!
 //! What stopping means (closing clients with `1001`, removing socket files)
 //! and what an accept loop serves are the callers' business.
@@ -21,6 +22,45 @@ pub fn init_tracing() {
         .with_writer(io::stderr)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .init();
+}
+
+/// Raises this process's soft limit on open descriptors (`RLIMIT_NOFILE`) to
+/// its hard limit, as nginx's `worker_rlimit_nofile` lets one do, and returns
+/// the soft limit now in force (`None` if it cannot even be read). The result
+/// is logged at info level.
+///
+/// Every client costs a descriptor, and the usual soft limit of 1024 is far
+/// below what a gateway or a backend can serve. The hard limit is left alone:
+/// raising it needs privileges and is the operator's decision (`ulimit -Hn`,
+/// systemd's `LimitNOFILE=`). A failure to raise leaves the limit as it was,
+/// which is logged and returned, never fatal.
+pub fn raise_nofile_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the descriptor limit");
+            return None;
+        }
+    };
+    if soft >= hard {
+        tracing::info!(nofile = soft, "descriptor limit");
+        return Some(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::info!(
+                nofile = hard,
+                was = soft,
+                "raised the descriptor limit to its hard limit"
+            );
+            Some(hard)
+        }
+        Err(error) => {
+            tracing::warn!(%error, nofile = soft, hard, "cannot raise the descriptor limit");
+            Some(soft)
+        }
+    }
 }
 
 /// A token cancelled on the first SIGTERM or SIGINT. Must be called inside a
@@ -108,6 +148,22 @@ mod tests {
         let started = tokio::time::Instant::now();
         backoff.wait().await;
         assert_eq!(started.elapsed().as_millis(), 10);
+    }
+
+    #[test]
+    fn nofile_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        // Lower the soft limit (always allowed), as a shell's `ulimit -Sn` would.
+        let lowered = hard.min(256) - 1;
+        setrlimit(Resource::RLIMIT_NOFILE, lowered, hard).expect("lower the soft limit");
+        assert_eq!(raise_nofile_limit(), Some(hard));
+        assert_eq!(
+            getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit"),
+            (hard, hard)
+        );
+        // Already at the hard limit: nothing changes.
+        assert_eq!(raise_nofile_limit(), Some(hard));
     }
 
     #[test]

@@ -21,9 +21,12 @@ use tracing::warn;
 use crate::LinkError;
 use crate::record::{HEADER_LEN, RecordKind, decode_header, encode_header};
 
-/// How many descriptors one receive makes room for; a HANDOFF carries one,
-/// the room for more lets us see, and close, any extra a peer sends.
-const MAX_FDS: usize = 4;
+/// How many descriptors one receive makes room for: the kernel's `SCM_MAX_FD`,
+/// the most one SCM_RIGHTS message can carry, and one stream `recvmsg` never
+/// returns more than one such message. A HANDOFF carries one descriptor; room
+/// for every one a peer can send means the kernel never truncates them
+/// (`MSG_CTRUNC`), so each one that arrives is owned here and the extras closed.
+const MAX_FDS: usize = 253;
 
 /// Sends the HANDOFF record on `link`: `client` as SCM_RIGHTS on its first
 /// byte, `pending` as its payload. The caller closes its own copy afterwards.
@@ -65,7 +68,8 @@ pub async fn recv_handoff(
     let (n_read, raw_fds, truncated) = link
         .async_io(Interest::READABLE, || {
             let mut iov = [IoSliceMut::new(&mut header)];
-            let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+            // Room for credentials too, though this socket never asks for them.
+            let mut space = nix::cmsg_space!([RawFd; MAX_FDS], nix::libc::ucred);
             let message = recvmsg::<()>(
                 raw_link,
                 &mut iov,
@@ -73,13 +77,19 @@ pub async fn recv_handoff(
                 MsgFlags::MSG_CMSG_CLOEXEC,
             )
             .map_err(io::Error::from)?;
+            let truncated = message.flags.contains(MsgFlags::MSG_CTRUNC);
+            // nix refuses to parse a truncated control buffer (ENOBUFS); with
+            // the room above that cannot happen for SCM_RIGHTS, and if it ever
+            // did, the descriptors that did arrive would be unreachable, so it
+            // is reported as a truncation, not as an I/O error.
             let mut raw_fds = Vec::new();
-            for cmsg in message.cmsgs().map_err(io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                    raw_fds.extend(fds);
+            if let Ok(cmsgs) = message.cmsgs() {
+                for cmsg in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                        raw_fds.extend(fds);
+                    }
                 }
             }
-            let truncated = message.flags.contains(MsgFlags::MSG_CTRUNC);
             Ok((message.bytes, raw_fds, truncated))
         })
         .await?;
@@ -147,6 +157,59 @@ mod tests {
         let mut buf = [0u8; 5];
         client_ours.read_exact(&mut buf).await.expect("read");
         assert_eq!(&buf, b"hello");
+    }
+
+    /// How many of this process's descriptors refer to `path`.
+    fn n_fds_open_on(path: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn every_extra_descriptor_is_closed() {
+        // Ten descriptors of one file that nothing else in this process opens,
+        // so other tests running at the same time do not disturb the count.
+        let marker = tempfile::NamedTempFile::new()
+            .expect("tempfile")
+            .into_temp_path();
+        let marker_path = marker.canonicalize().expect("canonical path");
+        let files: Vec<std::fs::File> = (0..10)
+            .map(|_| std::fs::File::open(&marker_path).expect("open"))
+            .collect();
+        let raw_fds: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
+        let (mut gateway_side, mut backend_side) = UnixStream::pair().expect("pair");
+        let header = encode_header(RecordKind::Handoff, 0);
+        let iov = [IoSlice::new(&header)];
+        let cmsg = [ControlMessage::ScmRights(&raw_fds)];
+        sendmsg::<()>(
+            gateway_side.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("sendmsg");
+        drop(files);
+        assert_eq!(n_fds_open_on(&marker_path), 0, "only the link holds them");
+        let received = recv_handoff(&mut backend_side, 1024).await;
+        let n_held = n_fds_open_on(&marker_path);
+        let outcome = format!("{received:?}");
+        let pending_is_empty = matches!(&received, Ok((_, pending)) if pending.is_empty());
+        drop(received);
+        assert_eq!(
+            n_fds_open_on(&marker_path),
+            0,
+            "every received descriptor is closed with the result: {outcome}"
+        );
+        assert!(
+            pending_is_empty,
+            "the first descriptor is the client: {outcome}"
+        );
+        assert_eq!(n_held, 1, "only the client is kept");
+        gateway_side.shutdown().await.expect("shutdown");
     }
 
     #[tokio::test]

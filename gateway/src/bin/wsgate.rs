@@ -8,6 +8,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = gateway::Args::parse();
     lifecycle::init_tracing();
+    lifecycle::raise_nofile_limit();
     let config = match gateway::Config::from_args(args).and_then(|config| {
         config.check_paths()?;
         Ok(config)
