@@ -12,6 +12,8 @@
 //! - [`client`]: [`Client`], a WebSocket client whose every read has a deadline.
 //! - [`http`]: raw HTTP/1.1 requests with exact control over headers, for refusals.
 //! - [`fake_backend`]: [`FakeBackend`], an in-process framed backend that records its links.
+//! - [`hostile_backend`]: [`hostile_backend::HostileBackend`], a backend that breaks the link
+//!   protocol on purpose, with a byte-level encoder of its own.
 //!
 //! Nothing of the product depends on this crate.
 //! - [`mode`]: [`Mode`], relay or direct, and [`both_modes!`] to run a suite in both.
@@ -30,6 +32,7 @@ pub mod child;
 pub mod client;
 pub mod fake_backend;
 pub mod gateway;
+pub mod hostile_backend;
 pub mod http;
 pub mod mode;
 pub mod wait;

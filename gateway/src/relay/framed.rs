@@ -5,16 +5,18 @@
 //! The gateway never looks inside a payload: `Bytes` move from one side to the
 //! other without a copy.
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use link::keepalive::{IdleTimer, PingTicker};
 use link::message::{close_frame_for_client, close_info, message_to_record};
 use link::websocket::LINK_READ_BUFFER;
-use link::{CloseInfo, Record, RecordCodec};
+use link::{CloseInfo, LinkError, Record, RecordCodec};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -35,13 +37,29 @@ pub(crate) async fn run(
     shutdown: &CancellationToken,
 ) {
     let parts = link.into_parts();
-    let codec = parts.codec;
+    let mut codec = parts.codec;
     let (read_half, write_half) = parts.io.into_split();
-    let mut link_reader = FramedRead::with_capacity(read_half, codec.clone(), LINK_READ_BUFFER);
     // Records the backend sent right behind its ACCEPT are already buffered.
+    // FramedRead decodes only after its next read from the socket, which may
+    // never come, so the whole ones are decoded here and relayed first.
+    let mut behind_accept = parts.read_buf;
+    let mut early = VecDeque::new();
+    loop {
+        match codec.decode(&mut behind_accept) {
+            Ok(Some(record)) => early.push_back(Ok(record)),
+            Ok(None) => break,
+            Err(error) => {
+                early.push_back(Err(error));
+                behind_accept.clear();
+                break;
+            }
+        }
+    }
+    let mut link_reader = FramedRead::with_capacity(read_half, codec.clone(), LINK_READ_BUFFER);
+    // What is left is the start of a record; the next read completes it.
     link_reader
         .read_buffer_mut()
-        .extend_from_slice(&parts.read_buf);
+        .extend_from_slice(&behind_accept);
     let mut link_writer = FramedWrite::new(write_half, codec);
     // FramedWrite starts with 8 KiB; an idle client should not pay for it.
     *link_writer.write_buffer_mut() = BytesMut::new();
@@ -49,7 +67,7 @@ pub(crate) async fn run(
 
     let ending = {
         let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
-        let downstream = backend_to_client(&mut link_reader, &mut client_writer, settings);
+        let downstream = backend_to_client(early, &mut link_reader, &mut client_writer, settings);
         first_ending(upstream, downstream, shutdown).await
     };
 
@@ -147,6 +165,7 @@ async fn client_to_backend(
 /// Link records to the client, and keepalive pings, until the backend closes
 /// or fails, or the client cannot be written.
 async fn backend_to_client(
+    mut early: VecDeque<Result<Record, LinkError>>,
     link_reader: &mut LinkReader,
     client_writer: &mut ClientWriter,
     settings: &RelaySettings,
@@ -154,6 +173,8 @@ async fn backend_to_client(
     let mut pings = PingTicker::new(settings.ping_interval);
     loop {
         let first = tokio::select! {
+            biased;
+            next = std::future::ready(early.pop_front()), if !early.is_empty() => next,
             next = link_reader.next() => next,
             () = pings.tick() => {
                 if let Err(error) = client_writer.send(Message::Ping(Bytes::new())).await {
@@ -186,6 +207,10 @@ async fn backend_to_client(
             n_batched += 1;
             if n_batched >= MAX_BATCH {
                 break;
+            }
+            if let Some(record) = early.pop_front() {
+                next = Some(record);
+                continue;
             }
             match link_reader.next().now_or_never() {
                 Some(ready) => next = ready,
