@@ -1,0 +1,166 @@
+//! The example exchange of docs/link-protocol.md, byte for byte: every
+//! record of the example decodes to what its comment says and encodes back
+//! to the same bytes, and the OPEN example is what `OpenMeta` writes.
+
+use std::collections::BTreeMap;
+
+use bytes::BytesMut;
+use link::{
+    AcceptReply, CloseInfo, LINK_VERSION, LinkMode, OpenMeta, Record, RecordCodec, RejectReply,
+};
+use tokio_util::codec::{Decoder, Encoder};
+
+const DOC: &str = include_str!("../../docs/link-protocol.md");
+
+/// The lines of the example block under "## Example exchange" that start
+/// with an arrow: the direction and the hex bytes before the comment.
+fn example_lines() -> Vec<(char, Vec<u8>)> {
+    let section = DOC
+        .split("## Example exchange")
+        .nth(1)
+        .expect("docs/link-protocol.md has an example exchange");
+    let block = section
+        .split("```text")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the example is a text block");
+    block
+        .lines()
+        .filter_map(|line| {
+            let arrow = line.chars().next().filter(|c| *c == '→' || *c == '←')?;
+            let bytes = line[arrow.len_utf8()..]
+                .split_whitespace()
+                .map_while(|token| {
+                    u8::from_str_radix(token, 16)
+                        .ok()
+                        .filter(|_| token.len() == 2)
+                })
+                .collect();
+            Some((arrow, bytes))
+        })
+        .collect()
+}
+
+/// The JSON of the OPEN example, on the line after the OPEN record.
+fn open_json() -> String {
+    let section = DOC.split("## Example exchange").nth(1).expect("example");
+    section
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("{\"version\""))
+        .expect("the OPEN JSON is shown")
+        .to_owned()
+}
+
+fn decode_all(bytes: &[u8]) -> Vec<Record> {
+    let mut buffer = BytesMut::from(bytes);
+    let mut codec = RecordCodec::new(1024);
+    let mut records = Vec::new();
+    while let Some(record) = codec.decode(&mut buffer).expect("the example decodes") {
+        records.push(record);
+    }
+    assert!(buffer.is_empty(), "no bytes left over");
+    records
+}
+
+fn encode(record: Record) -> Vec<u8> {
+    let mut buffer = BytesMut::new();
+    RecordCodec::new(1024)
+        .encode(record, &mut buffer)
+        .expect("encodes");
+    buffer.to_vec()
+}
+
+#[test]
+fn the_open_example_is_what_open_meta_writes() {
+    let meta = OpenMeta {
+        version: LINK_VERSION,
+        mode: LinkMode::Framed,
+        id: 7,
+        name: "echo".into(),
+        path: "/echo".into(),
+        query: String::new(),
+        protocols: Vec::new(),
+        peer: "127.0.0.1:50312".into(),
+        headers: BTreeMap::new(),
+        limits: None,
+    };
+    let json = open_json();
+    assert_eq!(
+        String::from_utf8(meta.to_payload().to_vec()).expect("UTF-8"),
+        json
+    );
+    assert_eq!(
+        OpenMeta::from_payload(json.as_bytes()).expect("parses"),
+        meta
+    );
+    // The header shown for it: kind 0x01 and the JSON's length.
+    let (arrow, header) = &example_lines()[0];
+    assert_eq!(*arrow, '→');
+    let mut expected = vec![0x01];
+    expected.extend_from_slice(&u32::try_from(json.len()).expect("short").to_be_bytes());
+    assert_eq!(header, &expected, "OPEN header for {} bytes", json.len());
+}
+
+#[test]
+fn every_record_of_the_example_round_trips_byte_for_byte() {
+    let lines = example_lines();
+    let expected: Vec<(char, Record)> = vec![
+        ('←', Record::Accept(bytes::Bytes::new())),
+        ('→', Record::Text("hi".into())),
+        ('←', Record::Text("hi".into())),
+        (
+            '→',
+            Record::Binary(bytes::Bytes::from_static(&[0x00, 0xff])),
+        ),
+        (
+            '←',
+            Record::Binary(bytes::Bytes::from_static(&[0x00, 0xff])),
+        ),
+        (
+            '→',
+            Record::Close(Some(CloseInfo {
+                code: 1000,
+                reason: "bye".into(),
+            })),
+        ),
+        (
+            '←',
+            Record::Close(Some(CloseInfo {
+                code: 1000,
+                reason: "bye".into(),
+            })),
+        ),
+    ];
+    // The first line is the OPEN header alone (its JSON is on the next line).
+    assert_eq!(lines.len(), expected.len() + 1, "{lines:?}");
+    for ((arrow, bytes), (expected_arrow, record)) in lines[1..].iter().zip(expected) {
+        assert_eq!(*arrow, expected_arrow, "{bytes:02x?}");
+        assert_eq!(decode_all(bytes), [record.clone()], "{bytes:02x?}");
+        assert_eq!(&encode(record), bytes);
+    }
+    assert_eq!(
+        AcceptReply::from_payload(b"").expect("empty ACCEPT"),
+        AcceptReply::default()
+    );
+}
+
+#[test]
+fn the_reject_example_has_the_length_it_shows() {
+    let reply = RejectReply {
+        status: 403,
+        reason: "members only".into(),
+    };
+    let payload = reply.to_payload();
+    assert_eq!(&payload[..], br#"{"status":403,"reason":"members only"}"#);
+    let header = DOC
+        .lines()
+        .find(|line| line.contains("REJECT, 38 bytes"))
+        .expect("the REJECT example is shown");
+    assert_eq!(payload.len(), 38);
+    assert!(
+        header.contains("← 03 00 00 00 26 7b 22 73 74 61 74 75 73 22"),
+        "{header}"
+    );
+    assert_eq!(&payload[..5], b"{\"sta");
+}
