@@ -404,3 +404,40 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn origin_parsing_never_panics(origins in proptest::collection::vec(".{0,40}", 0..4),
+                                       origin in proptest::option::of(".{0,40}"),
+                                       host in proptest::option::of(".{0,40}")) {
+            if let Ok(policy) = OriginPolicy::from_list(&origins) {
+                let _ = policy.allows(origin.as_deref(), host.as_deref());
+            }
+            let _ = OriginPolicy::SameHost.allows(origin.as_deref(), host.as_deref());
+        }
+
+        #[test]
+        fn the_same_host_is_always_allowed_and_another_never(
+            name in "[a-z][a-z0-9-]{0,15}(\\.[a-z]{2,6})?",
+            port in proptest::option::of(1u16..),
+            other in "[a-z][a-z0-9-]{0,15}",
+            scheme in prop_oneof![Just("http"), Just("https")],
+        ) {
+            let host = match port {
+                Some(port) => format!("{name}:{port}"),
+                None => name.clone(),
+            };
+            let origin = format!("{scheme}://{host}");
+            prop_assert!(OriginPolicy::SameHost.allows(Some(&origin), Some(&host)));
+            prop_assume!(other != name);
+            let foreign = format!("{scheme}://{other}.invalid");
+            prop_assert!(!OriginPolicy::SameHost.allows(Some(&foreign), Some(&host)));
+        }
+    }
+}

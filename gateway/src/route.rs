@@ -349,3 +349,54 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::path::Component;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Paths built from the pieces that traversal attempts are made of.
+    fn hostile_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2E".to_owned()),
+            Just("%2f".to_owned()),
+            Just("%00".to_owned()),
+            Just("%1f".to_owned()),
+            Just("%ff".to_owned()),
+            Just("%".to_owned()),
+            "[a-z]{1,4}",
+            "[\\x00-\\x7f]{1,3}",
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn no_accepted_name_ever_leaves_the_docroot(path in hostile_path()) {
+            let path = format!("/{path}");
+            if let Ok(name) = parse_name(&path) {
+                prop_assert!(!name.is_empty());
+                for segment in name.split('/') {
+                    prop_assert!(!segment.is_empty(), "{path} -> {name}");
+                    prop_assert!(!segment.starts_with('.'), "{path} -> {name}");
+                    prop_assert!(!segment.chars().any(char::is_control), "{path} -> {name}");
+                }
+                let docroot = Path::new("/srv/docroot");
+                if let Ok(socket) = socket_path(docroot, &name) {
+                    let below = socket.strip_prefix(docroot).expect("joined under the docroot");
+                    prop_assert!(
+                        below.components().all(|c| matches!(c, Component::Normal(_))),
+                        "{path} -> {}", socket.display()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -136,7 +136,11 @@ fn every_record_of_the_example_round_trips_byte_for_byte() {
     assert_eq!(lines.len(), expected.len() + 1, "{lines:?}");
     for ((arrow, bytes), (expected_arrow, record)) in lines[1..].iter().zip(expected) {
         assert_eq!(*arrow, expected_arrow, "{bytes:02x?}");
-        assert_eq!(decode_all(bytes), std::slice::from_ref(&record), "{bytes:02x?}");
+        assert_eq!(
+            decode_all(bytes),
+            std::slice::from_ref(&record),
+            "{bytes:02x?}"
+        );
         assert_eq!(&encode(record), bytes);
     }
     assert_eq!(

@@ -208,3 +208,35 @@ mod tests {
         check("WSPrivate ", Some(Command::PrivateUsage));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_command_is_exactly_its_text(
+            prefix in prop_oneof![Just(""), Just(HELLO), Just(PRIVATE), Just(WHOIS), Just("WS")],
+            rest in ".{0,40}",
+        ) {
+            let text = format!("{prefix}{rest}");
+            match Command::parse(&text) {
+                Some(Command::Hello { name }) => prop_assert_eq!(format!("{HELLO}{name}"), text),
+                Some(Command::Whois { name }) => prop_assert_eq!(format!("{WHOIS}{name}"), text),
+                Some(Command::Private { name, message }) => {
+                    prop_assert!(!name.contains(' '));
+                    prop_assert!(!message.is_empty());
+                    prop_assert_eq!(format!("{PRIVATE}{name} {message}"), text);
+                }
+                Some(Command::PrivateUsage) => prop_assert!(text.starts_with(PRIVATE)),
+                None => {
+                    prop_assert!(!text.starts_with(HELLO));
+                    prop_assert!(!text.starts_with(PRIVATE));
+                    prop_assert!(!text.starts_with(WHOIS));
+                }
+            }
+        }
+    }
+}
