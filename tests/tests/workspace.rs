@@ -188,7 +188,11 @@ fn rust_files() -> anyhow::Result<Vec<PathBuf>> {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if entry.file_type()?.is_dir() {
-                let skipped = name.starts_with('.') || name == "target" || name == "fuzz";
+                // Build directories (cargo tags them with CACHEDIR.TAG, whatever
+                // their name) hold generated code, not the project's.
+                let skipped = name.starts_with('.')
+                    || name == "fuzz"
+                    || path.join("CACHEDIR.TAG").exists();
                 if !skipped {
                     walk(&path, files)?;
                 }
