@@ -172,6 +172,23 @@ impl Client {
         }
     }
 
+    /// Waits for a close frame with exactly `code` and `reason`.
+    pub async fn expect_close_with(&mut self, code: CloseCode, reason: &str) -> anyhow::Result<()> {
+        match self.expect_close().await? {
+            Some(frame) if frame.code == code && frame.reason.as_str() == reason => Ok(()),
+            Some(frame) => bail!(
+                "{} closed with {} {:?}, expected {code} {reason:?}",
+                self.label,
+                frame.code,
+                frame.reason.as_str()
+            ),
+            None => bail!(
+                "{} closed without a code, expected {code} {reason:?}",
+                self.label
+            ),
+        }
+    }
+
     /// Starts the close handshake with `code` and returns the peer's close
     /// frame once the connection has ended; an end without one is an error.
     pub async fn close(

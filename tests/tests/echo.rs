@@ -147,7 +147,9 @@ async fn client_close_is_answered_with_its_code(mode: Mode) -> anyhow::Result<()
         Message::text("before close")
     );
     let reply = client.close(CloseCode::Normal, "done").await?;
-    assert_eq!(reply.map(|frame| frame.code), Some(CloseCode::Normal));
+    // The close handshake answers with the same code and reason.
+    let reply = reply.map(|frame| (frame.code, frame.reason.as_str().to_owned()));
+    assert_eq!(reply, Some((CloseCode::Normal, "done".to_owned())));
     // The echo is still there for the next client.
     let mut next = gateway.connect("/echo").await?;
     assert_eq!(

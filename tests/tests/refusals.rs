@@ -30,6 +30,26 @@ fn docroot_with(names: &[&str]) -> anyhow::Result<(TempDir, Vec<FakeBackend>)> {
     Ok((docroot, backends))
 }
 
+/// Proves that the refused requests before it reached no backend: a valid
+/// handshake to `path` then makes the backend's first and only link, and the
+/// gateway connects in request order, so an earlier stray link would have
+/// been accepted first.
+async fn expect_only_the_sentinel_link(
+    gateway: &Gateway,
+    backend: &FakeBackend,
+    path: &str,
+) -> anyhow::Result<()> {
+    let response = gateway.handshake(&HandshakeRequest::new(path)).await?;
+    assert_eq!(response.status, 101, "sentinel {path}: {response}");
+    wait::until("the sentinel's link", EVENT_DEADLINE, || {
+        let n_links = backend.n_links();
+        async move { Ok((n_links >= 1).then_some(())) }
+    })
+    .await?;
+    assert_eq!(backend.n_links(), 1, "a refused request reached {path}");
+    Ok(())
+}
+
 /// Checks that `response` is a refusal with `status` and a non-empty reason.
 fn check_refusal(what: &str, response: &HttpResponse, status: u16) {
     assert_eq!(response.status, status, "{what}: got {response}");
@@ -86,12 +106,7 @@ async fn bad_handshakes_are_refused_with_400() -> anyhow::Result<()> {
         let response = gateway.handshake(&request).await?;
         check_refusal(what, &response, 400);
     }
-    assert_eq!(
-        backends[0].n_links(),
-        0,
-        "a bad handshake reached the backend"
-    );
-    Ok(())
+    expect_only_the_sentinel_link(&gateway, &backends[0], "/echo").await
 }
 
 #[tokio::test]
@@ -111,8 +126,7 @@ async fn wrong_websocket_version_is_refused_with_426_naming_version_13() -> anyh
             response.headers
         );
     }
-    assert_eq!(backends[0].n_links(), 0);
-    Ok(())
+    expect_only_the_sentinel_link(&gateway, &backends[0], "/echo").await
 }
 
 #[tokio::test]
@@ -123,8 +137,8 @@ async fn plain_get_on_a_socket_name_is_refused_with_426() -> anyhow::Result<()> 
         let response = gateway.get(path).await?;
         check_refusal(&format!("GET {path}"), &response, 426);
     }
-    assert!(backends.iter().all(|backend| backend.n_links() == 0));
-    Ok(())
+    expect_only_the_sentinel_link(&gateway, &backends[0], "/echo").await?;
+    expect_only_the_sentinel_link(&gateway, &backends[1], "/group/item").await
 }
 
 #[tokio::test]
@@ -246,7 +260,13 @@ async fn backend_that_never_answers_open_gets_the_client_a_504() -> anyhow::Resu
     let docroot = tempfile::tempdir()?;
     let mut silent = FakeBackend::start(&docroot.path().join("hung"), FakeBehaviour::Silent)?;
     let gateway = Gateway::start(docroot.path(), &["--accept-timeout", "1"]).await?;
-    let response = gateway.handshake(&HandshakeRequest::new("/hung")).await?;
+    // Within 3 s, under the 5 s default: the flag, not the default, ends the wait.
+    let response = wait::within(
+        "the 504 of a 1 s accept timeout",
+        std::time::Duration::from_secs(3),
+        gateway.handshake(&HandshakeRequest::new("/hung")),
+    )
+    .await??;
     check_refusal("backend silent after OPEN", &response, 504);
     let meta = silent
         .expect_open()

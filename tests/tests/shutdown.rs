@@ -31,24 +31,39 @@ async fn stop_signal_closes_every_client_with_1001_and_exits_zero() -> anyhow::R
         gateway.signal(signal)?;
 
         for client in &mut clients {
-            client
-                .expect_close_code(CloseCode::Away)
+            let frame = client
+                .expect_close()
                 .await
-                .map_err(|error| error.context(signal))?;
+                .map_err(|error| error.context(signal))?
+                .unwrap_or_else(|| panic!("{signal}: a close frame with a code"));
+            assert_eq!(frame.code, CloseCode::Away, "{signal}");
+            assert_eq!(frame.reason.as_str(), "gateway shutting down", "{signal}");
         }
         let status = gateway.wait_exit(EXIT_DEADLINE).await?;
         assert_eq!(status.code(), Some(0), "{signal}: exit status {status}");
-        // The recorder's link was closed, possibly after a CLOSE record.
+        // The recorder's link: its client's messages, then CLOSE 1001 with
+        // the gateway's reason (docs/link-protocol.md), then the link ends.
         recorder.expect_open().await?;
         loop {
             match recorder.next_record_or_end().await? {
                 LinkEvent::Received {
-                    record: Record::Text(_) | Record::Close(_),
+                    record: Record::Text(_),
                     ..
                 } => continue,
-                LinkEvent::Closed { .. } => break,
-                other => panic!("{signal}: expected the link to close, got {other:?}"),
+                LinkEvent::Received {
+                    record: Record::Close(Some(info)),
+                    ..
+                } => {
+                    assert_eq!(info.code, 1001, "{signal}");
+                    assert_eq!(info.reason, "gateway shutting down", "{signal}");
+                    break;
+                }
+                other => panic!("{signal}: expected CLOSE 1001, got {other:?}"),
             }
+        }
+        match recorder.next_record_or_end().await? {
+            LinkEvent::Closed { .. } => {}
+            other => panic!("{signal}: expected the link to end after CLOSE, got {other:?}"),
         }
         // Backends are separate processes and outlive the gateway.
         echo.check_running()?;

@@ -190,9 +190,8 @@ fn rust_files() -> anyhow::Result<Vec<PathBuf>> {
             if entry.file_type()?.is_dir() {
                 // Build directories (cargo tags them with CACHEDIR.TAG, whatever
                 // their name) hold generated code, not the project's.
-                let skipped = name.starts_with('.')
-                    || name == "fuzz"
-                    || path.join("CACHEDIR.TAG").exists();
+                let skipped =
+                    name.starts_with('.') || name == "fuzz" || path.join("CACHEDIR.TAG").exists();
                 if !skipped {
                     walk(&path, files)?;
                 }
