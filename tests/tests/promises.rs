@@ -1,0 +1,137 @@
+//! Promises of the README and the docs that no other suite checks: the idle
+//! timeout in both modes, the shutdown timeout, a link version the backend
+//! does not speak, the backends' start-up rules, and several listeners.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::child::ChildGuard;
+use harness::hostile_backend::record_bytes;
+use harness::http::{self, HandshakeRequest};
+use harness::{
+    Backend, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, Mode, STARTUP_DEADLINE,
+    bin_path, both_modes, wait,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+both_modes!(a_silent_client_is_closed_with_1001_after_the_idle_timeout);
+
+async fn a_silent_client_is_closed_with_1001_after_the_idle_timeout(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let args = mode.with_args(&["--ping-interval", "0", "--idle-timeout", "1"]);
+    let gateway = Gateway::start(docroot.path(), &args).await?;
+    let mut client = gateway.connect("/echo").await?;
+    let message = Message::text("then silence");
+    assert_eq!(client.round_trip(message.clone()).await?, message);
+    // Under the 120 s default: only the flag can end it this soon.
+    wait::within(
+        "the idle close",
+        Duration::from_secs(8),
+        client.expect_close_with(CloseCode::Away, "idle timeout"),
+    )
+    .await?
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_clients_that_never_close_after_its_timeout() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let mut gateway = Gateway::start(docroot.path(), &["--shutdown-timeout", "1"]).await?;
+    // A client that upgrades and then never reads, so never answers the close.
+    let mut deaf = TcpStream::connect(gateway.addr()).await?;
+    let request = HandshakeRequest::new("/echo").render(&gateway.addr().to_string());
+    deaf.write_all(request.as_bytes()).await?;
+    let response = http::read_response(&mut deaf).await?;
+    assert_eq!(response.status, 101, "{response}");
+    gateway.sigterm()?;
+    // Under the 5 s default: the flag bounds the wait.
+    let status = gateway.wait_exit(Duration::from_secs(4)).await?;
+    assert_eq!(status.code(), Some(0), "{status}");
+    drop(deaf);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_refuses_a_link_version_it_does_not_speak_with_501() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let mut link = UnixStream::connect(echo.socket_path()).await?;
+    let open = br#"{"version":99,"mode":"framed","id":1,"name":"echo","path":"/echo","peer":"127.0.0.1:1"}"#;
+    link.write_all(&record_bytes(0x01, open)).await?;
+    let mut answer = Vec::new();
+    wait::within("the REJECT", EVENT_DEADLINE, link.read_to_end(&mut answer)).await??;
+    assert_eq!(answer.first(), Some(&0x03), "a REJECT record: {answer:?}");
+    let reply: serde_json::Value = serde_json::from_slice(answer.get(5..).unwrap_or_default())?;
+    assert_eq!(reply["status"], 501, "{reply}");
+    assert!(
+        reply["reason"].as_str().unwrap_or_default().contains("99"),
+        "{reply}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_creates_its_docroot_and_refuses_a_name_already_served() -> anyhow::Result<()> {
+    let parent = tempfile::tempdir()?;
+    let docroot = parent.path().join("not/yet/there");
+    let _first = Backend::start("websocket_echo", &docroot, "echo", &[]).await?;
+    let output = tokio::process::Command::new(bin_path("websocket_echo")?)
+        .arg("-R")
+        .arg(&docroot)
+        .args(["-n", "echo"])
+        .output();
+    let output = wait::within("the second echo to give up", EXIT_DEADLINE, output).await??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another server is already listening"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_listen_address_serves_ipv4_and_ipv6() -> anyhow::Result<()> {
+    // The loopback of both families is part of this machine kind.
+    std::net::TcpListener::bind("[::1]:0")
+        .map_err(|error| anyhow::anyhow!("this test needs an IPv6 loopback (::1): {error}"))?;
+    let second = "[::1]:0";
+    let docroot = tempfile::tempdir()?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let mut command = Command::new(bin_path("wsgate")?);
+    command
+        .args(["--listen", "127.0.0.1:0", "--listen", second, "-R"])
+        .arg(docroot.path())
+        .stdout(Stdio::piped());
+    let mut gateway = ChildGuard::spawn("wsgate (two listeners)", command)?;
+    let stdout = gateway.child_mut().stdout.take().expect("stdout is piped");
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    while addrs.len() < 2 {
+        let line = wait::within("a listening line", STARTUP_DEADLINE, receiver.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stdout closed: {}", gateway.stderr_text()))?;
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            addrs.push(addr.trim().parse()?);
+        }
+    }
+    assert!(addrs[0].is_ipv4());
+    assert!(addrs[1].is_ipv6());
+    for addr in addrs {
+        let mut client = harness::Client::connect(addr, "/echo", &[]).await?;
+        let message = Message::text(format!("via {addr}"));
+        assert_eq!(client.round_trip(message.clone()).await?, message);
+    }
+    Ok(())
+}
