@@ -164,3 +164,30 @@ async fn raw_backend_closing_its_link_closes_the_client() -> anyhow::Result<()> 
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn raw_mode_passes_binary_as_bytes_and_sends_what_is_not_utf8_as_binary() -> anyhow::Result<()>
+{
+    let docroot = tempfile::tempdir()?;
+    let mut raw = RawBackend::start(&docroot.path().join("raw-echo"), RawReplies::Echo)?;
+    let gateway = Gateway::start(docroot.path(), &["--raw", "raw-*"]).await?;
+    let mut client = gateway.connect("/raw-echo").await?;
+    // A binary client message reaches the backend as its bytes; the backend's
+    // read of them is not UTF-8, so it comes back as a binary message.
+    let not_utf8 = vec![0xff, 0xfe, 0x80];
+    assert_eq!(
+        client.round_trip(Message::binary(not_utf8.clone())).await?,
+        Message::binary(not_utf8.clone())
+    );
+    assert_eq!(raw.expect_bytes(not_utf8.len()).await?, not_utf8);
+    // Binary bytes that happen to be UTF-8 come back as text: raw mode has
+    // no message kinds, and the gateway's rule is "UTF-8 is text".
+    assert_eq!(
+        client
+            .round_trip(Message::binary(b"plain".to_vec()))
+            .await?,
+        Message::text("plain")
+    );
+    raw.expect_bytes("plain".len()).await?;
+    Ok(())
+}
