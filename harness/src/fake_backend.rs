@@ -1,23 +1,22 @@
 //! An in-process framed backend that behaves as a test asks (echo, reject,
 //! never answer) and records everything that happens on its links.
 //!
-//! It uses the link codec from the `link` crate and nothing else of the backend
-//! library, so it sees the records the gateway really sends. Its task runs on
-//! the test's runtime and is aborted (with every link) when it is dropped.
+//! It reads and writes records with the harness's own byte-level code
+//! ([`crate::wire`]), not the `link` crate's codec, so it sees the bytes the
+//! gateway really sends. Its task runs on the test's runtime and is aborted
+//! (with every link) when it is dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
-use link::{AcceptReply, OpenMeta, Record, RecordCodec, RejectReply};
+use link::{AcceptReply, OpenMeta, Record, RejectReply};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::codec::Framed;
 
-use crate::{EVENT_DEADLINE, wait};
+use crate::{EVENT_DEADLINE, wait, wire};
 
 /// How a [`FakeBackend`] answers each link.
 #[derive(Debug, Clone)]
@@ -170,27 +169,35 @@ async fn accept_links(
 }
 
 async fn serve_link(
-    stream: UnixStream,
+    mut stream: UnixStream,
     link_idx: usize,
     behaviour: FakeBehaviour,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
-    let mut framed = Framed::new(stream, RecordCodec::default());
     let mut open_seen = false;
     loop {
-        let record = match framed.next().await {
-            None => {
+        let record = match wire::read_record(&mut stream).await {
+            Ok(None) => {
                 let _ = events.send(LinkEvent::Closed { link_idx });
                 return;
             }
-            Some(Err(error)) => {
-                let _ = events.send(LinkEvent::Failed {
-                    link_idx,
-                    error: error.to_string(),
-                });
+            Err(error) => {
+                // A reset is the gateway closing the link, not a malformed record.
+                let reset = error
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset);
+                let event = if reset {
+                    LinkEvent::Closed { link_idx }
+                } else {
+                    LinkEvent::Failed {
+                        link_idx,
+                        error: format!("{error:#}"),
+                    }
+                };
+                let _ = events.send(event);
                 return;
             }
-            Some(Ok(record)) => record,
+            Ok(Some(record)) => record,
         };
         let _ = events.send(LinkEvent::Received {
             link_idx,
@@ -213,7 +220,7 @@ async fn serve_link(
         };
         open_seen = true;
         if let Some(reply) = reply
-            && framed.send(reply).await.is_err()
+            && wire::write_record(&mut stream, &reply).await.is_err()
         {
             let _ = events.send(LinkEvent::Closed { link_idx });
             return;

@@ -1,6 +1,7 @@
-//! A backend that breaks the link protocol on purpose, with its own byte-level
-//! encoder: nothing here uses the `link` crate's codec, so a bug shared by the
-//! gateway's encoder and decoder cannot hide from these tests.
+//! A backend that breaks the link protocol on purpose, with the harness's own
+//! byte-level encoder ([`crate::wire`]): nothing here uses the `link` crate's
+//! codec, so a bug shared by the gateway's encoder and decoder cannot hide
+//! from these tests.
 //!
 //! Each link gets the same [`Script`]: read the OPEN record (header parsed by
 //! hand), then write the scripted bytes, then either hang up or keep the link
@@ -11,19 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-/// One record as the wire carries it: `kind`, then a 32-bit big-endian
-/// length, then the payload. Written out by hand, byte by byte.
-pub fn record_bytes(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("test payloads fit in 32 bits");
-    let mut bytes = vec![kind];
-    bytes.extend_from_slice(&len.to_be_bytes());
-    bytes.extend_from_slice(payload);
-    bytes
-}
+use crate::wire;
+
+pub use crate::wire::record_bytes;
 
 /// An empty ACCEPT record: `02 00 00 00 00`.
 pub const ACCEPT: [u8; 5] = [0x02, 0, 0, 0, 0];
@@ -121,20 +116,6 @@ impl Drop for HostileBackend {
     }
 }
 
-/// Reads one record by hand; `None` at a clean end of the link.
-async fn read_record(stream: &mut UnixStream) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
-    let mut header = [0u8; 5];
-    match stream.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(error) => return Err(error.into()),
-    }
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let mut payload = vec![0u8; usize::try_from(len)?];
-    stream.read_exact(&mut payload).await?;
-    Ok(Some((header[0], payload)))
-}
-
 async fn play(
     mut stream: UnixStream,
     script: &Script,
@@ -148,7 +129,7 @@ async fn play(
         }
     };
     // Readiness probes connect and leave before OPEN.
-    let Some(open) = read_record(&mut stream).await? else {
+    let Some(open) = wire::read_raw(&mut stream).await? else {
         return Ok(());
     };
     record_received(open);
@@ -156,7 +137,7 @@ async fn play(
     if script.hang_up {
         return Ok(());
     }
-    while let Some(record) = read_record(&mut stream).await? {
+    while let Some(record) = wire::read_raw(&mut stream).await? {
         record_received(record);
     }
     Ok(())

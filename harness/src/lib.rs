@@ -18,6 +18,7 @@
 //! Nothing of the product depends on this crate.
 //! - [`mode`]: [`Mode`], relay or direct, and [`both_modes!`] to run a suite in both.
 //! - [`wait`]: waiting on a fact under a deadline, the only way these tests wait.
+//! - [`wire`]: link records read and written byte by byte, independent of the `link` codec.
 //!
 //! Every wait has a deadline that is only an upper bound: nothing here sleeps
 //! for a fixed time and hopes. Each child's stderr goes to a file that is printed
@@ -36,6 +37,7 @@ pub mod hostile_backend;
 pub mod http;
 pub mod mode;
 pub mod wait;
+pub mod wire;
 
 use std::time::Duration;
 

@@ -1,0 +1,99 @@
+//! The harness's own byte-level reading and writing of link records, written
+//! from docs/link-protocol.md and independent of the `link` crate's codec, so
+//! that a bug shared by the gateway's encoder and decoder cannot hide from the
+//! fake backends built on it. Records are still returned as `link::Record`
+//! values, which are plain data, so tests compare them directly.
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use link::{CloseInfo, Record};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Largest payload the harness reads: the gateway's default maximum message size.
+const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+
+/// One record as the wire carries it: `kind`, then a 32-bit big-endian
+/// length, then the payload.
+pub fn record_bytes(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("test payloads fit in 32 bits");
+    let mut bytes = vec![kind];
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// The bytes of `record`, byte by byte as docs/link-protocol.md lays them out.
+pub fn encode(record: &Record) -> Vec<u8> {
+    match record {
+        Record::Open(payload) => record_bytes(0x01, payload),
+        Record::Accept(payload) => record_bytes(0x02, payload),
+        Record::Reject(payload) => record_bytes(0x03, payload),
+        Record::Handoff(payload) => record_bytes(0x04, payload),
+        Record::Text(text) => record_bytes(0x10, text.as_bytes()),
+        Record::Binary(payload) => record_bytes(0x11, payload),
+        Record::Close(None) => record_bytes(0x12, &[]),
+        Record::Close(Some(info)) => {
+            let mut payload = info.code.to_be_bytes().to_vec();
+            payload.extend_from_slice(info.reason.as_bytes());
+            record_bytes(0x12, &payload)
+        }
+    }
+}
+
+/// Reads one raw record: its kind byte and payload; `None` at a clean end of
+/// the link (between records).
+pub async fn read_raw(stream: &mut UnixStream) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
+    let mut header = [0u8; 5];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error.into()),
+    }
+    let len = usize::try_from(u32::from_be_bytes([
+        header[1], header[2], header[3], header[4],
+    ]))?;
+    if len > MAX_PAYLOAD {
+        bail!("record of {len} bytes is over the harness's limit");
+    }
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .context("the link ended inside a record")?;
+    Ok(Some((header[0], payload)))
+}
+
+/// Reads one record and decodes it by hand; `None` at a clean end of the link.
+pub async fn read_record(stream: &mut UnixStream) -> anyhow::Result<Option<Record>> {
+    let Some((kind, payload)) = read_raw(stream).await? else {
+        return Ok(None);
+    };
+    let payload = Bytes::from(payload);
+    Ok(Some(match kind {
+        0x01 => Record::Open(payload),
+        0x02 => Record::Accept(payload),
+        0x03 => Record::Reject(payload),
+        0x04 => Record::Handoff(payload),
+        0x10 => Record::Text(Utf8Bytes::try_from(payload).context("TEXT is not UTF-8")?),
+        0x11 => Record::Binary(payload),
+        0x12 => match &payload[..] {
+            [] => Record::Close(None),
+            [hi, lo, reason @ ..] => Record::Close(Some(CloseInfo {
+                code: u16::from_be_bytes([*hi, *lo]),
+                reason: std::str::from_utf8(reason)
+                    .context("close reason is not UTF-8")?
+                    .to_owned(),
+            })),
+            [_] => bail!("CLOSE record of one byte"),
+        },
+        other => bail!("unknown record kind 0x{other:02x}"),
+    }))
+}
+
+/// Writes `record` by hand.
+pub async fn write_record(stream: &mut UnixStream, record: &Record) -> anyhow::Result<()> {
+    stream.write_all(&encode(record)).await?;
+    Ok(())
+}
