@@ -6,7 +6,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use harness::http::{self, HandshakeRequest};
-use harness::{Backend, Gateway, Message};
+use std::net::SocketAddr;
+
+use harness::{Backend, EVENT_DEADLINE, Gateway, Message, wait};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -31,6 +33,36 @@ fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// The send queue (`tx`) and receive queue (`rx`) of the IPv4 TCP socket
+/// whose local address is `local` and peer is `peer`, from /proc/net/tcp.
+fn tcp_queues(local: SocketAddr, peer: SocketAddr) -> anyhow::Result<Option<(u64, u64)>> {
+    let hex = |addr: SocketAddr| -> anyhow::Result<String> {
+        let SocketAddr::V4(v4) = addr else {
+            anyhow::bail!("{addr} is not IPv4");
+        };
+        // /proc/net/tcp prints the address as a little-endian u32, then the port.
+        Ok(format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ))
+    };
+    let (local, peer) = (hex(local)?, hex(peer)?);
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&peer.as_str()) {
+            let queues = fields.get(4).context("tx_queue:rx_queue")?;
+            let (tx, rx) = queues.split_once(':').context("tx:rx")?;
+            return Ok(Some((
+                u64::from_str_radix(tx, 16)?,
+                u64::from_str_radix(rx, 16)?,
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// A masked binary frame of `payload_len` zero bytes with a zero mask key,
 /// which leaves the payload as it is.
 fn binary_frame(payload_len: usize) -> Vec<u8> {
@@ -53,6 +85,7 @@ async fn a_client_that_never_reads_stalls_only_its_own_link() -> anyhow::Result<
     // The stalled client: a raw connection that completes the handshake,
     // then only writes.
     let mut stalled = TcpStream::connect(gateway.addr()).await?;
+    let client_addr = stalled.local_addr()?;
     let request = HandshakeRequest::new("/echo").render(&gateway.addr().to_string());
     stalled.write_all(request.as_bytes()).await?;
     let response = http::read_response(&mut stalled).await?;
@@ -70,6 +103,28 @@ async fn a_client_that_never_reads_stalls_only_its_own_link() -> anyhow::Result<
         let message = Message::text(format!("round {round}"));
         assert_eq!(other.round_trip(message.clone()).await?, message);
     }
+    // The fact to wait for: the gateway has stopped reading the stalled
+    // client. Its side of the connection holds unread bytes while the client's
+    // side holds unsent ones: both kernel buffers are full. A gateway that
+    // buffered without bound would keep draining its side and never get here.
+    let gateway_addr = gateway.addr();
+    wait::until(
+        "the gateway to stop reading the stalled client",
+        EVENT_DEADLINE,
+        || {
+            let queues = tcp_queues(client_addr, gateway_addr)
+                .and_then(|client| Ok((client, tcp_queues(gateway_addr, client_addr)?)));
+            async move {
+                match queues? {
+                    (Some((client_tx, _)), Some((_, gateway_rx))) => {
+                        Ok((client_tx > 0 && gateway_rx > 0).then_some(()))
+                    }
+                    _ => Ok(None),
+                }
+            }
+        },
+    )
+    .await?;
     let growth = resident_bytes(gateway.pid())?.saturating_sub(rss_before);
     assert!(
         growth < MAX_RSS_GROWTH,
