@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::client_stream::ClientStream;
+
 use super::{
     ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, MAX_BATCH,
     RelaySettings, client_error, close_client, first_ending,
@@ -28,8 +30,8 @@ type LinkWriter = FramedWrite<OwnedWriteHalf, RecordCodec>;
 
 /// Relays between `client` and the accepted `link` until one side closes or
 /// `shutdown` fires, then completes the close handshakes on both sides.
-pub(crate) async fn run(
-    client: ClientWs,
+pub(crate) async fn run<S: ClientStream>(
+    client: ClientWs<S>,
     link: FramedLink,
     settings: &RelaySettings,
     shutdown: &CancellationToken,
@@ -95,8 +97,8 @@ pub(crate) async fn run(
 
 /// Client messages to the link, until the client closes, fails or idles out,
 /// or the link cannot be written.
-async fn client_to_backend(
-    client_reader: &mut ClientReader,
+async fn client_to_backend<S: ClientStream>(
+    client_reader: &mut ClientReader<S>,
     link_writer: &mut LinkWriter,
     settings: &RelaySettings,
 ) -> Ending {
@@ -146,9 +148,9 @@ async fn client_to_backend(
 
 /// Link records to the client, and keepalive pings, until the backend closes
 /// or fails, or the client cannot be written.
-async fn backend_to_client(
+async fn backend_to_client<S: ClientStream>(
     link_reader: &mut LinkReader,
-    client_writer: &mut ClientWriter,
+    client_writer: &mut ClientWriter<S>,
     settings: &RelaySettings,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);

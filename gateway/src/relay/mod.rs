@@ -20,25 +20,25 @@ use futures_util::{SinkExt, StreamExt};
 use link::LinkError;
 use link::close_for_client_error;
 use link::websocket::{RELAY_READ_BUFFER, client_config};
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use crate::client_stream::ClientStream;
 use crate::config::Config;
 use raw::RawSplitError;
 
 /// Messages forwarded in one batch before the gateway flushes.
 const MAX_BATCH: usize = 64;
 
-/// A client's WebSocket on its TCP connection.
-pub(crate) type ClientWs = WebSocketStream<TcpStream>;
+/// A client's WebSocket on its connection (TCP or TLS).
+pub(crate) type ClientWs<S> = WebSocketStream<S>;
 /// The client's read half.
-pub(crate) type ClientReader = SplitStream<ClientWs>;
+pub(crate) type ClientReader<S> = SplitStream<ClientWs<S>>;
 /// The client's write half.
-pub(crate) type ClientWriter = SplitSink<ClientWs, Message>;
+pub(crate) type ClientWriter<S> = SplitSink<ClientWs<S>, Message>;
 
 /// The per-client settings a relay runs with.
 #[derive(Debug, Clone)]
@@ -72,18 +72,18 @@ impl RelaySettings {
     }
 }
 
-/// Wraps the upgraded TCP connection (and the bytes hyper read past the
+/// Wraps the upgraded connection (and the bytes hyper read past the
 /// handshake) into a server-role WebSocket.
-pub(crate) async fn client_websocket(
-    tcp: TcpStream,
+pub(crate) async fn client_websocket<S: ClientStream>(
+    stream: S,
     pending: Bytes,
     settings: &RelaySettings,
-) -> ClientWs {
+) -> ClientWs<S> {
     let config = Some(settings.websocket_config());
     if pending.is_empty() {
-        WebSocketStream::from_raw_socket(tcp, Role::Server, config).await
+        WebSocketStream::from_raw_socket(stream, Role::Server, config).await
     } else {
-        WebSocketStream::from_partially_read(tcp, pending.to_vec(), Role::Server, config).await
+        WebSocketStream::from_partially_read(stream, pending.to_vec(), Role::Server, config).await
     }
 }
 
@@ -232,10 +232,10 @@ fn client_error(error: tungstenite::Error) -> Ending {
 /// If the gateway starts the close, it sends its frame and then reads (and
 /// drops) whatever the client still sends until its close reply or the end of
 /// the connection. If the client started it, the queued reply is flushed.
-async fn close_client(
+async fn close_client<S: ClientStream>(
     ending: &Ending,
-    writer: &mut ClientWriter,
-    reader: &mut ClientReader,
+    writer: &mut ClientWriter<S>,
+    reader: &mut ClientReader<S>,
     timeout: Duration,
 ) {
     let handshake = async {
