@@ -14,7 +14,8 @@
 //! - [`fake_backend`]: [`FakeBackend`], an in-process framed backend that records its links.
 //!
 //! Nothing of the product depends on this crate.
-//! - [`mode`]: [`Mode`], relay or direct, and [`both_modes!`] to run a suite in both.
+//! - [`mode`]: [`Mode`], relay, direct or TLS, and [`all_modes!`] to run a suite in each.
+//! - [`tls`]: a test CA (rcgen), client configurations trusting it, the plain-or-TLS client stream.
 //! - [`wait`]: waiting on a fact under a deadline, the only way these tests wait.
 //!
 //! Every wait has a deadline that is only an upper bound: nothing here sleeps
@@ -32,6 +33,7 @@ pub mod fake_backend;
 pub mod gateway;
 pub mod http;
 pub mod mode;
+pub mod tls;
 pub mod wait;
 
 use std::time::Duration;

@@ -84,8 +84,8 @@ pub(crate) async fn run<S: ClientStream>(
     };
     let close_client = close_client(
         &ending,
-        &mut client_writer,
-        &mut client_reader,
+        client_writer,
+        client_reader,
         settings.close_timeout,
     );
     // Both closes at once, each bounded: a stuck backend cannot delay the client's.

@@ -20,6 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use link::LinkError;
 use link::close_for_client_error;
 use link::websocket::{RELAY_READ_BUFFER, client_config};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -227,15 +228,17 @@ fn client_error(error: tungstenite::Error) -> Ending {
     }
 }
 
-/// Finishes the client's side of the close handshake for `ending`, within `timeout`.
+/// Finishes the client's side of the close handshake for `ending`, within
+/// `timeout`, then shuts the transport down (a TLS client gets its
+/// `close_notify`, a plain one the FIN it would get anyway), within `timeout`.
 ///
 /// If the gateway starts the close, it sends its frame and then reads (and
 /// drops) whatever the client still sends until its close reply or the end of
 /// the connection. If the client started it, the queued reply is flushed.
 async fn close_client<S: ClientStream>(
     ending: &Ending,
-    writer: &mut ClientWriter<S>,
-    reader: &mut ClientReader<S>,
+    mut writer: ClientWriter<S>,
+    mut reader: ClientReader<S>,
     timeout: Duration,
 ) {
     let handshake = async {
@@ -258,5 +261,9 @@ async fn close_client<S: ClientStream>(
     };
     if tokio::time::timeout(timeout, handshake).await.is_err() {
         tracing::debug!("client did not finish the close handshake in time");
+    }
+    if let Ok(websocket) = writer.reunite(reader) {
+        let mut stream = websocket.into_inner();
+        let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
     }
 }

@@ -46,8 +46,8 @@ pub(crate) async fn run<S: ClientStream>(
     let _ = link_writer.shutdown().await;
     close_client(
         &ending,
-        &mut client_writer,
-        &mut client_reader,
+        client_writer,
+        client_reader,
         settings.close_timeout,
     )
     .await;
