@@ -99,6 +99,12 @@ impl Gateway {
         self.tls.as_ref().map(|tls| tls.addr)
     }
 
+    /// The client configuration trusting the harness-made certificate, if
+    /// the harness made the gateway's certificate.
+    pub fn tls_client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()?.client_config.clone()
+    }
+
     /// Opens a WebSocket over TLS to `path` on the first TLS listener,
     /// trusting what `config` trusts. An error if there is no TLS listener.
     pub async fn connect_tls(
