@@ -254,10 +254,10 @@ async fn announce(
             } else if let Some(addr) = line.strip_prefix(LISTENING_TLS_PREFIX) {
                 tls.get_or_insert_with(|| addr.trim().to_owned());
             }
-            if let Some(plain) = &plain {
-                if !wants_tls || tls.is_some() {
-                    return Some((plain.clone(), tls));
-                }
+            if let Some(plain) = &plain
+                && (!wants_tls || tls.is_some())
+            {
+                return Some((plain.clone(), tls));
             }
         }
         None

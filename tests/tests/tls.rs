@@ -495,3 +495,53 @@ async fn mutual_tls_admits_only_the_cas_clients_and_tells_their_subject() -> any
     echoes(&mut member, "still here").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_that_does_not_load_stops_start_up_with_status_2() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let ca = TestCa::new("start-up CA")?;
+    let good = ca.server_pair()?;
+    let files = CertificateFiles::new(&good)?;
+    let other_key = files.path("other-key.pem");
+    std::fs::write(&other_key, ca.server_pair()?.key)?;
+    let expired_cert = files.path("expired.pem");
+    let expired_key = files.path("expired-key.pem");
+    ca.expired_server_pair()?
+        .write(&expired_cert, &expired_key)?;
+    let cert = files.cert_path();
+    let key = files.key_path();
+    let missing = files.path("missing.pem");
+    // (cert, key, extra flags, what the message names)
+    let cases = [
+        (&missing, &key, &[][..], "cannot read certificate"),
+        (&cert, &other_key, &[][..], "does not fit certificate"),
+        (&expired_cert, &expired_key, &[][..], "is not valid now"),
+        (
+            &cert,
+            &key,
+            &["--tls-client-ca", path_str(&missing)?][..],
+            "loading the client CA",
+        ),
+    ];
+    for (cert, key, extra, expected) in cases {
+        let output = tokio::process::Command::new(harness::bin_path("wsgate")?)
+            .args(["--tls-listen", "127.0.0.1:0", "-R"])
+            .arg(docroot.path())
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .args(extra)
+            .output();
+        let output = wait::within(
+            "wsgate to refuse its TLS files",
+            harness::EXIT_DEADLINE,
+            output,
+        )
+        .await??;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    Ok(())
+}

@@ -39,16 +39,10 @@ const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 pub enum TlsError {
     /// The certificate or key does not load.
     #[error("loading the TLS certificate")]
-    Certificate(#[source] CertificateError),
-    /// The client CA file does not load.
-    #[error("loading the client CA {}", path.display())]
-    ClientCa {
-        /// The `--tls-client-ca` file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: CertificateError,
-    },
+    Certificate(#[source] Box<CertificateError>),
+    /// The client CA file does not load (the error names it).
+    #[error("loading the client CA")]
+    ClientCa(#[source] Box<CertificateError>),
     /// The client CA file holds no certificate usable as a trust anchor.
     #[error("the client CA {} cannot verify client certificates", path.display())]
     ClientVerifier {
@@ -96,7 +90,7 @@ impl Tls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certificate = Arc::new(
             ReloadableCertificate::load(&settings.cert, &settings.key, Arc::clone(&provider))
-                .map_err(TlsError::Certificate)?,
+                .map_err(|error| TlsError::Certificate(Box::new(error)))?,
         );
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -161,12 +155,10 @@ fn client_verifier(
     path: &std::path::Path,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
-    let client_ca_error = |source| TlsError::ClientCa {
-        path: path.to_owned(),
-        source,
-    };
     let mut roots = RootCertStore::empty();
-    for ca in certificate::read_certificates(path).map_err(client_ca_error)? {
+    let cas = certificate::read_certificates(path)
+        .map_err(|error| TlsError::ClientCa(Box::new(error)))?;
+    for ca in cas {
         // A certificate rustls cannot use as an anchor is skipped; none left is an error below.
         let _ = roots.add(ca);
     }
