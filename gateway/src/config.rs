@@ -43,6 +43,10 @@ pub const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 32 * 1024;
 /// Default largest number of connections from one IP address that have not
 /// upgraded (plain HTTP, or a handshake in progress).
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default seconds a client has, from its TCP connection, to finish the TLS handshake.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: u64 = 10;
+/// Default largest number of TLS handshakes in progress at once.
+pub const DEFAULT_TLS_MAX_HANDSHAKES: usize = 256;
 
 /// hyper reads a request head into a buffer of at least this many bytes.
 const MIN_REQUEST_HEADER_SIZE: usize = 8192;
@@ -70,9 +74,39 @@ pub struct Args {
 
     /// Address to listen on, `ip:port`; repeat for several. Port 0 picks a free
     /// port; each listener prints `listening on http://<addr>` on stdout once it
-    /// accepts. [default: 127.0.0.1:8080]
+    /// accepts. [default: 127.0.0.1:8080, unless --tls-listen is given]
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Vec<SocketAddr>,
+
+    /// Address to listen on with TLS (https:// and wss://), `ip:port`; repeat
+    /// for several. Each prints `listening on https://<addr>`. Needs --tls-cert
+    /// and --tls-key. [default: none]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub tls_listen: Vec<SocketAddr>,
+
+    /// The server's certificate chain, PEM, leaf first. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key, PEM (PKCS#8, RSA or EC). Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require a client certificate signed by a CA of this PEM file (mutual
+    /// TLS); the certificate's subject is passed to the backend in OPEN.
+    /// [default: no client certificate asked]
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds a client has, from its TCP connection, to finish the TLS
+    /// handshake (waiting for a handshake slot included). [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub tls_handshake_timeout: Option<u64>,
+
+    /// Largest number of TLS handshakes in progress at once; more connections
+    /// wait for a slot within their handshake timeout. [default: 256]
+    #[arg(long, value_name = "N")]
+    pub tls_max_handshakes: Option<usize>,
 
     /// Directory of the backends' UNIX sockets: `ws://host/<name>` is relayed to
     /// `<docroot>/<name>`. [default: /var/run/websocket]
@@ -179,6 +213,12 @@ pub struct Args {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<Vec<String>>,
+    tls_listen: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_handshake_timeout: Option<u64>,
+    tls_max_handshakes: Option<usize>,
     docroot: Option<PathBuf>,
     htdocs: Option<PathBuf>,
     allow: Option<Vec<String>>,
@@ -208,7 +248,14 @@ impl FileConfig {
         })?;
         // Relative paths in the file are relative to the file, not to wherever wsgate runs.
         let base = path.parent().unwrap_or(Path::new(""));
-        for dir in [&mut file.docroot, &mut file.htdocs].into_iter().flatten() {
+        let paths = [
+            &mut file.docroot,
+            &mut file.htdocs,
+            &mut file.tls_cert,
+            &mut file.tls_key,
+            &mut file.tls_client_ca,
+        ];
+        for dir in paths.into_iter().flatten() {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
@@ -272,6 +319,9 @@ pub enum ConfigError {
     /// An `allowed_host` is empty or holds characters a host name cannot.
     #[error("invalid allowed host {0:?}: expected a host name or IP address without port")]
     AllowedHost(String),
+    /// TLS listeners without a certificate and key, or TLS files without a TLS listener.
+    #[error("{0}")]
+    TlsIncomplete(&'static str),
     /// `idle_timeout` would cut off clients that only answer pings.
     #[error("idle-timeout ({idle}s) must be longer than ping-interval ({ping}s), or one of them 0")]
     IdleBeforePing {
@@ -287,6 +337,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Addresses to listen on (the binary binds them; `serve` takes the listeners).
     pub listen: Vec<SocketAddr>,
+    /// Addresses to listen on with TLS; empty without TLS.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The TLS files and limits; `Some` exactly when `tls_listen` is not empty.
+    pub(crate) tls: Option<TlsSettings>,
     /// Directory of the backends' UNIX sockets.
     pub(crate) docroot: PathBuf,
     /// Directory of static files; `None` answers plain requests with 404.
@@ -321,6 +375,21 @@ pub struct Config {
     pub(crate) allowed_hosts: Vec<String>,
 }
 
+/// Where the TLS certificate and keys are, and the handshake limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsSettings {
+    /// The certificate chain, PEM, leaf first.
+    pub(crate) cert: PathBuf,
+    /// Its private key, PEM.
+    pub(crate) key: PathBuf,
+    /// CAs a client certificate must be signed by; `None`: none is asked.
+    pub(crate) client_ca: Option<PathBuf>,
+    /// Time from the TCP connection to the end of the TLS handshake.
+    pub(crate) handshake_timeout: Duration,
+    /// TLS handshakes in progress at once.
+    pub(crate) max_handshakes: usize,
+}
+
 impl Default for Config {
     /// The configuration of `wsgate` without flags.
     fn default() -> Config {
@@ -352,14 +421,33 @@ impl Config {
     }
 
     fn from_file_and_args(file: FileConfig, args: Args) -> Result<Config, ConfigError> {
-        let listen = match (args.listen, file.listen) {
-            (flags, _) if !flags.is_empty() => flags,
-            (_, Some(addrs)) => addrs
+        let addrs = |flags: Vec<SocketAddr>, from_file: Option<Vec<String>>| {
+            if !flags.is_empty() {
+                return Ok(flags);
+            }
+            from_file
+                .unwrap_or_default()
                 .iter()
                 .map(|addr| addr.parse().map_err(|_| ConfigError::Listen(addr.clone())))
-                .collect::<Result<_, _>>()?,
-            (_, None) => vec![DEFAULT_LISTEN],
+                .collect::<Result<Vec<SocketAddr>, _>>()
         };
+        let tls_listen = addrs(args.tls_listen, file.tls_listen)?;
+        let mut listen = addrs(args.listen, file.listen)?;
+        if listen.is_empty() && tls_listen.is_empty() {
+            listen.push(DEFAULT_LISTEN);
+        }
+        let tls = tls_settings(
+            &tls_listen,
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_client_ca.or(file.tls_client_ca),
+            args.tls_handshake_timeout
+                .or(file.tls_handshake_timeout)
+                .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+            args.tls_max_handshakes
+                .or(file.tls_max_handshakes)
+                .unwrap_or(DEFAULT_TLS_MAX_HANDSHAKES),
+        )?;
         let list = |flags: Vec<String>, from_file: Option<Vec<String>>, default: &[&str]| {
             if !flags.is_empty() {
                 flags
@@ -468,6 +556,8 @@ impl Config {
         let seconds = |secs: u64| (secs != 0).then(|| Duration::from_secs(secs));
         Ok(Config {
             listen,
+            tls_listen,
+            tls,
             docroot: args
                 .docroot
                 .or(file.docroot)
@@ -508,6 +598,49 @@ impl Config {
                 source,
             }),
         }
+    }
+}
+
+/// Checks that TLS listeners come with a certificate and key, and TLS files with a listener.
+fn tls_settings(
+    tls_listen: &[SocketAddr],
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    handshake_timeout: u64,
+    max_handshakes: usize,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    check_range(
+        "tls-handshake-timeout",
+        handshake_timeout,
+        1,
+        u64::from(u32::MAX),
+    )?;
+    check_range(
+        "tls-max-handshakes",
+        max_handshakes as u64,
+        1,
+        tokio::sync::Semaphore::MAX_PERMITS as u64,
+    )?;
+    if tls_listen.is_empty() {
+        if cert.is_some() || key.is_some() || client_ca.is_some() {
+            return Err(ConfigError::TlsIncomplete(
+                "tls-cert, tls-key and tls-client-ca need a tls-listen address",
+            ));
+        }
+        return Ok(None);
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsSettings {
+            cert,
+            key,
+            client_ca,
+            handshake_timeout: Duration::from_secs(handshake_timeout),
+            max_handshakes,
+        })),
+        _ => Err(ConfigError::TlsIncomplete(
+            "tls-listen needs both tls-cert and tls-key",
+        )),
     }
 }
 
@@ -609,6 +742,18 @@ mod tests {
             "example.com",
             "--allowed-host",
             "localhost",
+            "--tls-listen",
+            "0.0.0.0:8443",
+            "--tls-cert",
+            "/etc/wsgate/cert.pem",
+            "--tls-key",
+            "/etc/wsgate/key.pem",
+            "--tls-client-ca",
+            "/etc/wsgate/clients-ca.pem",
+            "--tls-handshake-timeout",
+            "5",
+            "--tls-max-handshakes",
+            "128",
         ]))
         .expect("the flags are valid");
         assert_eq!(from_file, from_flags);
@@ -629,6 +774,26 @@ mod tests {
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(120)));
         assert_eq!(config.accept_timeout, Duration::from_secs(5));
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        assert!(config.tls_listen.is_empty());
+        assert_eq!(config.tls, None);
+    }
+
+    #[test]
+    fn tls_listen_alone_replaces_the_default_plain_listener() {
+        let config = Config::from_args(parse_args(&[
+            "--tls-listen",
+            "127.0.0.1:8443",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]))
+        .expect("valid");
+        assert!(config.listen.is_empty());
+        let tls = config.tls.expect("TLS is configured");
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(tls.max_handshakes, 256);
+        assert_eq!(tls.client_ca, None);
     }
 
     #[test]
@@ -696,6 +861,13 @@ mod tests {
                 "idle-timeout (30s)",
             ),
             ("", &["--origin", "example.com"], "\"example.com\""),
+            ("", &["--tls-listen", "127.0.0.1:0"], "tls-cert and tls-key"),
+            ("tls_cert = 'c.pem'", &[], "need a tls-listen"),
+            (
+                "tls_listen = ['127.0.0.1:0']\ntls_cert = 'c'\ntls_key = 'k'",
+                &["--tls-max-handshakes", "0"],
+                "tls-max-handshakes",
+            ),
         ];
         for (text, args, expected) in cases {
             check_error(text, args, expected);

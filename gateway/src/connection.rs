@@ -1,5 +1,6 @@
-//! One TCP connection served by hyper: HTTP/1.1 requests until the client
-//! leaves, an upgrade takes the connection over, or the gateway stops.
+//! One client connection (TCP, or TLS once `tls` finished the handshake)
+//! served by hyper: HTTP/1.1 requests until the client leaves, an upgrade
+//! takes the connection over, or the gateway stops.
 //!
 //! Each request is dispatched here: a Host outside `--allowed-host` gets
 //! `421` and an over-long header line `431` (hyper itself answers `431` to a
@@ -14,11 +15,12 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use link::TlsInfo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
+use crate::client_stream::ClientStream;
 use crate::handshake;
 use crate::http_connections::HttpConnection;
 use crate::refusal::Refusal;
@@ -27,16 +29,19 @@ use crate::route;
 use crate::server::Shared;
 use crate::upgrade;
 
-/// Serves HTTP on `tcp` until it closes; on shutdown, finishes the request in
+/// Serves HTTP on `stream` until it closes; on shutdown, finishes the request in
 /// progress and closes (upgraded connections live on in their relay task).
 /// `registered` counts the connection until it ends or upgrades; when the
-/// gateway sheds it, an idle connection is closed at once.
-pub(crate) async fn serve(
-    tcp: TcpStream,
+/// gateway sheds it, an idle connection is closed at once. `tls` is what the
+/// TLS handshake learnt, `None` on a plain connection.
+pub(crate) async fn serve<S: ClientStream>(
+    stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     registered: HttpConnection,
+    tls: Option<TlsInfo>,
 ) {
+    let tls = tls.map(Arc::new);
     let shutdown = shared.shutdown.clone();
     let config = &shared.config;
     let mut builder = http1::Builder::new();
@@ -49,14 +54,15 @@ pub(crate) async fn serve(
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
         let in_flight = registered.request();
+        let tls = tls.clone();
         async move {
-            let response = dispatch(request, peer, &shared).await;
+            let response = dispatch::<S>(request, peer, &shared, tls.as_deref()).await;
             drop(in_flight);
             Ok::<_, Infallible>(response)
         }
     });
     let connection = builder
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -75,17 +81,18 @@ pub(crate) async fn serve(
     }
 }
 
-async fn dispatch(
+async fn dispatch<S: ClientStream>(
     request: Request<Incoming>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
+    tls: Option<&TlsInfo>,
 ) -> Response<Body> {
     if let Err(refusal) = check_head(&request, shared) {
         refusal.log();
         return refusal.to_response();
     }
     if handshake::is_websocket_upgrade(request.headers()) {
-        return upgrade::handle(request, peer, shared).await;
+        return upgrade::handle::<S>(request, peer, shared, tls).await;
     }
     if let Some(name) = backend_name(request.uri().path(), shared) {
         let refusal = Refusal::UpgradeRequired(name);

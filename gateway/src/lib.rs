@@ -20,6 +20,9 @@
 //! - `static_files`: files from `--htdocs` through tower-http's `ServeDir`.
 //! - `response`: the response body type and plain-text responses.
 //! - `server`: the accept loops, the connection limit and graceful shutdown ([`serve`]).
+//! - `tls`: TLS termination for `--tls-listen` ([`Tls`]): handshakes under a deadline
+//!   and a bound, client certificates, the certificate reloaded on SIGHUP.
+//! - `client_stream`: the client's transport (TCP or TLS) that everything above is generic over.
 //!
 //! Only what the binary needs is public; the gateway depends on the `link`
 //! crate for the wire format and on `lifecycle` for logging and signals, and
@@ -27,6 +30,7 @@
 
 mod access;
 mod backend;
+mod client_stream;
 mod config;
 mod connection;
 mod handoff;
@@ -38,7 +42,9 @@ mod response;
 mod route;
 mod server;
 mod static_files;
+mod tls;
 mod upgrade;
 
 pub use config::{Args, Config, ConfigError};
-pub use server::{bind_all, serve};
+pub use server::{Listeners, bind_all, serve};
+pub use tls::{CertificateError, Tls, TlsError};

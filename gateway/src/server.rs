@@ -5,24 +5,31 @@
 //! plain HTTP connection, and makes every relay close its client with `1001`
 //! and its link with CLOSE. [`serve`] returns once all of them are done, or
 //! after the shutdown timeout at the latest.
+//!
+//! A TLS listener's connections first go through `tls`'s handshake in their
+//! own task (counted per address like any connection that has not upgraded);
+//! SIGHUP, caught from [`bind_all`] on, reloads the certificate.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lifecycle::AcceptBackoff;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection;
-use crate::http_connections::HttpConnections;
+use crate::http_connections::{HttpConnection, HttpConnections};
 use crate::relay::RelaySettings;
 use crate::static_files::StaticFiles;
+use crate::tls::Tls;
 
 /// Idle connections closed at once when accepting runs out of descriptors.
 const SHED_BATCH: usize = 64;
@@ -44,12 +51,43 @@ pub(crate) struct Shared {
     pub(crate) static_files: StaticFiles,
     /// Connections that have not upgraded: per-address limit and shedding.
     pub(crate) http_connections: Arc<HttpConnections>,
+    /// Names served in direct mode that a TLS client reached (relayed
+    /// instead), so that is logged once per name.
+    pub(crate) direct_over_tls: Mutex<HashSet<String>>,
+}
+
+/// The bound listeners, plain and TLS, and SIGHUP, caught from binding on
+/// (it reloads the TLS certificate; without TLS it is logged and ignored).
+#[derive(Debug)]
+pub struct Listeners {
+    plain: Vec<TcpListener>,
+    tls: Vec<TcpListener>,
+    hangups: Signal,
+}
+
+impl Listeners {
+    /// What each listener announces, in order: `http://<addr>` for the plain
+    /// ones, then `https://<addr>` for the TLS ones.
+    pub fn urls(&self) -> io::Result<Vec<String>> {
+        let plain = self
+            .plain
+            .iter()
+            .map(|listener| Ok(format!("http://{}", listener.local_addr()?)));
+        let tls = self
+            .tls
+            .iter()
+            .map(|listener| Ok(format!("https://{}", listener.local_addr()?)));
+        plain.chain(tls).collect()
+    }
 }
 
 /// Serves HTTP and WebSocket on `listeners` until `shutdown` is cancelled,
 /// then closes every client and returns.
+/// `tls` is [`Tls::from_config`] of the same `config`; the TLS listeners
+/// need it.
 pub async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Listeners,
+    tls: Option<Tls>,
     config: Config,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -67,12 +105,31 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         static_files: StaticFiles::new(config.htdocs.as_deref()),
         http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
+        direct_over_tls: Mutex::new(HashSet::new()),
         config,
     });
-    for listener in listeners {
-        let shared_for_loop = Arc::clone(&shared);
-        shared.tracker.spawn(accept_loop(listener, shared_for_loop));
+    let tls = tls.map(Arc::new);
+    if !listeners.tls.is_empty() && tls.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "TLS listeners without a TLS configuration",
+        ));
     }
+    for listener in listeners.plain {
+        let shared_for_loop = Arc::clone(&shared);
+        shared
+            .tracker
+            .spawn(accept_loop(listener, shared_for_loop, None));
+    }
+    for listener in listeners.tls {
+        let shared_for_loop = Arc::clone(&shared);
+        shared
+            .tracker
+            .spawn(accept_loop(listener, shared_for_loop, tls.clone()));
+    }
+    shared
+        .tracker
+        .spawn(reload_on_hangup(listeners.hangups, tls, shutdown.clone()));
     shutdown.cancelled().await;
     shared.tracker.close();
     let limit = shared.config.shutdown_timeout + SHUTDOWN_GRACE;
@@ -88,7 +145,21 @@ pub async fn serve(
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// SIGHUP reloads the TLS certificate, until shutdown.
+async fn reload_on_hangup(mut hangups: Signal, tls: Option<Arc<Tls>>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            received = hangups.recv() => if received.is_none() { return },
+            () = shutdown.cancelled() => return,
+        }
+        match &tls {
+            Some(tls) => tls.reload(),
+            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<Tls>>) {
     let mut backoff = AcceptBackoff::new();
     loop {
         let accepted = tokio::select! {
@@ -106,12 +177,22 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 // WebSocket messages are small and interactive: no Nagle delay.
                 let _ = tcp.set_nodelay(true);
                 let shared_for_connection = Arc::clone(&shared);
-                shared.tracker.spawn(connection::serve(
-                    tcp,
-                    peer,
-                    shared_for_connection,
-                    registered,
-                ));
+                match &tls {
+                    None => shared.tracker.spawn(connection::serve(
+                        tcp,
+                        peer,
+                        shared_for_connection,
+                        registered,
+                        None,
+                    )),
+                    Some(tls) => shared.tracker.spawn(serve_tls(
+                        tcp,
+                        peer,
+                        shared_for_connection,
+                        registered,
+                        Arc::clone(tls),
+                    )),
+                };
             }
             Err(error) => {
                 // EMFILE, ENFILE, ENOBUFS...: the connection waits in the backlog.
@@ -129,10 +210,43 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Binds every address of `listen`, in order.
-pub async fn bind_all(listen: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(listen.len());
-    for addr in listen {
+/// The TLS handshake of one connection, then HTTP over it. The handshake
+/// ends early when the gateway sheds the connection or shuts down.
+async fn serve_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    registered: HttpConnection,
+    tls: Arc<Tls>,
+) {
+    let handshake = tokio::select! {
+        handshake = tls.handshake(tcp) => handshake,
+        () = registered.shed_token().cancelled() => return,
+        () = shared.shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok((stream, info)) => connection::serve(stream, peer, shared, registered, Some(info)).await,
+        Err(error) => tracing::info!(
+            %peer,
+            error = &error as &dyn std::error::Error,
+            "TLS handshake failed"
+        ),
+    }
+}
+
+/// Binds every address of `config.listen` and `config.tls_listen`, in
+/// order, and catches SIGHUP from now on.
+pub async fn bind_all(config: &Config) -> io::Result<Listeners> {
+    Ok(Listeners {
+        plain: bind(&config.listen).await?,
+        tls: bind(&config.tls_listen).await?,
+        hangups: signal(SignalKind::hangup())?,
+    })
+}
+
+async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|error| io::Error::new(error.kind(), format!("binding {addr}: {error}")))?;

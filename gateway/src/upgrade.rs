@@ -5,6 +5,10 @@
 //! connection slot, connect to the backend and (framed mode) wait for ACCEPT,
 //! and only then answer `101` and spawn the relay. Every failure on the way is
 //! a [`Refusal`] with its own status.
+//!
+//! A TLS client of a name served in direct mode is relayed instead: its TCP
+//! socket carries TLS records that only the gateway can decrypt, and this
+//! kernel offers no kTLS to hand the session over with (`docs/tls.md`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,12 +20,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use link::{ClientLimits, LINK_VERSION, LinkMode, OpenMeta};
-use tokio::net::TcpStream;
+use link::{ClientLimits, LINK_VERSION, LinkMode, OpenMeta, TlsInfo};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::backend;
+use crate::client_stream::ClientStream;
 use crate::handoff;
 use crate::handshake::{self, UpgradeRequest};
 use crate::refusal::Refusal;
@@ -39,15 +43,16 @@ enum Link {
 }
 
 /// Answers an upgrade request: `101` with the relay spawned, or a refusal.
-pub(crate) async fn handle(
+pub(crate) async fn handle<S: ClientStream>(
     mut request: Request<Incoming>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
+    tls: Option<&TlsInfo>,
 ) -> Response<Body> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("client", id, %peer, name = tracing::field::Empty);
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let accepted = accept(&request, id, peer, shared)
+    let accepted = accept(&request, id, peer, shared, tls)
         .instrument(span.clone())
         .await;
     match accepted {
@@ -65,7 +70,7 @@ pub(crate) async fn handle(
             shared.tracker.spawn(
                 async move {
                     tracing::debug!(socket = %target.socket_path.display(), "relaying");
-                    relay_upgraded(on_upgrade, link, &shared_for_relay).await;
+                    relay_upgraded::<S>(on_upgrade, link, &shared_for_relay).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -97,6 +102,7 @@ async fn accept(
     id: u64,
     peer: SocketAddr,
     shared: &Shared,
+    tls: Option<&TlsInfo>,
 ) -> Result<Accepted, Refusal> {
     let upgrade = handshake::validate(request)?;
     let config = &shared.config;
@@ -122,7 +128,8 @@ async fn accept(
         .try_acquire_owned()
         .map_err(|_| Refusal::ConnectionLimit(config.max_connections))?;
 
-    let is_direct = config.names.is_direct(&target.name);
+    let is_direct =
+        config.names.is_direct(&target.name) && !relay_tls_client(&target.name, tls, shared);
     if config.names.is_raw(&target.name) {
         if is_direct {
             // The configuration check rules this out for literal globs; refuse the rest.
@@ -159,6 +166,7 @@ async fn accept(
             ping_interval: config.ping_interval.map_or(0, |every| every.as_secs()),
             idle_timeout: config.idle_timeout.map_or(0, |after| after.as_secs()),
         }),
+        tls: tls.cloned(),
     };
     let (link, reply) = backend::open_framed(
         &target.socket_path,
@@ -182,6 +190,25 @@ async fn accept(
     })
 }
 
+/// Whether a client of `name`, served in direct mode, must be relayed
+/// because it came over TLS; logs that once per name.
+fn relay_tls_client(name: &str, tls: Option<&TlsInfo>, shared: &Shared) -> bool {
+    if tls.is_none() {
+        return false;
+    }
+    let mut logged = shared
+        .direct_over_tls
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if logged.insert(name.to_owned()) {
+        tracing::info!(
+            name,
+            "direct mode needs kTLS, which this gateway does not do: TLS clients of this name are relayed"
+        );
+    }
+    true
+}
+
 /// Resolves `name` to a socket, mapping file-system answers to refusals.
 fn resolve(docroot: &std::path::Path, name: &str, protocols: &[String]) -> Result<Target, Refusal> {
     route::resolve(docroot, name, protocols).map_err(|cause| match cause {
@@ -196,7 +223,7 @@ fn resolve(docroot: &std::path::Path, name: &str, protocols: &[String]) -> Resul
 }
 
 /// Waits for hyper to hand over the connection after the `101`, then relays.
-async fn relay_upgraded(on_upgrade: OnUpgrade, link: Link, shared: &Shared) {
+async fn relay_upgraded<S: ClientStream>(on_upgrade: OnUpgrade, link: Link, shared: &Shared) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(error) => {
@@ -204,23 +231,29 @@ async fn relay_upgraded(on_upgrade: OnUpgrade, link: Link, shared: &Shared) {
             return;
         }
     };
-    let (tcp, pending): (TcpStream, Bytes) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+    let (stream, pending): (S, Bytes) = match upgraded.downcast::<TokioIo<S>>() {
         Ok(parts) => (parts.io.into_inner(), parts.read_buf),
         Err(_) => {
-            tracing::error!("upgraded connection is not a TCP stream; closing");
+            tracing::error!("upgraded connection is not the accepted stream; closing");
             return;
         }
     };
     let settings = &shared.settings;
     match link {
         Link::Framed(link) => {
-            let client = relay::client_websocket(tcp, pending, settings).await;
+            let client = relay::client_websocket(stream, pending, settings).await;
             relay::framed::run(client, link, settings, &shared.shutdown).await;
         }
-        Link::Raw(stream) => {
-            let client = relay::client_websocket(tcp, pending, settings).await;
-            relay::raw::run(client, stream, settings, &shared.shutdown).await;
+        Link::Raw(link) => {
+            let client = relay::client_websocket(stream, pending, settings).await;
+            relay::raw::run(client, link, settings, &shared.shutdown).await;
         }
-        Link::Direct(link) => handoff::hand_over(tcp, pending, link, settings).await,
+        Link::Direct(link) => match stream.into_tcp() {
+            Ok(tcp) => handoff::hand_over(tcp, pending, link, settings).await,
+            Err(_) => {
+                // `accept` never chooses direct mode for a TLS client.
+                tracing::error!("direct mode chosen for a TLS client; closing");
+            }
+        },
     }
 }

@@ -26,8 +26,11 @@ use crate::{EVENT_DEADLINE, STARTUP_DEADLINE, http, wait};
 /// The environment variable that turns a missing browser into a failure.
 pub const REQUIRE_BROWSER_VAR: &str = "WSGATE_REQUIRE_BROWSER";
 
-/// Chromium's flags: headless, and nothing that reaches beyond loopback.
-const CHROMIUM_ARGS: [&str; 7] = [
+/// Chromium's flags: headless, and nothing that reaches beyond loopback. The
+/// certificates of the https tests come from a CA made for the test, which
+/// chromium cannot know: it accepts any certificate (loopback only).
+const CHROMIUM_ARGS: [&str; 8] = [
+    "--ignore-certificate-errors",
     "--headless",
     "--no-sandbox",
     "--disable-gpu",

@@ -1,11 +1,13 @@
-//! A WebSocket client (tokio-tungstenite over a plain `TcpStream`) whose every
-//! read and write has a deadline, with helpers for the closes tests expect.
+//! A WebSocket client (tokio-tungstenite over a plain `TcpStream`, or over
+//! TLS with [`Client::connect_tls`]) whose every read and write has a
+//! deadline, with helpers for the closes tests expect.
 //!
 //! Raw frames (fragments, invalid UTF-8) go through [`Client::send_frame`];
 //! tungstenite masks them as a client must. Dropping the client without a
 //! close handshake is the "client vanished" case.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -20,12 +22,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::tls::{self, ClientStream};
 use crate::{CloseCode, EVENT_DEADLINE, wait};
 
 /// A connected WebSocket client.
 #[derive(Debug)]
 pub struct Client {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<ClientStream>,
     response: Response,
     label: String,
 }
@@ -38,7 +41,42 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Client> {
-        let url = format!("ws://{addr}{path}");
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Client::handshake(
+            ClientStream::Plain(stream),
+            format!("ws://{addr}{path}"),
+            headers,
+        )
+        .await
+    }
+
+    /// Connects to `wss://localhost:<port><path>` at `addr`: a TLS handshake
+    /// with `config` asking for [`tls::SERVER_NAME`], then the WebSocket
+    /// handshake with extra `headers`. A refused handshake is an error that
+    /// quotes the HTTP status and body.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        config: Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<Client> {
+        let stream = tls::connect(addr, tls::SERVER_NAME, config).await?;
+        Client::handshake(
+            ClientStream::Tls(Box::new(stream)),
+            format!("wss://{}:{}{path}", tls::SERVER_NAME, addr.port()),
+            headers,
+        )
+        .await
+    }
+
+    async fn handshake(
+        stream: ClientStream,
+        url: String,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Client> {
         let mut request = url
             .as_str()
             .into_client_request()
@@ -49,10 +87,6 @@ impl Client {
                 .headers_mut()
                 .insert(name, HeaderValue::from_str(value)?);
         }
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
         // Larger than any message a test sends, so the client never refuses an echo.
         let config = WebSocketConfig::default()
             .max_message_size(Some(64 << 20))
@@ -216,14 +250,14 @@ impl Client {
         reply.with_context(|| format!("{} ended without answering the close", self.label))
     }
 
-    /// The TCP stream under the WebSocket, e.g. to reset it.
+    /// The TCP stream under the WebSocket (and TLS), e.g. to reset it.
     pub fn tcp(&self) -> &TcpStream {
-        self.ws.get_ref()
+        self.ws.get_ref().tcp()
     }
 
-    /// Gives up the WebSocket for its TCP stream, without any close.
+    /// Gives up the WebSocket (and TLS session) for its TCP stream, without any close.
     pub fn into_tcp(self) -> TcpStream {
-        self.ws.into_inner()
+        self.ws.into_inner().into_tcp()
     }
 }
 

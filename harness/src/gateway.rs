@@ -1,13 +1,19 @@
 //! The `wsgate` process under test, ready once it printed its address.
 //!
 //! The gateway prints exactly one line `listening on http://<addr>` to stdout
-//! per listener when it is ready; a thread reads stdout for the whole life of
-//! the process so the gateway never writes into a full or closed pipe.
+//! per listener when it is ready (`listening on https://<addr>` for a TLS
+//! listener); a thread reads stdout for the whole life of the process so the
+//! gateway never writes into a full or closed pipe.
+//!
+//! A gateway started with `--tls-listen` but no `--tls-cert` (as
+//! [`Mode::Tls`](crate::Mode::Tls) does) gets a certificate from a fresh
+//! [`TestCa`], and its [`Gateway::connect`] goes over TLS (`wss://`).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,16 +23,31 @@ use tokio::sync::mpsc;
 use crate::child::{ChildGuard, Logging};
 use crate::client::Client;
 use crate::http::{self, HandshakeRequest, HttpResponse};
+use crate::tls::{CertificateFiles, TestCa};
 use crate::{STARTUP_DEADLINE, binaries, wait};
 
 /// The line prefix that announces a listener.
 const LISTENING_PREFIX: &str = "listening on http://";
+/// The line prefix that announces a TLS listener.
+const LISTENING_TLS_PREFIX: &str = "listening on https://";
 
 /// A running gateway on an ephemeral loopback port; dropping it kills and reaps it.
 #[derive(Debug)]
 pub struct Gateway {
     process: ChildGuard,
     addr: SocketAddr,
+    tls: Option<GatewayTls>,
+}
+
+/// The TLS listener of a gateway, and what the harness's clients trust.
+#[derive(Debug)]
+struct GatewayTls {
+    addr: SocketAddr,
+    /// With a harness-made certificate: the configuration trusting its CA,
+    /// which [`Gateway::connect`] uses.
+    client_config: Option<Arc<rustls::ClientConfig>>,
+    /// The harness-made certificate's files, removed with the gateway.
+    _files: Option<CertificateFiles>,
 }
 
 impl Gateway {
@@ -49,8 +70,53 @@ impl Gateway {
             .arg("-R")
             .arg(docroot)
             .args(extra_args);
-        let (process, addr) = start_announcing("wsgate", command, logging).await?;
-        Ok(Gateway { process, addr })
+        let wants_tls = extra_args.contains(&"--tls-listen");
+        let mut made = None;
+        if wants_tls && !extra_args.contains(&"--tls-cert") {
+            let ca = TestCa::new("wsgate test CA")?;
+            let files = CertificateFiles::new(&ca.server_pair()?)?;
+            command
+                .arg("--tls-cert")
+                .arg(files.cert_path())
+                .arg("--tls-key")
+                .arg(files.key_path());
+            made = Some((ca.client_config(None)?, files));
+        }
+        let (process, addr, tls_addr) = announce("wsgate", command, logging, wants_tls).await?;
+        let tls = tls_addr.map(|addr| {
+            let (client_config, files) = made.unzip();
+            GatewayTls {
+                addr,
+                client_config,
+                _files: files,
+            }
+        });
+        Ok(Gateway { process, addr, tls })
+    }
+
+    /// The address of the first TLS listener, if the gateway has one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|tls| tls.addr)
+    }
+
+    /// The client configuration trusting the harness-made certificate, if
+    /// the harness made the gateway's certificate.
+    pub fn tls_client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()?.client_config.clone()
+    }
+
+    /// Opens a WebSocket over TLS to `path` on the first TLS listener,
+    /// trusting what `config` trusts. An error if there is no TLS listener.
+    pub async fn connect_tls(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        config: Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<Client> {
+        let addr = self
+            .tls_addr()
+            .context("the gateway was started without --tls-listen")?;
+        Client::connect_tls(addr, path, headers, config).await
     }
 
     /// The address the gateway listens on.
@@ -98,18 +164,27 @@ impl Gateway {
         self.process.stderr_text()
     }
 
-    /// Opens a WebSocket to `path`; an HTTP refusal is an error with its status and body.
+    /// Opens a WebSocket to `path`; an HTTP refusal is an error with its
+    /// status and body. Over TLS when the harness made the gateway's certificate.
     pub async fn connect(&self, path: &str) -> anyhow::Result<Client> {
-        Client::connect(self.addr, path, &[]).await
+        self.connect_with_headers(path, &[]).await
     }
 
-    /// Opens a WebSocket to `path` with extra request headers.
+    /// Opens a WebSocket to `path` with extra request headers (over TLS as
+    /// [`Gateway::connect`]).
     pub async fn connect_with_headers(
         &self,
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Client> {
-        Client::connect(self.addr, path, headers).await
+        match &self.tls {
+            Some(GatewayTls {
+                addr,
+                client_config: Some(config),
+                ..
+            }) => Client::connect_tls(*addr, path, headers, Arc::clone(config)).await,
+            _ => Client::connect(self.addr, path, headers).await,
+        }
     }
 
     /// Sends `request` as it is and reads the response.
@@ -140,9 +215,21 @@ impl Gateway {
 /// never writes into a full or closed pipe.
 pub async fn start_announcing(
     label: &str,
-    mut command: Command,
+    command: Command,
     logging: Logging,
 ) -> anyhow::Result<(ChildGuard, SocketAddr)> {
+    let (process, addr, _) = announce(label, command, logging, false).await?;
+    Ok((process, addr))
+}
+
+/// Starts `command` and waits for its first `listening on http://` line and,
+/// if `wants_tls`, its first `listening on https://` line.
+async fn announce(
+    label: &str,
+    mut command: Command,
+    logging: Logging,
+    wants_tls: bool,
+) -> anyhow::Result<(ChildGuard, SocketAddr, Option<SocketAddr>)> {
     command.stdout(Stdio::piped());
     let mut process = ChildGuard::spawn_with(label, command, logging)?;
     let stdout = process
@@ -159,26 +246,37 @@ pub async fn start_announcing(
         }
     });
     let what = format!("the `listening on` line of {label}");
-    let line = wait::within(&what, STARTUP_DEADLINE, async {
+    let lines = wait::within(&what, STARTUP_DEADLINE, async {
+        let (mut plain, mut tls) = (None, None);
         while let Some(line) = line_receiver.recv().await {
             if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
-                return Some(addr.trim().to_owned());
+                plain.get_or_insert_with(|| addr.trim().to_owned());
+            } else if let Some(addr) = line.strip_prefix(LISTENING_TLS_PREFIX) {
+                tls.get_or_insert_with(|| addr.trim().to_owned());
+            }
+            if let Some(plain) = &plain
+                && (!wants_tls || tls.is_some())
+            {
+                return Some((plain.clone(), tls));
             }
         }
         None
     })
     .await;
-    let addr = match line {
-        Ok(Some(addr)) => addr,
+    let (addr, tls_addr) = match lines {
+        Ok(Some(addrs)) => addrs,
         Ok(None) => anyhow::bail!(
             "{label} closed its stdout without printing `{LISTENING_PREFIX}<addr>`; its stderr:\n{}",
             process.stderr_text()
         ),
         Err(error) => anyhow::bail!("{error}; the stderr of {label}:\n{}", process.stderr_text()),
     };
-    let addr = addr
-        .trim_end_matches('/')
-        .parse()
-        .with_context(|| format!("parsing the address {addr:?} of {label}"))?;
-    Ok((process, addr))
+    let parse = |addr: &str| -> anyhow::Result<SocketAddr> {
+        addr.trim_end_matches('/')
+            .parse()
+            .with_context(|| format!("parsing the address {addr:?} of {label}"))
+    };
+    let addr = parse(&addr)?;
+    let tls_addr = tls_addr.as_deref().map(parse).transpose()?;
+    Ok((process, addr, tls_addr))
 }

@@ -1,4 +1,5 @@
-//! Raw HTTP/1.1 over a `TcpStream`, with exact control over every header byte.
+//! Raw HTTP/1.1 over a `TcpStream` (or TLS: [`request_tls`]), with exact
+//! control over every header byte.
 //!
 //! Refusal tests need requests no client library would send (a wrong
 //! `Sec-WebSocket-Version`, a path with `%00`, no key at all), so requests
@@ -6,12 +7,13 @@
 //! headers, and a body framed by `Content-Length`, chunked encoding, or EOF.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{EVENT_DEADLINE, wait};
+use crate::{EVENT_DEADLINE, tls, wait};
 
 /// The key of RFC 6455's example handshake, and the accept value it must produce.
 pub const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -142,6 +144,34 @@ pub async fn request(addr: SocketAddr, request: &[u8]) -> anyhow::Result<HttpRes
 /// Reads one response from `stream`. A `101` leaves the stream just past the
 /// headers (anything the server sent after them is dropped).
 pub async fn read_response(stream: &mut TcpStream) -> anyhow::Result<HttpResponse> {
+    read_response_from(stream).await
+}
+
+/// Connects to `addr` over TLS (trusting what `config` trusts, asking for
+/// [`tls::SERVER_NAME`]), writes `request` and reads one response (at most
+/// [`EVENT_DEADLINE`]).
+pub async fn request_tls(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    request: &[u8],
+) -> anyhow::Result<HttpResponse> {
+    let mut stream = tls::connect(addr, tls::SERVER_NAME, config).await?;
+    stream
+        .write_all(request)
+        .await
+        .context("writing the request")?;
+    wait::within(
+        "the response over TLS",
+        EVENT_DEADLINE,
+        read_response_from(&mut stream),
+    )
+    .await?
+}
+
+/// [`read_response`] from any stream (TCP or TLS).
+pub async fn read_response_from<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> anyhow::Result<HttpResponse> {
     let mut buffer = Vec::new();
     let header_end = loop {
         if let Some(end) = find(&buffer, b"\r\n\r\n") {
@@ -203,7 +233,10 @@ pub async fn read_response(stream: &mut TcpStream) -> anyhow::Result<HttpRespons
     Ok(response)
 }
 
-async fn read_chunked(stream: &mut TcpStream, mut buffer: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut buffer: Vec<u8>,
+) -> anyhow::Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut position = 0;
     loop {

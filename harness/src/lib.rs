@@ -16,7 +16,8 @@
 //!   protocol on purpose, with a byte-level encoder of its own.
 //!
 //! Nothing of the product depends on this crate.
-//! - [`mode`]: [`Mode`], relay or direct, and [`both_modes!`] to run a suite in both.
+//! - [`mode`]: [`Mode`], relay, direct or TLS, and [`all_modes!`] to run a suite in each.
+//! - [`tls`]: a test CA (rcgen), client configurations trusting it, the plain-or-TLS client stream.
 //! - [`wait`]: waiting on a fact under a deadline, the only way these tests wait.
 //! - [`wire`]: link records read and written byte by byte, independent of the `link` codec.
 //!
@@ -36,6 +37,7 @@ pub mod gateway;
 pub mod hostile_backend;
 pub mod http;
 pub mod mode;
+pub mod tls;
 pub mod wait;
 pub mod wire;
 

@@ -1,10 +1,13 @@
-//! The two ways the gateway serves a framed backend, so one suite runs in
-//! both: [`Mode::Relay`] (messages cross the link as records) and
-//! [`Mode::Direct`] (the client's socket is handed to the backend).
+//! The ways the gateway serves a framed backend, so one suite runs in each:
+//! [`Mode::Relay`] (messages cross the link as records), [`Mode::Direct`]
+//! (the client's socket is handed to the backend) and [`Mode::Tls`]
+//! (relayed, with the client on `wss://`).
 //!
 //! A suite writes each test once as `async fn name(mode: Mode) -> anyhow::Result<()>`
-//! and lists the names in [`both_modes!`](crate::both_modes), which makes a
-//! `relay::name` and a `direct::name` test of each.
+//! and lists the names in [`all_modes!`](crate::all_modes), which makes a
+//! `relay::name`, a `direct::name` and a `tls::name` test of each;
+//! [`both_modes!`](crate::both_modes) and [`tls_mode!`](crate::tls_mode) make
+//! the first two and the third alone, for tests that need a bare TCP client.
 
 /// How the gateway serves the backends of a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +16,9 @@ pub enum Mode {
     Relay,
     /// The gateway hands the client's socket over after the `101`.
     Direct,
+    /// The gateway relays every message of a client on TLS: `Gateway::start`
+    /// makes its certificate and `Gateway::connect` speaks `wss://`.
+    Tls,
 }
 
 impl Mode {
@@ -21,6 +27,7 @@ impl Mode {
         match self {
             Mode::Relay => &[],
             Mode::Direct => &["--direct", "*"],
+            Mode::Tls => &["--tls-listen", "127.0.0.1:0"],
         }
     }
 
@@ -55,5 +62,31 @@ macro_rules! both_modes {
                 }
             )+
         }
+    };
+}
+
+/// Declares a `tls` test for each named
+/// `async fn name(mode: Mode) -> anyhow::Result<()>` of the calling file.
+#[macro_export]
+macro_rules! tls_mode {
+    ($($name:ident),+ $(,)?) => {
+        mod tls {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::Mode::Tls).await
+                }
+            )+
+        }
+    };
+}
+
+/// Declares a `relay`, a `direct` and a `tls` test for each named
+/// `async fn name(mode: Mode) -> anyhow::Result<()>` of the calling file.
+#[macro_export]
+macro_rules! all_modes {
+    ($($name:ident),+ $(,)?) => {
+        $crate::both_modes!($($name),+);
+        $crate::tls_mode!($($name),+);
     };
 }

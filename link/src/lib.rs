@@ -26,7 +26,7 @@ pub mod record;
 pub mod websocket;
 
 pub use client_close::close_for_client_error;
-pub use meta::{AcceptReply, ClientLimits, LinkMode, OpenMeta, RejectReply};
+pub use meta::{AcceptReply, ClientLimits, LinkMode, OpenMeta, RejectReply, TlsInfo};
 pub use record::{CloseInfo, LinkError, Record, RecordCodec, RecordKind};
 
 /// The link protocol version this code speaks, carried in every OPEN record.

@@ -62,6 +62,22 @@ pub struct OpenMeta {
     /// the backend applies once it holds the socket, as the gateway would.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ClientLimits>,
+    /// Present when the client reached the gateway over TLS (`wss://`); absent
+    /// for a plain connection. Older backends ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the gateway learnt from a client's TLS handshake (OPEN's `tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// The server name the client asked for (SNI), if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// With mutual TLS, the subject of the client's verified certificate
+    /// (RFC 4514 style, e.g. `CN=alice, O=Example`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_subject: Option<String>,
 }
 
 /// The backend's ACCEPT answer. An empty ACCEPT payload means the default value.
@@ -133,5 +149,40 @@ impl RejectReply {
     /// Serialises this reply.
     pub fn to_payload(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("RejectReply always serialises"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN_OPEN: &str = r#"{"version":1,"mode":"framed","id":7,"name":"echo","path":"/echo","peer":"127.0.0.1:50312"}"#;
+
+    #[test]
+    fn open_without_tls_has_none_and_writes_no_tls_field() {
+        let open = OpenMeta::from_payload(PLAIN_OPEN.as_bytes()).expect("valid OPEN");
+        assert_eq!(open.tls, None);
+        let written = String::from_utf8(open.to_payload().to_vec()).expect("JSON is UTF-8");
+        assert!(!written.contains("tls"), "{written}");
+    }
+
+    #[test]
+    fn open_with_tls_carries_sni_and_subject_both_ways() {
+        let text = PLAIN_OPEN.replace(
+            "}",
+            r#","tls":{"sni":"example.com","client_subject":"CN=alice"}}"#,
+        );
+        let open = OpenMeta::from_payload(text.as_bytes()).expect("valid OPEN");
+        let tls = TlsInfo {
+            sni: Some("example.com".to_owned()),
+            client_subject: Some("CN=alice".to_owned()),
+        };
+        assert_eq!(open.tls.as_ref(), Some(&tls));
+        let again = OpenMeta::from_payload(&open.to_payload()).expect("round trip");
+        assert_eq!(again, open);
+        // A TLS client without SNI or certificate is `"tls":{}`.
+        let bare = PLAIN_OPEN.replace("}", r#","tls":{}}"#);
+        let open = OpenMeta::from_payload(bare.as_bytes()).expect("valid OPEN");
+        assert_eq!(open.tls, Some(TlsInfo::default()));
     }
 }

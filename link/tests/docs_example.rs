@@ -84,6 +84,7 @@ fn the_open_example_is_what_open_meta_writes() {
         peer: "127.0.0.1:50312".into(),
         headers: BTreeMap::new(),
         limits: None,
+        tls: None,
     };
     let json = open_json();
     assert_eq!(

@@ -1,5 +1,6 @@
 //! The pages of www/ in a real browser (headless chromium over WebDriver),
-//! through the real gateway and backends: what a user sees is what is checked.
+//! through the real gateway and backends: what a user sees is what is checked,
+//! over http and over https (the page then derives `wss://` from its location).
 //!
 //! This test binary has its own harness (libtest-mimic) so that, when chromium
 //! is not installed, each test is reported as ignored with the reason, never
@@ -15,7 +16,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 use harness::binaries::repo_root;
 use harness::browser::Browser;
-use harness::{Backend, Gateway};
+use harness::{Backend, Gateway, Mode};
 
 /// A gateway serving www/ on `docroot`.
 async fn gateway_with_pages(docroot: &Path) -> anyhow::Result<Gateway> {
@@ -39,6 +40,27 @@ async fn echo_page_echoes_and_shows_the_close_code() -> anyhow::Result<()> {
     page.click("#disconnect").await?;
     page.wait_for_text("#status", "closed 1000").await?;
     page.wait_for_text("#log", "closed with code 1000").await?;
+    page.close().await
+}
+
+async fn echo_page_over_https_uses_wss() -> anyhow::Result<()> {
+    let browser = Browser::start().await?;
+    let docroot = tempfile::tempdir()?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let htdocs = repo_root().join("www");
+    let htdocs = htdocs.to_str().expect("the repository path is UTF-8");
+    let gateway =
+        Gateway::start(docroot.path(), &Mode::Tls.with_args(&["--htdocs", htdocs])).await?;
+    let tls_addr = gateway
+        .tls_addr()
+        .ok_or_else(|| anyhow::anyhow!("the gateway has a TLS listener"))?;
+    let page = browser.page().await?;
+    page.open(&format!("https://{tls_addr}/echo.html")).await?;
+    page.wait_for_text("#status", "open").await?;
+    page.fill("#message", "hello over wss").await?;
+    page.click("#send").await?;
+    // The TLS port speaks nothing but TLS, so the echo came over wss://.
+    page.wait_for_text("#log", "echo: hello over wss").await?;
     page.close().await
 }
 
@@ -161,6 +183,9 @@ fn tests() -> Vec<(&'static str, TestFn)> {
     vec![
         ("echo_page_echoes_and_shows_the_close_code", || {
             Box::pin(echo_page_echoes_and_shows_the_close_code())
+        }),
+        ("echo_page_over_https_uses_wss", || {
+            Box::pin(echo_page_over_https_uses_wss())
         }),
         ("two_webchat_pages_talk_in_public_and_in_private", || {
             Box::pin(two_webchat_pages_talk_in_public_and_in_private())

@@ -18,7 +18,7 @@ use futures_util::future::try_join_all;
 use harness::client::describe;
 use harness::{
     Backend, Client, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, Mode, bin_path,
-    both_modes, wait,
+    both_modes, tls_mode, wait,
 };
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -40,6 +40,22 @@ both_modes!(
     burst_of_300_tiny_messages_reaches_every_fast_reader,
     burst_of_5000_small_messages_reaches_every_fast_reader,
     reader_that_never_reads_is_closed_with_1008_during_a_burst,
+    without_w_commands_are_ordinary_messages,
+    with_w_lines_from_clients_name_their_sender_and_never_pass_for_the_chats,
+    sigterm_closes_every_client_with_1001,
+);
+
+// The bursts are written, and the stalled readers read at last, as raw
+// frames on the bare TCP socket, which a TLS client does not have; every
+// other test also runs over wss.
+tls_mode!(
+    chat_message_reaches_everyone_but_sender_in_order,
+    hello_gives_unique_names_and_announces_them,
+    invalid_names_are_refused_and_the_old_name_kept,
+    private_message_reaches_only_its_recipient,
+    whois_answers_the_client_address_or_undefined,
+    names_are_freed_when_their_client_leaves,
+    client_over_the_limit_is_closed_with_1013,
     without_w_commands_are_ordinary_messages,
     with_w_lines_from_clients_name_their_sender_and_never_pass_for_the_chats,
     sigterm_closes_every_client_with_1001,

@@ -4,11 +4,11 @@
 
 use futures_util::future::try_join_all;
 use harness::client::describe;
-use harness::{Backend, CloseCode, Gateway, Message, Mode, both_modes};
+use harness::{Backend, CloseCode, Gateway, Message, Mode, all_modes};
 use tempfile::TempDir;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 
-both_modes!(
+all_modes!(
     echo_returns_each_message_with_its_kind_and_bytes,
     echo_returns_one_mebibyte_messages_intact,
     fragmented_message_is_echoed_as_one_message,

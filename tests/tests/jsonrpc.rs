@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 use harness::binaries::{bin_dir, bin_path, repo_root};
-use harness::{Backend, Client, EXIT_DEADLINE, Gateway, Message, Mode, both_modes};
+use harness::{Backend, Client, EXIT_DEADLINE, Gateway, Message, Mode, all_modes};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -157,7 +157,7 @@ async fn start(
     Ok((docroot, backend, gateway))
 }
 
-both_modes!(
+all_modes!(
     framing_errors_have_the_standard_codes,
     batches_answer_in_order_and_notifications_get_no_reply,
     a_panicking_method_fails_that_call_only,

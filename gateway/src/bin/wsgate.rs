@@ -1,5 +1,5 @@
-//! `wsgate`: parses flags, sets up logging, binds the listeners and runs
-//! [`gateway::serve`] until SIGTERM or SIGINT.
+//! `wsgate`: parses flags, sets up logging, loads the TLS certificate, binds
+//! the listeners and runs [`gateway::serve`] until SIGTERM or SIGINT.
 
 use std::process::ExitCode;
 
@@ -19,6 +19,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match gateway::Tls::from_config(&config) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("wsgate: {}", error_chain(&error));
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -26,7 +33,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("wsgate: {error:#}");
@@ -35,14 +42,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: gateway::Config) -> anyhow::Result<()> {
-    // Signals are handled before anyone learns the address and could send one.
+async fn run(config: gateway::Config, tls: Option<gateway::Tls>) -> anyhow::Result<()> {
+    // Signals are handled before anyone learns the address and could send one
+    // (`bind_all` catches SIGHUP).
     let shutdown = lifecycle::token_cancelled_on_signal()?;
-    let listeners = gateway::bind_all(&config.listen).await?;
-    for listener in &listeners {
-        println!("listening on http://{}", listener.local_addr()?);
+    let listeners = gateway::bind_all(&config).await?;
+    for url in listeners.urls()? {
+        println!("listening on {url}");
     }
-    gateway::serve(listeners, config, shutdown).await?;
+    gateway::serve(listeners, tls, config, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

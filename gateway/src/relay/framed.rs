@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::client_stream::ClientStream;
+
 use super::{
     ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, MAX_BATCH,
     RelaySettings, client_error, close_client, first_ending,
@@ -30,8 +32,8 @@ type LinkWriter = FramedWrite<OwnedWriteHalf, RecordCodec>;
 
 /// Relays between `client` and the accepted `link` until one side closes or
 /// `shutdown` fires, then completes the close handshakes on both sides.
-pub(crate) async fn run(
-    client: ClientWs,
+pub(crate) async fn run<S: ClientStream>(
+    client: ClientWs<S>,
     link: FramedLink,
     settings: &RelaySettings,
     shutdown: &CancellationToken,
@@ -100,8 +102,8 @@ pub(crate) async fn run(
     };
     let close_client = close_client(
         &ending,
-        &mut client_writer,
-        &mut client_reader,
+        client_writer,
+        client_reader,
         settings.close_timeout,
     );
     // Both closes at once, each bounded: a stuck backend cannot delay the client's.
@@ -113,8 +115,8 @@ pub(crate) async fn run(
 
 /// Client messages to the link, until the client closes, fails or idles out,
 /// or the link cannot be written.
-async fn client_to_backend(
-    client_reader: &mut ClientReader,
+async fn client_to_backend<S: ClientStream>(
+    client_reader: &mut ClientReader<S>,
     link_writer: &mut LinkWriter,
     settings: &RelaySettings,
 ) -> Ending {
@@ -164,10 +166,10 @@ async fn client_to_backend(
 
 /// Link records to the client, and keepalive pings, until the backend closes
 /// or fails, or the client cannot be written.
-async fn backend_to_client(
+async fn backend_to_client<S: ClientStream>(
     mut early: VecDeque<Result<Record, LinkError>>,
     link_reader: &mut LinkReader,
-    client_writer: &mut ClientWriter,
+    client_writer: &mut ClientWriter<S>,
     settings: &RelaySettings,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);

@@ -20,25 +20,26 @@ use futures_util::{SinkExt, StreamExt};
 use link::LinkError;
 use link::close_for_client_error;
 use link::websocket::{RELAY_READ_BUFFER, client_config};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use crate::client_stream::ClientStream;
 use crate::config::Config;
 use raw::RawSplitError;
 
 /// Messages forwarded in one batch before the gateway flushes.
 const MAX_BATCH: usize = 64;
 
-/// A client's WebSocket on its TCP connection.
-pub(crate) type ClientWs = WebSocketStream<TcpStream>;
+/// A client's WebSocket on its connection (TCP or TLS).
+pub(crate) type ClientWs<S> = WebSocketStream<S>;
 /// The client's read half.
-pub(crate) type ClientReader = SplitStream<ClientWs>;
+pub(crate) type ClientReader<S> = SplitStream<ClientWs<S>>;
 /// The client's write half.
-pub(crate) type ClientWriter = SplitSink<ClientWs, Message>;
+pub(crate) type ClientWriter<S> = SplitSink<ClientWs<S>, Message>;
 
 /// The per-client settings a relay runs with.
 #[derive(Debug, Clone)]
@@ -72,18 +73,18 @@ impl RelaySettings {
     }
 }
 
-/// Wraps the upgraded TCP connection (and the bytes hyper read past the
+/// Wraps the upgraded connection (and the bytes hyper read past the
 /// handshake) into a server-role WebSocket.
-pub(crate) async fn client_websocket(
-    tcp: TcpStream,
+pub(crate) async fn client_websocket<S: ClientStream>(
+    stream: S,
     pending: Bytes,
     settings: &RelaySettings,
-) -> ClientWs {
+) -> ClientWs<S> {
     let config = Some(settings.websocket_config());
     if pending.is_empty() {
-        WebSocketStream::from_raw_socket(tcp, Role::Server, config).await
+        WebSocketStream::from_raw_socket(stream, Role::Server, config).await
     } else {
-        WebSocketStream::from_partially_read(tcp, pending.to_vec(), Role::Server, config).await
+        WebSocketStream::from_partially_read(stream, pending.to_vec(), Role::Server, config).await
     }
 }
 
@@ -227,15 +228,17 @@ fn client_error(error: tungstenite::Error) -> Ending {
     }
 }
 
-/// Finishes the client's side of the close handshake for `ending`, within `timeout`.
+/// Finishes the client's side of the close handshake for `ending`, within
+/// `timeout`, then shuts the transport down (a TLS client gets its
+/// `close_notify`, a plain one the FIN it would get anyway), within `timeout`.
 ///
 /// If the gateway starts the close, it sends its frame and then reads (and
 /// drops) whatever the client still sends until its close reply or the end of
 /// the connection. If the client started it, the queued reply is flushed.
-async fn close_client(
+async fn close_client<S: ClientStream>(
     ending: &Ending,
-    writer: &mut ClientWriter,
-    reader: &mut ClientReader,
+    mut writer: ClientWriter<S>,
+    mut reader: ClientReader<S>,
     timeout: Duration,
 ) {
     let handshake = async {
@@ -258,5 +261,9 @@ async fn close_client(
     };
     if tokio::time::timeout(timeout, handshake).await.is_err() {
         tracing::debug!("client did not finish the close handshake in time");
+    }
+    if let Ok(websocket) = writer.reunite(reader) {
+        let mut stream = websocket.into_inner();
+        let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
     }
 }

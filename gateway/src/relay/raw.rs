@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use link::keepalive::{IdleTimer, PingTicker};
 
+use crate::client_stream::ClientStream;
+
 use super::{
     ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, RelaySettings,
     client_error, close_client, first_ending,
@@ -27,8 +29,8 @@ const RAW_READ_CHUNK: usize = 4096;
 
 /// Relays between `client` and the raw backend on `link` until one side
 /// closes or `shutdown` fires.
-pub(crate) async fn run(
-    client: ClientWs,
+pub(crate) async fn run<S: ClientStream>(
+    client: ClientWs<S>,
     link: UnixStream,
     settings: &RelaySettings,
     shutdown: &CancellationToken,
@@ -44,15 +46,15 @@ pub(crate) async fn run(
     let _ = link_writer.shutdown().await;
     close_client(
         &ending,
-        &mut client_writer,
-        &mut client_reader,
+        client_writer,
+        client_reader,
         settings.close_timeout,
     )
     .await;
 }
 
-async fn client_to_backend(
-    client_reader: &mut ClientReader,
+async fn client_to_backend<S: ClientStream>(
+    client_reader: &mut ClientReader<S>,
     link_writer: &mut OwnedWriteHalf,
     settings: &RelaySettings,
 ) -> Ending {
@@ -85,9 +87,9 @@ async fn client_to_backend(
     }
 }
 
-async fn backend_to_client(
+async fn backend_to_client<S: ClientStream>(
     link_reader: &mut OwnedReadHalf,
-    client_writer: &mut ClientWriter,
+    client_writer: &mut ClientWriter<S>,
     settings: &RelaySettings,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);
