@@ -38,5 +38,9 @@ mod server;
 mod static_files;
 mod upgrade;
 
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz_api;
+
 pub use config::{Args, Config, ConfigError};
 pub use server::{bind_all, serve};
