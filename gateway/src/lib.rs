@@ -45,6 +45,10 @@ mod static_files;
 mod tls;
 mod upgrade;
 
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz_api;
+
 pub use config::{Args, Config, ConfigError};
 pub use server::{Listeners, bind_all, serve};
 pub use tls::{CertificateError, Tls, TlsError};
