@@ -135,3 +135,182 @@ async fn every_listen_address_serves_ipv4_and_ipv6() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `lib<name>.so` of the workspace build.
+fn plugin(name: &str) -> anyhow::Result<String> {
+    let path = harness::binaries::bin_dir()?.join(format!("lib{name}.so"));
+    anyhow::ensure!(
+        path.is_file(),
+        "build the plugins first: cargo build --workspace"
+    );
+    Ok(path.display().to_string())
+}
+
+#[tokio::test]
+async fn a_plugin_that_refuses_the_session_closes_its_client_with_1011() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let testrpc = plugin("testrpc")?;
+    let _rpc = Backend::start(
+        "websocket_jsonrpc",
+        docroot.path(),
+        "rpc",
+        &["-L", &testrpc, "-C", "refuse-sessions"],
+    )
+    .await?;
+    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let mut client = gateway.connect("/rpc").await?;
+    client
+        .expect_close_with(CloseCode::Error, "plugin session failed")
+        .await
+}
+
+#[tokio::test]
+async fn a_reserved_code_from_a_plugin_becomes_32603_with_its_message_in_data() -> anyhow::Result<()>
+{
+    let docroot = tempfile::tempdir()?;
+    let testrpc = plugin("testrpc")?;
+    let _rpc = Backend::start(
+        "websocket_jsonrpc",
+        docroot.path(),
+        "rpc",
+        &["-L", &testrpc],
+    )
+    .await?;
+    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let mut client = gateway.connect("/rpc").await?;
+    let request =
+        r#"{"jsonrpc":"2.0","id":1,"method":"fail","params":{"code":-32601,"message":"mine"}}"#;
+    let reply = client.round_trip(Message::text(request)).await?;
+    let Message::Text(reply) = reply else {
+        anyhow::bail!("expected a text reply, got {reply:?}");
+    };
+    let reply: serde_json::Value = serde_json::from_str(&reply)?;
+    assert_eq!(reply["error"]["code"], -32603, "{reply}");
+    assert!(
+        reply["error"]["data"].to_string().contains("mine"),
+        "{reply}"
+    );
+    Ok(())
+}
+
+/// The real user id of process `pid`.
+fn uid_of(pid: u32) -> anyhow::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("no Uid line"))?;
+    Ok(uid.parse()?)
+}
+
+#[tokio::test]
+async fn u_switches_user_as_root_and_is_ignored_with_a_warning_otherwise() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "this test needs root, as CI runs it: it starts backends as root and as nobody"
+        );
+    }
+    let nobody =
+        nix::unistd::User::from_name("nobody")?.ok_or_else(|| anyhow::anyhow!("no user nobody"))?;
+    let docroot = tempfile::tempdir()?;
+    // Traversable and writable for nobody, as a real docroot is for the -u user.
+    std::fs::set_permissions(
+        docroot.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )?;
+    // Started as root with -u nobody: it runs as nobody once the socket is bound.
+    let as_root = Backend::start(
+        "websocket_echo",
+        docroot.path(),
+        "dropped",
+        &["-u", "nobody"],
+    )
+    .await?;
+    assert_eq!(uid_of(as_root.pid())?, nobody.uid.as_raw());
+    // Started as nobody (setpriv) with -u root: it cannot switch, says so, runs on.
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(bin_path("websocket_echo")?)
+        .arg("-R")
+        .arg(docroot.path())
+        .args(["-n", "kept", "-u", "root"]);
+    let as_nobody = Backend::start_command(
+        "websocket_echo as nobody",
+        command,
+        &docroot.path().join("kept"),
+    )
+    .await?;
+    assert_eq!(uid_of(as_nobody.pid())?, nobody.uid.as_raw());
+    assert!(
+        as_nobody.stderr_text().contains("-u ignored"),
+        "{}",
+        as_nobody.stderr_text()
+    );
+    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    for name in ["/dropped", "/kept"] {
+        let mut client = gateway.connect(name).await?;
+        let message = Message::text(name);
+        assert_eq!(client.round_trip(message.clone()).await?, message);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_in_direct_mode_carries_the_mode_the_limits_and_a_fresh_id() -> anyhow::Result<()> {
+    use harness::hostile_backend::{ACCEPT, HostileBackend, Script};
+    let docroot = tempfile::tempdir()?;
+    let backend =
+        HostileBackend::start(&docroot.path().join("fast"), Script::write(ACCEPT.to_vec()))?;
+    let gateway = Gateway::start(
+        docroot.path(),
+        &[
+            "--direct",
+            "*",
+            "--max-message-size",
+            "4096",
+            "--ping-interval",
+            "7",
+            "--idle-timeout",
+            "70",
+        ],
+    )
+    .await?;
+    let _first = gateway.connect("/fast").await?;
+    let _second = gateway.connect("/fast").await?;
+    let opens = wait::until("two OPEN records", EVENT_DEADLINE, || {
+        let opens: Vec<serde_json::Value> = (0..2)
+            .filter_map(|link_idx| backend.received(link_idx).first().cloned())
+            .filter_map(|(kind, payload)| (kind == 0x01).then_some(payload))
+            .filter_map(|payload| serde_json::from_slice(&payload).ok())
+            .collect();
+        async move { Ok((opens.len() == 2).then_some(opens)) }
+    })
+    .await?;
+    for open in &opens {
+        assert_eq!(open["mode"], "direct", "{open}");
+        assert_eq!(
+            open["limits"],
+            serde_json::json!({"max_message_size": 4096, "ping_interval": 7, "idle_timeout": 70}),
+            "{open}"
+        );
+        assert_eq!(
+            open["headers"]["host"],
+            gateway.addr().to_string(),
+            "{open}"
+        );
+    }
+    assert_ne!(opens[0]["id"], opens[1]["id"], "ids are unique");
+    // The HANDOFF followed each ACCEPT.
+    wait::until("both HANDOFFs", EVENT_DEADLINE, || {
+        let handed = (0..2).all(|link_idx| {
+            backend
+                .received(link_idx)
+                .iter()
+                .any(|(kind, _)| *kind == 0x04)
+        });
+        async move { Ok(handed.then_some(())) }
+    })
+    .await
+}

@@ -4,7 +4,8 @@
 //! session: per-session state), `client` (the session's `ClientInfo`), `config` (the `-C` string or null), `panic`
 //! (panics: the host must answer `-32603` and keep going), `fail {code,
 //! message?}` (returns that error object, reserved codes included, so the
-//! host's code mapping can be tested).
+//! host's code mapping can be tested). With `-C refuse` it fails to start;
+//! with `-C refuse-sessions` it starts but refuses every session.
 //!
 //! Plugin-wide, for tests of what the host runs when: `hold` blocks until
 //! the gate is opened (at most [`HOLD_LIMIT`], so a broken test cannot hang the
@@ -78,6 +79,9 @@ impl Plugin for TestRpc {
     }
 
     fn open_session(&self, client: &ClientInfo) -> Result<Session, String> {
+        if self.config.as_deref() == Some("refuse-sessions") {
+            return Err("sessions refused as configured".to_owned());
+        }
         Ok(Session {
             n_counts: 0,
             client: client.clone(),
