@@ -198,6 +198,8 @@ async fn static_files_are_served_from_htdocs_with_their_mime_type() -> anyhow::R
     let gateway = Gateway::start(&docroot, &["--htdocs", &htdocs_arg]).await?;
     // (path, content type prefix, body)
     let cases = [
+        // The README's promise: `/` serves index.html.
+        ("/", "text/html", "<!doctype html><title>wsgate</title>"),
         (
             "/index.html",
             "text/html",
