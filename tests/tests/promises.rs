@@ -314,3 +314,66 @@ async fn open_in_direct_mode_carries_the_mode_the_limits_and_a_fresh_id() -> any
     })
     .await
 }
+
+/// Processes whose command line holds `needle`, by pid.
+fn pids_with_argument(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn d_detaches_and_the_daemon_serves_until_sigterm() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let docroot_arg = docroot.path().display().to_string();
+    // The parent returns once the daemon is on its own.
+    let output = tokio::process::Command::new(bin_path("websocket_echo")?)
+        .args(["-D", "-R", &docroot_arg, "-n", "daemon"])
+        .output();
+    let output = wait::within("the parent of the daemon to exit", EXIT_DEADLINE, output).await??;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let socket = docroot.path().join("daemon");
+    wait::until("the daemon's socket", STARTUP_DEADLINE, || {
+        let ready = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+        async move { Ok(ready.then_some(())) }
+    })
+    .await?;
+    let daemons = pids_with_argument(&docroot_arg);
+    assert_eq!(daemons.len(), 1, "one daemon: {daemons:?}");
+    let daemon = nix::unistd::Pid::from_raw(daemons[0]);
+    // Detached: not our child, and in a session of its own.
+    assert_ne!(
+        nix::unistd::getsid(Some(daemon))?,
+        nix::unistd::getsid(None)?
+    );
+    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let mut client = gateway.connect("/daemon").await?;
+    let message = Message::text("from a daemon");
+    assert_eq!(client.round_trip(message.clone()).await?, message);
+    drop(client);
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGTERM)?;
+    // Exited: gone, or a zombie waiting for whoever adopted it to reap it.
+    // (The gateway's command line names the docroot too, so this follows the pid.)
+    let exited = || {
+        std::fs::read_to_string(format!("/proc/{daemon}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    wait::until(
+        "the daemon to remove its socket and exit",
+        EXIT_DEADLINE,
+        || {
+            let gone = !socket.exists() && exited();
+            async move { Ok(gone.then_some(())) }
+        },
+    )
+    .await
+}
