@@ -146,19 +146,25 @@ fn plugin(name: &str) -> anyhow::Result<String> {
     Ok(path.display().to_string())
 }
 
-#[tokio::test]
-async fn a_plugin_that_refuses_the_session_closes_its_client_with_1011() -> anyhow::Result<()> {
+/// `websocket_jsonrpc -L testrpc <extra>` on `rpc` behind a gateway, and a client of it.
+async fn testrpc_client(
+    extra: &[&str],
+) -> anyhow::Result<(tempfile::TempDir, Backend, Gateway, harness::Client)> {
     let docroot = tempfile::tempdir()?;
     let testrpc = plugin("testrpc")?;
-    let _rpc = Backend::start(
-        "websocket_jsonrpc",
-        docroot.path(),
-        "rpc",
-        &["-L", &testrpc, "-C", "refuse-sessions"],
-    )
-    .await?;
+    let args: Vec<&str> = ["-L", testrpc.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let rpc = Backend::start("websocket_jsonrpc", docroot.path(), "rpc", &args).await?;
     let gateway = Gateway::start(docroot.path(), &[]).await?;
-    let mut client = gateway.connect("/rpc").await?;
+    let client = gateway.connect("/rpc").await?;
+    Ok((docroot, rpc, gateway, client))
+}
+
+#[tokio::test]
+async fn a_plugin_that_refuses_the_session_closes_its_client_with_1011() -> anyhow::Result<()> {
+    let (_docroot, _rpc, _gateway, mut client) = testrpc_client(&["-C", "refuse-sessions"]).await?;
     client
         .expect_close_with(CloseCode::Error, "plugin session failed")
         .await
@@ -167,17 +173,7 @@ async fn a_plugin_that_refuses_the_session_closes_its_client_with_1011() -> anyh
 #[tokio::test]
 async fn a_reserved_code_from_a_plugin_becomes_32603_with_its_message_in_data() -> anyhow::Result<()>
 {
-    let docroot = tempfile::tempdir()?;
-    let testrpc = plugin("testrpc")?;
-    let _rpc = Backend::start(
-        "websocket_jsonrpc",
-        docroot.path(),
-        "rpc",
-        &["-L", &testrpc],
-    )
-    .await?;
-    let gateway = Gateway::start(docroot.path(), &[]).await?;
-    let mut client = gateway.connect("/rpc").await?;
+    let (_docroot, _rpc, _gateway, mut client) = testrpc_client(&[]).await?;
     let request =
         r#"{"jsonrpc":"2.0","id":1,"method":"fail","params":{"code":-32601,"message":"mine"}}"#;
     let reply = client.round_trip(Message::text(request)).await?;
