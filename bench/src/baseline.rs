@@ -1,6 +1,7 @@
 //! The no-gateway baseline: WebSocket served straight from the socket by
 //! tokio-tungstenite, echo (`/echo`) and chat (`/chat`, every message to every
-//! other client), on TCP, or on a UNIX socket for nginx to proxy to.
+//! other client), on TCP (plain, or TLS through tokio-rustls for the wss
+//! baseline), or on a UNIX socket for nginx to proxy to.
 //!
 //! Small on purpose: it is the floor a gateway is measured against.
 
@@ -8,9 +9,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
@@ -25,13 +28,29 @@ struct Room {
     clients: Vec<(u64, mpsc::Sender<Message>)>,
 }
 
-/// Serves echo and chat on TCP `listener` until the process ends.
-pub async fn serve_tcp(listener: TcpListener) -> anyhow::Result<()> {
+/// Serves echo and chat on TCP `listener` until the process ends; with
+/// `tls`, each connection's TLS handshake first (in its own task).
+pub async fn serve_tcp(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+) -> anyhow::Result<()> {
     let room = Arc::new(Mutex::new(Room::default()));
+    let acceptor = tls.map(TlsAcceptor::from);
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_one(stream, Arc::clone(&room)));
+        let room = Arc::clone(&room);
+        match &acceptor {
+            None => tokio::spawn(serve_one(stream, room)),
+            Some(acceptor) => {
+                let accepting = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    if let Ok(stream) = accepting.await {
+                        serve_one(stream, room).await;
+                    }
+                })
+            }
+        };
     }
 }
 

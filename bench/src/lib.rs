@@ -3,10 +3,12 @@
 //! - [`baseline`]: the no-gateway reference, a minimal tokio-tungstenite echo
 //!   and chat server on TCP (and echo on a UNIX socket, behind nginx).
 //! - [`system`]: starting each system under test (baseline, wsgate relay,
-//!   wsgate direct, nginx) as separate processes and waiting until they answer.
+//!   wsgate direct, nginx; and baseline, relay and nginx over TLS) as separate
+//!   processes and waiting until they answer; their memory and CPU time.
+//! - [`tls`]: the run's certificate and the pinned TLS 1.3 configurations.
 //! - [`scenario`]: the load scenarios; every payload is checked and every
 //!   error counted.
-//! - [`report`]: the markdown table with ratios to the baseline.
+//! - [`report`]: the markdown tables with ratios to the baseline and CPU per operation.
 //!
 //! `src/main.rs` is the `wsgate-bench` command; BENCHMARKS.md says how to run it.
 #![warn(missing_docs)]
@@ -15,3 +17,4 @@ pub mod baseline;
 pub mod report;
 pub mod scenario;
 pub mod system;
+pub mod tls;

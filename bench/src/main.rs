@@ -1,6 +1,6 @@
 //! `wsgate-bench`: runs every scenario against every system in one run and
-//! prints the markdown table (`all`), or runs the baseline server
-//! (`baseline-server`, started by `all` itself).
+//! prints the markdown tables, plain and wss (`all`), or runs the baseline
+//! server (`baseline-server`, started by `all` itself).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,12 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use bench::report::{self, Labels, Results};
 use bench::scenario;
+use bench::scenario::Rate;
 use bench::system::{Binaries, Kind, System};
+use bench::tls::TlsFiles;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(version)]
-/// Benchmarks wsgate relay and direct against a no-gateway baseline and nginx.
+/// Benchmarks wsgate relay and direct, plain and over TLS, against a no-gateway baseline and nginx.
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -33,6 +35,12 @@ enum Command {
         /// Leave nginx out even when it is installed.
         #[arg(long)]
         no_nginx: bool,
+        /// Leave the wss systems out.
+        #[arg(long, conflicts_with = "no_plain")]
+        no_tls: bool,
+        /// Leave the plain ws systems out (only the wss ones).
+        #[arg(long)]
+        no_plain: bool,
         /// Run only these scenarios (repeatable) [default: all].
         #[arg(long = "only", value_enum, value_name = "SCENARIO")]
         only: Vec<Scenario>,
@@ -48,6 +56,12 @@ enum Command {
         /// UNIX socket path (for nginx).
         #[arg(long, value_name = "PATH")]
         unix: Option<PathBuf>,
+        /// Serve wss on --listen with this certificate (PEM); needs --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key", requires = "listen")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -62,6 +76,8 @@ enum Scenario {
     Large,
     /// Connect, echo, close.
     Churn,
+    /// Connect, (TLS,) upgrade, close: the handshake rate.
+    Handshakes,
     /// Idle connections and their memory.
     Idle,
     /// Chat fan-out.
@@ -70,11 +86,12 @@ enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order a run does them.
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::RoundTrips,
         Scenario::Pipelined,
         Scenario::Large,
         Scenario::Churn,
+        Scenario::Handshakes,
         Scenario::Idle,
         Scenario::Fanout,
     ];
@@ -86,6 +103,7 @@ impl Scenario {
             Scenario::Pipelined => "echo pipelined",
             Scenario::Large => "echo 64 KiB",
             Scenario::Churn => "churn",
+            Scenario::Handshakes => "handshakes",
             Scenario::Idle => "idle connections",
             Scenario::Fanout => "chat fan-out",
         }
@@ -114,19 +132,31 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.command {
-        Command::BaselineServer { listen, unix } => runtime.block_on(async {
+        Command::BaselineServer {
+            listen,
+            unix,
+            tls_cert,
+            tls_key,
+        } => runtime.block_on(async {
             if let Some(path) = unix {
                 return bench::baseline::serve_unix(&path).await;
             }
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(bench::tls::baseline_server_config(&cert, &key)?),
+                _ => None,
+            };
             let listener =
                 tokio::net::TcpListener::bind(listen.unwrap_or(([127, 0, 0, 1], 0).into())).await?;
-            println!("listening on http://{}", listener.local_addr()?);
-            bench::baseline::serve_tcp(listener).await
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            println!("listening on {scheme}://{}", listener.local_addr()?);
+            bench::baseline::serve_tcp(listener, tls).await
         }),
         Command::All {
             smoke,
             bin_dir,
             no_nginx,
+            no_tls,
+            no_plain,
             only,
             fanout_rate,
         } => {
@@ -163,20 +193,25 @@ fn main() -> anyhow::Result<()> {
                 settings.fanout_rate = rate.max(1);
             }
             settings.only = only;
-            let kinds: &[Kind] = if no_nginx {
-                &[Kind::Baseline, Kind::Relay, Kind::Direct]
-            } else {
-                &[Kind::Baseline, Kind::Relay, Kind::Direct, Kind::Nginx]
-            };
-            runtime.block_on(run_all(&Binaries { dir, bench }, kinds, &settings))
+            // Each group's baseline first: the ratios of its table refer to it.
+            let plain = [Kind::Baseline, Kind::Relay, Kind::Direct, Kind::Nginx];
+            let tls = [Kind::BaselineTls, Kind::RelayTls, Kind::NginxTls];
+            let kinds: Vec<Kind> = plain
+                .into_iter()
+                .filter(|_| !no_plain)
+                .chain(tls.into_iter().filter(|_| !no_tls))
+                .filter(|kind| !(no_nginx && matches!(kind, Kind::Nginx | Kind::NginxTls)))
+                .collect();
+            runtime.block_on(run_all(&Binaries { dir, bench }, &kinds, &settings))
         }
     }
 }
 
 async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> anyhow::Result<()> {
+    let tls = TlsFiles::generate()?;
     let mut systems = Vec::new();
     for kind in kinds {
-        match System::start(*kind, binaries).await? {
+        match System::start(*kind, binaries, &tls).await? {
             Some(system) => systems.push(system),
             None => eprintln!("{}: not installed, left out", kind.label()),
         }
@@ -188,6 +223,7 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
         pipelined: format!("echo 64 B, {} conns, 16 in flight", s.connections),
         large: format!("echo 64 KiB, {} conns, 4 in flight", s.large_connections),
         churn: "churn (connect, echo, close), 8 workers".to_owned(),
+        handshakes: "handshakes (connect, upgrade, close), 8 workers".to_owned(),
         idle: format!("idle, {} conns", s.idle_connections),
         fanout: format!(
             "chat fan-out, {} receivers, {} msg/s",
@@ -211,7 +247,18 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
     let kinds: Vec<Kind> = systems.iter().map(|system| system.kind).collect();
     let rows: Vec<(Kind, Results)> = kinds.into_iter().zip(results.iter().cloned()).collect();
     println!("{}", machine());
-    println!("{}", report::table(&rows, &labels));
+    let (tls_rows, plain_rows): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|(kind, _)| kind.is_tls());
+    if !plain_rows.is_empty() {
+        println!("{}", report::table(&plain_rows, &labels));
+    }
+    if !tls_rows.is_empty() {
+        println!(
+            "Over TLS 1.3, {}, X25519, ECDSA P-256 certificate, no session resumption:\n",
+            bench::tls::CIPHER_SUITE
+        );
+        println!("{}", report::table(&tls_rows, &labels));
+    }
     let errors: u64 = results.iter().map(Results::errors).sum();
     if errors > 0 {
         anyhow::bail!("THE RUN HAD {errors} ERRORS: the figures above are not valid");
@@ -219,41 +266,57 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
     Ok(())
 }
 
-/// Runs `scenario` against `system` and stores its figures in `results`.
+/// Runs `scenario` against `system` and stores its figures in `results`,
+/// with the CPU time each process spent per operation.
 async fn run_scenario(
     scenario: Scenario,
     system: &System,
     s: &Settings,
     results: &mut Results,
 ) -> anyhow::Result<()> {
-    let (url, addr) = (system.url("echo"), system.addr);
-    match scenario {
+    let target = system.target("echo");
+    let before = system.cpu_sample()?;
+    let rate: &mut Rate = match scenario {
         Scenario::RoundTrips => {
             results.round_trips =
-                scenario::echo_round_trips(&url, addr, s.connections, 64, s.duration).await?;
+                scenario::echo_round_trips(&target, s.connections, 64, s.duration).await?;
+            &mut results.round_trips
         }
         Scenario::Pipelined => {
             results.pipelined =
-                scenario::echo_pipelined(&url, addr, s.connections, 16, 64, s.duration).await?;
+                scenario::echo_pipelined(&target, s.connections, 16, 64, s.duration).await?;
+            &mut results.pipelined
         }
         Scenario::Large => {
             results.large =
-                scenario::echo_pipelined(&url, addr, s.large_connections, 4, 64 * 1024, s.duration)
+                scenario::echo_pipelined(&target, s.large_connections, 4, 64 * 1024, s.duration)
                     .await?;
+            &mut results.large
         }
-        Scenario::Churn => results.churn = scenario::churn(&url, addr, 8, s.duration).await?,
-        Scenario::Idle => results.idle = scenario::idle(system, s.idle_connections).await?,
+        Scenario::Churn => {
+            results.churn = scenario::churn(&target, 8, s.duration).await?;
+            &mut results.churn
+        }
+        Scenario::Handshakes => {
+            results.handshakes = scenario::handshakes(&target, 8, s.duration).await?;
+            &mut results.handshakes
+        }
+        Scenario::Idle => {
+            results.idle = scenario::idle(system, s.idle_connections).await?;
+            return Ok(());
+        }
         Scenario::Fanout => {
             results.fanout = scenario::fanout(
-                &system.url("chat"),
-                addr,
+                &system.target("chat"),
                 s.fanout_receivers,
                 s.fanout_rate,
                 s.duration,
             )
             .await?;
+            &mut results.fanout
         }
-    }
+    };
+    rate.cpu = before.per_op(&system.cpu_sample()?, rate.count);
     Ok(())
 }
 

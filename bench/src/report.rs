@@ -1,9 +1,11 @@
-//! The results of one run as a markdown table: a column per system, a row
-//! per figure, throughput figures with their ratio to the baseline.
+//! The results of one run as markdown tables (one for the plain systems, one
+//! for the wss ones): a column per system, a row per figure, throughput
+//! figures with their ratio to the table's first column (its baseline), and
+//! the CPU time per operation of each process.
 
 use std::fmt::Write;
 
-use crate::scenario::{IdleCost, Rate};
+use crate::scenario::{CpuPerOp, IdleCost, Rate};
 use crate::system::Kind;
 
 /// Everything measured for one system.
@@ -21,6 +23,8 @@ pub struct Results {
     pub idle: IdleCost,
     /// Chat fan-out.
     pub fanout: Rate,
+    /// Connect, (TLS,) upgrade, close: no message.
+    pub handshakes: Rate,
 }
 
 impl Results {
@@ -32,6 +36,7 @@ impl Results {
             + self.churn.errors
             + self.idle.errors
             + self.fanout.errors
+            + self.handshakes.errors
     }
 }
 
@@ -51,7 +56,25 @@ pub fn table(systems: &[(Kind, Results)], labels: &Labels) -> String {
         .first()
         .map(|(_, results)| results.clone())
         .unwrap_or_default();
-    let mut row = |name: &str, value: &dyn Fn(&Results) -> f64, ratio: bool, digits: usize| {
+    let cpu_row = |out: &mut String, name: &str, cpu: &dyn Fn(&Results) -> CpuPerOp| {
+        let _ = write!(
+            out,
+            "| … CPU per {name}, µs: front / server / load generator |"
+        );
+        for (_, results) in systems {
+            let cpu = cpu(results);
+            let front = cpu
+                .front
+                .map_or("–".to_owned(), |front| format!("{front:.1}"));
+            let _ = write!(out, " {front} / {:.1} / {:.1} |", cpu.server, cpu.generator);
+        }
+        out.push('\n');
+    };
+    let row = |out: &mut String,
+               name: &str,
+               value: &dyn Fn(&Results) -> f64,
+               ratio: bool,
+               digits: usize| {
         let _ = write!(out, "| {name} |");
         let base = value(&baseline);
         for (_, results) in systems {
@@ -65,82 +88,132 @@ pub fn table(systems: &[(Kind, Results)], labels: &Labels) -> String {
         out.push('\n');
     };
     row(
+        &mut out,
         &format!("{}: round trips/s", labels.round_trips),
         &|r| r.round_trips.per_second,
         true,
         0,
     );
     row(
+        &mut out,
         "… p50 latency, µs",
         &|r| r.round_trips.latency.p50 as f64,
         false,
         0,
     );
     row(
+        &mut out,
         "… p99 latency, µs",
         &|r| r.round_trips.latency.p99 as f64,
         false,
         0,
     );
     row(
+        &mut out,
         "… p99.9 latency, µs",
         &|r| r.round_trips.latency.p999 as f64,
         false,
         0,
     );
+    cpu_row(&mut out, "round trip", &|r| r.round_trips.cpu);
     row(
+        &mut out,
         &format!("{}: messages/s", labels.pipelined),
         &|r| r.pipelined.per_second,
         true,
         0,
     );
-    row("… MB/s", &|r| r.pipelined.mb_per_second, true, 1);
+    row(&mut out, "… MB/s", &|r| r.pipelined.mb_per_second, true, 1);
+    cpu_row(&mut out, "message", &|r| r.pipelined.cpu);
     row(
+        &mut out,
         &format!("{}: messages/s", labels.large),
         &|r| r.large.per_second,
         true,
         0,
     );
-    row("… MB/s", &|r| r.large.mb_per_second, true, 1);
+    row(&mut out, "… MB/s", &|r| r.large.mb_per_second, true, 1);
+    cpu_row(&mut out, "64 KiB message", &|r| r.large.cpu);
     row(
+        &mut out,
         &format!("{}: handshakes/s", labels.churn),
         &|r| r.churn.per_second,
         true,
         0,
     );
-    row("… p99, µs", &|r| r.churn.latency.p99 as f64, false, 0);
     row(
+        &mut out,
+        "… p99, µs",
+        &|r| r.churn.latency.p99 as f64,
+        false,
+        0,
+    );
+    cpu_row(&mut out, "connection", &|r| r.churn.cpu);
+    row(
+        &mut out,
+        &format!("{}: handshakes/s", labels.handshakes),
+        &|r| r.handshakes.per_second,
+        true,
+        0,
+    );
+    row(
+        &mut out,
+        "… p99, µs",
+        &|r| r.handshakes.latency.p99 as f64,
+        false,
+        0,
+    );
+    cpu_row(&mut out, "handshake", &|r| r.handshakes.cpu);
+    row(
+        &mut out,
         &format!("{}: connections held", labels.idle),
         &|r| r.idle.connections as f64,
         false,
         0,
     );
     row(
+        &mut out,
         "… front (gateway/nginx) RSS per connection, B",
         &|r| r.idle.front_per_connection,
         false,
         0,
     );
     row(
+        &mut out,
         "… echo server RSS per connection, B",
         &|r| r.idle.echo_per_connection,
         false,
         0,
     );
     row(
+        &mut out,
         &format!("{}: deliveries/s", labels.fanout),
         &|r| r.fanout.per_second,
         true,
         0,
     );
     row(
+        &mut out,
         "… p99 delivery latency, µs",
         &|r| r.fanout.latency.p99 as f64,
         false,
         0,
     );
-    row("… messages lost", &|r| r.fanout.errors as f64, false, 0);
-    row("errors, all scenarios", &|r| r.errors() as f64, false, 0);
+    row(
+        &mut out,
+        "… messages lost",
+        &|r| r.fanout.errors as f64,
+        false,
+        0,
+    );
+    cpu_row(&mut out, "delivery", &|r| r.fanout.cpu);
+    row(
+        &mut out,
+        "errors, all scenarios",
+        &|r| r.errors() as f64,
+        false,
+        0,
+    );
     out
 }
 
@@ -159,4 +232,6 @@ pub struct Labels {
     pub idle: String,
     /// Chat fan-out.
     pub fanout: String,
+    /// Handshakes without a message.
+    pub handshakes: String,
 }

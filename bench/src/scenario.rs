@@ -1,6 +1,8 @@
-//! The load scenarios. Each connects real WebSocket clients (tokio-tungstenite)
-//! to a URL, checks every payload it gets back, and counts errors; a figure
-//! from a run with errors is reported as such, never silently.
+//! The load scenarios. Each connects real WebSocket clients (tokio-tungstenite,
+//! over tokio-rustls for a wss [`Target`]) to a URL, checks every payload it
+//! gets back, and counts errors; a figure from a run with errors is reported
+//! as such, never silently. The CPU time of the processes around a scenario
+//! is the driver's business (`wsgate-bench`), from each scenario's count.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -9,16 +11,32 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
+use harness::tls::ClientStream;
 use hdrhistogram::Histogram;
-use tokio::net::{TcpSocket, TcpStream};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpSocket;
 use tokio::sync::{Barrier, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{WebSocketStream, client_async};
 
 use crate::system::System;
+use crate::tls::SERVER_NAME;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<ClientStream>;
+
+/// Where a scenario's clients connect: `ws://` or, with `tls`, `wss://`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The WebSocket URL (its host is the address, not the TLS server name).
+    pub url: String,
+    /// The TCP address.
+    pub addr: SocketAddr,
+    /// The client configuration of a wss target.
+    pub tls: Option<Arc<ClientConfig>>,
+}
 
 /// Latency percentiles, in microseconds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -52,6 +70,22 @@ pub struct Rate {
     pub latency: Latency,
     /// Mismatched payloads, failed connections, lost messages.
     pub errors: u64,
+    /// Operations completed, what `per_second` counts.
+    pub count: u64,
+    /// CPU time per operation of each process, filled in by the driver.
+    pub cpu: CpuPerOp,
+}
+
+/// CPU time per operation, in microseconds, over the whole scenario
+/// (connecting its clients included).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuPerOp {
+    /// The gateway or nginx (master and workers); `None` without one.
+    pub front: Option<f64>,
+    /// The server processes: the baseline server, or the backends.
+    pub server: f64,
+    /// The load generator itself.
+    pub generator: f64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -72,14 +106,27 @@ async fn join_counting(
     Ok((latencies, total))
 }
 
-async fn connect(url: &str, addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     if let Some(source) = source {
         socket.bind(SocketAddr::new(source, 0))?;
     }
-    let stream = socket.connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (ws, _) = client_async(url, stream).await.context("handshake")?;
+    let tcp = socket.connect(target.addr).await?;
+    tcp.set_nodelay(true)?;
+    let stream = match &target.tls {
+        None => ClientStream::Plain(tcp),
+        Some(config) => {
+            let name = ServerName::try_from(SERVER_NAME)?;
+            let tls = TlsConnector::from(Arc::clone(config))
+                .connect(name, tcp)
+                .await
+                .context("TLS handshake")?;
+            ClientStream::Tls(Box::new(tls))
+        }
+    };
+    let (ws, _) = client_async(target.url.as_str(), stream)
+        .await
+        .context("handshake")?;
     Ok(ws)
 }
 
@@ -94,8 +141,7 @@ fn payload(connection: usize, seq: u64, size: usize) -> Vec<u8> {
 
 /// `connections` clients, each with one `size`-byte message in flight, for `duration`.
 pub async fn echo_round_trips(
-    url: &str,
-    addr: SocketAddr,
+    target: &Target,
     connections: usize,
     size: usize,
     duration: Duration,
@@ -104,10 +150,10 @@ pub async fn echo_round_trips(
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for connection in 0..connections {
-        let (url, barrier, errors) = (url.to_owned(), Arc::clone(&barrier), Arc::clone(&errors));
+        let (target, barrier, errors) = (target.clone(), Arc::clone(&barrier), Arc::clone(&errors));
         tasks.push(tokio::spawn(async move {
             let mut latencies = histogram();
-            let ws = connect(&url, addr, None).await;
+            let ws = connect(&target, None).await;
             barrier.wait().await;
             let Ok(mut ws) = ws else {
                 errors.fetch_add(1, Ordering::Relaxed);
@@ -143,14 +189,15 @@ pub async fn echo_round_trips(
         mb_per_second: per_second * size as f64 / 1e6,
         latency: Latency::of(&latencies),
         errors: errors.load(Ordering::Relaxed),
+        count: total,
+        cpu: CpuPerOp::default(),
     })
 }
 
 /// `connections` clients, each keeping `in_flight` messages of `size` bytes
 /// outstanding, for `duration`; every echo is checked in order.
 pub async fn echo_pipelined(
-    url: &str,
-    addr: SocketAddr,
+    target: &Target,
     connections: usize,
     in_flight: usize,
     size: usize,
@@ -160,9 +207,9 @@ pub async fn echo_pipelined(
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for connection in 0..connections {
-        let (url, barrier, errors) = (url.to_owned(), Arc::clone(&barrier), Arc::clone(&errors));
+        let (target, barrier, errors) = (target.clone(), Arc::clone(&barrier), Arc::clone(&errors));
         tasks.push(tokio::spawn(async move {
-            let ws = connect(&url, addr, None).await;
+            let ws = connect(&target, None).await;
             barrier.wait().await;
             let Ok(ws) = ws else {
                 errors.fetch_add(1, Ordering::Relaxed);
@@ -224,21 +271,38 @@ pub async fn echo_pipelined(
         mb_per_second: per_second * size as f64 / 1e6,
         latency: Latency::default(),
         errors: errors.load(Ordering::Relaxed),
+        count: total,
+        cpu: CpuPerOp::default(),
     })
 }
 
 /// `workers` clients in a loop: connect, handshake, one echo, close.
-pub async fn churn(
-    url: &str,
-    addr: SocketAddr,
+pub async fn churn(target: &Target, workers: usize, duration: Duration) -> anyhow::Result<Rate> {
+    connect_loop(target, workers, duration, true).await
+}
+
+/// `workers` clients in a loop: connect, (TLS handshake,) WebSocket upgrade,
+/// close handshake; no message. Over wss, every TLS handshake is a full one.
+pub async fn handshakes(
+    target: &Target,
     workers: usize,
     duration: Duration,
+) -> anyhow::Result<Rate> {
+    connect_loop(target, workers, duration, false).await
+}
+
+/// The loop of [`churn`] and [`handshakes`]: with `echo`, one message each.
+async fn connect_loop(
+    target: &Target,
+    workers: usize,
+    duration: Duration,
+    echo: bool,
 ) -> anyhow::Result<Rate> {
     let errors = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + duration;
     let mut tasks = Vec::new();
     for worker in 0..workers {
-        let (url, errors) = (url.to_owned(), Arc::clone(&errors));
+        let (target, errors) = (target.clone(), Arc::clone(&errors));
         tasks.push(tokio::spawn(async move {
             let mut latencies = histogram();
             let mut n = 0u64;
@@ -247,12 +311,14 @@ pub async fn churn(
             while Instant::now() < end {
                 let start = Instant::now();
                 let outcome: anyhow::Result<()> = async {
-                    let mut ws = connect(&url, addr, Some(source)).await?;
-                    let sent = payload(worker, n, 64);
-                    ws.send(Message::binary(sent.clone())).await?;
-                    match ws.next().await {
-                        Some(Ok(Message::Binary(got))) if got[..] == sent[..] => {}
-                        other => bail!("unexpected {other:?}"),
+                    let mut ws = connect(&target, Some(source)).await?;
+                    if echo {
+                        let sent = payload(worker, n, 64);
+                        ws.send(Message::binary(sent.clone())).await?;
+                        match ws.next().await {
+                            Some(Ok(Message::Binary(got))) if got[..] == sent[..] => {}
+                            other => bail!("unexpected {other:?}"),
+                        }
                     }
                     ws.close(None).await?;
                     while let Some(Ok(_)) = ws.next().await {}
@@ -275,6 +341,8 @@ pub async fn churn(
         mb_per_second: 0.0,
         latency: Latency::of(&latencies),
         errors: errors.load(Ordering::Relaxed),
+        count: total,
+        cpu: CpuPerOp::default(),
     })
 }
 
@@ -295,18 +363,17 @@ pub struct IdleCost {
 /// addresses), measures the memory growth, then checks that a sample answers.
 pub async fn idle(system: &System, connections: usize) -> anyhow::Result<IdleCost> {
     const WARM_UP: usize = 100;
-    let url = system.url("echo");
+    let target = system.target("echo");
     let mut held: Vec<Ws> = Vec::with_capacity(connections + WARM_UP);
     let mut errors = 0u64;
     let open = |start: usize, n: usize| {
-        let url = url.clone();
-        let addr = system.addr;
+        let target = target.clone();
         async move {
             let mut opened = Vec::with_capacity(n);
             let mut failed = 0u64;
             for idx in start..start + n {
                 let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (idx % 8) as u8));
-                match connect(&url, addr, Some(source)).await {
+                match connect(&target, Some(source)).await {
                     Ok(ws) => opened.push(ws),
                     Err(_) => failed += 1,
                 }
@@ -355,8 +422,7 @@ async fn settle() {
 /// for `duration`: deliveries per second, delivery latency, and lost messages
 /// (counted in `errors`).
 pub async fn fanout(
-    url: &str,
-    addr: SocketAddr,
+    target: &Target,
     receivers: usize,
     rate: u32,
     duration: Duration,
@@ -367,11 +433,11 @@ pub async fn fanout(
     let mut tasks = Vec::new();
     for receiver in 0..receivers {
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (receiver % 8) as u8));
-        let ws = connect(url, addr, Some(source)).await?;
+        let ws = connect(target, Some(source)).await?;
         let ready = Arc::clone(&ready);
         tasks.push(tokio::spawn(receive_fanout(ws, ready, base, n_messages)));
     }
-    let mut sender = connect(url, addr, None).await?;
+    let mut sender = connect(target, None).await?;
     // Everyone is in the room once everyone has seen a marker.
     let wait_start = Instant::now();
     while ready.load(Ordering::Relaxed) < receivers {
@@ -402,6 +468,8 @@ pub async fn fanout(
         mb_per_second: 0.0,
         latency: Latency::of(&latencies),
         errors: expected - delivered.min(expected),
+        count: delivered,
+        cpu: CpuPerOp::default(),
     })
 }
 
