@@ -80,7 +80,12 @@ impl Browser {
         // on the rare collision.
         let mut last_error = None;
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            // chromedriver listens on 127.0.0.1 and ::1 alike: take a port
+            // that is free in both families (a dual-stack bind), when there is IPv6.
+            let port = TcpListener::bind("[::]:0")
+                .or_else(|_| TcpListener::bind("127.0.0.1:0"))?
+                .local_addr()?
+                .port();
             let mut command = Command::new(&chromedriver);
             command
                 .arg(format!("--port={port}"))

@@ -198,7 +198,10 @@ fn tests() -> Vec<(&'static str, TestFn)> {
 }
 
 fn main() -> ExitCode {
-    let arguments = Arguments::from_args();
+    let mut arguments = Arguments::from_args();
+    // One browser at a time: each test runs chromedriver and several
+    // chromiums, and two such sets at once on 2 cores only race each other.
+    arguments.test_threads.get_or_insert(1);
     let missing = Browser::missing().filter(|_| !Browser::required());
     if let Some(why) = &missing {
         println!("browser tests ignored: {why}");
