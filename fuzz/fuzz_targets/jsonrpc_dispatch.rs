@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use rpc_abi::host::PluginLibrary;
-use rpc_abi::{Plugin, RpcError};
+use rpc_abi::{ClientInfo, Plugin, RpcError};
 use serde_json::{Value, json};
 use servers::jsonrpc::{Dispatcher, PluginSet};
 
@@ -33,7 +33,7 @@ impl Plugin for Probe {
         Ok(Probe)
     }
 
-    fn open_session(&self) -> Result<u64, String> {
+    fn open_session(&self, _client: &ClientInfo) -> Result<u64, String> {
         Ok(0)
     }
 
@@ -69,7 +69,7 @@ fn fixture() -> &'static Fixture {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .build()
                 .expect("runtime"),
-            dispatcher: Dispatcher::open(&plugin_set).expect("opens"),
+            dispatcher: Dispatcher::open(&plugin_set, &ClientInfo::default()).expect("opens"),
         }
     })
 }
