@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use harness::tls::TestCa;
+use harness::tls::{CertificateFiles, TestCa};
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::ring::{cipher_suite, default_provider, kx_group};
 use rustls::pki_types::pem::PemObject;
@@ -29,7 +29,7 @@ pub const CIPHER_SUITE: &str = "TLS_AES_128_GCM_SHA256";
 /// The certificate files of a run and a client configuration trusting them.
 #[derive(Debug)]
 pub struct TlsFiles {
-    dir: tempfile::TempDir,
+    files: CertificateFiles,
     /// The load generator's configuration: trusts the run's CA only.
     pub client_config: Arc<ClientConfig>,
 }
@@ -38,24 +38,20 @@ impl TlsFiles {
     /// A new CA and a server certificate for `localhost` and `127.0.0.1`.
     pub fn generate() -> anyhow::Result<TlsFiles> {
         let ca = TestCa::new("wsgate-bench CA")?;
-        let pair = ca.server_pair()?;
-        let dir = tempfile::tempdir()?;
-        let files = TlsFiles {
+        Ok(TlsFiles {
+            files: CertificateFiles::new(&ca.server_pair()?)?,
             client_config: client_config(ca.cert_pem().as_bytes())?,
-            dir,
-        };
-        pair.write(&files.cert_path(), &files.key_path())?;
-        Ok(files)
+        })
     }
 
     /// The server certificate, PEM.
     pub fn cert_path(&self) -> PathBuf {
-        self.dir.path().join("cert.pem")
+        self.files.cert_path()
     }
 
     /// Its private key, PEM (PKCS#8).
     pub fn key_path(&self) -> PathBuf {
-        self.dir.path().join("key.pem")
+        self.files.key_path()
     }
 }
 

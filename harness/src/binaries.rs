@@ -47,6 +47,18 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The path of the plugin `name` (`lib<name>.so`), which must have been built.
+pub fn plugin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join(format!("lib{name}.so"));
+    if !path.is_file() {
+        bail!(
+            "plugin {} not found: build it first with `{BUILD_COMMAND}`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
-use harness::binaries::{bin_dir, bin_path};
+use harness::binaries::bin_path;
 use harness::child::Logging;
 use harness::{Backend, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, gateway, wait};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -217,8 +217,7 @@ async fn backend_and_gateway_raise_their_descriptor_limit_to_the_hard_one() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsonrpc_whose_plugin_fails_never_shows_its_socket() -> anyhow::Result<()> {
     let docroot = tempfile::tempdir()?;
-    let testrpc = bin_dir()?.join("libtestrpc.so");
-    ensure!(testrpc.is_file(), "build it first: cargo build --workspace");
+    let testrpc = harness::binaries::plugin_path("testrpc")?;
     // Every name created in the docroot, in order, whatever the timing.
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
     inotify.add_watch(

@@ -11,23 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
-use harness::binaries::{bin_dir, bin_path, repo_root};
+use harness::binaries::{bin_path, plugin_path, repo_root};
 use harness::{Backend, Client, EXIT_DEADLINE, Gateway, Message, Mode, all_modes};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
 const ROOT_PASSWORD: &str = "test-root-password";
-
-/// The cdylib of plugin `name`, which must have been built.
-fn plugin_path(name: &str) -> anyhow::Result<PathBuf> {
-    let path = bin_dir()?.join(format!("lib{name}.so"));
-    ensure!(
-        path.is_file(),
-        "plugin {} not found: build it first with `cargo build --workspace`",
-        path.display()
-    );
-    Ok(path)
-}
 
 /// Starts `websocket_jsonrpc -R <docroot> -n <name> <args>` with `envs`.
 async fn start_jsonrpc(

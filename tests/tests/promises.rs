@@ -136,22 +136,14 @@ async fn every_listen_address_serves_ipv4_and_ipv6() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `lib<name>.so` of the workspace build.
-fn plugin(name: &str) -> anyhow::Result<String> {
-    let path = harness::binaries::bin_dir()?.join(format!("lib{name}.so"));
-    anyhow::ensure!(
-        path.is_file(),
-        "build the plugins first: cargo build --workspace"
-    );
-    Ok(path.display().to_string())
-}
-
 /// `websocket_jsonrpc -L testrpc <extra>` on `rpc` behind a gateway, and a client of it.
 async fn testrpc_client(
     extra: &[&str],
 ) -> anyhow::Result<(tempfile::TempDir, Backend, Gateway, harness::Client)> {
     let docroot = tempfile::tempdir()?;
-    let testrpc = plugin("testrpc")?;
+    let testrpc = harness::binaries::plugin_path("testrpc")?
+        .display()
+        .to_string();
     let args: Vec<&str> = ["-L", testrpc.as_str()]
         .into_iter()
         .chain(extra.iter().copied())
