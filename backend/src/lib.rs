@@ -6,6 +6,8 @@
 //!   relayed over the link or (direct mode) on the client's own socket.
 //! - `direct`: the client's socket taken over in direct mode, kept alive and
 //!   timed out as the gateway would.
+//! - [`request`]: plain HTTP requests forwarded by the gateway (`--http`),
+//!   answered by the server's [`RequestHandler`] beside its session handler.
 //! - [`serve`]: the accept loop with the client limit and graceful shutdown.
 //! - [`launch`]: the ouistiti command-line flags and process start-up.
 //!
@@ -14,6 +16,7 @@
 
 pub mod direct;
 pub mod launch;
+pub mod request;
 pub mod serve;
 pub mod session;
 pub mod socket_file;
@@ -22,6 +25,7 @@ pub use direct::DirectOptions;
 pub use launch::{CommonArgs, LaunchError, launch};
 pub use lifecycle::{init_tracing, token_cancelled_on_signal};
 pub use link::{AcceptReply, LinkMode, OpenMeta, RejectReply};
+pub use request::{Request, RequestHandler, Response};
 pub use serve::{Listener, ServeOptions, serve};
 pub use session::{Connection, Incoming, Session, SessionError};
 pub use socket_file::{BindError, SocketFile};

@@ -8,6 +8,10 @@
 //! `max_pending_links`: past it the loop stops accepting, so further links
 //! wait in the kernel's backlog and hold no descriptor of this process.
 //!
+//! A link whose first record is a REQUEST (a plain HTTP request, `wsgate
+//! --http`) goes to [`ServeOptions::request_handler`] instead, within
+//! `request_timeout`; it holds its pending-link slot, not a client slot.
+//!
 //! What a session does with its messages is the handler's business.
 
 use std::future::Future;
@@ -26,7 +30,8 @@ use lifecycle::{AcceptBackoff, is_transient_accept_error};
 use link::{AcceptReply, DEFAULT_MAX_PAYLOAD};
 
 use crate::direct::DirectOptions;
-use crate::session::{Connection, Session, SessionError};
+use crate::request::{self, RequestHandler};
+use crate::session::{Connection, LinkStart, Session, SessionError};
 use crate::socket_file::SocketFile;
 
 /// A backend's listening socket, in tokio.
@@ -96,6 +101,9 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 /// right after writing its `101`.
 pub const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default of [`ServeOptions::request_timeout`]: the gateway's default accept timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Default of [`ServeOptions::max_pending_links`].
 pub const DEFAULT_MAX_PENDING_LINKS: usize = 64;
 
@@ -119,6 +127,10 @@ pub struct ServeOptions {
     pub subprotocols: Vec<String>,
     /// How long sessions get to finish after shutdown was asked for.
     pub shutdown_timeout: Duration,
+    /// Answers plain HTTP requests (REQUEST records); `None` answers each `404`.
+    pub request_handler: Option<RequestHandler>,
+    /// How long the request handler may take; then the request gets `503`.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -130,6 +142,8 @@ impl Default for ServeOptions {
             max_pending_links: DEFAULT_MAX_PENDING_LINKS,
             subprotocols: Vec::new(),
             shutdown_timeout: Duration::from_secs(5),
+            request_handler: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -208,7 +222,8 @@ async fn run_connection<H, F>(
     H: Fn(Session, CancellationToken) -> F,
     F: Future<Output = ()>,
 {
-    let incoming = match tokio::time::timeout(options.open_timeout, connection.open()).await {
+    let opened = tokio::time::timeout(options.open_timeout, connection.open_or_request()).await;
+    let incoming = match opened {
         Err(_) => {
             return warn!(
                 "no OPEN within {:?}; dropping the link",
@@ -217,7 +232,20 @@ async fn run_connection<H, F>(
         }
         Ok(Err(SessionError::ClosedBeforeOpen)) => return debug!("link closed before OPEN"),
         Ok(Err(error)) => return warn!(%error, "cannot open session"),
-        Ok(Ok(incoming)) => incoming,
+        Ok(Ok(LinkStart::Client(incoming))) => incoming,
+        Ok(Ok(LinkStart::Request(pending))) => {
+            tracing::Span::current().record("id", pending.request.id);
+            tracing::Span::current().record("peer", pending.request.peer.as_str());
+            request::answer(
+                pending,
+                options.request_handler.as_ref(),
+                options.request_timeout,
+                options.handoff_timeout,
+                &shutdown,
+            )
+            .await;
+            return drop(pending_permit);
+        }
     };
     let incoming_mode = incoming.meta().mode;
     let span = tracing::Span::current();

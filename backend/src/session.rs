@@ -24,6 +24,7 @@ use link::{
 };
 
 use crate::direct::{self, DirectClient, DirectOptions};
+use crate::request::PendingRequest;
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,13 +78,27 @@ impl Connection {
     /// [`SessionError::ClosedBeforeOpen`]; an OPEN this backend cannot serve (a
     /// newer protocol version) is answered with REJECT here and becomes
     /// [`SessionError::UnsupportedVersion`].
-    pub async fn open(mut self) -> Result<Incoming, SessionError> {
+    pub async fn open(self) -> Result<Incoming, SessionError> {
+        match self.open_or_request().await? {
+            LinkStart::Client(incoming) => Ok(incoming),
+            LinkStart::Request(_) => Err(LinkError::Unexpected("REQUEST").into()),
+        }
+    }
+
+    /// Reads the first record: OPEN as in [`Connection::open`], or a REQUEST
+    /// (a plain HTTP request for this backend, answered by `serve`).
+    pub(crate) async fn open_or_request(mut self) -> Result<LinkStart, SessionError> {
         let record = match self.framed.next().await {
             None => return Err(SessionError::ClosedBeforeOpen),
             Some(record) => record?,
         };
-        let Record::Open(payload) = record else {
-            return Err(LinkError::Unexpected(record.name()).into());
+        let payload = match record {
+            Record::Open(payload) => payload,
+            Record::Request(payload) => {
+                let pending = PendingRequest::new(payload, self.framed)?;
+                return Ok(LinkStart::Request(pending));
+            }
+            other => return Err(LinkError::Unexpected(other.name()).into()),
         };
         let meta = OpenMeta::from_payload(&payload)?;
         let incoming = Incoming {
@@ -92,7 +107,7 @@ impl Connection {
             direct_options: self.direct_options,
         };
         if incoming.meta.version == LINK_VERSION {
-            return Ok(incoming);
+            return Ok(LinkStart::Client(incoming));
         }
         let error = SessionError::UnsupportedVersion {
             version: incoming.meta.version,
@@ -105,6 +120,15 @@ impl Connection {
             .await?;
         Err(error)
     }
+}
+
+/// What the first record of a link asked for.
+#[derive(Debug)]
+pub(crate) enum LinkStart {
+    /// OPEN: a WebSocket client.
+    Client(Incoming),
+    /// REQUEST: one plain HTTP request.
+    Request(PendingRequest),
 }
 
 /// A client the gateway announced; answer with [`Incoming::accept`] or [`Incoming::reject`].

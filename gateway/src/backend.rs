@@ -153,7 +153,8 @@ pub(crate) async fn open_raw(
         .map_err(|_| Refusal::BackendTimeout(name.to_owned()))?
 }
 
-async fn connect(socket_path: &Path, name: &str) -> Result<UnixStream, Refusal> {
+/// Connects to a backend's socket: a missing socket is `404`, any other failure `502`.
+pub(crate) async fn connect(socket_path: &Path, name: &str) -> Result<UnixStream, Refusal> {
     UnixStream::connect(socket_path)
         .await
         .map_err(|cause| match cause.kind() {

@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::access::{DirectGlobError, GlobError, NamePolicy, OriginError, OriginPolicy};
+use crate::authorizer::{AuthorizerConfigError, AuthorizerRules};
+use crate::forward::{HttpGlobError, HttpNames};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -47,6 +49,11 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: u64 = 10;
 /// Default largest number of TLS handshakes in progress at once.
 pub const DEFAULT_TLS_MAX_HANDSHAKES: usize = 256;
+
+/// Default largest request body forwarded to a backend: 1 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
+/// Default seconds the authorizer has to answer.
+pub const DEFAULT_AUTHORIZER_TIMEOUT: u64 = 2;
 
 /// hyper reads a request head into a buffer of at least this many bytes.
 const MIN_REQUEST_HEADER_SIZE: usize = 8192;
@@ -143,6 +150,33 @@ pub struct Args {
     #[arg(long)]
     pub raw_nul: bool,
 
+    /// Glob of names that also take plain HTTP requests (repeatable): a
+    /// request for `/<name>` or a path below it that is not an upgrade goes
+    /// to the backend as one REQUEST record and is answered with its
+    /// RESPONSE. Other names keep answering 426. Must not overlap the raw
+    /// globs. [default: none]
+    #[arg(long, value_name = "GLOB")]
+    pub http: Vec<String>,
+
+    /// Largest request body forwarded to a backend, in bytes; a larger one
+    /// gets 413. [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_body: Option<usize>,
+
+    /// URL (http://) of an authorizer asked before every WebSocket client is
+    /// connected to its backend: it gets a JSON POST describing the upgrade;
+    /// 200 lets the client in (its JSON body reaches the backend in OPEN's
+    /// `identity`), 4xx is that status to the client, anything else 503. In
+    /// the TOML file, `authorizer` may instead list URLs per name glob.
+    /// [default: none]
+    #[arg(long, value_name = "URL")]
+    pub authorizer: Option<String>,
+
+    /// Seconds the authorizer has to answer (waiting for a request slot
+    /// included); then the client gets 503. [default: 2]
+    #[arg(long, value_name = "SECS")]
+    pub authorizer_timeout: Option<u64>,
+
     /// Largest WebSocket message, and largest link record payload, in bytes;
     /// a client sending more is closed with 1009. [default: 16777216]
     #[arg(long, value_name = "BYTES")]
@@ -226,6 +260,10 @@ struct FileConfig {
     raw: Option<Vec<String>>,
     direct: Option<Vec<String>>,
     raw_nul: Option<bool>,
+    http: Option<Vec<String>>,
+    max_request_body: Option<usize>,
+    authorizer: Option<AuthorizerSetting>,
+    authorizer_timeout: Option<u64>,
     max_message_size: Option<usize>,
     max_connections: Option<usize>,
     origin: Option<Vec<String>>,
@@ -238,6 +276,26 @@ struct FileConfig {
     max_request_header_size: Option<usize>,
     max_connections_per_ip: Option<usize>,
     allowed_host: Option<Vec<String>>,
+}
+
+/// The file's `authorizer`: one URL for every name, or URLs per name glob.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum AuthorizerSetting {
+    /// `authorizer = "http://..."`: every name.
+    Everyone(String),
+    /// `[[authorizer]]` tables, `names` globs and a `url`; the first
+    /// table whose globs match a name applies, and a name that matches
+    /// none has no authorizer.
+    PerName(Vec<AuthorizerEntry>),
+}
+
+/// One `[[authorizer]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizerEntry {
+    names: Vec<String>,
+    url: String,
 }
 
 impl FileConfig {
@@ -294,6 +352,12 @@ pub enum ConfigError {
     /// A direct glob does not compile or overlaps a raw glob.
     #[error(transparent)]
     Direct(#[from] DirectGlobError),
+    /// An http glob does not compile or overlaps a raw glob.
+    #[error(transparent)]
+    Http(#[from] HttpGlobError),
+    /// An authorizer URL or glob cannot be used.
+    #[error(transparent)]
+    Authorizer(#[from] AuthorizerConfigError),
     /// An `origin` is malformed.
     #[error(transparent)]
     Origin(#[from] OriginError),
@@ -349,6 +413,14 @@ pub struct Config {
     pub(crate) names: NamePolicy,
     /// Raw mode: end each client message with a NUL byte towards the backend.
     pub(crate) raw_nul: bool,
+    /// Names that also take plain HTTP requests.
+    pub(crate) http: HttpNames,
+    /// Largest request body forwarded to a backend.
+    pub(crate) max_request_body: usize,
+    /// Which authorizer, if any, is asked about each name's clients.
+    pub(crate) authorizers: AuthorizerRules,
+    /// Time the authorizer has to answer.
+    pub(crate) authorizer_timeout: Duration,
     /// Largest WebSocket message and link record payload, in bytes.
     pub(crate) max_message_size: usize,
     /// Largest number of WebSocket clients at once.
@@ -460,6 +532,38 @@ impl Config {
         let raw = list(args.raw, file.raw, &[]);
         let direct = list(args.direct, file.direct, &[]);
         let origin = list(args.origin, file.origin, &[]);
+        let http = HttpNames::new(&list(args.http, file.http, &[]), &raw)?;
+        let max_request_body = args
+            .max_request_body
+            .or(file.max_request_body)
+            .unwrap_or(DEFAULT_MAX_REQUEST_BODY);
+        check_range(
+            "max-request-body",
+            max_request_body as u64,
+            0,
+            MAX_MESSAGE_SIZE_LIMIT as u64 / 2,
+        )?;
+        let authorizer_rules = match (args.authorizer, file.authorizer) {
+            (Some(url), _) | (None, Some(AuthorizerSetting::Everyone(url))) => {
+                vec![(vec!["*".to_owned()], url)]
+            }
+            (None, Some(AuthorizerSetting::PerName(entries))) => entries
+                .into_iter()
+                .map(|entry| (entry.names, entry.url))
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        let authorizers = AuthorizerRules::new(authorizer_rules)?;
+        let authorizer_timeout = args
+            .authorizer_timeout
+            .or(file.authorizer_timeout)
+            .unwrap_or(DEFAULT_AUTHORIZER_TIMEOUT);
+        check_range(
+            "authorizer-timeout",
+            authorizer_timeout,
+            1,
+            u64::from(u32::MAX),
+        )?;
 
         let max_message_size = args
             .max_message_size
@@ -565,6 +669,10 @@ impl Config {
             htdocs: args.htdocs.or(file.htdocs),
             names: NamePolicy::new(&allow, &deny, &raw)?.with_direct(&direct)?,
             raw_nul: args.raw_nul || file.raw_nul.unwrap_or(false),
+            http,
+            max_request_body,
+            authorizers,
+            authorizer_timeout: Duration::from_secs(authorizer_timeout),
             max_message_size,
             max_connections,
             origins: OriginPolicy::from_list(&origin)?,
@@ -714,6 +822,16 @@ mod tests {
             "--direct",
             "fast/*",
             "--raw-nul",
+            "--http",
+            "api",
+            "--http",
+            "feeds/*",
+            "--max-request-body",
+            "65536",
+            "--authorizer",
+            "http://127.0.0.1:9000/authorize",
+            "--authorizer-timeout",
+            "3",
             "--max-message-size",
             "1048576",
             "--max-connections",
@@ -827,6 +945,45 @@ mod tests {
         assert_eq!(config.idle_timeout, None);
     }
 
+    #[test]
+    fn authorizers_apply_per_name_glob_in_the_file_and_to_every_name_from_the_flag() {
+        let text = r#"
+            [[authorizer]]
+            names = ["chat", "rooms/*"]
+            url = "http://127.0.0.1:9000/chat"
+
+            [[authorizer]]
+            names = ["*"]
+            url = "http://127.0.0.1:9001/any"
+        "#;
+        let config = Config::from_toml(text, Path::new("/w.toml"), Args::default()).expect("valid");
+        let url = |name| config.authorizers.url_for(name).map(ToString::to_string);
+        assert_eq!(url("chat").as_deref(), Some("http://127.0.0.1:9000/chat"));
+        assert_eq!(
+            url("rooms/a").as_deref(),
+            Some("http://127.0.0.1:9000/chat")
+        );
+        assert_eq!(url("echo").as_deref(), Some("http://127.0.0.1:9001/any"));
+        let config = Config::from_toml(
+            "authorizer = [{ names = ['secure/*'], url = 'http://127.0.0.1:9000/' }]",
+            Path::new("/w.toml"),
+            Args::default(),
+        )
+        .expect("valid");
+        assert!(config.authorizers.url_for("echo").is_none());
+        assert!(config.authorizers.url_for("secure/x").is_some());
+        let flag = parse_args(&["--authorizer", "http://127.0.0.1:1/"]);
+        let config = Config::from_toml(text, Path::new("/w.toml"), flag).expect("valid");
+        assert_eq!(
+            config.authorizers.url_for("chat").map(ToString::to_string),
+            Some("http://127.0.0.1:1/".to_owned()),
+            "the flag replaces the file's list"
+        );
+        assert_eq!(Config::default().authorizer_timeout, Duration::from_secs(2));
+        assert_eq!(Config::default().max_request_body, 1024 * 1024);
+        assert!(Config::default().authorizers.url_for("chat").is_none());
+    }
+
     fn check_error(text: &str, args: &[&str], expected: &str) {
         let error = Config::from_toml(text, Path::new("/w.toml"), parse_args(args))
             .expect_err("the configuration is invalid");
@@ -862,6 +1019,16 @@ mod tests {
             ),
             ("", &["--origin", "example.com"], "\"example.com\""),
             ("", &["--tls-listen", "127.0.0.1:0"], "tls-cert and tls-key"),
+            ("raw = ['legacy-*']", &["--http", "legacy-api"], "overlap"),
+            ("", &["--http", "a[b"], "\"a[b\""),
+            ("", &["--authorizer", "https://auth.example/"], "http://"),
+            ("", &["--authorizer", "not a url"], "\"not a url\""),
+            ("", &["--authorizer-timeout", "0"], "authorizer-timeout"),
+            (
+                "[[authorizer]]\nnames = ['x']\nurl = 'http://a/'\nbogus = 1",
+                &[],
+                "authorizer",
+            ),
             ("tls_cert = 'c.pem'", &[], "need a tls-listen"),
             (
                 "tls_listen = ['127.0.0.1:0']\ntls_cert = 'c'\ntls_key = 'k'",

@@ -5,8 +5,9 @@
 //! Each request is dispatched here: a Host outside `--allowed-host` gets
 //! `421` and an over-long header line `431` (hyper itself answers `431` to a
 //! head over `--max-request-header-size`); then a WebSocket upgrade goes to
-//! `upgrade`, a plain GET on a backend's name to `426`, anything else to the
-//! static files. The connection is closed early when the gateway needs its
+//! `upgrade`, a plain request for an `--http` name (or below it) to
+//! `forward`, a plain GET on another backend's name to `426`, anything else
+//! to the static files. The connection is closed early when the gateway needs its
 //! descriptor back (`http_connections`).
 
 use http::header::HOST;
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::client_stream::ClientStream;
+use crate::forward;
 use crate::handshake;
 use crate::http_connections::HttpConnection;
 use crate::refusal::Refusal;
@@ -93,6 +95,9 @@ async fn dispatch<S: ClientStream>(
     }
     if handshake::is_websocket_upgrade(request.headers()) {
         return upgrade::handle::<S>(request, peer, shared, tls).await;
+    }
+    if let Some(target) = forward::http_target(request.uri().path(), shared) {
+        return forward::handle(request, target, peer, shared, tls).await;
     }
     if let Some(name) = backend_name(request.uri().path(), shared) {
         let refusal = Refusal::UpgradeRequired(name);

@@ -11,6 +11,8 @@
 //! - `handshake`: RFC 6455 request validation and the `101` response.
 //! - `refusal`: every way an upgrade is refused, each with exactly one HTTP status.
 //! - `backend`: connecting to a backend and the OPEN → ACCEPT/REJECT exchange.
+//! - `authorizer`: the webhook asked before a client is connected (`--authorizer`).
+//! - `forward`: plain HTTP requests to `--http` names as REQUEST/RESPONSE records.
 //! - `relay`: messages between a client and its backend until one side closes
 //!   (`relay::framed` for the link protocol, `relay::raw` for ouistiti's raw mode).
 //! - `handoff`: direct mode, the client's socket handed to the backend after the `101`.
@@ -29,10 +31,12 @@
 //! on nothing of the backends.
 
 mod access;
+mod authorizer;
 mod backend;
 mod client_stream;
 mod config;
 mod connection;
+mod forward;
 mod handoff;
 mod handshake;
 mod http_connections;
@@ -49,6 +53,8 @@ mod upgrade;
 #[doc(hidden)]
 pub mod fuzz_api;
 
+pub use authorizer::{AuthorizerConfigError, AuthorizerError};
 pub use config::{Args, Config, ConfigError};
+pub use forward::{HttpGlobError, ResponseFailure};
 pub use server::{Listeners, bind_all, serve};
 pub use tls::{CertificateError, Tls, TlsError};

@@ -1,5 +1,6 @@
-//! Every way an upgrade request is refused, each with exactly one HTTP status,
-//! a one-line reason for the response body, and one log line.
+//! Every way an upgrade request (or a plain request forwarded to a backend)
+//! is refused, each with exactly one HTTP status, a one-line reason for the
+//! response body, and one log line.
 //!
 //! Deciding *that* a request is refused is the job of `handshake`, `route`,
 //! `access` and `backend`; this module only names the outcome and renders it.
@@ -7,7 +8,9 @@
 use http::header::{HeaderValue, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{Response, StatusCode};
 
+use crate::authorizer::AuthorizerError;
 use crate::backend::BackendFailure;
+use crate::forward::ResponseFailure;
 use crate::response::{self, Body};
 use crate::route::RouteError;
 
@@ -78,6 +81,42 @@ pub enum Refusal {
     /// configuration check rules out for literal globs only.
     #[error("misconfigured: {0:?} matches both a raw and a direct glob")]
     RawAndDirect(String),
+    /// The authorizer did not let the client in: its 4xx, or 403 for an
+    /// answer that is neither 200, 4xx nor 5xx.
+    #[error("the authorizer refused the client of {name:?} with {status}")]
+    AuthorizerRefused {
+        /// The backend name.
+        name: String,
+        /// The status the client gets.
+        status: StatusCode,
+    },
+    /// The authorizer is down, slow or broken: 5xx, a timeout, no answer.
+    #[error("the authorizer of {name:?} is unavailable")]
+    AuthorizerFailed {
+        /// The backend name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        cause: AuthorizerError,
+    },
+    /// A forwarded request's body is over `--max-request-body`.
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// A forwarded request's body did not arrive within `--header-timeout`.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// A forwarded request's body could not be read.
+    #[error("bad request body")]
+    BadBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend's answer to a forwarded request broke the link protocol.
+    #[error("backend {name:?} failed")]
+    BadResponse {
+        /// The backend name.
+        name: String,
+        /// How.
+        #[source]
+        cause: ResponseFailure,
+    },
     /// The backend answered REJECT.
     #[error("backend {name:?} rejected the client with {status}: {reason}")]
     BackendRejected {
@@ -108,9 +147,14 @@ impl Refusal {
             Refusal::Denied(_) | Refusal::OriginDenied(_) => StatusCode::FORBIDDEN,
             Refusal::NoBackend { .. } => StatusCode::NOT_FOUND,
             Refusal::ConnectionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::BackendUnavailable { .. } | Refusal::BackendFailed { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Refusal::BackendUnavailable { .. }
+            | Refusal::BackendFailed { .. }
+            | Refusal::BadResponse { .. } => StatusCode::BAD_GATEWAY,
+            Refusal::AuthorizerRefused { status, .. } => *status,
+            Refusal::AuthorizerFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BadBody(_) => StatusCode::BAD_REQUEST,
             Refusal::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::RawAndDirect(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::BackendRejected { status, .. } => *status,
@@ -311,6 +355,52 @@ mod tests {
                 "302",
             ),
             (Refusal::BackendTimeout("chat".into()), 504, "in time"),
+            (
+                Refusal::AuthorizerRefused {
+                    name: "chat".into(),
+                    status: StatusCode::UNAUTHORIZED,
+                },
+                401,
+                "authorizer refused",
+            ),
+            (
+                Refusal::AuthorizerFailed {
+                    name: "chat".into(),
+                    cause: AuthorizerError::Status(StatusCode::INTERNAL_SERVER_ERROR),
+                },
+                503,
+                "authorizer of \"chat\" is unavailable: it answered 500",
+            ),
+            (
+                Refusal::AuthorizerFailed {
+                    name: "chat".into(),
+                    cause: AuthorizerError::Timeout(std::time::Duration::from_secs(2)),
+                },
+                503,
+                "no answer within 2s",
+            ),
+            (Refusal::BodyTooLarge(1024), 413, "larger than 1024 bytes"),
+            (
+                Refusal::BodyTimeout(std::time::Duration::from_secs(10)),
+                408,
+                "did not arrive",
+            ),
+            (
+                Refusal::BadResponse {
+                    name: "api".into(),
+                    cause: ResponseFailure::Status(302),
+                },
+                502,
+                "302",
+            ),
+            (
+                Refusal::BadResponse {
+                    name: "api".into(),
+                    cause: ResponseFailure::ClosedBeforeResponse,
+                },
+                502,
+                "instead of answering REQUEST",
+            ),
             (Refusal::RawAndDirect("x".into()), 500, "raw and a direct"),
             (
                 Refusal::BackendRejected {

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::authorizer::Authorizer;
 use crate::config::Config;
 use crate::connection;
 use crate::http_connections::{HttpConnection, HttpConnections};
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     /// Names served in direct mode that a TLS client reached (relayed
     /// instead), so that is logged once per name.
     pub(crate) direct_over_tls: Mutex<HashSet<String>>,
+    /// The authorizer client, when some name has an authorizer.
+    pub(crate) authorizer: Option<Authorizer>,
 }
 
 /// The bound listeners, plain and TLS, and SIGHUP, caught from binding on
@@ -106,6 +109,7 @@ pub async fn serve(
         static_files: StaticFiles::new(config.htdocs.as_deref()),
         http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
         direct_over_tls: Mutex::new(HashSet::new()),
+        authorizer: Authorizer::new(&config.authorizers, config.authorizer_timeout),
         config,
     });
     let tls = tls.map(Arc::new);

@@ -1,9 +1,10 @@
 //! One WebSocket upgrade request, from the handshake to the spawned relay.
 //!
 //! Order of events: validate the handshake, check the Origin, turn the path
-//! into a name, check it against the allow/deny globs, find its socket, take a
-//! connection slot, connect to the backend and (framed mode) wait for ACCEPT,
-//! and only then answer `101` and spawn the relay. Every failure on the way is
+//! into a name, check it against the allow/deny globs, find its socket, ask
+//! the name's authorizer if it has one, take a connection slot, connect to
+//! the backend and (framed mode) wait for ACCEPT, and only then answer `101`
+//! and spawn the relay. Every failure on the way is
 //! a [`Refusal`] with its own status.
 //!
 //! A TLS client of a name served in direct mode is relayed instead: its TCP
@@ -24,6 +25,7 @@ use link::{ClientLimits, LINK_VERSION, LinkMode, OpenMeta, TlsInfo};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use crate::authorizer::ConnectQuestion;
 use crate::backend;
 use crate::client_stream::ClientStream;
 use crate::handoff;
@@ -124,6 +126,18 @@ async fn accept(
     if target.name != name && !config.names.is_allowed(&target.name) {
         return Err(Refusal::Denied(target.name));
     }
+    // Before a connection slot is taken: a slow authorizer holds no slot.
+    let identity = match &shared.authorizer {
+        Some(authorizer) => match authorizer.url_for(&target.name) {
+            Some(url) => {
+                let question =
+                    ConnectQuestion::new(&target.name, request.uri(), request.headers(), peer, tls);
+                authorizer.authorize(url, &question).await?
+            }
+            None => None,
+        },
+        None => None,
+    };
     let permit = Arc::clone(&shared.clients)
         .try_acquire_owned()
         .map_err(|_| Refusal::ConnectionLimit(config.max_connections))?;
@@ -167,6 +181,7 @@ async fn accept(
             idle_timeout: config.idle_timeout.map_or(0, |after| after.as_secs()),
         }),
         tls: tls.cloned(),
+        identity,
     };
     let (link, reply) = backend::open_framed(
         &target.socket_path,

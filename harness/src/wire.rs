@@ -31,6 +31,8 @@ pub fn encode(record: &Record) -> Vec<u8> {
         Record::Accept(payload) => record_bytes(0x02, payload),
         Record::Reject(payload) => record_bytes(0x03, payload),
         Record::Handoff(payload) => record_bytes(0x04, payload),
+        Record::Request(payload) => record_bytes(0x05, payload),
+        Record::Response(payload) => record_bytes(0x06, payload),
         Record::Text(text) => record_bytes(0x10, text.as_bytes()),
         Record::Binary(payload) => record_bytes(0x11, payload),
         Record::Close(None) => record_bytes(0x12, &[]),
@@ -76,6 +78,8 @@ pub async fn read_record(stream: &mut UnixStream) -> anyhow::Result<Option<Recor
         0x02 => Record::Accept(payload),
         0x03 => Record::Reject(payload),
         0x04 => Record::Handoff(payload),
+        0x05 => Record::Request(payload),
+        0x06 => Record::Response(payload),
         0x10 => Record::Text(Utf8Bytes::try_from(payload).context("TEXT is not UTF-8")?),
         0x11 => Record::Binary(payload),
         0x12 => match &payload[..] {

@@ -5,7 +5,8 @@
 //! The wire format (`docs/link-protocol.md` is the normative description):
 //! - [`record`]: the byte format (a kind byte, a 32-bit length, a payload) and
 //!   the codec that enforces the maximum record size.
-//! - [`meta`]: the JSON bodies of the OPEN, ACCEPT and REJECT records.
+//! - [`meta`]: the JSON bodies of the OPEN, ACCEPT and REJECT records, and the
+//!   heads of the REQUEST and RESPONSE records (plain HTTP to a backend).
 //! - [`fd_pass`]: the HANDOFF record with the client's socket (SCM_RIGHTS), for direct mode.
 //!
 //! The client-facing policy both sides share:
@@ -26,7 +27,9 @@ pub mod record;
 pub mod websocket;
 
 pub use client_close::close_for_client_error;
-pub use meta::{AcceptReply, ClientLimits, LinkMode, OpenMeta, RejectReply, TlsInfo};
+pub use meta::{
+    AcceptReply, ClientLimits, LinkMode, OpenMeta, RejectReply, RequestHead, ResponseHead, TlsInfo,
+};
 pub use record::{CloseInfo, LinkError, Record, RecordCodec, RecordKind};
 
 /// The link protocol version this code speaks, carried in every OPEN record.

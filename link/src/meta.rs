@@ -1,6 +1,9 @@
-//! The JSON bodies of the OPEN, ACCEPT and REJECT records.
+//! The JSON bodies of the OPEN, ACCEPT and REJECT records, and the heads of
+//! the REQUEST and RESPONSE records with their bodies.
 //!
-//! OPEN tells a backend who connected; ACCEPT and REJECT are its answer. Field
+//! OPEN tells a backend who connected; ACCEPT and REJECT are its answer.
+//! REQUEST carries one plain HTTP request and RESPONSE its answer: a u32
+//! big-endian head length, the JSON head, then the body as raw bytes. Field
 //! names are part of the wire format (`docs/link-protocol.md`); unknown fields
 //! are ignored on reading so either side can add some without a version bump.
 
@@ -66,6 +69,9 @@ pub struct OpenMeta {
     /// for a plain connection. Older backends ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsInfo>,
+    /// What the gateway's authorizer answered about this client (the JSON body of its 200), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<serde_json::Value>,
 }
 
 /// What the gateway learnt from a client's TLS handshake (OPEN's `tls`).
@@ -99,6 +105,116 @@ pub struct RejectReply {
     /// A one-line reason for the response body.
     #[serde(default)]
     pub reason: String,
+}
+
+/// The head of a REQUEST record: one plain HTTP request for a backend
+/// (`--http GLOB`). The body follows the head in the same record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestHead {
+    /// The link protocol version of the gateway ([`crate::LINK_VERSION`]).
+    pub version: u32,
+    /// A connection id, unique within one gateway process, for correlating logs.
+    pub id: u64,
+    /// The backend name the request resolved to (the socket file's name).
+    pub name: String,
+    /// The request method, e.g. `GET` or `POST`.
+    pub method: String,
+    /// The request path as the client sent it (the name and anything below it), without the query.
+    pub path: String,
+    /// The query string without `?`, empty when there is none.
+    #[serde(default)]
+    pub query: String,
+    /// The client's address as the gateway saw it (`ip:port`).
+    pub peer: String,
+    /// Every request header but the hop-by-hop ones, in order, names in
+    /// lower case; a repeated header appears once per value.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Present when the client reached the gateway over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+}
+
+/// The head of a RESPONSE record: the backend's answer to a REQUEST. The
+/// body follows the head in the same record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseHead {
+    /// The HTTP status, 200 to 599.
+    pub status: u16,
+    /// Response headers in order; a repeated header appears once per value.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Bytes before the JSON head of a REQUEST or RESPONSE payload: its length, u32 big-endian.
+pub const HEAD_LEN_SIZE: usize = 4;
+
+/// A REQUEST or RESPONSE payload: the head's length, the JSON head, the body.
+pub fn join_head(head: &[u8], body: &[u8]) -> Bytes {
+    let head_len = u32::try_from(head.len()).expect("a JSON head is far below 4 GiB");
+    let mut payload = Vec::with_capacity(HEAD_LEN_SIZE + head.len() + body.len());
+    payload.extend_from_slice(&head_len.to_be_bytes());
+    payload.extend_from_slice(head);
+    payload.extend_from_slice(body);
+    Bytes::from(payload)
+}
+
+/// Splits a REQUEST or RESPONSE payload into its JSON head and its body,
+/// without copying either.
+pub fn split_head(kind: &'static str, mut payload: Bytes) -> Result<(Bytes, Bytes), LinkError> {
+    let malformed = |reason| LinkError::Malformed { kind, reason };
+    let Some(&head_len) = payload.first_chunk::<HEAD_LEN_SIZE>() else {
+        return Err(malformed("shorter than its head length"));
+    };
+    let head_len = usize::try_from(u32::from_be_bytes(head_len))
+        .map_err(|_| malformed("head length does not fit in memory"))?;
+    let body_start = HEAD_LEN_SIZE
+        .checked_add(head_len)
+        .filter(|end| *end <= payload.len())
+        .ok_or_else(|| malformed("head length exceeds the payload"))?;
+    let body = payload.split_off(body_start);
+    let head = payload.split_off(HEAD_LEN_SIZE);
+    Ok((head, body))
+}
+
+impl RequestHead {
+    /// A REQUEST payload: this head and `body`.
+    pub fn to_payload(&self, body: &[u8]) -> Bytes {
+        join_head(
+            &serde_json::to_vec(self).expect("RequestHead always serialises"),
+            body,
+        )
+    }
+
+    /// Parses a REQUEST payload into its head and its body.
+    pub fn from_payload(payload: Bytes) -> Result<(RequestHead, Bytes), LinkError> {
+        let (head, body) = split_head("REQUEST", payload)?;
+        let head = serde_json::from_slice(&head).map_err(|source| LinkError::BadJson {
+            kind: "REQUEST",
+            source,
+        })?;
+        Ok((head, body))
+    }
+}
+
+impl ResponseHead {
+    /// A RESPONSE payload: this head and `body`.
+    pub fn to_payload(&self, body: &[u8]) -> Bytes {
+        join_head(
+            &serde_json::to_vec(self).expect("ResponseHead always serialises"),
+            body,
+        )
+    }
+
+    /// Parses a RESPONSE payload into its head and its body.
+    pub fn from_payload(payload: Bytes) -> Result<(ResponseHead, Bytes), LinkError> {
+        let (head, body) = split_head("RESPONSE", payload)?;
+        let head = serde_json::from_slice(&head).map_err(|source| LinkError::BadJson {
+            kind: "RESPONSE",
+            source,
+        })?;
+        Ok((head, body))
+    }
 }
 
 impl OpenMeta {
@@ -184,5 +300,62 @@ mod tests {
         let bare = PLAIN_OPEN.replace("}", r#","tls":{}}"#);
         let open = OpenMeta::from_payload(bare.as_bytes()).expect("valid OPEN");
         assert_eq!(open.tls, Some(TlsInfo::default()));
+    }
+
+    #[test]
+    fn identity_is_absent_unless_an_authorizer_gave_one() {
+        let open = OpenMeta::from_payload(PLAIN_OPEN.as_bytes()).expect("valid OPEN");
+        assert_eq!(open.identity, None);
+        let written = String::from_utf8(open.to_payload().to_vec()).expect("JSON is UTF-8");
+        assert!(!written.contains("identity"), "{written}");
+        let text = PLAIN_OPEN.replace("}", r#","identity":{"user":"alice","roles":["admin"]}}"#);
+        let open = OpenMeta::from_payload(text.as_bytes()).expect("valid OPEN");
+        assert_eq!(
+            open.identity,
+            Some(serde_json::json!({"user": "alice", "roles": ["admin"]}))
+        );
+    }
+
+    #[test]
+    fn a_request_payload_is_head_length_head_and_binary_body() {
+        let head = RequestHead {
+            version: 1,
+            id: 3,
+            name: "api".to_owned(),
+            method: "POST".to_owned(),
+            path: "/api/publish".to_owned(),
+            query: "a=1".to_owned(),
+            peer: "127.0.0.1:4000".to_owned(),
+            headers: vec![("content-type".to_owned(), "text/plain".to_owned())],
+            tls: None,
+        };
+        let body = [0u8, 255, b'{', 0];
+        let payload = head.to_payload(&body);
+        let json = serde_json::to_vec(&head).expect("serialises");
+        assert_eq!(payload[..4], (json.len() as u32).to_be_bytes());
+        assert_eq!(payload[4..4 + json.len()], json[..]);
+        assert_eq!(payload[4 + json.len()..], body);
+        let (parsed, parsed_body) = RequestHead::from_payload(payload).expect("parses");
+        assert_eq!(parsed, head);
+        assert_eq!(parsed_body[..], body);
+    }
+
+    #[test]
+    fn a_response_without_body_round_trips_and_bad_lengths_are_errors() {
+        let head = ResponseHead {
+            status: 204,
+            headers: Vec::new(),
+        };
+        let (parsed, body) = ResponseHead::from_payload(head.to_payload(&[])).expect("parses");
+        assert_eq!(parsed, head);
+        assert!(body.is_empty());
+        for payload in [&b""[..], &[0, 0, 1], &[0, 0, 0, 9, b'{', b'}']] {
+            let error =
+                ResponseHead::from_payload(Bytes::copy_from_slice(payload)).expect_err("malformed");
+            assert!(matches!(error, LinkError::Malformed { .. }), "{error}");
+        }
+        let error = ResponseHead::from_payload(join_head(b"{\"status\":\"x\"}", b""))
+            .expect_err("bad JSON");
+        assert!(matches!(error, LinkError::BadJson { .. }), "{error}");
     }
 }

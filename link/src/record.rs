@@ -25,6 +25,11 @@ pub enum RecordKind {
     /// Direct mode: carries the client's socket (SCM_RIGHTS on its first byte,
     /// see [`crate::fd_pass`]) and the bytes the gateway read past the handshake.
     Handoff = 0x04,
+    /// Gateway to backend, first and only record of a request link: one plain
+    /// HTTP request, a JSON [`crate::RequestHead`] and the body (see [`crate::meta::split_head`]).
+    Request = 0x05,
+    /// Backend to gateway, the answer to REQUEST: a JSON [`crate::ResponseHead`] and the body.
+    Response = 0x06,
     /// One whole text message; the payload is UTF-8.
     Text = 0x10,
     /// One whole binary message.
@@ -41,6 +46,8 @@ impl RecordKind {
             0x02 => RecordKind::Accept,
             0x03 => RecordKind::Reject,
             0x04 => RecordKind::Handoff,
+            0x05 => RecordKind::Request,
+            0x06 => RecordKind::Response,
             0x10 => RecordKind::Text,
             0x11 => RecordKind::Binary,
             0x12 => RecordKind::Close,
@@ -60,6 +67,10 @@ pub enum Record {
     Reject(Bytes),
     /// Direct-mode hand-over: the bytes the gateway read past the handshake.
     Handoff(Bytes),
+    /// A plain HTTP request for the backend: head length, JSON head, body.
+    Request(Bytes),
+    /// The backend's HTTP response: head length, JSON head, body.
+    Response(Bytes),
     /// A text message, checked to be UTF-8 once, by the codec.
     Text(Utf8Bytes),
     /// A binary message.
@@ -112,6 +123,14 @@ pub enum LinkError {
     /// A record arrived where the protocol does not allow it.
     #[error("unexpected {0} record")]
     Unexpected(&'static str),
+    /// A REQUEST or RESPONSE payload whose head length does not fit the payload.
+    #[error("malformed {kind} record: {reason}")]
+    Malformed {
+        /// Which record.
+        kind: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A HANDOFF record arrived without a descriptor.
     #[error("HANDOFF record carried no descriptor")]
     NoDescriptor,
@@ -157,6 +176,8 @@ impl Record {
             Record::Accept(_) => RecordKind::Accept,
             Record::Reject(_) => RecordKind::Reject,
             Record::Handoff(_) => RecordKind::Handoff,
+            Record::Request(_) => RecordKind::Request,
+            Record::Response(_) => RecordKind::Response,
             Record::Text(_) => RecordKind::Text,
             Record::Binary(_) => RecordKind::Binary,
             Record::Close(_) => RecordKind::Close,
@@ -170,6 +191,8 @@ impl Record {
             RecordKind::Accept => "ACCEPT",
             RecordKind::Reject => "REJECT",
             RecordKind::Handoff => "HANDOFF",
+            RecordKind::Request => "REQUEST",
+            RecordKind::Response => "RESPONSE",
             RecordKind::Text => "TEXT",
             RecordKind::Binary => "BINARY",
             RecordKind::Close => "CLOSE",
@@ -182,6 +205,8 @@ impl Record {
             | Record::Accept(b)
             | Record::Reject(b)
             | Record::Handoff(b)
+            | Record::Request(b)
+            | Record::Response(b)
             | Record::Binary(b) => b.len(),
             Record::Text(text) => text.len(),
             Record::Close(None) => 0,
@@ -236,6 +261,8 @@ impl Decoder for RecordCodec {
             RecordKind::Accept => Record::Accept(payload),
             RecordKind::Reject => Record::Reject(payload),
             RecordKind::Handoff => Record::Handoff(payload),
+            RecordKind::Request => Record::Request(payload),
+            RecordKind::Response => Record::Response(payload),
             RecordKind::Text => {
                 Record::Text(Utf8Bytes::try_from(payload).map_err(|_| LinkError::InvalidUtf8)?)
             }
@@ -288,6 +315,8 @@ impl Encoder<Record> for RecordCodec {
             | Record::Accept(b)
             | Record::Reject(b)
             | Record::Handoff(b)
+            | Record::Request(b)
+            | Record::Response(b)
             | Record::Binary(b) => dst.extend_from_slice(&b),
             Record::Text(text) => dst.extend_from_slice(text.as_bytes()),
             Record::Close(None) => {}
