@@ -252,7 +252,91 @@ pub(crate) async fn answer(
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+    use crate::serve::{Listener, ServeOptions, serve};
+    use crate::socket_file::SocketFile;
+
+    /// Writes a REQUEST record by hand (as docs/link-protocol.md lays it out)
+    /// and reads the RESPONSE: its head as JSON and its body.
+    async fn exchange(
+        socket: &std::path::Path,
+        head: &str,
+        body: &[u8],
+    ) -> (serde_json::Value, Vec<u8>) {
+        let mut link = UnixStream::connect(socket).await.expect("connect");
+        let mut payload = (head.len() as u32).to_be_bytes().to_vec();
+        payload.extend_from_slice(head.as_bytes());
+        payload.extend_from_slice(body);
+        let mut record = vec![0x05];
+        record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        record.extend_from_slice(&payload);
+        link.write_all(&record).await.expect("write REQUEST");
+        let mut answer = Vec::new();
+        link.read_to_end(&mut answer).await.expect("read RESPONSE");
+        assert_eq!(answer[0], 0x06, "a RESPONSE record");
+        let len = u32::from_be_bytes(answer[1..5].try_into().expect("4 bytes")) as usize;
+        assert_eq!(answer.len(), 5 + len, "one record, then the link closes");
+        let head_len = u32::from_be_bytes(answer[5..9].try_into().expect("4 bytes")) as usize;
+        let head = serde_json::from_slice(&answer[9..9 + head_len]).expect("JSON head");
+        (head, answer[9 + head_len..].to_vec())
+    }
+
+    const HEAD: &str = r#"{"version":1,"id":9,"name":"api","method":"POST","path":"/api/echo","query":"q=1","peer":"127.0.0.1:7","headers":[["content-type","application/octet-stream"]]}"#;
+
+    #[tokio::test]
+    async fn a_request_reaches_the_handler_and_its_response_the_link() {
+        let docroot = tempfile::tempdir().expect("tempdir");
+        let mut socket_file = SocketFile::bind(docroot.path(), "api").expect("bind");
+        let listener = Listener::new(&mut socket_file).expect("listener");
+        let options = ServeOptions {
+            request_handler: Some(RequestHandler::new(|request: Request| async move {
+                Response::new(201)
+                    .with_header("x-subpath", request.subpath())
+                    .with_header("x-query", &request.query)
+                    .with_header("x-type", request.header("Content-Type").unwrap_or("none"))
+                    .with_body(request.body)
+            })),
+            ..ServeOptions::default()
+        };
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, options, shutdown.clone(), |_, _| async {}));
+        let body = [0u8, 1, 255, b'x'];
+        let (head, answer) = exchange(socket_file.path(), HEAD, &body).await;
+        assert_eq!(head["status"], 201);
+        assert_eq!(
+            head["headers"],
+            serde_json::json!([
+                ["x-subpath", "/echo"],
+                ["x-query", "q=1"],
+                ["x-type", "application/octet-stream"]
+            ])
+        );
+        assert_eq!(answer, body);
+        shutdown.cancel();
+        server.await.expect("serve task").expect("serve");
+    }
+
+    #[tokio::test]
+    async fn without_a_handler_every_request_gets_404() {
+        let docroot = tempfile::tempdir().expect("tempdir");
+        let mut socket_file = SocketFile::bind(docroot.path(), "ws").expect("bind");
+        let listener = Listener::new(&mut socket_file).expect("listener");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            ServeOptions::default(),
+            shutdown.clone(),
+            |_, _| async {},
+        ));
+        let (head, answer) = exchange(socket_file.path(), HEAD, b"").await;
+        assert_eq!(head["status"], 404);
+        let text = String::from_utf8(answer).expect("text");
+        assert!(text.contains("answers no HTTP requests"), "{text}");
+        shutdown.cancel();
+        server.await.expect("serve task").expect("serve");
+    }
 
     fn request(name: &str, path: &str) -> Request {
         Request {

@@ -26,7 +26,9 @@ pub enum FakeBehaviour {
     /// Answers OPEN with REJECT carrying this reply.
     Reject(RejectReply),
     /// Answers OPEN with ACCEPT, echoes TEXT and BINARY records, and answers
-    /// CLOSE with the same CLOSE before closing the link.
+    /// CLOSE with the same CLOSE before closing the link. Answers a REQUEST
+    /// with a RESPONSE `200` whose body is the request's body and whose
+    /// headers `x-method`, `x-path` and `x-query` repeat the request's.
     Echo(AcceptReply),
 }
 
@@ -168,6 +170,22 @@ async fn accept_links(
     }
 }
 
+/// The RESPONSE that [`FakeBehaviour::Echo`] gives a REQUEST.
+fn echo_response(payload: &[u8]) -> anyhow::Result<Record> {
+    let (head, body) = wire::split_head(payload)?;
+    let field = |name: &str| head[name].as_str().unwrap_or_default().to_owned();
+    let response = serde_json::json!({
+        "status": 200,
+        "headers": [
+            ["content-type", "application/octet-stream"],
+            ["x-method", field("method")],
+            ["x-path", field("path")],
+            ["x-query", field("query")],
+        ],
+    });
+    Ok(Record::Response(wire::join_head(&response, &body).into()))
+}
+
 async fn serve_link(
     mut stream: UnixStream,
     link_idx: usize,
@@ -216,6 +234,18 @@ async fn serve_link(
             }
             // Answered in kind; the gateway then ends the link, which is reported as `Closed`.
             (FakeBehaviour::Echo(_), record @ Record::Close(_)) => Some(record),
+            (FakeBehaviour::Echo(_), Record::Request(payload)) if !open_seen => {
+                match echo_response(&payload) {
+                    Ok(response) => Some(response),
+                    Err(error) => {
+                        let _ = events.send(LinkEvent::Failed {
+                            link_idx,
+                            error: format!("{error:#}"),
+                        });
+                        return;
+                    }
+                }
+            }
             _ => None,
         };
         open_seen = true;

@@ -2,6 +2,8 @@
 //! runs the real `wsgate` and backend binaries on temporary docroots and
 //! ephemeral ports, waits until they are ready, and talks to them as clients do.
 //!
+//! - [`authorizer`]: [`Authorizer`], a hyper server that answers the gateway's
+//!   authorizer requests as a test decides, and records them.
 //! - [`browser`]: [`browser::Browser`], headless chromium over WebDriver for the page tests.
 //! - [`binaries`]: finds the built binaries in the target directory (or `WSGATE_BIN_DIR`).
 //! - [`child`]: the process guard every child shares (own process group, stderr to a file,
@@ -27,6 +29,7 @@
 //! (libtest captures it for passing tests).
 #![warn(missing_docs)]
 
+pub mod authorizer;
 pub mod backend;
 pub mod binaries;
 pub mod browser;
@@ -43,6 +46,7 @@ pub mod wire;
 
 use std::time::Duration;
 
+pub use authorizer::{Authorizer, AuthorizerReply};
 pub use backend::Backend;
 pub use binaries::bin_path;
 pub use client::Client;

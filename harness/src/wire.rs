@@ -96,6 +96,32 @@ pub async fn read_record(stream: &mut UnixStream) -> anyhow::Result<Option<Recor
     }))
 }
 
+/// A REQUEST or RESPONSE payload split by hand: the JSON head (parsed) and the body.
+pub fn split_head(payload: &[u8]) -> anyhow::Result<(serde_json::Value, Vec<u8>)> {
+    let (length, rest) = payload
+        .split_first_chunk::<4>()
+        .context("payload shorter than its head length")?;
+    let head_len = usize::try_from(u32::from_be_bytes(*length))?;
+    if head_len > rest.len() {
+        bail!("head length {head_len} exceeds the payload");
+    }
+    let (head, body) = rest.split_at(head_len);
+    Ok((serde_json::from_slice(head)?, body.to_vec()))
+}
+
+/// A REQUEST or RESPONSE payload built by hand: the head's length (u32
+/// big-endian), the JSON head, the body.
+pub fn join_head(head: &serde_json::Value, body: &[u8]) -> Vec<u8> {
+    let head = serde_json::to_vec(head).expect("a JSON value serialises");
+    let mut payload = u32::try_from(head.len())
+        .expect("test heads fit in 32 bits")
+        .to_be_bytes()
+        .to_vec();
+    payload.extend_from_slice(&head);
+    payload.extend_from_slice(body);
+    payload
+}
+
 /// Writes `record` by hand.
 pub async fn write_record(stream: &mut UnixStream, record: &Record) -> anyhow::Result<()> {
     stream.write_all(&encode(record)).await?;
