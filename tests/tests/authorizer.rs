@@ -15,7 +15,8 @@ use harness::authorizer::refusing_url;
 use harness::tls::ClientStream;
 use harness::{
     AcceptReply, Authorizer, AuthorizerReply, Backend, Client, EVENT_DEADLINE, FakeBackend,
-    FakeBehaviour, Gateway, HandshakeRequest, HttpResponse, Message, Mode, all_modes, wait,
+    FakeBehaviour, Gateway, HandshakeRequest, HttpResponse, LinkEvent, Message, Mode, OpenMeta,
+    Record, all_modes, wait,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -52,7 +53,8 @@ async fn the_authorizer_is_asked_and_its_200_lets_the_client_in(mode: Mode) -> a
     let docroot = tempfile::tempdir()?;
     let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
     let mut authorizer = Authorizer::start(answer_from_query).await?;
-    let args = mode.with_args(&["--authorizer", &authorizer.url()]);
+    let url = authorizer.url();
+    let args = mode.with_args(&["--authorizer", &url]);
     let gateway = Gateway::start(docroot.path(), &args).await?;
     let headers = [("Cookie", "sid=42")];
     let mut client = match mode {
@@ -106,7 +108,8 @@ async fn the_identity_of_a_200_reaches_the_backend_in_open(mode: Mode) -> anyhow
         FakeBehaviour::Echo(AcceptReply::default()),
     )?;
     let authorizer = Authorizer::start(answer_from_query).await?;
-    let args = mode.with_args(&["--authorizer", &authorizer.url()]);
+    let url = authorizer.url();
+    let args = mode.with_args(&["--authorizer", &url]);
     let gateway = Gateway::start(docroot.path(), &args).await?;
 
     let response = handshake(&gateway, mode, "/chat?answer=200-identity").await?;
@@ -118,7 +121,16 @@ async fn the_identity_of_a_200_reaches_the_backend_in_open(mode: Mode) -> anyhow
     );
     let response = handshake(&gateway, mode, "/chat?answer=200").await?;
     assert_eq!(response.status, 101, "{response}");
-    let open = backend.expect_open().await?;
+    // Skip what the first link carried after its OPEN (HANDOFF, CLOSE, its end).
+    let open = loop {
+        if let LinkEvent::Received {
+            link_idx: 1,
+            record: Record::Open(payload),
+        } = backend.next_event().await?
+        {
+            break OpenMeta::from_payload(&payload)?;
+        }
+    };
     assert_eq!(
         open.identity, None,
         "a 200 without a body gives no identity"
@@ -133,7 +145,8 @@ async fn each_refusal_of_the_authorizer_reaches_the_client(mode: Mode) -> anyhow
         FakeBehaviour::Echo(AcceptReply::default()),
     )?;
     let authorizer = Authorizer::start(answer_from_query).await?;
-    let args = mode.with_args(&["--authorizer", &authorizer.url()]);
+    let url = authorizer.url();
+    let args = mode.with_args(&["--authorizer", &url]);
     let gateway = Gateway::start(docroot.path(), &args).await?;
     // (authorizer's answer, the client's status)
     for (answer, status) in [
@@ -165,12 +178,8 @@ async fn a_silent_or_absent_authorizer_gives_503(mode: Mode) -> anyhow::Result<(
         FakeBehaviour::Echo(AcceptReply::default()),
     )?;
     let authorizer = Authorizer::start(answer_from_query).await?;
-    let args = mode.with_args(&[
-        "--authorizer",
-        &authorizer.url(),
-        "--authorizer-timeout",
-        "1",
-    ]);
+    let url = authorizer.url();
+    let args = mode.with_args(&["--authorizer", &url, "--authorizer-timeout", "1"]);
     let gateway = Gateway::start(docroot.path(), &args).await?;
     let response = handshake(&gateway, mode, "/chat?answer=hang").await?;
     assert_eq!(response.status, 503, "{response}");
