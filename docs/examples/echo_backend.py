@@ -8,7 +8,9 @@ byte for byte in docs/link-protocol.md: records of [kind u8][length u32 BE][payl
 In framed mode messages arrive as records; in direct mode (wsgate --direct)
 the gateway hands over the client's own socket after ACCEPT, and this script
 speaks WebSocket on it (a minimal RFC 6455 server: no UTF-8 validation, no
-pings of its own, one size limit).
+pings of its own, one size limit). With `wsgate --http pyecho` it also
+answers plain HTTP requests (one REQUEST record, one RESPONSE record): a JSON
+description of the request, with its body echoed.
 """
 import json
 import os
@@ -18,7 +20,7 @@ import struct
 import sys
 import threading
 
-OPEN, ACCEPT, REJECT, HANDOFF = 0x01, 0x02, 0x03, 0x04
+OPEN, ACCEPT, REJECT, HANDOFF, REQUEST, RESPONSE = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 TEXT, BINARY, CLOSE = 0x10, 0x11, 0x12
 MAX_PAYLOAD = 16 * 1024 * 1024  # the gateway's default maximum message size
 
@@ -42,6 +44,33 @@ def read_record(conn):
 
 def write_record(conn, kind, payload=b""):
     conn.sendall(struct.pack(">BI", kind, len(payload)) + payload)
+
+
+def split_head(payload):
+    """A REQUEST or RESPONSE payload: [head length u32 BE][JSON head][body]."""
+    (head_length,) = struct.unpack(">I", payload[:4])
+    if 4 + head_length > len(payload):
+        raise ValueError("head length exceeds the payload")
+    return json.loads(payload[4 : 4 + head_length]), payload[4 + head_length :]
+
+
+def answer_request(conn, payload):
+    """One plain HTTP request (wsgate --http): describe it and echo its body."""
+    head, body = split_head(payload)
+    description = {
+        "method": head["method"],
+        "path": head["path"],
+        "query": head.get("query", ""),
+        "peer": head["peer"],
+        "tls": "tls" in head,
+        "body": body.decode("utf-8", "replace"),
+    }
+    response_head = json.dumps({
+        "status": 200,
+        "headers": [["content-type", "application/json"]],
+    }).encode()
+    response_body = json.dumps(description).encode()
+    write_record(conn, RESPONSE, struct.pack(">I", len(response_head)) + response_head + response_body)
 
 
 def receive_handoff(conn):
@@ -126,6 +155,9 @@ def serve_client(conn):
     with conn:
         try:
             kind, payload = read_record(conn)
+            if kind == REQUEST:
+                answer_request(conn, payload)
+                return
             if kind != OPEN:
                 return
             meta = json.loads(payload)
@@ -146,7 +178,7 @@ def serve_client(conn):
                 elif kind == CLOSE:  # the client closed: answer with the same code
                     write_record(conn, CLOSE, payload)
                     return
-        except (EOFError, ConnectionError, OSError):
+        except (EOFError, ConnectionError, OSError, ValueError):
             pass  # the link or client closed (a readiness probe closes before OPEN)
 
 

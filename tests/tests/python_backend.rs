@@ -24,8 +24,37 @@ async fn start_python_echo(docroot: &std::path::Path) -> anyhow::Result<Backend>
 
 both_modes!(
     python_example_backend_echoes_through_the_gateway,
+    python_example_backend_answers_an_http_request,
     python_example_backend_serves_clients_concurrently_and_stops_on_sigterm,
 );
+
+async fn python_example_backend_answers_an_http_request(mode: Mode) -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let _python = start_python_echo(docroot.path()).await?;
+    let gateway = Gateway::start(docroot.path(), &mode.with_args(&["--http", "pyecho"])).await?;
+    let body = "{\"channel\": \"news\", \"content\": \"hello\"}";
+    let request = format!(
+        "POST /pyecho/broadcast?x=1 HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        gateway.addr(),
+        body.len()
+    );
+    let response = gateway.request(request).await?;
+    assert_eq!(response.status, 200, "{response}");
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let description: serde_json::Value = serde_json::from_slice(&response.body)?;
+    assert_eq!(description["method"], "POST");
+    assert_eq!(description["path"], "/pyecho/broadcast");
+    assert_eq!(description["query"], "x=1");
+    assert_eq!(description["tls"], false);
+    assert_eq!(description["body"], body);
+    // The same backend still serves WebSocket clients.
+    let mut client = gateway.connect("/pyecho").await?;
+    assert_eq!(
+        client.round_trip(Message::text("ws")).await?,
+        Message::text("ws")
+    );
+    Ok(())
+}
 
 async fn python_example_backend_echoes_through_the_gateway(mode: Mode) -> anyhow::Result<()> {
     let docroot = tempfile::tempdir()?;
