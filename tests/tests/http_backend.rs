@@ -1,7 +1,8 @@
 //! Plain HTTP requests to backends (`--http GLOB`): a GET or POST for a
 //! name, or a path below it, reaches the backend as one REQUEST record and
 //! its RESPONSE comes back; a body over `--max-request-body` is 413, a
-//! backend that never answers 504, a socket that refuses 502; the allow/deny
+//! backend that never answers 504, a socket that refuses 502, as does a
+//! RESPONSE that breaks the protocol; the allow/deny
 //! globs and the Origin rule apply; a name without `--http` still answers 426.
 //! Each runs relayed, with `--direct '*'` (HTTP still goes over a link) and on TLS.
 //!
@@ -220,6 +221,94 @@ async fn a_name_without_http_still_answers_426_and_the_rules_still_apply(
     Ok(())
 }
 
+/// A backend that answers each REQUEST with the RESPONSE payload `payload`
+/// (written by hand), on `socket_path`, until the task is aborted.
+fn answering_backend(
+    socket_path: &std::path::Path,
+    payload: Vec<u8>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::UnixListener::bind(socket_path)?;
+    Ok(tokio::spawn(async move {
+        while let Ok((mut link, _)) = listener.accept().await {
+            if let Ok(Some((0x05, _))) = wire::read_raw(&mut link).await {
+                let _ = tokio::io::AsyncWriteExt::write_all(
+                    &mut link,
+                    &wire::record_bytes(0x06, &payload),
+                )
+                .await;
+            }
+        }
+    }))
+}
+
+async fn a_response_that_breaks_the_protocol_gets_502(mode: Mode) -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let head = |status: u16, headers: serde_json::Value| {
+        wire::join_head(
+            &serde_json::json!({"status": status, "headers": headers}),
+            b"body",
+        )
+    };
+    let many: Vec<(String, String)> = (0..65)
+        .map(|idx| (format!("x-{idx}"), "v".into()))
+        .collect();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "fine",
+            head(
+                299,
+                serde_json::json!([["Connection", "close"], ["X-Ok", "1"]]),
+            ),
+            299,
+        ),
+        (
+            "redirect",
+            head(302, serde_json::json!([["Location", "/elsewhere"]])),
+            302,
+        ),
+        ("out-of-range", head(600, serde_json::json!([])), 502),
+        ("informational", head(101, serde_json::json!([])), 502),
+        (
+            "too-many-headers",
+            head(200, serde_json::to_value(many)?),
+            502,
+        ),
+        (
+            "not-json",
+            wire::join_head(&serde_json::json!("x"), b""),
+            502,
+        ),
+        ("short", vec![0, 0, 0, 99, b'{'], 502),
+    ];
+    let mut tasks = Vec::new();
+    for (name, payload, _) in &cases {
+        tasks.push(answering_backend(
+            &docroot.path().join(name),
+            payload.clone(),
+        )?);
+    }
+    let gateway = Gateway::start(docroot.path(), &mode.with_args(&["--http", "*"])).await?;
+    let host = host(&gateway, mode);
+    for (name, _, status) in &cases {
+        let get = format!("GET /{name} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let response = send(&gateway, mode, get.as_bytes()).await?;
+        assert_eq!(response.status, *status, "{name}: {response}");
+        if *status == 299 {
+            assert_eq!(response.body, b"body");
+            assert_eq!(response.header("x-ok"), Some("1"));
+            assert_ne!(
+                response.header("connection"),
+                Some("keep-alive"),
+                "{response:?}"
+            );
+        }
+    }
+    for task in tasks {
+        task.abort();
+    }
+    Ok(())
+}
+
 async fn one_backend_serves_websocket_clients_and_http_requests(mode: Mode) -> anyhow::Result<()> {
     let docroot = tempfile::tempdir()?;
     // The real echo server has no request handler: the library answers 404.
@@ -247,4 +336,5 @@ all_modes!(
     a_backend_that_never_answers_gets_504_and_one_that_is_gone_502,
     a_name_without_http_still_answers_426_and_the_rules_still_apply,
     one_backend_serves_websocket_clients_and_http_requests,
+    a_response_that_breaks_the_protocol_gets_502,
 );
