@@ -169,6 +169,20 @@ async fn a_body_over_the_limit_gets_413_and_never_reaches_the_backend(
     Ok(())
 }
 
+async fn a_body_that_does_not_arrive_in_time_gets_408(mode: Mode) -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let api = FakeBackend::start(&docroot.path().join("api"), echo())?;
+    let args = mode.with_args(&["--http", "api", "--header-timeout", "1"]);
+    let gateway = Gateway::start(docroot.path(), &args).await?;
+    let host = host(&gateway, mode);
+    // Ten bytes announced, two sent: the gateway stops waiting after --header-timeout.
+    let partial = format!("POST /api HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10\r\n\r\nab");
+    let response = send(&gateway, mode, partial.as_bytes()).await?;
+    assert_eq!(response.status, 408, "{response}");
+    assert_eq!(api.n_links(), 0, "an incomplete request opened a link");
+    Ok(())
+}
+
 async fn a_backend_that_never_answers_gets_504_and_one_that_is_gone_502(
     mode: Mode,
 ) -> anyhow::Result<()> {
@@ -337,4 +351,5 @@ all_modes!(
     a_name_without_http_still_answers_426_and_the_rules_still_apply,
     one_backend_serves_websocket_clients_and_http_requests,
     a_response_that_breaks_the_protocol_gets_502,
+    a_body_that_does_not_arrive_in_time_gets_408,
 );
