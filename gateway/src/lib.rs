@@ -53,8 +53,8 @@ mod upgrade;
 #[doc(hidden)]
 pub mod fuzz_api;
 
-pub use authorizer::{AuthorizerConfigError, AuthorizerError};
+pub use authorizer::AuthorizerConfigError;
 pub use config::{Args, Config, ConfigError};
-pub use forward::{HttpGlobError, ResponseFailure};
+pub use forward::HttpGlobError;
 pub use server::{Listeners, bind_all, serve};
 pub use tls::{CertificateError, Tls, TlsError};
