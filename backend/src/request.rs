@@ -22,7 +22,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use link::{LinkError, Record, RecordCodec, RequestHead, ResponseHead, TlsInfo};
+use link::{LINK_VERSION, LinkError, Record, RecordCodec, RequestHead, ResponseHead, TlsInfo};
 
 /// One plain HTTP request from a client, as the gateway forwarded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +170,8 @@ impl fmt::Debug for RequestHandler {
 /// A link whose first record was a REQUEST, not yet answered.
 #[derive(Debug)]
 pub(crate) struct PendingRequest {
+    /// The link protocol version of the gateway that sent it.
+    version: u32,
     pub(crate) request: Request,
     pub(crate) framed: Framed<UnixStream, RecordCodec>,
 }
@@ -182,13 +184,15 @@ impl PendingRequest {
     ) -> Result<PendingRequest, LinkError> {
         let (head, body) = RequestHead::from_payload(payload)?;
         Ok(PendingRequest {
+            version: head.version,
             request: Request::from_head(head, body),
             framed,
         })
     }
 }
 
-/// Runs `handler` on the request (`404` without one) within `timeout`
+/// Runs `handler` on the request (`404` without one, `501` for a link
+/// protocol version this library does not speak) within `timeout`
 /// (`503` after it, or at shutdown), and writes its RESPONSE within
 /// `write_timeout`. A response too large for the link becomes a `500`.
 pub(crate) async fn answer(
@@ -199,12 +203,17 @@ pub(crate) async fn answer(
     shutdown: &CancellationToken,
 ) {
     let PendingRequest {
+        version,
         request,
         mut framed,
     } = pending;
     let method = request.method.clone();
     let path = request.path.clone();
     let response = match handler {
+        _ if version != LINK_VERSION => Response::text(
+            501,
+            &format!("link protocol version {version} (this backend speaks {LINK_VERSION})"),
+        ),
         None => Response::text(
             404,
             &format!(
@@ -334,6 +343,9 @@ mod tests {
         assert_eq!(head["status"], 404);
         let text = String::from_utf8(answer).expect("text");
         assert!(text.contains("answers no HTTP requests"), "{text}");
+        let newer = HEAD.replace(r#""version":1"#, r#""version":2"#);
+        let (head, _) = exchange(socket_file.path(), &newer, b"").await;
+        assert_eq!(head["status"], 501);
         shutdown.cancel();
         server.await.expect("serve task").expect("serve");
     }
