@@ -166,7 +166,8 @@ pub struct Args {
     /// URL (http://) of an authorizer asked before every WebSocket client is
     /// connected to its backend: it gets a JSON POST describing the upgrade;
     /// 200 lets the client in (its JSON body reaches the backend in OPEN's
-    /// `identity`), 4xx is that status to the client, anything else 503. In
+    /// `identity`), 4xx is that status to the client, 5xx, a timeout or no
+    /// answer 503, anything else 403 (docs/configuration.md). In
     /// the TOML file, `authorizer` may instead list URLs per name glob.
     /// [default: none]
     #[arg(long, value_name = "URL")]
