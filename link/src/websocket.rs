@@ -17,8 +17,21 @@ pub const RELAY_READ_BUFFER: usize = 1024;
 /// its memory per idle client.
 pub const DIRECT_READ_BUFFER: usize = 16 * 1024;
 
-/// Initial read buffer of a link, on either side; it grows only for larger records.
+/// Initial read buffer of a link during the handshake (OPEN to ACCEPT); it
+/// grows only for larger records.
 pub const LINK_READ_BUFFER: usize = 512;
+
+/// The most bytes one read takes from a busy link, or from a relayed client
+/// in the gateway. A buffer this size exists only while data flows: the
+/// readers drop it whenever a read finds nothing and nothing is held, so an
+/// idle client or link holds no read buffer (see `gateway::relay::read_ahead`
+/// and `backend::session`).
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Bytes of outgoing frames gathered before tungstenite writes them: the
+/// messages fed between two flushes go out in one write (a larger message
+/// is written at once). The buffer is allocated only when something is sent.
+pub const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Bytes of outgoing frames that may wait for a slow client before a send
 /// fails, at least: the bound beyond one whole message.
@@ -28,13 +41,13 @@ const WRITE_BUFFER_LIMIT: usize = 256 * 1024;
 const FRAME_OVERHEAD: usize = 64 * 1024;
 
 /// The configuration of a server-role WebSocket to a client: messages and
-/// frames up to `max_message_size` (more is `1009`), writes go out at once
-/// (no write buffering), and outgoing frames held for a slow client are
+/// frames up to `max_message_size` (more is `1009`), messages fed between
+/// two flushes gathered into one write (up to [`WRITE_BUFFER`]), and outgoing frames held for a slow client are
 /// bounded by whichever is larger of 256 KiB and one whole message.
 pub fn client_config(max_message_size: usize, read_buffer_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(read_buffer_size)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(
             WRITE_BUFFER_LIMIT.max(max_message_size.saturating_add(FRAME_OVERHEAD)),
         )

@@ -10,6 +10,7 @@
 
 pub(crate) mod framed;
 pub(crate) mod raw;
+mod read_ahead;
 
 use std::io;
 use std::time::Duration;
@@ -30,12 +31,13 @@ use tokio_util::sync::CancellationToken;
 use crate::client_stream::ClientStream;
 use crate::config::Config;
 use raw::RawSplitError;
+use read_ahead::ReadAhead;
 
 /// Messages forwarded in one batch before the gateway flushes.
 const MAX_BATCH: usize = 64;
 
-/// A client's WebSocket on its connection (TCP or TLS).
-pub(crate) type ClientWs<S> = WebSocketStream<S>;
+/// A client's WebSocket on its connection (TCP or TLS), read in large chunks.
+pub(crate) type ClientWs<S> = WebSocketStream<ReadAhead<S>>;
 /// The client's read half.
 pub(crate) type ClientReader<S> = SplitStream<ClientWs<S>>;
 /// The client's write half.
@@ -81,6 +83,7 @@ pub(crate) async fn client_websocket<S: ClientStream>(
     settings: &RelaySettings,
 ) -> ClientWs<S> {
     let config = Some(settings.websocket_config());
+    let stream = ReadAhead::new(stream);
     if pending.is_empty() {
         WebSocketStream::from_raw_socket(stream, Role::Server, config).await
     } else {
