@@ -33,10 +33,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Echoes until the client closes or shutdown. Each reply is sent with
+/// `send`: the session defers its flush while the next message is already
+/// there, so a pipelining client gets its echoes in one write.
 async fn echo(mut session: Session, shutdown: CancellationToken) {
+    // One wait for shutdown for the whole session, not one per message.
+    let shutdown = shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => {
+            biased;
+            _ = &mut shutdown => {
                 if let Err(error) = session.close(CloseCode::Away, "server shutting down").await {
                     debug!(%error, "cannot send close");
                 }
