@@ -3,8 +3,18 @@
 //!
 //! Most clients idle, so buffers start small and grow only for the messages
 //! that actually come; BENCHMARKS.md has the measurements behind each size.
+//! [`ReadAhead`] goes under a client's WebSocket on either side: tungstenite
+//! zero-fills its whole read buffer before every read, so that buffer stays
+//! small, while the socket is read [`READ_CHUNK`] bytes at a time.
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::io::poll_read_buf;
 
 /// WebSocket read buffer of a relayed client, and the most one read takes
 /// from its socket. With 1 KiB a relayed idle client costs the gateway about
@@ -12,10 +22,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// tungstenite grows it to hold larger frames.
 pub const RELAY_READ_BUFFER: usize = 1024;
 
-/// WebSocket read buffer of a client handed over in direct mode. 16 KiB keeps
-/// large messages as fast as tungstenite's 128 KiB default at a fraction of
-/// its memory per idle client.
-pub const DIRECT_READ_BUFFER: usize = 16 * 1024;
+/// WebSocket read buffer of a client handed over in direct mode: the most
+/// tungstenite takes from [`ReadAhead`] at a time. tungstenite zero-fills
+/// this much before every read, so 16 KiB cost more CPU per message than
+/// the socket reads they saved; the socket is read in [`READ_CHUNK`]s anyway.
+pub const DIRECT_READ_BUFFER: usize = 4 * 1024;
 
 /// Initial read buffer of a link during the handshake (OPEN to ACCEPT); it
 /// grows only for larger records.
@@ -53,4 +64,86 @@ pub fn client_config(max_message_size: usize, read_buffer_size: usize) -> WebSoc
         )
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
+}
+
+/// A stream whose reads take up to [`READ_CHUNK`] bytes from the socket at
+/// once and hand them out in the (smaller) pieces the reader asks for.
+/// Writes pass through.
+#[derive(Debug)]
+pub struct ReadAhead<S> {
+    inner: S,
+    /// Read from `inner`, not yet handed out; no capacity while idle.
+    buffer: BytesMut,
+}
+
+impl<S> ReadAhead<S> {
+    /// Reads `inner` ahead, holding nothing yet.
+    pub fn new(inner: S) -> ReadAhead<S> {
+        ReadAhead {
+            inner,
+            buffer: BytesMut::new(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.buffer.is_empty() {
+            if out.remaining() >= READ_CHUNK {
+                // As large a read as ours: no need to go through the buffer.
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            this.buffer.reserve(READ_CHUNK);
+            match poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buffer) {
+                Poll::Pending => {
+                    // Nothing to read: an idle connection holds no buffer.
+                    this.buffer = BytesMut::new();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                // The end of the stream: `out` stays empty.
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+        let n = out.remaining().min(this.buffer.len());
+        out.put_slice(&this.buffer[..n]);
+        this.buffer.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, bytes)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

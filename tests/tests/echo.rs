@@ -14,6 +14,7 @@ all_modes!(
     fragmented_message_is_echoed_as_one_message,
     hundred_concurrent_clients_each_get_their_own_data,
     client_close_is_answered_with_its_code,
+    pipelined_burst_is_echoed_in_order_before_the_close_reply,
 );
 
 /// A docroot with `websocket_echo` on `echo` (given `backend_args`) and a gateway on it.
@@ -157,4 +158,40 @@ async fn client_close_is_answered_with_its_code(mode: Mode) -> anyhow::Result<()
         Message::text("still there")
     );
     Ok(())
+}
+
+/// Many messages and a close sent at once: the session batches its replies
+/// (deferring flushes while the next message is readable), and every echo
+/// still comes back, in order, before the answer to the close.
+async fn pipelined_burst_is_echoed_in_order_before_the_close_reply(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    const N_MESSAGES: usize = 500;
+    let (_docroot, _echo, gateway) = start_echo(mode, &[]).await?;
+    let mut client = gateway.connect("/echo").await?;
+    let message = |idx: usize| {
+        if idx % 2 == 0 {
+            Message::text(format!("message {idx}"))
+        } else {
+            Message::binary(idx.to_be_bytes().to_vec())
+        }
+    };
+    for idx in 0..N_MESSAGES {
+        client.send(message(idx)).await?;
+    }
+    client
+        .send(Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "burst done".into(),
+            },
+        )))
+        .await?;
+    for idx in 0..N_MESSAGES {
+        let echoed = client.recv().await?;
+        assert_eq!(echoed, message(idx), "echo {idx}");
+    }
+    client
+        .expect_close_with(CloseCode::Normal, "burst done")
+        .await
 }

@@ -20,7 +20,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use link::LinkError;
 use link::close_for_client_error;
-use link::websocket::{RELAY_READ_BUFFER, client_config};
+use link::websocket::{RELAY_READ_BUFFER, ReadAhead, client_config};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 use crate::client_stream::ClientStream;
 use crate::config::Config;
 use raw::RawSplitError;
-use read_ahead::ReadAhead;
 
 /// Messages forwarded in one batch before the gateway flushes.
 const MAX_BATCH: usize = 64;
