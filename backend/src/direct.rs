@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
-use link::websocket::{DIRECT_READ_BUFFER, client_config};
+use link::websocket::{DIRECT_READ_BUFFER, ReadAhead, client_config};
 use link::{ClientLimits, LinkError, close_for_client_error, fd_pass};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::WebSocketStream;
@@ -75,16 +75,20 @@ pub(crate) async fn take_over(
     let tcp = TcpStream::from_std(std_stream)?;
     let _ = tcp.set_nodelay(true);
     let config = client_config(options.max_message_size, DIRECT_READ_BUFFER);
-    let ws =
-        WebSocketStream::from_partially_read(tcp, pending.to_vec(), Role::Server, Some(config))
-            .await;
+    let ws = WebSocketStream::from_partially_read(
+        ReadAhead::new(tcp),
+        pending.to_vec(),
+        Role::Server,
+        Some(config),
+    )
+    .await;
     Ok((DirectClient::new(ws, options), peer))
 }
 
 /// A WebSocket client on its own socket, behaving like a relayed session.
 #[derive(Debug)]
 pub(crate) struct DirectClient {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<ReadAhead<TcpStream>>,
     pings: PingTicker,
     ping_due: bool,
     idle: IdleTimer,
@@ -93,7 +97,7 @@ pub(crate) struct DirectClient {
 }
 
 impl DirectClient {
-    fn new(ws: WebSocketStream<TcpStream>, options: DirectOptions) -> DirectClient {
+    fn new(ws: WebSocketStream<ReadAhead<TcpStream>>, options: DirectOptions) -> DirectClient {
         DirectClient {
             ws,
             pings: PingTicker::new(options.ping_interval),

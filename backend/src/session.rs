@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -18,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::codec::{Framed, FramedParts};
 
 use link::message::{message_to_record, record_to_message, truncate_reason};
-use link::websocket::LINK_READ_BUFFER;
+use link::websocket::{LINK_READ_BUFFER, READ_CHUNK};
 use link::{
     AcceptReply, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record, RecordCodec, RejectReply,
 };
@@ -173,6 +174,10 @@ impl Incoming {
         Ok(Session {
             meta: self.meta,
             transport,
+            peeked: None,
+            unflushed: false,
+            n_deferred: 0,
+            defer_flushes: true,
         })
     }
 
@@ -187,11 +192,34 @@ impl Incoming {
 ///
 /// The stream yields `Text`, `Binary` and finally `Close` (with the client's code)
 /// and then ends. Sending `Close` ends the session towards the client.
+///
+/// Replies are batched without the server asking: a flush (`send` ends with
+/// one) is deferred while the client's next text or binary message is
+/// already readable, so a server that answers each message with `send`
+/// writes a pipelining client's replies with one write, as a server with its
+/// own feed-then-flush loop would. What was deferred is written when the
+/// session next has nothing to read (in `poll_next`), before it yields a
+/// `Close`, an error or its end, at `close`, after
+/// [`MAX_DEFERRED_FLUSHES`] deferrals in a row, and as soon as the write
+/// buffer is full. A server that stops reading its session while it still
+/// sends must [`Session::split`] it: the halves never defer.
 #[derive(Debug)]
 pub struct Session {
     meta: OpenMeta,
     transport: Transport,
+    /// What a deferred flush read ahead, yielded before anything else.
+    peeked: Option<Option<Result<Message, SessionError>>>,
+    /// Messages were sent since the last flush that reached the transport.
+    unflushed: bool,
+    /// Flushes deferred since the last one that reached the transport.
+    n_deferred: usize,
+    /// False once split, or once a close was sent: every flush is a flush.
+    defer_flushes: bool,
 }
+
+/// Flushes deferred in a row at most, so a client that never stops sending
+/// still gets its replies in batches of this many.
+pub const MAX_DEFERRED_FLUSHES: usize = 64;
 
 /// What carries a session's messages.
 #[derive(Debug)]
@@ -218,21 +246,91 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Splits the session into a writing and a reading half, for a server
+    /// that reads and writes independently (the chat's outbox). Flushes on
+    /// the halves are never deferred: the reading half may be waiting on
+    /// something else while the writing half's messages must go out.
+    pub fn split(mut self) -> (SplitSink<Session, Message>, SplitStream<Session>) {
+        self.defer_flushes = false;
+        StreamExt::split(self)
+    }
+
+    fn poll_transport_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, SessionError>>> {
+        match &mut self.transport {
+            Transport::Link(framed) => {
+                // Read a whole burst of records at once; hold no buffer while idle.
+                let buffer = framed.read_buffer_mut();
+                if buffer.capacity() - buffer.len() < LINK_READ_BUFFER {
+                    buffer.reserve(READ_CHUNK);
+                }
+                let polled = framed.poll_next_unpin(cx);
+                if polled.is_pending() && framed.read_buffer().is_empty() {
+                    *framed.read_buffer_mut() = BytesMut::new();
+                }
+                polled.map(|item| {
+                    item.map(|record| {
+                        record.map_err(SessionError::from).and_then(|record| {
+                            record_to_message(record).map_err(SessionError::from)
+                        })
+                    })
+                })
+            }
+            Transport::Direct(client) => client.poll_next_unpin(cx).map(|item| item.map(Ok)),
+        }
+    }
+
+    /// Flushes the transport, clearing `unflushed` once it took everything.
+    fn poll_transport_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
+        let flushed = match &mut self.transport {
+            Transport::Link(framed) => framed.poll_flush_unpin(cx).map_err(SessionError::from),
+            Transport::Direct(client) => client.poll_flush_unpin(cx).map_err(SessionError::from),
+        };
+        if flushed.is_ready() {
+            self.unflushed = false;
+            self.n_deferred = 0;
+        }
+        flushed
+    }
+}
+
+/// True for an item the server answers: a text or binary message.
+fn is_data(item: &Option<Result<Message, SessionError>>) -> bool {
+    matches!(item, Some(Ok(Message::Text(_) | Message::Binary(_))))
+}
+
 impl Stream for Session {
     type Item = Result<Message, SessionError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match &mut self.transport {
-            Transport::Link(framed) => match framed.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(record))) => {
-                    Poll::Ready(Some(record_to_message(record).map_err(SessionError::from)))
+        let this = &mut *self;
+        let item = match this.peeked.take() {
+            Some(item) => item,
+            None => match this.poll_transport_next(cx) {
+                Poll::Ready(item) => item,
+                Poll::Pending => {
+                    // Nothing more to read: what was deferred goes out now.
+                    if this.unflushed
+                        && let Poll::Ready(Err(error)) = this.poll_transport_flush(cx)
+                    {
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                    return Poll::Pending;
                 }
-                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
             },
-            Transport::Direct(client) => client.poll_next_unpin(cx).map(|item| item.map(Ok)),
+        };
+        if !is_data(&item) && this.unflushed {
+            // The replies go out before the server hears of the close; a
+            // failure to write them is the same client going away.
+            if this.poll_transport_flush(cx).is_pending() {
+                this.peeked = Some(item);
+                return Poll::Pending;
+            }
         }
+        Poll::Ready(item)
     }
 }
 
@@ -250,6 +348,10 @@ impl Sink<Message> for Session {
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), SessionError> {
+        if message.is_close() {
+            self.defer_flushes = false;
+        }
+        self.unflushed = true;
         match &mut self.transport {
             Transport::Link(framed) => match message_to_record(message) {
                 Some(record) => framed.start_send_unpin(record).map_err(SessionError::from),
@@ -265,16 +367,28 @@ impl Sink<Message> for Session {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SessionError>> {
-        match &mut self.transport {
-            Transport::Link(framed) => framed.poll_flush_unpin(cx).map_err(SessionError::from),
-            Transport::Direct(client) => client.poll_flush_unpin(cx).map_err(SessionError::from),
+        let this = &mut *self;
+        if this.defer_flushes && this.unflushed && this.n_deferred < MAX_DEFERRED_FLUSHES {
+            if this.peeked.is_none()
+                && let Poll::Ready(item) = this.poll_transport_next(cx)
+            {
+                this.peeked = Some(item);
+            }
+            if this.peeked.as_ref().is_some_and(is_data) {
+                // The next message is here: its reply joins this batch.
+                this.n_deferred += 1;
+                return Poll::Ready(Ok(()));
+            }
         }
+        this.poll_transport_flush(cx)
     }
 
     fn poll_close(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SessionError>> {
+        self.defer_flushes = false;
+        self.unflushed = false;
         match &mut self.transport {
             Transport::Link(framed) => framed.poll_close_unpin(cx).map_err(SessionError::from),
             Transport::Direct(client) => client.poll_close_unpin(cx).map_err(SessionError::from),

@@ -8,12 +8,15 @@
 //! - [`tls`]: the run's certificate and the pinned TLS 1.3 configurations.
 //! - [`scenario`]: the load scenarios; every payload is checked and every
 //!   error counted.
+//! - [`pipeline`]: the echo scenarios' client, prebuilt frames written in
+//!   batches and echoes parsed in place, fast enough not to be the bottleneck.
 //! - [`report`]: the markdown tables with ratios to the baseline and CPU per operation.
 //!
 //! `src/main.rs` is the `wsgate-bench` command; BENCHMARKS.md says how to run it.
 #![warn(missing_docs)]
 
 pub mod baseline;
+pub mod pipeline;
 pub mod report;
 pub mod scenario;
 pub mod system;

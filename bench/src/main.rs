@@ -80,13 +80,15 @@ enum Scenario {
     Handshakes,
     /// Idle connections and their memory.
     Idle,
-    /// Chat fan-out.
+    /// Chat fan-out at a fixed rate.
     Fanout,
+    /// Chat fan-out, 16 in flight.
+    FanoutPipelined,
 }
 
 impl Scenario {
     /// Every scenario, in the order a run does them.
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::RoundTrips,
         Scenario::Pipelined,
         Scenario::Large,
@@ -94,6 +96,7 @@ impl Scenario {
         Scenario::Handshakes,
         Scenario::Idle,
         Scenario::Fanout,
+        Scenario::FanoutPipelined,
     ];
 
     /// The name in progress lines.
@@ -106,6 +109,7 @@ impl Scenario {
             Scenario::Handshakes => "handshakes",
             Scenario::Idle => "idle connections",
             Scenario::Fanout => "chat fan-out",
+            Scenario::FanoutPipelined => "chat fan-out pipelined",
         }
     }
 }
@@ -229,6 +233,10 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
             "chat fan-out, {} receivers, {} msg/s",
             s.fanout_receivers, s.fanout_rate
         ),
+        fanout_pipelined: format!(
+            "chat fan-out, 1 sender, {} receivers, 16 in flight",
+            s.connections
+        ),
     };
     // Scenario by scenario, every system in turn, so slow drifts of the
     // machine spread over all of them.
@@ -314,6 +322,12 @@ async fn run_scenario(
             )
             .await?;
             &mut results.fanout
+        }
+        Scenario::FanoutPipelined => {
+            results.fanout_pipelined =
+                scenario::fanout_pipelined(&system.target("chat"), s.connections, 16, s.duration)
+                    .await?;
+            &mut results.fanout_pipelined
         }
     };
     rate.cpu = before.per_op(&system.cpu_sample()?, rate.count);

@@ -21,8 +21,10 @@ pub struct Results {
     pub churn: Rate,
     /// Idle connections.
     pub idle: IdleCost,
-    /// Chat fan-out.
+    /// Chat fan-out at a fixed rate.
     pub fanout: Rate,
+    /// Chat fan-out with a window of messages in flight.
+    pub fanout_pipelined: Rate,
     /// Connect, (TLS,) upgrade, close: no message.
     pub handshakes: Rate,
 }
@@ -36,6 +38,7 @@ impl Results {
             + self.churn.errors
             + self.idle.errors
             + self.fanout.errors
+            + self.fanout_pipelined.errors
             + self.handshakes.errors
     }
 }
@@ -65,8 +68,8 @@ pub fn table(systems: &[(Kind, Results)], labels: &Labels) -> String {
             let cpu = cpu(results);
             let front = cpu
                 .front
-                .map_or("–".to_owned(), |front| format!("{front:.1}"));
-            let _ = write!(out, " {front} / {:.1} / {:.1} |", cpu.server, cpu.generator);
+                .map_or("–".to_owned(), |front| format!("{front:.2}"));
+            let _ = write!(out, " {front} / {:.2} / {:.2} |", cpu.server, cpu.generator);
         }
         out.push('\n');
     };
@@ -209,6 +212,21 @@ pub fn table(systems: &[(Kind, Results)], labels: &Labels) -> String {
     cpu_row(&mut out, "delivery", &|r| r.fanout.cpu);
     row(
         &mut out,
+        &format!("{}: deliveries/s", labels.fanout_pipelined),
+        &|r| r.fanout_pipelined.per_second,
+        true,
+        0,
+    );
+    row(
+        &mut out,
+        "… p99 delivery latency, µs",
+        &|r| r.fanout_pipelined.latency.p99 as f64,
+        false,
+        0,
+    );
+    cpu_row(&mut out, "delivery", &|r| r.fanout_pipelined.cpu);
+    row(
+        &mut out,
         "errors, all scenarios",
         &|r| r.errors() as f64,
         false,
@@ -230,8 +248,10 @@ pub struct Labels {
     pub churn: String,
     /// Idle connections.
     pub idle: String,
-    /// Chat fan-out.
+    /// Chat fan-out at a fixed rate.
     pub fanout: String,
+    /// Chat fan-out with messages in flight.
+    pub fanout_pipelined: String,
     /// Handshakes without a message.
     pub handshakes: String,
 }

@@ -16,12 +16,13 @@ use hdrhistogram::Histogram;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpSocket;
-use tokio::sync::{Barrier, Semaphore};
+use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{WebSocketStream, client_async};
 
+use crate::pipeline;
 use crate::system::System;
 use crate::tls::SERVER_NAME;
 
@@ -139,63 +140,21 @@ fn payload(connection: usize, seq: u64, size: usize) -> Vec<u8> {
     bytes
 }
 
-/// `connections` clients, each with one `size`-byte message in flight, for `duration`.
+/// `connections` clients, each with one `size`-byte message in flight, for
+/// `duration`: round trips per second and their latency.
 pub async fn echo_round_trips(
     target: &Target,
     connections: usize,
     size: usize,
     duration: Duration,
 ) -> anyhow::Result<Rate> {
-    let barrier = Arc::new(Barrier::new(connections));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for connection in 0..connections {
-        let (target, barrier, errors) = (target.clone(), Arc::clone(&barrier), Arc::clone(&errors));
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = histogram();
-            let ws = connect(&target, None).await;
-            barrier.wait().await;
-            let Ok(mut ws) = ws else {
-                errors.fetch_add(1, Ordering::Relaxed);
-                return (latencies, 0u64);
-            };
-            let end = Instant::now() + duration;
-            let mut seq = 0;
-            while Instant::now() < end {
-                let sent = payload(connection, seq, size);
-                let start = Instant::now();
-                if ws.send(Message::binary(sent.clone())).await.is_err() {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                match ws.next().await {
-                    Some(Ok(Message::Binary(got))) if got[..] == sent[..] => {}
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                }
-                let _ = latencies.record(start.elapsed().as_micros() as u64);
-                seq += 1;
-            }
-            let _ = ws.close(None).await;
-            (latencies, seq)
-        }));
-    }
-    let (latencies, total) = join_counting(tasks).await?;
-    let per_second = total as f64 / duration.as_secs_f64();
-    Ok(Rate {
-        per_second,
-        mb_per_second: per_second * size as f64 / 1e6,
-        latency: Latency::of(&latencies),
-        errors: errors.load(Ordering::Relaxed),
-        count: total,
-        cpu: CpuPerOp::default(),
-    })
+    echo_pipelined(target, connections, 1, size, duration).await
 }
 
 /// `connections` clients, each keeping `in_flight` messages of `size` bytes
-/// outstanding, for `duration`; every echo is checked in order.
+/// outstanding, for `duration`; every echo is checked in order. The clients
+/// write prebuilt frames and parse the echoes themselves (`pipeline`), so
+/// they are not what limits the rate.
 pub async fn echo_pipelined(
     target: &Target,
     connections: usize,
@@ -213,63 +172,34 @@ pub async fn echo_pipelined(
             barrier.wait().await;
             let Ok(ws) = ws else {
                 errors.fetch_add(1, Ordering::Relaxed);
-                return 0u64;
+                return (histogram(), 0u64);
             };
-            let (mut sink, mut stream) = ws.split();
-            let window = Arc::new(Semaphore::new(in_flight));
             let end = Instant::now() + duration;
-            let writer_window = Arc::clone(&window);
-            let writer = async move {
-                let mut seq = 0u64;
-                while Instant::now() < end {
-                    let Ok(permit) = writer_window.acquire().await else {
-                        break;
-                    };
-                    permit.forget();
-                    if sink
-                        .send(Message::binary(payload(connection, seq, size)))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                    seq += 1;
+            let outcome = pipeline::run_connection(
+                ws.into_inner(),
+                connection,
+                in_flight,
+                size,
+                end,
+                histogram(),
+            )
+            .await;
+            match outcome {
+                Ok(outcome) => (outcome.latencies, outcome.received),
+                Err(error) => {
+                    eprintln!("connection {connection}: {error:#}");
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    (histogram(), 0)
                 }
-                (seq, sink)
-            };
-            let reader = async {
-                let mut received = 0u64;
-                while let Some(Ok(message)) = stream.next().await {
-                    let expected = payload(connection, received, size);
-                    if !matches!(&message, Message::Binary(got) if got[..] == expected[..]) {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    received += 1;
-                    window.add_permits(1);
-                    if Instant::now() >= end && window.available_permits() >= in_flight {
-                        break;
-                    }
-                }
-                received
-            };
-            let ((sent, mut sink), received) = tokio::join!(writer, reader);
-            if received != sent {
-                errors.fetch_add(sent.abs_diff(received), Ordering::Relaxed);
             }
-            let _ = sink.close().await;
-            received
         }));
     }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await?;
-    }
+    let (latencies, total) = join_counting(tasks).await?;
     let per_second = total as f64 / duration.as_secs_f64();
     Ok(Rate {
         per_second,
         mb_per_second: per_second * size as f64 / 1e6,
-        latency: Latency::default(),
+        latency: Latency::of(&latencies),
         errors: errors.load(Ordering::Relaxed),
         count: total,
         cpu: CpuPerOp::default(),
@@ -468,6 +398,99 @@ pub async fn fanout(
         mb_per_second: 0.0,
         latency: Latency::of(&latencies),
         errors: expected - delivered.min(expected),
+        count: delivered,
+        cpu: CpuPerOp::default(),
+    })
+}
+
+/// `receivers` clients on the chat and one sender that keeps `in_flight`
+/// messages outstanding towards the slowest receiver, for `duration`:
+/// deliveries per second and their latency; a message lost or out of order
+/// is an error.
+pub async fn fanout_pipelined(
+    target: &Target,
+    receivers: usize,
+    in_flight: u64,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
+    let base = Instant::now();
+    let progress = Arc::new(pipeline::FanoutProgress::new(receivers));
+    let joined = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for receiver in 0..receivers {
+        let ws = connect(target, None).await?;
+        let (progress, joined) = (Arc::clone(&progress), Arc::clone(&joined));
+        tasks.push(tokio::spawn(async move {
+            let outcome = pipeline::run_fanout_receiver(
+                ws.into_inner(),
+                receiver,
+                progress,
+                joined,
+                base,
+                histogram(),
+            )
+            .await;
+            match outcome {
+                Ok(outcome) => (outcome.latencies, outcome.received),
+                Err(error) => {
+                    eprintln!("fan-out receiver {receiver}: {error:#}");
+                    (histogram(), 0)
+                }
+            }
+        }));
+    }
+    let mut sender = connect(target, None).await?;
+    let wait_start = Instant::now();
+    while joined.load(Ordering::Acquire) < receivers {
+        if wait_start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "only {} of {receivers} receivers joined",
+                joined.load(Ordering::Acquire)
+            );
+        }
+        sender.send(Message::text("ready?")).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = Instant::now();
+    let end = start + duration;
+    let mut n_sent = 0u64;
+    while Instant::now() < end {
+        let advanced = progress.advanced.notified();
+        let slowest = progress.slowest();
+        if n_sent >= slowest + in_flight {
+            if tokio::time::timeout(Duration::from_secs(10), advanced)
+                .await
+                .is_err()
+            {
+                bail!("the slowest receiver is stuck at {slowest} of {n_sent}");
+            }
+            continue;
+        }
+        while n_sent < slowest + in_flight {
+            let mut bytes = n_sent.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
+            sender.feed(Message::binary(bytes)).await?;
+            n_sent += 1;
+        }
+        sender.flush().await?;
+    }
+    sender.send(Message::text("end")).await?;
+    let mut latencies = histogram();
+    let mut delivered = 0;
+    let mut errors = 0;
+    for task in tasks {
+        let (histogram, received) = task.await?;
+        latencies.add(&histogram).context("merging histograms")?;
+        delivered += received;
+        errors += n_sent - received.min(n_sent);
+    }
+    let elapsed = start.elapsed();
+    let _ = sender.close(None).await;
+    Ok(Rate {
+        per_second: delivered as f64 / elapsed.as_secs_f64(),
+        mb_per_second: 0.0,
+        latency: Latency::of(&latencies),
+        errors,
         count: delivered,
         cpu: CpuPerOp::default(),
     })

@@ -3,8 +3,18 @@
 //!
 //! Most clients idle, so buffers start small and grow only for the messages
 //! that actually come; BENCHMARKS.md has the measurements behind each size.
+//! [`ReadAhead`] goes under a client's WebSocket on either side: tungstenite
+//! zero-fills its whole read buffer before every read, so that buffer stays
+//! small, while the socket is read [`READ_CHUNK`] bytes at a time.
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::io::poll_read_buf;
 
 /// WebSocket read buffer of a relayed client, and the most one read takes
 /// from its socket. With 1 KiB a relayed idle client costs the gateway about
@@ -12,13 +22,27 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// tungstenite grows it to hold larger frames.
 pub const RELAY_READ_BUFFER: usize = 1024;
 
-/// WebSocket read buffer of a client handed over in direct mode. 16 KiB keeps
-/// large messages as fast as tungstenite's 128 KiB default at a fraction of
-/// its memory per idle client.
-pub const DIRECT_READ_BUFFER: usize = 16 * 1024;
+/// WebSocket read buffer of a client handed over in direct mode: the most
+/// tungstenite takes from [`ReadAhead`] at a time. tungstenite zero-fills
+/// this much before every read, so 16 KiB cost more CPU per message than
+/// the socket reads they saved; the socket is read in [`READ_CHUNK`]s anyway.
+pub const DIRECT_READ_BUFFER: usize = 4 * 1024;
 
-/// Initial read buffer of a link, on either side; it grows only for larger records.
+/// Initial read buffer of a link during the handshake (OPEN to ACCEPT); it
+/// grows only for larger records.
 pub const LINK_READ_BUFFER: usize = 512;
+
+/// The most bytes one read takes from a busy link, or from a relayed client
+/// in the gateway. A buffer this size exists only while data flows: the
+/// readers drop it whenever a read finds nothing and nothing is held, so an
+/// idle client or link holds no read buffer (see `gateway::relay::read_ahead`
+/// and `backend::session`).
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Bytes of outgoing frames gathered before tungstenite writes them: the
+/// messages fed between two flushes go out in one write (a larger message
+/// is written at once). The buffer is allocated only when something is sent.
+pub const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Bytes of outgoing frames that may wait for a slow client before a send
 /// fails, at least: the bound beyond one whole message.
@@ -28,16 +52,98 @@ const WRITE_BUFFER_LIMIT: usize = 256 * 1024;
 const FRAME_OVERHEAD: usize = 64 * 1024;
 
 /// The configuration of a server-role WebSocket to a client: messages and
-/// frames up to `max_message_size` (more is `1009`), writes go out at once
-/// (no write buffering), and outgoing frames held for a slow client are
+/// frames up to `max_message_size` (more is `1009`), messages fed between
+/// two flushes gathered into one write (up to [`WRITE_BUFFER`]), and outgoing frames held for a slow client are
 /// bounded by whichever is larger of 256 KiB and one whole message.
 pub fn client_config(max_message_size: usize, read_buffer_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(read_buffer_size)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(
             WRITE_BUFFER_LIMIT.max(max_message_size.saturating_add(FRAME_OVERHEAD)),
         )
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
+}
+
+/// A stream whose reads take up to [`READ_CHUNK`] bytes from the socket at
+/// once and hand them out in the (smaller) pieces the reader asks for.
+/// Writes pass through.
+#[derive(Debug)]
+pub struct ReadAhead<S> {
+    inner: S,
+    /// Read from `inner`, not yet handed out; no capacity while idle.
+    buffer: BytesMut,
+}
+
+impl<S> ReadAhead<S> {
+    /// Reads `inner` ahead, holding nothing yet.
+    pub fn new(inner: S) -> ReadAhead<S> {
+        ReadAhead {
+            inner,
+            buffer: BytesMut::new(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.buffer.is_empty() {
+            if out.remaining() >= READ_CHUNK {
+                // As large a read as ours: no need to go through the buffer.
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            this.buffer.reserve(READ_CHUNK);
+            match poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buffer) {
+                Poll::Pending => {
+                    // Nothing to read: an idle connection holds no buffer.
+                    this.buffer = BytesMut::new();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                // The end of the stream: `out` stays empty.
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+        let n = out.remaining().min(this.buffer.len());
+        out.put_slice(&this.buffer[..n]);
+        this.buffer.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, bytes)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -14,6 +14,7 @@ all_modes!(
     fragmented_message_is_echoed_as_one_message,
     hundred_concurrent_clients_each_get_their_own_data,
     client_close_is_answered_with_its_code,
+    pipelined_burst_is_echoed_whole_and_in_order,
 );
 
 /// A docroot with `websocket_echo` on `echo` (given `backend_args`) and a gateway on it.
@@ -156,5 +157,32 @@ async fn client_close_is_answered_with_its_code(mode: Mode) -> anyhow::Result<()
         next.round_trip(Message::text("still there")).await?,
         Message::text("still there")
     );
+    Ok(())
+}
+
+/// Many messages sent at once: the session batches its replies (deferring
+/// flushes while the next message is readable), and every echo still comes
+/// back, whole and in order; the close handshake after them is unchanged.
+async fn pipelined_burst_is_echoed_whole_and_in_order(mode: Mode) -> anyhow::Result<()> {
+    const N_MESSAGES: usize = 500;
+    let (_docroot, _echo, gateway) = start_echo(mode, &[]).await?;
+    let mut client = gateway.connect("/echo").await?;
+    let message = |idx: usize| {
+        if idx % 2 == 0 {
+            Message::text(format!("message {idx}"))
+        } else {
+            Message::binary(idx.to_be_bytes().to_vec())
+        }
+    };
+    for idx in 0..N_MESSAGES {
+        client.send(message(idx)).await?;
+    }
+    for idx in 0..N_MESSAGES {
+        let echoed = client.recv().await?;
+        assert_eq!(echoed, message(idx), "echo {idx}");
+    }
+    let reply = client.close(CloseCode::Normal, "burst done").await?;
+    let reply = reply.map(|frame| (frame.code, frame.reason.as_str().to_owned()));
+    assert_eq!(reply, Some((CloseCode::Normal, "burst done".to_owned())));
     Ok(())
 }

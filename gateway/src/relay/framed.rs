@@ -11,23 +11,22 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use link::keepalive::{IdleTimer, PingTicker};
 use link::message::{close_frame_for_client, close_info, message_to_record};
-use link::websocket::LINK_READ_BUFFER;
 use link::{CloseInfo, LinkError, Record, RecordCodec};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::client_stream::ClientStream;
 
+use super::read_ahead::LinkReader;
 use super::{
     ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, MAX_BATCH,
     RelaySettings, client_error, close_client, first_ending,
 };
 use crate::backend::FramedLink;
 
-type LinkReader = FramedRead<OwnedReadHalf, RecordCodec>;
 type LinkWriter = FramedWrite<OwnedWriteHalf, RecordCodec>;
 
 /// Relays between `client` and the accepted `link` until one side closes or
@@ -57,11 +56,8 @@ pub(crate) async fn run<S: ClientStream>(
             }
         }
     }
-    let mut link_reader = FramedRead::with_capacity(read_half, codec.clone(), LINK_READ_BUFFER);
     // What is left is the start of a record; the next read completes it.
-    link_reader
-        .read_buffer_mut()
-        .extend_from_slice(&behind_accept);
+    let mut link_reader = LinkReader::new(read_half, codec.clone(), behind_accept);
     let mut link_writer = FramedWrite::new(write_half, codec);
     // FramedWrite starts with 8 KiB; an idle client should not pay for it.
     *link_writer.write_buffer_mut() = BytesMut::new();

@@ -10,6 +10,7 @@
 
 pub(crate) mod framed;
 pub(crate) mod raw;
+mod read_ahead;
 
 use std::io;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use link::LinkError;
 use link::close_for_client_error;
-use link::websocket::{RELAY_READ_BUFFER, client_config};
+use link::websocket::{RELAY_READ_BUFFER, ReadAhead, client_config};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -34,8 +35,8 @@ use raw::RawSplitError;
 /// Messages forwarded in one batch before the gateway flushes.
 const MAX_BATCH: usize = 64;
 
-/// A client's WebSocket on its connection (TCP or TLS).
-pub(crate) type ClientWs<S> = WebSocketStream<S>;
+/// A client's WebSocket on its connection (TCP or TLS), read in large chunks.
+pub(crate) type ClientWs<S> = WebSocketStream<ReadAhead<S>>;
 /// The client's read half.
 pub(crate) type ClientReader<S> = SplitStream<ClientWs<S>>;
 /// The client's write half.
@@ -81,6 +82,7 @@ pub(crate) async fn client_websocket<S: ClientStream>(
     settings: &RelaySettings,
 ) -> ClientWs<S> {
     let config = Some(settings.websocket_config());
+    let stream = ReadAhead::new(stream);
     if pending.is_empty() {
         WebSocketStream::from_raw_socket(stream, Role::Server, config).await
     } else {

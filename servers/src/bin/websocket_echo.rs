@@ -33,16 +33,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// Echoes until the client closes or shutdown. Each reply is sent with
+/// `send`: the session defers its flush while the next message is already
+/// there, so a pipelining client gets its echoes in one write.
 async fn echo(mut session: Session, shutdown: CancellationToken) {
+    /// Messages handled between two looks at the shutdown token while the
+    /// client keeps the session busy (it is watched whenever the session waits).
+    const SHUTDOWN_CHECK_INTERVAL: u32 = 32;
+    // One wait for shutdown for the whole session, not one per message.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let mut n_handled = 0u32;
     loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => {
-                if let Err(error) = session.close(CloseCode::Away, "server shutting down").await {
-                    debug!(%error, "cannot send close");
-                }
-                return;
+        n_handled = n_handled.wrapping_add(1);
+        let shut_down = n_handled % SHUTDOWN_CHECK_INTERVAL == 0 && shutdown.is_cancelled();
+        let message = if shut_down {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                message = session.next() => Some(message),
+                _ = &mut cancelled => None,
             }
-            message = session.next() => message,
+        };
+        let Some(message) = message else {
+            if let Err(error) = session.close(CloseCode::Away, "server shutting down").await {
+                debug!(%error, "cannot send close");
+            }
+            return;
         };
         match message {
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
