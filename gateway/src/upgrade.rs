@@ -167,6 +167,7 @@ async fn accept(
             idle_timeout: config.idle_timeout.map_or(0, |after| after.as_secs()),
         }),
         tls: tls.cloned(),
+        identity: None,
     };
     let (link, reply) = backend::open_framed(
         &target.socket_path,

@@ -66,6 +66,9 @@ pub struct OpenMeta {
     /// for a plain connection. Older backends ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsInfo>,
+    /// What the gateway's authorizer answered about this client (the JSON body of its 200), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<serde_json::Value>,
 }
 
 /// What the gateway learnt from a client's TLS handshake (OPEN's `tls`).

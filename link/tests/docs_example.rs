@@ -85,6 +85,7 @@ fn the_open_example_is_what_open_meta_writes() {
         headers: BTreeMap::new(),
         limits: None,
         tls: None,
+        identity: None,
     };
     let json = open_json();
     assert_eq!(
