@@ -40,8 +40,8 @@ struct Args {
     #[arg(long = "grace", value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs_f64(), value_parser = parse_grace)]
     grace: f64,
     /// Longest line the program may write in text mode, in bytes; a longer one closes the client with 1011.
-    #[arg(long = "max-line", value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE, value_parser = clap::value_parser!(usize).range(1..=(64 << 20)))]
-    max_line: usize,
+    #[arg(long = "max-line", value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE as u64, value_parser = clap::value_parser!(u64).range(1..=(64 << 20)))]
+    max_line: u64,
     /// The program to run for each client and its arguments (after `--`).
     #[arg(
         value_name = "PROGRAM",
@@ -107,7 +107,8 @@ fn main() -> ExitCode {
         },
         binary: args.binary,
         grace,
-        max_line: args.max_line,
+        // At most 64 MiB, as the flag's parser checked.
+        max_line: usize::try_from(args.max_line).unwrap_or(DEFAULT_MAX_LINE),
     });
     // Each client is a process with three pipes: the default bound is this
     // server's own, not the descriptor-derived one of the other backends.
