@@ -33,6 +33,8 @@ all_modes!(
     programs_beyond_m_are_refused_with_1013_until_one_ends,
     program_writing_faster_than_its_client_reads_blocks_on_its_pipe,
     sigterm_closes_clients_with_1001_and_ends_every_program,
+    example_counter_counts_and_closes_with_1000,
+    example_calculator_answers_each_line,
 );
 
 /// A docroot with `websocket_exec <backend_args>` on `exec` and a gateway on it.
@@ -584,6 +586,57 @@ async fn sigterm_closes_clients_with_1001_and_ends_every_program(mode: Mode) -> 
             "program {pid} outlived the backend"
         );
     }
+    Ok(())
+}
+
+/// `docs/examples/exec/<file>`, as the demo runs it.
+fn example(file: &str) -> String {
+    harness::binaries::repo_root()
+        .join("docs/examples/exec")
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+async fn example_counter_counts_and_closes_with_1000(mode: Mode) -> anyhow::Result<()> {
+    let counter = example("counter.sh");
+    let (_docroot, backend, gateway) = start_exec(mode, &["--", &counter, "5", "0"]).await?;
+    let mut client = gateway.connect("/exec").await?;
+    for number in 1..=5 {
+        assert_eq!(recv_text(&mut client).await?, number.to_string());
+    }
+    client.expect_close_code(CloseCode::Normal).await?;
+    wait_for_programs(&backend, 0).await?;
+    Ok(())
+}
+
+async fn example_calculator_answers_each_line(mode: Mode) -> anyhow::Result<()> {
+    let calc = example("calc.py");
+    let (_docroot, backend, gateway) = start_exec(mode, &["--", &python3()?, &calc]).await?;
+    let mut client = gateway.connect("/exec").await?;
+    assert_eq!(
+        recv_text(&mut client).await?,
+        "calculator ready for 127.0.0.1: type an expression, or quit"
+    );
+    for (question, answer) in [
+        ("(1 + 2) * 3", "= 9"),
+        ("7 / 2", "= 3.5"),
+        ("2 ** 10", "= 1024"),
+        ("1 / 0", "error: division by zero"),
+        ("9 ** 99999", "error: number too large"),
+        (
+            "__import__('os')",
+            "error: only numbers, + - * / // % ** and parentheses",
+        ),
+        ("1 +", "error: not an expression"),
+    ] {
+        client.send(Message::text(question)).await?;
+        assert_eq!(recv_text(&mut client).await?, answer, "{question}");
+    }
+    client.send(Message::text("quit")).await?;
+    assert_eq!(recv_text(&mut client).await?, "bye");
+    client.expect_close_code(CloseCode::Normal).await?;
+    wait_for_programs(&backend, 0).await?;
     Ok(())
 }
 
