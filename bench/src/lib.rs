@@ -10,6 +10,7 @@
 //!   error counted.
 //! - [`pipeline`]: the echo scenarios' client, prebuilt frames written in
 //!   batches and echoes parsed in place, fast enough not to be the bottleneck.
+//! - [`exec`]: `wsgate-bench exec`, websocket_exec against websocketd.
 //! - [`report`]: the markdown tables with ratios to the baseline and CPU per operation.
 //!
 //! `src/main.rs` is the `wsgate-bench` command; BENCHMARKS.md says how to run it.
@@ -17,6 +18,7 @@
 
 pub mod baseline;
 pub mod pipeline;
+pub mod exec;
 pub mod report;
 pub mod scenario;
 pub mod system;

@@ -48,6 +48,8 @@ enum Command {
         #[arg(long, value_name = "N")]
         fanout_rate: Option<u32>,
     },
+    /// websocket_exec (relay, direct) against websocketd on the same program (bench/src/exec.rs).
+    Exec(bench::exec::ExecArgs),
     /// The baseline server: WebSocket echo (/echo) and chat (/chat) with no gateway.
     BaselineServer {
         /// TCP address; prints `listening on http://ADDR` when ready.
@@ -136,6 +138,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.command {
+        Command::Exec(exec_args) => runtime.block_on(bench::exec::run(exec_args)),
         Command::BaselineServer {
             listen,
             unix,

@@ -2,11 +2,13 @@
 //! library's sessions:
 //!
 //! - [`chat`]: a chat room with ouistiti's commands and presence lines (`websocket_chat`).
+//! - [`exec`]: a program per client, its stdin and stdout as the messages (`websocket_exec`).
 //! - [`jsonrpc`]: JSON-RPC 2.0 over a session, answered by plugins (`websocket_jsonrpc`).
 //!
 //! The servers themselves (`websocket_echo`, `websocket_chat`,
-//! `websocket_jsonrpc`) are the binaries in `src/bin/`. Everything here uses
+//! `websocket_exec`, `websocket_jsonrpc`) are the binaries in `src/bin/`. Everything here uses
 //! the `backend` crate's API (`launch`, `Session`) and never sees a link record.
 
 pub mod chat;
+pub mod exec;
 pub mod jsonrpc;

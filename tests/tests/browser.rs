@@ -175,6 +175,37 @@ async fn webauth_and_websql_pages_log_in_add_a_user_and_list_a_table() -> anyhow
     page.close().await
 }
 
+async fn exec_page_counts_and_calculates() -> anyhow::Result<()> {
+    let browser = Browser::start().await?;
+    let docroot = tempfile::tempdir()?;
+    let examples = repo_root().join("docs/examples/exec");
+    let path = |file: &str| examples.join(file).to_string_lossy().into_owned();
+    // The interpreter itself: programs get no PATH to find a shim's target with.
+    let output = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()?;
+    let python = String::from_utf8(output.stdout)?.trim().to_owned();
+    let counter_args = ["--", &path("counter.sh"), "3", "0"];
+    let _counter =
+        Backend::start("websocket_exec", docroot.path(), "counter", &counter_args).await?;
+    let calc_args = ["--", &python, &path("calc.py")];
+    let _calc = Backend::start("websocket_exec", docroot.path(), "calc", &calc_args).await?;
+    let gateway = gateway_with_pages(docroot.path()).await?;
+    let page = browser.page().await?;
+    page.open(&gateway.http_url("/exec.html")).await?;
+    page.wait_for_text("#calc-status", "open").await?;
+    page.wait_for_text("#calc-log", "calculator ready").await?;
+    page.fill("#calc-input", "(1 + 2) * 3").await?;
+    page.click("#calc-send").await?;
+    page.wait_for_text("#calc-log", "= 9").await?;
+    page.click("#counter-start").await?;
+    let counted = page
+        .wait_for_text("#counter-log", "closed with code 1000")
+        .await?;
+    anyhow::ensure!(counted.starts_with("1\n2\n3\n"), "counter log: {counted:?}");
+    page.close().await
+}
+
 type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 type TestFn = fn() -> TestFuture;
 
@@ -189,6 +220,9 @@ fn tests() -> Vec<(&'static str, TestFn)> {
         }),
         ("two_webchat_pages_talk_in_public_and_in_private", || {
             Box::pin(two_webchat_pages_talk_in_public_and_in_private())
+        }),
+        ("exec_page_counts_and_calculates", || {
+            Box::pin(exec_page_counts_and_calculates())
         }),
         (
             "webauth_and_websql_pages_log_in_add_a_user_and_list_a_table",
