@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::*;
-use crate::broker::core::{Claim, Connected, Core, CoreLimits, LocalCore};
+use crate::broker::core::{Claim, Connected, CoreError, CoreLimits, LocalCore};
 use crate::broker::{BrokerOptions, Dialect};
 
 const TOKEN: &str = "0123456789abcdef-secret";
