@@ -88,7 +88,11 @@ struct Args {
 fn check_flags(args: &Args) -> Result<(), String> {
     let for_dialect = [
         ("--tokens", args.tokens.is_some(), Dialect::Tokens),
-        ("--allow-unregistered false", !args.allow_unregistered, Dialect::Tokens),
+        (
+            "--allow-unregistered false",
+            !args.allow_unregistered,
+            Dialect::Tokens,
+        ),
         ("--authorizer", args.authorizer.is_some(), Dialect::Channels),
         ("--takeover", args.takeover, Dialect::Wsmsgbroker),
         ("-C", args.accounts.is_some(), Dialect::Achex),
@@ -99,14 +103,24 @@ fn check_flags(args: &Args) -> Result<(), String> {
             return Err(format!("{flag} does not apply to --dialect {dialect}"));
         }
     }
-    if args.api_token_file.is_some() && !matches!(args.dialect, Dialect::Tokens | Dialect::Channels) {
-        return Err("--api-token-file: only the tokens and channels dialects have an HTTP API".to_owned());
+    if args.api_token_file.is_some() && !matches!(args.dialect, Dialect::Tokens | Dialect::Channels)
+    {
+        return Err(
+            "--api-token-file: only the tokens and channels dialects have an HTTP API".to_owned(),
+        );
     }
     if args.dialect == Dialect::Achex && args.accounts.is_none() {
         return Err("--dialect achex needs -C FILE, the account database".to_owned());
     }
-    if args.max_message == 0 || args.max_name == 0 || args.authorizer_timeout == 0 || args.ack_ttl == 0 {
-        return Err("--max-message, --max-name, --authorizer-timeout and --ack-ttl must be positive".to_owned());
+    if args.max_message == 0
+        || args.max_name == 0
+        || args.authorizer_timeout == 0
+        || args.ack_ttl == 0
+    {
+        return Err(
+            "--max-message, --max-name, --authorizer-timeout and --ack-ttl must be positive"
+                .to_owned(),
+        );
     }
     Ok(())
 }
@@ -140,10 +154,14 @@ fn load_tokens(source: String, core: Arc<LocalCore>) -> Result<(), LaunchError> 
                             let n_tokens = tokens.len();
                             match core.set_registered(tokens) {
                                 Ok(()) => info!(n_tokens, "registered tokens reloaded"),
-                                Err(error) => error!(%error, "token list refused; keeping the old one"),
+                                Err(error) => {
+                                    error!(%error, "token list refused; keeping the old one")
+                                }
                             }
                         }
-                        Err(error) => error!(%error, "token list not reloaded; keeping the old one"),
+                        Err(error) => {
+                            error!(%error, "token list not reloaded; keeping the old one")
+                        }
                     }
                 }
             });
@@ -158,7 +176,9 @@ fn add_service(accounts: &Accounts, name: &str) -> Result<(), String> {
         .read_to_string(&mut password)
         .map_err(|error| format!("cannot read the password from standard input: {error}"))?;
     let password = password.trim_end_matches(['\n', '\r']);
-    accounts.set_service(name, password).map_err(|error| error.to_string())
+    accounts
+        .set_service(name, password)
+        .map_err(|error| error.to_string())
 }
 
 fn main() -> ExitCode {

@@ -29,7 +29,8 @@ pub const MAX_WAITING: usize = 64;
 
 /// A hash that matches no password, verified when an id is unknown so that
 /// a wrong id costs as much time as a wrong password.
-const UNMATCHABLE_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE";
+const UNMATCHABLE_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE";
 
 /// What kind of account an id is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +87,8 @@ fn argon2() -> Argon2<'static> {
 fn hash_password(password: &str) -> Result<String, AccountError> {
     let mut salt_bytes = [0u8; 16];
     getrandom::fill(&mut salt_bytes).map_err(|error| AccountError::Hash(error.to_string()))?;
-    let salt =
-        SaltString::encode_b64(&salt_bytes).map_err(|error| AccountError::Hash(error.to_string()))?;
+    let salt = SaltString::encode_b64(&salt_bytes)
+        .map_err(|error| AccountError::Hash(error.to_string()))?;
     argon2()
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
@@ -123,7 +124,10 @@ impl Accounts {
     pub fn set_service(&self, id: &str, password: &str) -> Result<(), AccountError> {
         check_password(password)?;
         let hash = hash_password(password)?;
-        let connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         connection.execute(
             "INSERT INTO achex_accounts (id, kind, hash) VALUES (?1, 'service', ?2)
              ON CONFLICT (id) DO UPDATE SET kind = 'service', hash = excluded.hash",
@@ -166,7 +170,10 @@ fn check_password(password: &str) -> Result<(), AccountError> {
     Ok(())
 }
 
-fn stored(connection: &Mutex<Connection>, id: &str) -> Result<Option<(String, String)>, AccountError> {
+fn stored(
+    connection: &Mutex<Connection>,
+    id: &str,
+) -> Result<Option<(String, String)>, AccountError> {
     let connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
     Ok(connection
         .query_row(

@@ -181,7 +181,9 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
         (Request::Join(group), Some(_)) => match core.join(context.client, &group) {
             Ok(_) => {
                 context
-                    .reply_text(json!({"cmd": "register_broadcast", "bid": group, "ok": true}).to_string())
+                    .reply_text(
+                        json!({"cmd": "register_broadcast", "bid": group, "ok": true}).to_string(),
+                    )
                     .await;
             }
             Err(error) => reply_error(context, &error.to_string()).await,
@@ -190,7 +192,8 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
             if core.leave(context.client, &group) {
                 context
                     .reply_text(
-                        json!({"cmd": "unregister_broadcast", "bid": group, "ok": true}).to_string(),
+                        json!({"cmd": "unregister_broadcast", "bid": group, "ok": true})
+                            .to_string(),
                     )
                     .await;
             } else {
@@ -244,8 +247,14 @@ mod tests {
             Request::Join("room".to_owned())
         );
         assert!(matches!(parse(r#"{"to":"bob","msg":"hi"}"#)?, Request::To(to, _) if to == "bob"));
-        assert!(matches!(parse(r#"{"toS":"343","msg":"hi"}"#)?, Request::ToSession(343, _)));
-        assert!(matches!(parse(r#"{"tos":343,"msg":"hi"}"#)?, Request::ToSession(343, _)));
+        assert!(matches!(
+            parse(r#"{"toS":"343","msg":"hi"}"#)?,
+            Request::ToSession(343, _)
+        ));
+        assert!(matches!(
+            parse(r#"{"tos":343,"msg":"hi"}"#)?,
+            Request::ToSession(343, _)
+        ));
         assert!(parse(r#"{"toS":"x"}"#).is_err());
         assert!(parse(r#"{"msg":"hi"}"#).is_err());
         assert!(parse(r#"{"setID":"alex"}"#).is_err());
@@ -258,8 +267,12 @@ mod tests {
         else {
             return Err("not a to".to_owned());
         };
-        let stamped: Value = serde_json::from_str(&stamp(object, "alex", 7)).map_err(|e| e.to_string())?;
-        assert_eq!(stamped, json!({"to": "bob", "FROM": "alex", "sID": 7, "msg": "hi"}));
+        let stamped: Value =
+            serde_json::from_str(&stamp(object, "alex", 7)).map_err(|e| e.to_string())?;
+        assert_eq!(
+            stamped,
+            json!({"to": "bob", "FROM": "alex", "sID": 7, "msg": "hi"})
+        );
         Ok(())
     }
 }

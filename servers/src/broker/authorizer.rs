@@ -97,7 +97,9 @@ impl Authorizer {
             .body(Full::new(Bytes::copy_from_slice(body.as_bytes())));
         let request = match request {
             Ok(request) => request,
-            Err(error) => return Verdict::Unavailable(format!("cannot build the request: {error}")),
+            Err(error) => {
+                return Verdict::Unavailable(format!("cannot build the request: {error}"));
+            }
         };
         let response = match self.client.request(request).await {
             Ok(response) => response,

@@ -76,10 +76,7 @@ pub fn parse(text: &str, max_channel_len: usize) -> Result<Request, String> {
         "join" => Ok(Request::Join(channel)),
         "leave" => Ok(Request::Leave(channel)),
         "broadcast" => {
-            let content = command
-                .args
-                .content
-                .ok_or("broadcast needs args.content")?;
+            let content = command.args.content.ok_or("broadcast needs args.content")?;
             Ok(Request::Broadcast {
                 channel,
                 content: content.to_string(),
@@ -111,8 +108,11 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
         match authorizer.check(text, context.meta).await {
             Verdict::Allowed => {}
             Verdict::Denied(status) => {
-                reply_error(context, &format!("not authorized (authorizer answered {status})"))
-                    .await;
+                reply_error(
+                    context,
+                    &format!("not authorized (authorizer answered {status})"),
+                )
+                .await;
                 return Ok(());
             }
             Verdict::Unavailable(why) => {

@@ -359,14 +359,19 @@ impl State {
                 }
                 Target::Name(name) => reached.extend(self.names.get(name).into_iter().flatten()),
                 Target::NamePrefix(prefix) => {
-                    for (name, holders) in self.names.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded)) {
+                    for (name, holders) in self.names.range::<str, _>((
+                        std::ops::Bound::Included(prefix),
+                        std::ops::Bound::Unbounded,
+                    )) {
                         if !name.starts_with(prefix) {
                             break;
                         }
                         reached.extend(holders);
                     }
                 }
-                Target::Group(group) => reached.extend(self.groups.get(group).into_iter().flatten()),
+                Target::Group(group) => {
+                    reached.extend(self.groups.get(group).into_iter().flatten())
+                }
                 Target::NameOrGroup(label) => {
                     reached.extend(self.names.get(label).into_iter().flatten());
                     reached.extend(self.groups.get(label).into_iter().flatten());
@@ -454,7 +459,9 @@ impl Core for LocalCore {
         let mut displaced = None;
         match claim {
             Claim::Shared => {}
-            Claim::Exclusive if !others.is_empty() => return Err(CoreError::Taken(name.to_owned())),
+            Claim::Exclusive if !others.is_empty() => {
+                return Err(CoreError::Taken(name.to_owned()));
+            }
             Claim::Exclusive => {}
             Claim::TakeOver => {
                 for &other in &others {
@@ -646,7 +653,9 @@ impl Core for LocalCore {
         let replaces_own = state.pending.contains_key(key);
         let entry = state.clients.get_mut(&asker).ok_or(CoreError::Gone)?;
         if !replaces_own && entry.n_pending >= self.limits.max_pending_per_client {
-            return Err(CoreError::TooManyPending(self.limits.max_pending_per_client));
+            return Err(CoreError::TooManyPending(
+                self.limits.max_pending_per_client,
+            ));
         }
         if !replaces_own {
             entry.n_pending += 1;

@@ -129,20 +129,20 @@ impl ApiToken {
 
 /// Checks `Authorization: Bearer <token>`: `403` when the API is disabled
 /// (no token configured), `401` when the header is missing or wrong.
-pub fn check_bearer(request: &HttpRequest, api_token: Option<&ApiToken>) -> Result<(), HttpResponse> {
+pub fn check_bearer(
+    request: &HttpRequest,
+    api_token: Option<&ApiToken>,
+) -> Result<(), HttpResponse> {
     let Some(api_token) = api_token else {
         return Err(HttpResponse::error(
             403,
             "the HTTP API is disabled: start the broker with --api-token-file",
         ));
     };
-    let presented = request
-        .headers
-        .get("authorization")
-        .and_then(|value| {
-            let (scheme, token) = value.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
+    let presented = request.headers.get("authorization").and_then(|value| {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
     match presented {
         Some(token) if api_token.matches(token) => Ok(()),
         Some(_) => Err(HttpResponse::error(401, "wrong bearer token")),

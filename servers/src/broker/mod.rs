@@ -38,11 +38,11 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use self::accounts::Accounts;
+use self::authorizer::Authorizer;
 pub use self::core::{
     Answer, Claim, ClientId, ClientInfo, Core, CoreError, CoreLimits, LocalCore, Target, deliver,
 };
-use self::accounts::Accounts;
-use self::authorizer::Authorizer;
 use self::http::ApiToken;
 
 /// How long a closing client gets to take what was queued and its close frame.

@@ -59,7 +59,11 @@ pub fn parse(json: &[u8], source_name: &str) -> Result<BTreeSet<String>, TokenLi
                 tokens.insert(token);
             }
             serde_json::Value::Bool(false) => {}
-            other => return Err(malformed(format!("{token:?} is {other}, not true or false"))),
+            other => {
+                return Err(malformed(format!(
+                    "{token:?} is {other}, not true or false"
+                )));
+            }
         }
     }
     Ok(tokens)
@@ -96,7 +100,9 @@ async fn fetch(url: &str) -> Result<Bytes, TokenListError> {
         source_name: url.to_owned(),
         error,
     };
-    let uri: Uri = url.parse().map_err(|_| read_error("not a URL".to_owned()))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| read_error("not a URL".to_owned()))?;
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let response = client

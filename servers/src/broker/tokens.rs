@@ -63,7 +63,10 @@ pub fn parse(text: &str) -> Result<Request<'_>, String> {
     if text.starts_with("Echo:") {
         return Ok(Request::Echo);
     }
-    Err("unknown service message (expected receivers|text, RegisterToken:token or Echo:text)".to_owned())
+    Err(
+        "unknown service message (expected receivers|text, RegisterToken:token or Echo:text)"
+            .to_owned(),
+    )
 }
 
 /// Checks a token: a core name without `,`, `|`, a trailing `/`, and not `unregistered`.
@@ -256,7 +259,9 @@ mod tests {
         check("abc1,,x|hi", Err("empty receiver in the list"));
         check(
             "hello",
-            Err("unknown service message (expected receivers|text, RegisterToken:token or Echo:text)"),
+            Err(
+                "unknown service message (expected receivers|text, RegisterToken:token or Echo:text)",
+            ),
         );
     }
 

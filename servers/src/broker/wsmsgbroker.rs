@@ -180,7 +180,8 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
         Action::Answer { ack, message } => match core.take_answer(&ack, context.client) {
             Answer::To(asker) => {
                 let from = core.name_of(context.client);
-                let answer = json!({"action": "answer", "ack": ack, "message": message, "from": from});
+                let answer =
+                    json!({"action": "answer", "ack": ack, "message": message, "from": from});
                 context
                     .send(&[Target::Client(asker)], &Message::text(answer.to_string()))
                     .await;
@@ -188,8 +189,11 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
             // The first answer won; later ones are dropped, as the issue asks.
             Answer::AlreadyAnswered => {}
             Answer::Unknown => {
-                reply_error(context, &format!("no message with ack {ack:?} awaits your answer"))
-                    .await;
+                reply_error(
+                    context,
+                    &format!("no message with ack {ack:?} awaits your answer"),
+                )
+                .await;
             }
         },
     }
@@ -201,9 +205,8 @@ mod tests {
     use super::*;
 
     fn check(text: &str, expected: Result<Action, &str>) {
-        let parsed = parse(text).map_err(|error| {
-            error.split(':').next().unwrap_or_default().to_owned()
-        });
+        let parsed =
+            parse(text).map_err(|error| error.split(':').next().unwrap_or_default().to_owned());
         assert_eq!(parsed, expected.map_err(str::to_owned), "{text:?}");
     }
 
@@ -213,7 +216,10 @@ mod tests {
             r#"{"action":"register","id":"client0"}"#,
             Ok(Action::Register("client0".to_owned())),
         );
-        check(r#"{"action":"unregister","id":"client0"}"#, Ok(Action::Unregister));
+        check(
+            r#"{"action":"unregister","id":"client0"}"#,
+            Ok(Action::Unregister),
+        );
         check(
             r#"{"action":"send","message":"Hi there","dest":"client1","ack":"u-1"}"#,
             Ok(Action::Send {
@@ -243,8 +249,14 @@ mod tests {
     #[test]
     fn bad_actions_say_why() {
         check("[]", Err("malformed message"));
-        check(r#"{"id":"x"}"#, Err(r#"the message needs a string "action""#));
-        check(r#"{"action":"register"}"#, Err(r#"register needs a string "id""#));
+        check(
+            r#"{"id":"x"}"#,
+            Err(r#"the message needs a string "action""#),
+        );
+        check(
+            r#"{"action":"register"}"#,
+            Err(r#"register needs a string "id""#),
+        );
         check(
             r#"{"action":"send","dest":[],"message":1}"#,
             Err(r#""dest" is empty"#),

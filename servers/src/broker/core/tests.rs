@@ -81,7 +81,10 @@ fn labels_and_group_counts_are_bounded() -> Result<(), CoreError> {
     let core = core();
     let a = core.connect("a");
     assert!(core.claim_name(a.id, "", Claim::Shared).is_err());
-    assert!(core.claim_name(a.id, &"x".repeat(129), Claim::Shared).is_err());
+    assert!(
+        core.claim_name(a.id, &"x".repeat(129), Claim::Shared)
+            .is_err()
+    );
     assert!(core.claim_name(a.id, "a\u{7}b", Claim::Shared).is_err());
     core.join(a.id, "one")?;
     core.join(a.id, "two")?;

@@ -57,14 +57,17 @@ fn bearer_token_is_required_and_compared() {
     let mut anonymous = form("method=get_clients");
     anonymous.headers.remove("authorization");
     let check = |request: &HttpRequest, token: Option<&ApiToken>| {
-        check_bearer(request, token).err().map(|response| response.status)
+        check_bearer(request, token)
+            .err()
+            .map(|response| response.status)
     };
     assert_eq!(check(&form("method=get_clients"), token.as_ref()), None);
     assert_eq!(check(&anonymous, token.as_ref()), Some(401));
     let mut wrong = form("method=get_clients");
-    wrong
-        .headers
-        .insert("authorization".to_owned(), "Bearer 0123456789abcdef-secreT".to_owned());
+    wrong.headers.insert(
+        "authorization".to_owned(),
+        "Bearer 0123456789abcdef-secreT".to_owned(),
+    );
     assert_eq!(check(&wrong, token.as_ref()), Some(401));
     let mut basic = form("method=get_clients");
     basic
@@ -92,8 +95,15 @@ async fn tokens_form_api_broadcasts_lists_and_registers() -> Result<(), CoreErro
     core.claim_name(a.id, "abc1", Claim::Exclusive)?;
     core.claim_name(b.id, "group/item1", Claim::Exclusive)?;
 
-    let response = handle(&broker, &form("method=broadcast&message=abc1%2Cgroup%2F%7Chello")).await;
-    assert_eq!((response.status, json_body(&response)), (200, json!({"ok": true, "delivered": 2})));
+    let response = handle(
+        &broker,
+        &form("method=broadcast&message=abc1%2Cgroup%2F%7Chello"),
+    )
+    .await;
+    assert_eq!(
+        (response.status, json_body(&response)),
+        (200, json!({"ok": true, "delivered": 2}))
+    );
     assert_eq!(texts(&a), [Message::text("hello")]);
     assert_eq!(texts(&b), [Message::text("hello")]);
     assert!(texts(&c).is_empty());
@@ -126,7 +136,10 @@ async fn tokens_form_api_broadcasts_lists_and_registers() -> Result<(), CoreErro
     ] {
         assert_eq!(handle(&broker, &form(body)).await.status, status, "{body}");
     }
-    assert_eq!(handle(&broker, &request("GET", "", "", "")).await.status, 405);
+    assert_eq!(
+        handle(&broker, &request("GET", "", "", "")).await.status,
+        405
+    );
     let mut anonymous = form("method=get_clients");
     anonymous.headers.remove("authorization");
     assert_eq!(handle(&broker, &anonymous).await.status, 401);
@@ -144,8 +157,15 @@ async fn channels_broadcast_api_publishes_content_as_json() -> Result<(), CoreEr
     core.join(member.id, "hello")?;
     let publish = |body: &str| request("POST", "/broadcast", "application/json", body);
 
-    let response = handle(&broker, &publish(r#"{"channel":"hello","content":{"n":1}}"#)).await;
-    assert_eq!((response.status, json_body(&response)), (201, json!({"delivered": 1})));
+    let response = handle(
+        &broker,
+        &publish(r#"{"channel":"hello","content":{"n":1}}"#),
+    )
+    .await;
+    assert_eq!(
+        (response.status, json_body(&response)),
+        (201, json!({"delivered": 1}))
+    );
     assert_eq!(texts(&member), [Message::text(r#"{"n":1}"#)]);
     assert!(texts(&outsider).is_empty());
 
@@ -155,13 +175,26 @@ async fn channels_broadcast_api_publishes_content_as_json() -> Result<(), CoreEr
     assert_eq!(response.status, 400);
     let response = handle(
         &broker,
-        &request("POST", "/broadcast", "text/plain", r#"{"channel":"hello","content":1}"#),
+        &request(
+            "POST",
+            "/broadcast",
+            "text/plain",
+            r#"{"channel":"hello","content":1}"#,
+        ),
     )
     .await;
     assert_eq!(response.status, 415);
-    let response = handle(&broker, &request("GET", "/broadcast", "application/json", "")).await;
+    let response = handle(
+        &broker,
+        &request("GET", "/broadcast", "application/json", ""),
+    )
+    .await;
     assert_eq!(response.status, 405);
-    let response = handle(&broker, &request("POST", "/other", "application/json", "{}")).await;
+    let response = handle(
+        &broker,
+        &request("POST", "/other", "application/json", "{}"),
+    )
+    .await;
     assert_eq!(response.status, 404);
     Ok(())
 }
