@@ -385,10 +385,8 @@ impl State {
         let clients = &mut self.clients;
         self.pending.retain(|_, pending| {
             let keep = pending.expires > now;
-            if !keep {
-                if let Some(entry) = clients.get_mut(&pending.asker) {
-                    entry.n_pending = entry.n_pending.saturating_sub(1);
-                }
+            if !keep && let Some(entry) = clients.get_mut(&pending.asker) {
+                entry.n_pending = entry.n_pending.saturating_sub(1);
             }
             keep
         });
@@ -643,10 +641,10 @@ impl Core for LocalCore {
         let now = Instant::now();
         let mut state = self.lock();
         state.sweep_pending(now);
-        if let Some(pending) = state.pending.get(key) {
-            if pending.asker != asker {
-                return Err(CoreError::KeyInUse(key.to_owned()));
-            }
+        if let Some(pending) = state.pending.get(key)
+            && pending.asker != asker
+        {
+            return Err(CoreError::KeyInUse(key.to_owned()));
         }
         // A key the asker reuses replaces its own entry; every other one
         // counts until it expires, answered or not, so the map stays bounded.

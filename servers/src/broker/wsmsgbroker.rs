@@ -156,13 +156,13 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
                 .filter(|id| core.resolve(&[Target::Name(id)]).is_empty())
                 .map(String::as_str)
                 .collect();
-            if let Some(ack) = &ack {
-                if !receivers.is_empty() {
-                    let ttl = context.broker.options.ack_ttl;
-                    if let Err(error) = core.expect_answer(ack, context.client, &receivers, ttl) {
-                        reply_error(context, &error.to_string()).await;
-                        return Ok(());
-                    }
+            if let Some(ack) = &ack
+                && !receivers.is_empty()
+            {
+                let ttl = context.broker.options.ack_ttl;
+                if let Err(error) = core.expect_answer(ack, context.client, &receivers, ttl) {
+                    reply_error(context, &error.to_string()).await;
+                    return Ok(());
                 }
             }
             let mut delivered = json!({"action": "message", "message": message, "from": from});
