@@ -31,10 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backend::{OpenMeta, Session, SessionError};
-use futures_util::{SinkExt, Stream, StreamExt};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use futures_util::{Stream, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -44,9 +43,6 @@ pub use self::core::{
     Answer, Claim, ClientId, ClientInfo, Core, CoreError, CoreLimits, LocalCore, Target, deliver,
 };
 use self::http::ApiToken;
-
-/// How long a closing client gets to take what was queued and its close frame.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most messages written to a client before its socket is flushed.
 const WRITE_BATCH: usize = 64;
@@ -232,33 +228,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, broker: 
         queued.extend(batch.drain(..));
         queued.extend(connected.outbox.take_all());
     }
-    let close = Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from(cut_reason(&reason)),
-    }));
-    let send_all = async {
-        for message in queued {
-            sink.feed(message).await?;
-        }
-        sink.send(close).await
-    };
-    tokio::select! {
-        sent = tokio::time::timeout(CLOSE_TIMEOUT, send_all) => match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => debug!(%error, "cannot send close"),
-            Err(_) => debug!("close not taken within {CLOSE_TIMEOUT:?}; dropping the client"),
-        },
-        _ = shutdown.cancelled(), if code != CloseCode::Away => {}
-    }
-}
-
-/// A close reason cut to the 123 bytes a close frame holds, at a character boundary.
-fn cut_reason(reason: &str) -> String {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
+    crate::chat::send_then_close(&mut sink, queued, code, &reason, &shutdown).await;
 }
 
 /// Runs the dialect's connect step, then hands it every message of the client, in order.

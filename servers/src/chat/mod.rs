@@ -112,9 +112,30 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, room: Ar
         Ending::WriteFailed(error) => return warn!(%error, "cannot write to client"),
     };
     drop(outbox);
+    send_then_close(&mut sink, pending, code, reason, &shutdown).await;
+}
+
+/// Sends `pending` and then a close with `code` and `reason` (cut to the
+/// 123 bytes a close frame holds), within [`CLOSE_TIMEOUT`]. Unless the close
+/// is for the shutdown itself (1001), a shutdown stops the wait, so a client
+/// slow to take its close never holds the server up. The broker's sessions
+/// close the same way.
+pub async fn send_then_close<S>(
+    sink: &mut S,
+    pending: Vec<Message>,
+    code: CloseCode,
+    reason: &str,
+    shutdown: &CancellationToken,
+) where
+    S: Sink<Message, Error = SessionError> + Unpin,
+{
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     let close = Message::Close(Some(CloseFrame {
         code,
-        reason: Utf8Bytes::from_static(reason),
+        reason: Utf8Bytes::from(&reason[..end]),
     }));
     let send_all = async {
         for message in pending {
