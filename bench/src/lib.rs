@@ -8,12 +8,14 @@
 //! - [`tls`]: the run's certificate and the pinned TLS 1.3 configurations.
 //! - [`scenario`]: the load scenarios; every payload is checked and every
 //!   error counted.
+//! - [`broker`]: `websocket_broker`'s channel fan-out next to the chat's, behind one gateway.
 //! - [`report`]: the markdown tables with ratios to the baseline and CPU per operation.
 //!
 //! `src/main.rs` is the `wsgate-bench` command; BENCHMARKS.md says how to run it.
 #![warn(missing_docs)]
 
 pub mod baseline;
+pub mod broker;
 pub mod report;
 pub mod scenario;
 pub mod system;
