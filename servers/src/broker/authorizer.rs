@@ -121,3 +121,6 @@ impl Authorizer {
 fn header_value(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::CONTROLS).to_string()
 }
+
+#[cfg(test)]
+mod tests;
