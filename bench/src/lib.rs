@@ -11,14 +11,16 @@
 //! - [`pipeline`]: the echo scenarios' client, prebuilt frames written in
 //!   batches and echoes parsed in place, fast enough not to be the bottleneck.
 //! - [`exec`]: `wsgate-bench exec`, websocket_exec against websocketd.
+//! - [`broker`]: `websocket_broker`'s channel fan-out next to the chat's, behind one gateway.
 //! - [`report`]: the markdown tables with ratios to the baseline and CPU per operation.
 //!
 //! `src/main.rs` is the `wsgate-bench` command; BENCHMARKS.md says how to run it.
 #![warn(missing_docs)]
 
 pub mod baseline;
-pub mod pipeline;
+pub mod broker;
 pub mod exec;
+pub mod pipeline;
 pub mod report;
 pub mod scenario;
 pub mod system;

@@ -50,6 +50,22 @@ enum Command {
     },
     /// websocket_exec (relay, direct) against websocketd on the same program (bench/src/exec.rs).
     Exec(bench::exec::ExecArgs),
+    /// websocket_broker's channel fan-out next to the chat's fan-out, behind wsgate relay and
+    /// direct; prints a markdown table.
+    BrokerFanout {
+        /// A short run that only proves everything works.
+        #[arg(long)]
+        smoke: bool,
+        /// Directory of wsgate, websocket_chat and websocket_broker [default: this executable's].
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Receivers [default: 1000; smoke: 20].
+        #[arg(long, value_name = "N")]
+        receivers: Option<usize>,
+        /// Messages per second the sender sends [default: 1000; smoke: 200].
+        #[arg(long, value_name = "N")]
+        rate: Option<u32>,
+    },
     /// The baseline server: WebSocket echo (/echo) and chat (/chat) with no gateway.
     BaselineServer {
         /// TCP address; prints `listening on http://ADDR` when ready.
@@ -158,6 +174,28 @@ fn main() -> anyhow::Result<()> {
             println!("listening on {scheme}://{}", listener.local_addr()?);
             bench::baseline::serve_tcp(listener, tls).await
         }),
+        Command::BrokerFanout {
+            smoke,
+            bin_dir,
+            receivers,
+            rate,
+        } => {
+            let dir = match bin_dir {
+                Some(dir) => dir,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("the executable has a directory")?
+                    .to_owned(),
+            };
+            let (duration, default_receivers, default_rate) = if smoke {
+                (Duration::from_millis(300), 20, 200)
+            } else {
+                (Duration::from_secs(5), 1_000, 1_000)
+            };
+            let receivers = receivers.unwrap_or(default_receivers).max(1);
+            let rate = rate.unwrap_or(default_rate).max(1);
+            runtime.block_on(broker_fanout(&dir, receivers, rate, duration))
+        }
         Command::All {
             smoke,
             bin_dir,
@@ -334,6 +372,47 @@ async fn run_scenario(
         }
     };
     rate.cpu = before.per_op(&system.cpu_sample()?, rate.count);
+    Ok(())
+}
+
+/// The chat's and the broker's fan-out behind relay and direct, as one table.
+async fn broker_fanout(
+    dir: &std::path::Path,
+    receivers: usize,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut errors = 0;
+    for (label, direct) in [("wsgate relay", false), ("wsgate direct", true)] {
+        let system = bench::broker::BrokerSystem::start(dir, direct, receivers + 100).await?;
+        eprintln!("{label}: chat and broker fan-out");
+        let (chat, broker) =
+            bench::broker::chat_and_broker_fanout(&system, receivers, rate, duration).await?;
+        errors += chat.errors + broker.errors;
+        rows.push(format!(
+            "| {label} | {:.0} | {:.1} ms | {} | {:.0} | {:.1} ms | {} | {:.2}× |",
+            chat.per_second,
+            chat.latency.p99 as f64 / 1000.0,
+            chat.errors,
+            broker.per_second,
+            broker.latency.p99 as f64 / 1000.0,
+            broker.errors,
+            broker.per_second / chat.per_second.max(f64::MIN_POSITIVE),
+        ));
+    }
+    println!("{}", machine());
+    println!("Fan-out, {receivers} receivers, {rate} msg/s for {duration:?}:\n");
+    println!(
+        "| system | chat deliveries/s | chat p99 | chat lost | broker (channels) deliveries/s | broker p99 | broker lost | broker / chat |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    if errors > 0 {
+        anyhow::bail!("THE RUN LOST {errors} MESSAGES: the figures above are not valid");
+    }
     Ok(())
 }
 

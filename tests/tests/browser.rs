@@ -109,6 +109,64 @@ async fn two_webchat_pages_talk_in_public_and_in_private() -> anyhow::Result<()>
     bob.close().await
 }
 
+async fn two_broker_pages_reach_each_other_by_token_and_by_channel() -> anyhow::Result<()> {
+    let browser = Browser::start().await?;
+    let docroot = tempfile::tempdir()?;
+    let _tokens = Backend::start(
+        "websocket_broker",
+        docroot.path(),
+        "tokens",
+        &["--dialect", "tokens"],
+    )
+    .await?;
+    let _channels = Backend::start(
+        "websocket_broker",
+        docroot.path(),
+        "channels",
+        &["--dialect", "channels"],
+    )
+    .await?;
+    let gateway = gateway_with_pages(docroot.path()).await?;
+    let alice = browser.page().await?;
+    let bob = browser.page().await?;
+    for (page, token) in [(&alice, "group/alice"), (&bob, "bob")] {
+        page.open(&gateway.http_url("/broker.html")).await?;
+        page.wait_for_text("#channels-status", "open").await?;
+        page.fill("#token", token).await?;
+        page.click("#tokens-connect").await?;
+        page.wait_for_text("#tokens-status", "open").await?;
+        // A message to itself proves the broker holds its token.
+        page.fill("#receivers", token).await?;
+        page.fill("#tokens-message", &format!("{token} is here"))
+            .await?;
+        page.click("#tokens-send").await?;
+        page.wait_for_text("#tokens-log", &format!("received: {token} is here"))
+            .await?;
+    }
+    // A receiver ending in "/" reaches every token under it.
+    bob.fill("#receivers", "group/").await?;
+    bob.fill("#tokens-message", "hi group").await?;
+    bob.click("#tokens-send").await?;
+    alice
+        .wait_for_text("#tokens-log", "received: hi group")
+        .await?;
+
+    // Channels: each joins the lobby and sees its own broadcast come back.
+    for page in [&bob, &alice] {
+        page.click("#join").await?;
+        page.fill("#content", "ready").await?;
+        page.click("#broadcast").await?;
+        page.wait_for_text("#channels-log", "received: ready")
+            .await?;
+    }
+    alice.fill("#content", "hello lobby").await?;
+    alice.click("#broadcast").await?;
+    bob.wait_for_text("#channels-log", "received: hello lobby")
+        .await?;
+    alice.close().await?;
+    bob.close().await
+}
+
 async fn webauth_and_websql_pages_log_in_add_a_user_and_list_a_table() -> anyhow::Result<()> {
     const ROOT_PASSWORD: &str = "browser-root-password";
     let browser = Browser::start().await?;
@@ -224,6 +282,10 @@ fn tests() -> Vec<(&'static str, TestFn)> {
         ("exec_page_counts_and_calculates", || {
             Box::pin(exec_page_counts_and_calculates())
         }),
+        (
+            "two_broker_pages_reach_each_other_by_token_and_by_channel",
+            || Box::pin(two_broker_pages_reach_each_other_by_token_and_by_channel()),
+        ),
         (
             "webauth_and_websql_pages_log_in_add_a_user_and_list_a_table",
             || Box::pin(webauth_and_websql_pages_log_in_add_a_user_and_list_a_table()),

@@ -19,10 +19,7 @@ pub mod outbox;
 pub mod room;
 
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -115,9 +112,30 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, room: Ar
         Ending::WriteFailed(error) => return warn!(%error, "cannot write to client"),
     };
     drop(outbox);
+    send_then_close(&mut sink, pending, code, reason, &shutdown).await;
+}
+
+/// Sends `pending` and then a close with `code` and `reason` (cut to the
+/// 123 bytes a close frame holds), within [`CLOSE_TIMEOUT`]. Unless the close
+/// is for the shutdown itself (1001), a shutdown stops the wait, so a client
+/// slow to take its close never holds the server up. The broker's sessions
+/// close the same way.
+pub async fn send_then_close<S>(
+    sink: &mut S,
+    pending: Vec<Message>,
+    code: CloseCode,
+    reason: &str,
+    shutdown: &CancellationToken,
+) where
+    S: Sink<Message, Error = SessionError> + Unpin,
+{
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     let close = Message::Close(Some(CloseFrame {
         code,
-        reason: Utf8Bytes::from_static(reason),
+        reason: Utf8Bytes::from(&reason[..end]),
     }));
     let send_all = async {
         for message in pending {
@@ -158,51 +176,15 @@ where
 /// The most messages written to a client before its socket is flushed.
 const WRITE_BATCH: usize = 64;
 
-/// Writes the client's outbox to its socket: whatever is queued already goes
-/// out in one batch (through `batch`) with one flush.
+/// Writes the client's outbox to its socket (`Outbox::drain_into`).
 async fn write_outbox<S>(sink: &mut S, outbox: &Outbox, batch: &mut VecDeque<Message>) -> Ending
 where
     S: Sink<Message, Error = SessionError> + Unpin,
 {
     // The room closes the outbox only when the client leaves it, which the
     // session sees first; here that can only be an eviction.
-    while outbox.next_batch(batch, WRITE_BATCH).await {
-        while let Some(message) = batch.pop_front() {
-            if let Err(error) = on_socket(outbox, sink.feed(message)).await {
-                return Ending::WriteFailed(error);
-            }
-        }
-        if let Err(error) = on_socket(outbox, sink.flush()).await {
-            return Ending::WriteFailed(error);
-        }
+    match outbox.drain_into(sink, batch, WRITE_BATCH).await {
+        Ok(()) => Ending::Evicted,
+        Err(error) => Ending::WriteFailed(error),
     }
-    Ending::Evicted
-}
-
-/// Runs one write to the client's socket, telling `outbox` when it has to
-/// wait for the socket and when the socket took it: that is how the room
-/// tells a client that does not read from one that reads, if more slowly
-/// than someone talks.
-///
-/// `write` runs outside tokio's cooperative budget (one message, or one
-/// flush), so that it is pending only when the socket is full, never because
-/// this task has done much work.
-async fn on_socket<F: Future>(outbox: &Outbox, write: F) -> F::Output {
-    let mut write = pin!(tokio::task::unconstrained(write));
-    let mut blocked = false;
-    let output = poll_fn(|cx| match write.as_mut().poll(cx) {
-        Poll::Ready(output) => Poll::Ready(output),
-        Poll::Pending => {
-            if !blocked {
-                blocked = true;
-                outbox.writer_blocked(tokio::time::Instant::now());
-            }
-            Poll::Pending
-        }
-    })
-    .await;
-    if blocked {
-        outbox.writer_progressed();
-    }
-    output
 }

@@ -14,10 +14,14 @@
 //! Deciding who goes in, and when, is `room`'s business.
 
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::num::NonZeroUsize;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::{Sink, SinkExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -189,6 +193,55 @@ impl Outbox {
     /// The client's socket took a message (or a flush): the client reads.
     pub fn writer_progressed(&self) {
         self.lock().writer_blocked_since = None;
+    }
+
+    /// Writes this outbox to `sink` until it is closed and empty (`Ok`) or
+    /// the sink fails: whatever is queued already goes out in one batch
+    /// (through `batch`, at most `max` messages) with one flush. What sits in
+    /// `batch` when the future is dropped was taken but not written.
+    pub async fn drain_into<S>(
+        &self,
+        sink: &mut S,
+        batch: &mut VecDeque<Message>,
+        max: usize,
+    ) -> Result<(), S::Error>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        while self.next_batch(batch, max).await {
+            while let Some(message) = batch.pop_front() {
+                self.write_through(sink.feed(message)).await?;
+            }
+            self.write_through(sink.flush()).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one write to the client's socket (a message or a flush), telling
+    /// this outbox when it has to wait for the socket and when the socket
+    /// took it: that is how the room (or the broker) tells a client that does
+    /// not read from one that reads, if more slowly than someone talks.
+    ///
+    /// `write` runs outside tokio's cooperative budget, so that it is pending
+    /// only when the socket is full, never because this task has done much work.
+    pub async fn write_through<F: Future>(&self, write: F) -> F::Output {
+        let mut write = pin!(tokio::task::unconstrained(write));
+        let mut blocked = false;
+        let output = poll_fn(|cx| match write.as_mut().poll(cx) {
+            Poll::Ready(output) => Poll::Ready(output),
+            Poll::Pending => {
+                if !blocked {
+                    blocked = true;
+                    self.writer_blocked(Instant::now());
+                }
+                Poll::Pending
+            }
+        })
+        .await;
+        if blocked {
+            self.writer_progressed();
+        }
+        output
     }
 
     /// The number of messages and of payload bytes waiting.

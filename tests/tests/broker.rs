@@ -1,0 +1,785 @@
+//! `websocket_broker` through the gateway, relayed, direct and over TLS: each
+//! dialect's rules (tokens, channels with an authorizer webhook,
+//! wsmsgbroker's acks, Achex's accounts and stamped FROM/sID), the limits,
+//! and a client that does not read closed with 1008 while the others get
+//! every message. The HTTP APIs are unit-tested in `servers::broker::http`
+//! until the gateway's HTTP-to-backend path reaches them.
+//!
+//! A client proves it is in the broker by a reply (an echo, its own
+//! broadcast, `registered`) before anyone sends to it: in direct mode its
+//! session starts a moment after the `101`. Nothing waits for a fixed time.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use harness::client::describe;
+use harness::{
+    Backend, Client, CloseCode, EVENT_DEADLINE, Gateway, Message, Mode, bin_path, both_modes,
+    tls_mode, wait,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+both_modes!(
+    tokens_reach_exact_tokens_and_prefix_groups,
+    tokens_unregistered_client_may_only_register,
+    tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_sighup,
+    oversized_message_closes_with_1009,
+    channels_broadcast_reaches_every_member_of_the_channel,
+    channels_authorizer_allows_denies_and_closes_with_1013,
+    wsmsgbroker_first_answer_wins_and_from_is_the_brokers,
+    wsmsgbroker_takeover_only_when_asked,
+    achex_accounts_sessions_groups_and_stamped_sender,
+    client_that_does_not_read_is_closed_with_1008_while_others_get_everything,
+);
+
+// The flood of the last test adds little over TLS and costs the most; every
+// other test also runs over wss.
+tls_mode!(
+    tokens_reach_exact_tokens_and_prefix_groups,
+    tokens_unregistered_client_may_only_register,
+    tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_sighup,
+    oversized_message_closes_with_1009,
+    channels_broadcast_reaches_every_member_of_the_channel,
+    channels_authorizer_allows_denies_and_closes_with_1013,
+    wsmsgbroker_first_answer_wins_and_from_is_the_brokers,
+    wsmsgbroker_takeover_only_when_asked,
+    achex_accounts_sessions_groups_and_stamped_sender,
+);
+
+/// A docroot with `websocket_broker` on `broker` (given `args`) and a gateway on it.
+async fn start_broker(mode: Mode, args: &[&str]) -> anyhow::Result<(TempDir, Backend, Gateway)> {
+    let docroot = tempfile::tempdir()?;
+    start_broker_in(docroot, mode, args).await
+}
+
+async fn start_broker_in(
+    docroot: TempDir,
+    mode: Mode,
+    args: &[&str],
+) -> anyhow::Result<(TempDir, Backend, Gateway)> {
+    let backend = Backend::start("websocket_broker", docroot.path(), "broker", args).await?;
+    let gateway = Gateway::start(docroot.path(), mode.gateway_args()).await?;
+    Ok((docroot, backend, gateway))
+}
+
+/// The next message, which must be text.
+async fn recv_text(client: &mut Client) -> anyhow::Result<String> {
+    match client.recv().await? {
+        Message::Text(text) => Ok(text.as_str().to_owned()),
+        other => bail!("expected text, got {}", describe(&other)),
+    }
+}
+
+/// The next message, which must be a JSON text.
+async fn recv_json(client: &mut Client) -> anyhow::Result<Value> {
+    let text = recv_text(client).await?;
+    serde_json::from_str(&text).with_context(|| format!("not JSON: {text:?}"))
+}
+
+async fn send(client: &mut Client, text: &str) -> anyhow::Result<()> {
+    client.send(Message::text(text)).await
+}
+
+async fn send_json(client: &mut Client, value: Value) -> anyhow::Result<()> {
+    client.send(Message::text(value.to_string())).await
+}
+
+async fn expect_text(client: &mut Client, expected: &str) -> anyhow::Result<()> {
+    let text = recv_text(client).await?;
+    ensure!(text == expected, "expected {expected:?}, got {text:?}");
+    Ok(())
+}
+
+async fn expect_json(client: &mut Client, expected: Value) -> anyhow::Result<()> {
+    let value = recv_json(client).await?;
+    ensure!(value == expected, "expected {expected}, got {value}");
+    Ok(())
+}
+
+/// A tokens client that proved, by an echo, that its session runs.
+async fn tokens_client(gateway: &Gateway, token: Option<&str>) -> anyhow::Result<Client> {
+    let path = match token {
+        Some(token) => format!("/broker?RegisterToken={token}"),
+        None => "/broker".to_owned(),
+    };
+    let mut client = gateway.connect(&path).await?;
+    if token.is_some() {
+        send(&mut client, "Echo:ready").await?;
+        expect_text(&mut client, "Echo:ready").await?;
+    }
+    Ok(client)
+}
+
+async fn tokens_reach_exact_tokens_and_prefix_groups(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _broker, gateway) = start_broker(mode, &["--dialect", "tokens"]).await?;
+    let mut sender = tokens_client(&gateway, Some("abc1")).await?;
+    let mut item1 = tokens_client(&gateway, Some("group/item1")).await?;
+    let mut item2 = tokens_client(&gateway, None).await?;
+    send(&mut item2, "RegisterToken:group/item2").await?;
+    expect_text(&mut item2, "RegisteredToken:group/item2").await?;
+    let mut abc = tokens_client(&gateway, Some("abc")).await?;
+
+    send(&mut sender, "abc1,group/|Hello").await?;
+    expect_text(&mut sender, "Hello").await?;
+    expect_text(&mut item1, "Hello").await?;
+    expect_text(&mut item2, "Hello").await?;
+    // `abc` matches only the token `abc`: its first message is the next one.
+    send(&mut sender, "abc|second").await?;
+    expect_text(&mut abc, "second").await?;
+    // Nobody matches: an error reply, not a silent drop.
+    send(&mut sender, "nobody|x").await?;
+    expect_text(
+        &mut sender,
+        "Error:no connected client matches the receivers",
+    )
+    .await?;
+    // A token held by a live client cannot be claimed by another.
+    send(&mut abc, "RegisterToken:abc1").await?;
+    expect_text(&mut abc, "Error:\"abc1\" is taken by another client").await?;
+    send(&mut sender, "abc|third").await?;
+    expect_text(&mut abc, "third").await?;
+    Ok(())
+}
+
+async fn tokens_unregistered_client_may_only_register(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _broker, gateway) = start_broker(mode, &["--dialect", "tokens"]).await?;
+    let mut client = tokens_client(&gateway, None).await?;
+    send(&mut client, "abc1|x").await?;
+    expect_text(
+        &mut client,
+        "Error:register a token first (RegisterToken:token)",
+    )
+    .await?;
+    send(&mut client, "Echo:x").await?;
+    expect_text(
+        &mut client,
+        "Error:register a token first (RegisterToken:token)",
+    )
+    .await?;
+    send(&mut client, "hello").await?;
+    expect_text(
+        &mut client,
+        "Error:unknown service message (expected receivers|text, RegisterToken:token or Echo:text)",
+    )
+    .await?;
+    send(&mut client, "RegisterToken:a,b").await?;
+    expect_text(&mut client, "Error:a token may not hold ',' or '|'").await?;
+    let long = "t".repeat(129);
+    send(&mut client, &format!("RegisterToken:{long}")).await?;
+    expect_text(&mut client, "Error:invalid name: longer than 128 bytes").await?;
+    client.send(Message::binary(vec![1, 2, 3])).await?;
+    expect_text(
+        &mut client,
+        "Error:binary messages are not part of this protocol",
+    )
+    .await?;
+    send(&mut client, "RegisterToken:me").await?;
+    expect_text(&mut client, "RegisteredToken:me").await?;
+    send(&mut client, "Echo:now").await?;
+    expect_text(&mut client, "Echo:now").await?;
+    Ok(())
+}
+
+async fn tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_sighup(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let list = docroot.path().join("tokens.json");
+    std::fs::write(&list, r#"{"abc1": true, "abc2": false}"#)?;
+    let list_arg = list.to_str().context("temp path is UTF-8")?.to_owned();
+    let (_docroot, broker, gateway) = start_broker_in(
+        docroot,
+        mode,
+        &[
+            "--dialect",
+            "tokens",
+            "--allow-unregistered",
+            "false",
+            "--tokens",
+            &list_arg,
+        ],
+    )
+    .await?;
+    let mut anonymous = gateway.connect("/broker").await?;
+    anonymous
+        .expect_close_with(
+            CloseCode::Policy,
+            "a registered token is required (?RegisterToken=...)",
+        )
+        .await?;
+    let mut unknown = gateway.connect("/broker?RegisterToken=abc2").await?;
+    unknown
+        .expect_close_with(CloseCode::Policy, "token \"abc2\" is not registered")
+        .await?;
+    let mut known = tokens_client(&gateway, Some("abc1")).await?;
+    send(&mut known, "RegisterToken:zzz").await?;
+    expect_text(&mut known, "Error:token \"zzz\" is not registered").await?;
+
+    std::fs::write(&list, r#"{"zzz": true, "yyy": true}"#)?;
+    let pid = Pid::from_raw(i32::try_from(broker.pid())?);
+    signal::kill(pid, Signal::SIGHUP)?;
+    wait::until("the reload in the log", EVENT_DEADLINE, || async {
+        Ok(broker
+            .stderr_text()
+            .contains("registered tokens reloaded")
+            .then_some(()))
+    })
+    .await?;
+    send(&mut known, "RegisterToken:zzz").await?;
+    expect_text(&mut known, "RegisteredToken:zzz").await?;
+    // abc1 left the list: a new client cannot bring it any more.
+    let mut dropped = gateway.connect("/broker?RegisterToken=abc1").await?;
+    dropped
+        .expect_close_with(CloseCode::Policy, "token \"abc1\" is not registered")
+        .await?;
+    // A list that does not load keeps the one in use.
+    std::fs::write(&list, "not json")?;
+    signal::kill(pid, Signal::SIGHUP)?;
+    wait::until("the failed reload in the log", EVENT_DEADLINE, || async {
+        Ok(broker
+            .stderr_text()
+            .contains("token list not reloaded; keeping the old one")
+            .then_some(()))
+    })
+    .await?;
+    tokens_client(&gateway, Some("yyy")).await?;
+    Ok(())
+}
+
+async fn oversized_message_closes_with_1009(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _broker, gateway) =
+        start_broker(mode, &["--dialect", "tokens", "--max-message", "1000"]).await?;
+    let mut client = tokens_client(&gateway, Some("abc1")).await?;
+    send(&mut client, &format!("abc1|{}", "x".repeat(995))).await?;
+    expect_text(&mut client, &"x".repeat(995)).await?;
+    send(&mut client, &format!("abc1|{}", "x".repeat(996))).await?;
+    client
+        .expect_close_with(CloseCode::Size, "message of 1001 bytes; the limit is 1000")
+        .await?;
+    Ok(())
+}
+
+fn channel_command(command: &str, channel: &str, content: Option<Value>) -> Value {
+    match content {
+        Some(content) => {
+            json!({"command": command, "args": {"channel": channel, "content": content}})
+        }
+        None => json!({"command": command, "args": {"channel": channel}}),
+    }
+}
+
+/// Joins `channel` and waits until the client's own broadcast there comes back.
+async fn join_channel(client: &mut Client, channel: &str) -> anyhow::Result<()> {
+    send_json(client, channel_command("join", channel, None)).await?;
+    send_json(
+        client,
+        channel_command("broadcast", channel, Some(json!("joined"))),
+    )
+    .await?;
+    expect_json(client, json!("joined")).await
+}
+
+async fn channels_broadcast_reaches_every_member_of_the_channel(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _broker, gateway) = start_broker(mode, &["--dialect", "channels"]).await?;
+    let mut one = gateway.connect("/broker").await?;
+    let mut two = gateway.connect("/broker").await?;
+    let mut other = gateway.connect("/broker").await?;
+    join_channel(&mut one, "hello").await?;
+    join_channel(&mut two, "hello").await?;
+    // A member gets every broadcast of its channel, the others' joins included.
+    expect_json(&mut one, json!("joined")).await?;
+    join_channel(&mut other, "elsewhere").await?;
+
+    let content = json!({"text": "hi", "n": [1, 2]});
+    send_json(
+        &mut one,
+        channel_command("broadcast", "hello", Some(content.clone())),
+    )
+    .await?;
+    expect_json(&mut one, content.clone()).await?;
+    expect_json(&mut two, content).await?;
+    // `other` is not in `hello`: its next message is from its own channel.
+    send_json(
+        &mut two,
+        channel_command("broadcast", "elsewhere", Some(json!(1))),
+    )
+    .await?;
+    expect_json(&mut other, json!(1)).await?;
+    // After leaving, `two` gets nothing more from `hello`.
+    send_json(&mut two, channel_command("leave", "hello", None)).await?;
+    send_json(&mut two, channel_command("leave", "hello", None)).await?;
+    expect_json(&mut two, json!({"error": "not in channel \"hello\""})).await?;
+    send_json(
+        &mut one,
+        channel_command("broadcast", "hello", Some(json!("after"))),
+    )
+    .await?;
+    expect_json(&mut one, json!("after")).await?;
+    // Malformed messages get error replies.
+    for (message, error) in [
+        (
+            "{\"command\":\"shout\",\"args\":{\"channel\":\"c\"}}",
+            "unknown command \"shout\" (expected join, leave or broadcast)",
+        ),
+        (
+            "{\"command\":\"broadcast\",\"args\":{\"channel\":\"c\"}}",
+            "broadcast needs args.content",
+        ),
+        (
+            "{\"command\":\"join\",\"args\":{\"channel\":\"\"}}",
+            "invalid group: it is empty",
+        ),
+    ] {
+        send(&mut one, message).await?;
+        expect_json(&mut one, json!({ "error": error })).await?;
+    }
+    send(&mut one, "not json").await?;
+    let reply = recv_json(&mut one).await?;
+    ensure!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|error| error.starts_with("malformed message")),
+        "unexpected reply {reply}"
+    );
+    Ok(())
+}
+
+/// What the test authorizer saw: the `X-Wsgate-Peer` header and the body of each request.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A webhook on loopback: a body holding `deny` gets 403, `down` 503, anything else 200.
+async fn start_authorizer() -> anyhow::Result<(SocketAddr, Seen, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let seen: Seen = Arc::default();
+    let recorded = Arc::clone(&seen);
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let recorded = Arc::clone(&recorded);
+            tokio::spawn(async move {
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let recorded = Arc::clone(&recorded);
+                    async move {
+                        let peer = request
+                            .headers()
+                            .get("x-wsgate-peer")
+                            .and_then(|value| value.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|body| body.to_bytes())
+                            .unwrap_or_default();
+                        let body = String::from_utf8_lossy(&body).into_owned();
+                        let status = if body.contains("deny") {
+                            403
+                        } else if body.contains("down") {
+                            503
+                        } else {
+                            200
+                        };
+                        recorded
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push((peer, body));
+                        hyper::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()))
+                            .map_err(|_| -> Infallible { unreachable!("the response is valid") })
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, seen, server))
+}
+
+async fn channels_authorizer_allows_denies_and_closes_with_1013(mode: Mode) -> anyhow::Result<()> {
+    let (authorizer_addr, seen, authorizer) = start_authorizer().await?;
+    let url = format!("http://{authorizer_addr}/authorize");
+    let (_docroot, _broker, gateway) =
+        start_broker(mode, &["--dialect", "channels", "--authorizer", &url]).await?;
+    let mut client = gateway.connect("/broker").await?;
+    join_channel(&mut client, "room").await?;
+    let denied = channel_command("broadcast", "room", Some(json!("deny this")));
+    send_json(&mut client, denied.clone()).await?;
+    expect_json(
+        &mut client,
+        json!({"error": "not authorized (authorizer answered 403)"}),
+    )
+    .await?;
+    {
+        let seen = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ensure!(
+            seen.len() == 3,
+            "the authorizer saw {} requests",
+            seen.len()
+        );
+        let (peer, body) = &seen[2];
+        ensure!(peer.starts_with("127.0.0.1:"), "peer header {peer:?}");
+        ensure!(
+            serde_json::from_str::<Value>(body)? == denied,
+            "the authorizer got {body:?}"
+        );
+    }
+    send_json(
+        &mut client,
+        channel_command("broadcast", "room", Some(json!("down"))),
+    )
+    .await?;
+    let frame = client.expect_close().await?.context("a close code")?;
+    ensure!(
+        frame.code == CloseCode::Again
+            && frame.reason.as_str()
+                == "authorizer unavailable (authorizer answered 503); reconnect later",
+        "closed with {} {:?}",
+        frame.code,
+        frame.reason.as_str()
+    );
+    authorizer.abort();
+    Ok(())
+}
+
+async fn wsmsgbroker_client(gateway: &Gateway, id: &str) -> anyhow::Result<Client> {
+    let mut client = gateway.connect("/broker").await?;
+    send_json(&mut client, json!({"action": "register", "id": id})).await?;
+    expect_json(&mut client, json!({"action": "registered", "id": id})).await?;
+    Ok(client)
+}
+
+async fn wsmsgbroker_first_answer_wins_and_from_is_the_brokers(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _broker, gateway) = start_broker(mode, &["--dialect", "wsmsgbroker"]).await?;
+    let mut asker = wsmsgbroker_client(&gateway, "client0").await?;
+    let mut one = wsmsgbroker_client(&gateway, "client1").await?;
+    let mut two = wsmsgbroker_client(&gateway, "client2").await?;
+    // As the npm client writes them, `from` included on an answer.
+    send_json(
+        &mut asker,
+        json!({"action": "send", "message": "Hi there", "dest": ["client1", "client2"], "ack": "uuid-1", "from": "forged"}),
+    )
+    .await?;
+    let delivered =
+        json!({"action": "message", "message": "Hi there", "from": "client0", "ack": "uuid-1"});
+    expect_json(&mut one, delivered.clone()).await?;
+    expect_json(&mut two, delivered).await?;
+    send_json(
+        &mut two,
+        json!({"action": "answer", "ack": "uuid-1", "message": "from two", "from": "client1"}),
+    )
+    .await?;
+    // Once `two` has its reply to the next message, its answer was handled.
+    send_json(
+        &mut two,
+        json!({"action": "answer", "ack": "never", "message": 1}),
+    )
+    .await?;
+    expect_json(
+        &mut two,
+        json!({"action": "error", "message": "no message with ack \"never\" awaits your answer"}),
+    )
+    .await?;
+    send_json(
+        &mut one,
+        json!({"action": "answer", "ack": "uuid-1", "message": "from one", "from": "client1"}),
+    )
+    .await?;
+    // `one`'s late answer is dropped; its next send is what the asker gets next.
+    send_json(
+        &mut one,
+        json!({"action": "send", "message": {"complex": "thing"}, "dest": "client0"}),
+    )
+    .await?;
+    expect_json(
+        &mut asker,
+        json!({"action": "answer", "ack": "uuid-1", "message": "from two", "from": "client2"}),
+    )
+    .await?;
+    expect_json(
+        &mut asker,
+        json!({"action": "message", "message": {"complex": "thing"}, "from": "client1"}),
+    )
+    .await?;
+    // Errors are replies.
+    send_json(&mut two, json!({"action": "register", "id": "client0"})).await?;
+    expect_json(
+        &mut two,
+        json!({"action": "error", "message": "\"client0\" is taken by another client"}),
+    )
+    .await?;
+    send_json(
+        &mut two,
+        json!({"action": "send", "message": 1, "dest": ["client0", "ghost"]}),
+    )
+    .await?;
+    expect_json(
+        &mut asker,
+        json!({"action": "message", "message": 1, "from": "client2"}),
+    )
+    .await?;
+    expect_json(
+        &mut two,
+        json!({"action": "error", "message": "not registered: ghost"}),
+    )
+    .await?;
+    send_json(&mut two, json!({"action": "unregister", "id": "client2"})).await?;
+    expect_json(&mut two, json!({"action": "unregistered", "id": "client2"})).await?;
+    send_json(
+        &mut two,
+        json!({"action": "send", "message": 1, "dest": "client0"}),
+    )
+    .await?;
+    expect_json(
+        &mut two,
+        json!({"action": "error", "message": "register before sending"}),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn wsmsgbroker_takeover_only_when_asked(mode: Mode) -> anyhow::Result<()> {
+    let (_docroot, _broker, gateway) =
+        start_broker(mode, &["--dialect", "wsmsgbroker", "--takeover"]).await?;
+    let mut first = wsmsgbroker_client(&gateway, "same").await?;
+    let mut second = wsmsgbroker_client(&gateway, "same").await?;
+    expect_json(&mut first, json!({"action": "unregistered", "id": "same"})).await?;
+    let mut third = wsmsgbroker_client(&gateway, "third").await?;
+    send_json(
+        &mut third,
+        json!({"action": "send", "message": "x", "dest": "same"}),
+    )
+    .await?;
+    expect_json(
+        &mut second,
+        json!({"action": "message", "message": "x", "from": "third"}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Logs an Achex client in as `id`; returns it with its session id.
+async fn achex_login(gateway: &Gateway, id: &str, password: &str) -> anyhow::Result<(Client, u64)> {
+    let mut client = gateway.connect("/broker").await?;
+    send_json(&mut client, json!({"setID": id, "passwd": password})).await?;
+    let reply = recv_json(&mut client).await?;
+    ensure!(
+        reply["auth"] == "ok" && reply["ID"] == id,
+        "login reply {reply}"
+    );
+    let sid = reply["sID"].as_u64().context("a numeric sID")?;
+    Ok((client, sid))
+}
+
+async fn achex_accounts_sessions_groups_and_stamped_sender(mode: Mode) -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let accounts = docroot.path().join("achex.db");
+    let accounts_arg = accounts.to_str().context("temp path is UTF-8")?.to_owned();
+    // The operator creates a service; its password comes on standard input.
+    let mut add = std::process::Command::new(bin_path("websocket_broker")?)
+        .args([
+            "--dialect",
+            "achex",
+            "-C",
+            &accounts_arg,
+            "--add-service",
+            "svc",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    add.stdin
+        .take()
+        .context("stdin")?
+        .write_all(b"service-pw\n")?;
+    ensure!(add.wait()?.success(), "--add-service failed");
+    let (_docroot, _broker, gateway) =
+        start_broker_in(docroot, mode, &["--dialect", "achex", "-C", &accounts_arg]).await?;
+
+    let mut stranger = gateway.connect("/broker").await?;
+    send_json(&mut stranger, json!({"to": "alex", "msg": "hi"})).await?;
+    expect_json(
+        &mut stranger,
+        json!({"error": "log in first (setID and passwd)"}),
+    )
+    .await?;
+    send(&mut stranger, "ping").await?;
+    let latency = recv_json(&mut stranger).await?;
+    ensure!(
+        latency["ltcy"]
+            .as_str()
+            .is_some_and(|text| text.ends_with(" ms")),
+        "latency reply {latency}"
+    );
+
+    let (mut alex1, alex1_sid) = achex_login(&gateway, "alex", "pw-alex").await?;
+    let (mut alex2, _) = achex_login(&gateway, "alex", "pw-alex").await?;
+    let (mut bob, bob_sid) = achex_login(&gateway, "bob", "pw-bob").await?;
+    // The id belongs to its first password.
+    send_json(&mut stranger, json!({"setID": "alex", "passwd": "guess"})).await?;
+    expect_json(
+        &mut stranger,
+        json!({"auth": "failed", "error": "wrong id or password"}),
+    )
+    .await?;
+
+    // `to` reaches every session of the user; FROM and sID are the broker's.
+    send_json(
+        &mut bob,
+        json!({"to": "alex", "msg": "hello", "FROM": "root", "sID": 0}),
+    )
+    .await?;
+    let stamped = json!({"to": "alex", "msg": "hello", "FROM": "bob", "sID": bob_sid});
+    expect_json(&mut alex1, stamped.clone()).await?;
+    expect_json(&mut alex2, stamped).await?;
+    // `toS` reaches one session.
+    send_json(
+        &mut bob,
+        json!({"toS": alex1_sid.to_string(), "msg": "only you"}),
+    )
+    .await?;
+    expect_json(
+        &mut alex1,
+        json!({"toS": alex1_sid.to_string(), "msg": "only you", "FROM": "bob", "sID": bob_sid}),
+    )
+    .await?;
+    send_json(&mut bob, json!({"to": "nobody", "msg": "x"})).await?;
+    expect_json(
+        &mut bob,
+        json!({"error": "nobody is connected as \"nobody\""}),
+    )
+    .await?;
+
+    // A broadcast group: `to` with its name reaches its members.
+    send_json(
+        &mut alex2,
+        json!({"cmd": "register_broadcast", "bid": "news"}),
+    )
+    .await?;
+    expect_json(
+        &mut alex2,
+        json!({"cmd": "register_broadcast", "bid": "news", "ok": true}),
+    )
+    .await?;
+    send_json(&mut bob, json!({"to": "news", "headline": "x"})).await?;
+    expect_json(
+        &mut alex2,
+        json!({"to": "news", "headline": "x", "FROM": "bob", "sID": bob_sid}),
+    )
+    .await?;
+
+    // A service logs in under its idtag, and only with the operator's password.
+    let mut service = gateway.connect("/broker").await?;
+    send_json(&mut service, json!({"serviceID": "svc", "passwd": "wrong"})).await?;
+    expect_json(
+        &mut service,
+        json!({"auth": "failed", "error": "wrong id or password"}),
+    )
+    .await?;
+    send_json(
+        &mut service,
+        json!({"serviceID": "svc", "passwd": "service-pw", "idtag": "svc-1"}),
+    )
+    .await?;
+    let reply = recv_json(&mut service).await?;
+    ensure!(
+        reply["auth"] == "ok" && reply["ID"] == "svc-1",
+        "service login {reply}"
+    );
+    send_json(&mut bob, json!({"to": "svc-1", "job": 7})).await?;
+    expect_json(
+        &mut service,
+        json!({"to": "svc-1", "job": 7, "FROM": "bob", "sID": bob_sid}),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn client_that_does_not_read_is_closed_with_1008_while_others_get_everything(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    // The stalled client's outbox holds 64 KiB, but the socket buffers in
+    // front of it (the link, the gateway, TCP) hold a few MiB: 30 MiB fill them all.
+    const N_MESSAGES: usize = 500;
+    let (_docroot, _broker, gateway) = start_broker(
+        mode,
+        &[
+            "--dialect",
+            "channels",
+            "--queue",
+            "16",
+            "--queue-bytes",
+            "65536",
+            "--stall-timeout",
+            "1",
+            "--max-message",
+            "100000",
+        ],
+    )
+    .await?;
+    let mut sender = gateway.connect("/broker").await?;
+    let mut reader = gateway.connect("/broker").await?;
+    let mut stalled = gateway.connect("/broker").await?;
+    // The stalled client joins first: the reader's join is the first thing it leaves unread.
+    join_channel(&mut stalled, "flood").await?;
+    join_channel(&mut reader, "flood").await?;
+    join_channel(&mut sender, "other").await?;
+    let payload = "p".repeat(60 * 1024);
+    let send_all = async {
+        for message_idx in 0..N_MESSAGES {
+            let content = json!(format!("{message_idx} {payload}"));
+            send_json(
+                &mut sender,
+                channel_command("broadcast", "flood", Some(content)),
+            )
+            .await?;
+        }
+        anyhow::Ok(())
+    };
+    let read_all = async {
+        for message_idx in 0..N_MESSAGES {
+            let text = recv_json(&mut reader).await?;
+            let expected = format!("{message_idx} {payload}");
+            ensure!(
+                text == json!(expected),
+                "message {message_idx} out of order or lost"
+            );
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(send_all, read_all)?;
+    // The stalled client gets what its socket already held, then 1008.
+    loop {
+        match stalled.recv().await? {
+            Message::Text(_) => continue,
+            Message::Close(Some(frame)) => {
+                ensure!(
+                    frame.code == CloseCode::Policy
+                        && frame.reason.as_str() == "too slow: message queue full",
+                    "closed with {} {:?}",
+                    frame.code,
+                    frame.reason.as_str()
+                );
+                break;
+            }
+            other => bail!("unexpected {}", describe(&other)),
+        }
+    }
+    Ok(())
+}
