@@ -168,7 +168,7 @@ async fn pipelined_burst_is_echoed_whole_and_in_order(mode: Mode) -> anyhow::Res
     let (_docroot, _echo, gateway) = start_echo(mode, &[]).await?;
     let mut client = gateway.connect("/echo").await?;
     let message = |idx: usize| {
-        if idx % 2 == 0 {
+        if idx.is_multiple_of(2) {
             Message::text(format!("message {idx}"))
         } else {
             Message::binary(idx.to_be_bytes().to_vec())

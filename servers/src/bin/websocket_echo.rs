@@ -46,7 +46,8 @@ async fn echo(mut session: Session, shutdown: CancellationToken) {
     let mut n_handled = 0u32;
     loop {
         n_handled = n_handled.wrapping_add(1);
-        let shut_down = n_handled % SHUTDOWN_CHECK_INTERVAL == 0 && shutdown.is_cancelled();
+        let shut_down =
+            n_handled.is_multiple_of(SHUTDOWN_CHECK_INTERVAL) && shutdown.is_cancelled();
         let message = if shut_down {
             None
         } else {
