@@ -1,9 +1,9 @@
 //! `websocket_broker` through the gateway, relayed, direct and over TLS: each
 //! dialect's rules (tokens, channels with an authorizer webhook,
 //! wsmsgbroker's acks, Achex's accounts and stamped FROM/sID), the limits,
-//! and a client that does not read closed with 1008 while the others get
-//! every message. The HTTP APIs are unit-tested in `servers::broker::http`
-//! until the gateway's HTTP-to-backend path reaches them.
+//! a client that does not read closed with 1008 while the others get
+//! every message, and the tokens and channels HTTP APIs reached through the
+//! gateway (`--http`) with their bearer token.
 //!
 //! A client proves it is in the broker by a reply (an echo, its own
 //! broadcast, `registered`) before anyone sends to it: in direct mode its
@@ -19,8 +19,8 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use harness::client::describe;
 use harness::{
-    Backend, Client, CloseCode, EVENT_DEADLINE, Gateway, Message, Mode, bin_path, both_modes,
-    tls_mode, wait,
+    Backend, Client, CloseCode, EVENT_DEADLINE, Gateway, HttpResponse, Message, Mode, bin_path,
+    both_modes, tls_mode, wait,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -32,6 +32,8 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 
 both_modes!(
+    tokens_http_api_through_the_gateway_needs_the_bearer_token,
+    channels_http_broadcast_through_the_gateway_reaches_the_channel,
     tokens_reach_exact_tokens_and_prefix_groups,
     tokens_unregistered_client_may_only_register,
     tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_sighup,
@@ -47,6 +49,8 @@ both_modes!(
 // The flood of the last test adds little over TLS and costs the most; every
 // other test also runs over wss.
 tls_mode!(
+    tokens_http_api_through_the_gateway_needs_the_bearer_token,
+    channels_http_broadcast_through_the_gateway_reaches_the_channel,
     tokens_reach_exact_tokens_and_prefix_groups,
     tokens_unregistered_client_may_only_register,
     tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_sighup,
@@ -72,6 +76,61 @@ async fn start_broker_in(
     let backend = Backend::start("websocket_broker", docroot.path(), "broker", args).await?;
     let gateway = Gateway::start(docroot.path(), mode.gateway_args()).await?;
     Ok((docroot, backend, gateway))
+}
+
+/// The bearer token the API tests give `--api-token-file`.
+const API_TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A broker with an API token file, and a gateway that forwards plain HTTP for it.
+async fn start_broker_with_api(
+    mode: Mode,
+    dialect: &str,
+) -> anyhow::Result<(TempDir, Backend, Gateway)> {
+    let docroot = tempfile::tempdir()?;
+    let token_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(token_file.path(), format!("{API_TOKEN}\n"))?;
+    let token_path = token_file.path().to_str().context("a UTF-8 temp path")?;
+    let backend = Backend::start(
+        "websocket_broker",
+        docroot.path(),
+        "broker",
+        &["--dialect", dialect, "--api-token-file", token_path],
+    )
+    .await?;
+    // The broker has read the file once its socket is there.
+    drop(token_file);
+    let gateway = Gateway::start(docroot.path(), &mode.with_args(&["--http", "broker"])).await?;
+    Ok((docroot, backend, gateway))
+}
+
+/// A `POST` of `body` to `path` through the gateway (over TLS in [`Mode::Tls`]),
+/// with the bearer token when `bearer` is given.
+async fn post(
+    gateway: &Gateway,
+    mode: Mode,
+    path: &str,
+    content_type: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> anyhow::Result<HttpResponse> {
+    let authorization = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: wsgate.test\r\nConnection: close\r\n\
+         Content-Type: {content_type}\r\n{authorization}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    match mode {
+        Mode::Tls => {
+            let addr = gateway.tls_addr().context("a TLS listener")?;
+            let config = gateway
+                .tls_client_config()
+                .context("a harness certificate")?;
+            harness::http::request_tls(addr, config, request.as_bytes()).await
+        }
+        Mode::Relay | Mode::Direct => gateway.request(request).await,
+    }
 }
 
 /// The next message, which must be text.
@@ -289,6 +348,112 @@ async fn join_channel(client: &mut Client, channel: &str) -> anyhow::Result<()> 
     )
     .await?;
     expect_json(client, json!("joined")).await
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+async fn tokens_http_api_through_the_gateway_needs_the_bearer_token(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let (_docroot, _broker, gateway) = start_broker_with_api(mode, "tokens").await?;
+    let mut abc1 = tokens_client(&gateway, Some("abc1")).await?;
+    let mut item = tokens_client(&gateway, Some("group/item1")).await?;
+    let broadcast = "method=broadcast&message=abc1%2Cgroup%2F%7Cfrom+the+API";
+
+    let anonymous = post(&gateway, mode, "/broker", FORM, None, broadcast).await?;
+    ensure!(anonymous.status == 401, "{anonymous}");
+    let wrong = post(
+        &gateway,
+        mode,
+        "/broker",
+        FORM,
+        Some("x".repeat(20).as_str()),
+        broadcast,
+    )
+    .await?;
+    ensure!(wrong.status == 401, "{wrong}");
+
+    let sent = post(&gateway, mode, "/broker", FORM, Some(API_TOKEN), broadcast).await?;
+    ensure!(sent.status == 200, "{sent}");
+    let answer: Value = serde_json::from_slice(&sent.body)?;
+    ensure!(answer == json!({"ok": true, "delivered": 2}), "{answer}");
+    expect_text(&mut abc1, "from the API").await?;
+    expect_text(&mut item, "from the API").await?;
+
+    let listed = post(
+        &gateway,
+        mode,
+        "/broker",
+        FORM,
+        Some(API_TOKEN),
+        "method=get_clients",
+    )
+    .await?;
+    ensure!(listed.status == 200, "{listed}");
+    let listed: Value = serde_json::from_slice(&listed.body)?;
+    let mut tokens: Vec<&str> = listed["clients"]
+        .as_array()
+        .context("clients")?
+        .iter()
+        .filter_map(|client| client["token"].as_str())
+        .collect();
+    tokens.sort_unstable();
+    ensure!(tokens == ["abc1", "group/item1"], "{listed}");
+
+    let unknown = post(
+        &gateway,
+        mode,
+        "/broker",
+        FORM,
+        Some(API_TOKEN),
+        "method=shout",
+    )
+    .await?;
+    ensure!(unknown.status == 400, "{unknown}");
+    Ok(())
+}
+
+async fn channels_http_broadcast_through_the_gateway_reaches_the_channel(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let (_docroot, _broker, gateway) = start_broker_with_api(mode, "channels").await?;
+    let mut member = gateway.connect("/broker").await?;
+    join_channel(&mut member, "news").await?;
+    let body = json!({"channel": "news", "content": {"headline": "hello"}}).to_string();
+
+    let anonymous = post(
+        &gateway,
+        mode,
+        "/broker/broadcast",
+        "application/json",
+        None,
+        &body,
+    )
+    .await?;
+    ensure!(anonymous.status == 401, "{anonymous}");
+    let published = post(
+        &gateway,
+        mode,
+        "/broker/broadcast",
+        "application/json",
+        Some(API_TOKEN),
+        &body,
+    )
+    .await?;
+    ensure!(published.status == 201, "{published}");
+    expect_json(&mut member, json!({"headline": "hello"})).await?;
+
+    let elsewhere = post(
+        &gateway,
+        mode,
+        "/broker/other",
+        "application/json",
+        Some(API_TOKEN),
+        &body,
+    )
+    .await?;
+    ensure!(elsewhere.status == 404, "{elsewhere}");
+    Ok(())
 }
 
 async fn channels_broadcast_reaches_every_member_of_the_channel(mode: Mode) -> anyhow::Result<()> {

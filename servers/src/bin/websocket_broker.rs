@@ -6,7 +6,7 @@ use std::io::Read;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use backend::{CommonArgs, LaunchError, ServeOptions};
@@ -216,6 +216,11 @@ fn main() -> ExitCode {
         takeover: args.takeover,
         ack_ttl: Duration::from_secs(args.ack_ttl),
     };
+    let published = Arc::new(OnceLock::new());
+    let serve_options = ServeOptions {
+        request_handler: Some(broker::http::request_handler(Arc::clone(&published))),
+        ..ServeOptions::default()
+    };
     let setup = || {
         let core = Arc::new(LocalCore::new(limits));
         if let Some(source) = args.tokens.clone() {
@@ -248,14 +253,11 @@ fn main() -> ExitCode {
             accounts,
             api_token,
         });
+        // Set once, before the socket is published: the handler never sees it empty.
+        let _ = published.set(Arc::clone(&broker));
         Ok(move |session, shutdown| broker::run_session(session, shutdown, Arc::clone(&broker)))
     };
-    match backend::launch(
-        &args.common,
-        "websocket_broker",
-        ServeOptions::default(),
-        setup,
-    ) {
+    match backend::launch(&args.common, "websocket_broker", serve_options, setup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("websocket_broker: {error}");

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
+use backend::{Request, RequestHandler, Response};
 use subtle::ConstantTimeEq;
 
 use super::{Broker, Dialect, channels, tokens};
@@ -66,6 +68,46 @@ impl HttpResponse {
             body: Vec::new(),
         }
     }
+}
+
+impl From<Request> for HttpRequest {
+    /// The gateway's request as the APIs see it: the path below the name, one
+    /// value per header name (the last one the client sent).
+    fn from(request: Request) -> HttpRequest {
+        HttpRequest {
+            path: request.subpath().to_owned(),
+            method: request.method,
+            query: request.query,
+            headers: request.headers.into_iter().collect(),
+            body: request.body.to_vec(),
+        }
+    }
+}
+
+impl From<HttpResponse> for Response {
+    fn from(answer: HttpResponse) -> Response {
+        let response = Response::new(answer.status).with_body(answer.body);
+        if answer.content_type.is_empty() {
+            response
+        } else {
+            response.with_header("content-type", answer.content_type)
+        }
+    }
+}
+
+/// The backend library's request handler for the broker that `setup` puts
+/// in `broker` (the handler exists before the broker: `launch` takes it
+/// with the options, then runs the set-up that builds the broker).
+pub fn request_handler(broker: Arc<OnceLock<Arc<Broker>>>) -> RequestHandler {
+    RequestHandler::new(move |request: Request| {
+        let broker = broker.get().cloned();
+        async move {
+            match broker {
+                Some(broker) => handle(&broker, &HttpRequest::from(request)).await.into(),
+                None => Response::text(503, "the broker is still starting"),
+            }
+        }
+    })
 }
 
 /// The secret the API's callers present as `Authorization: Bearer <token>`.
