@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::child::{ChildGuard, Logging};
 use crate::client::Client;
 use crate::http::{self, HandshakeRequest, HttpResponse};
+use crate::mode::Mode;
 use crate::tls::{CertificateFiles, TestCa};
 use crate::{STARTUP_DEADLINE, binaries, wait};
 
@@ -190,6 +191,23 @@ impl Gateway {
     /// Sends `request` as it is and reads the response.
     pub async fn request(&self, request: impl AsRef<[u8]>) -> anyhow::Result<HttpResponse> {
         http::request(self.addr, request.as_ref()).await
+    }
+
+    /// Sends `request` as it is over the listener `mode` tests (TLS in
+    /// [`Mode::Tls`], trusting the harness certificate) and reads the response.
+    pub async fn request_in(
+        &self,
+        mode: Mode,
+        request: impl AsRef<[u8]>,
+    ) -> anyhow::Result<HttpResponse> {
+        match mode {
+            Mode::Tls => {
+                let addr = self.tls_addr().context("a TLS listener")?;
+                let config = self.tls_client_config().context("a harness certificate")?;
+                http::request_tls(addr, config, request.as_ref()).await
+            }
+            Mode::Relay | Mode::Direct => self.request(request).await,
+        }
     }
 
     /// Sends a WebSocket handshake built by `handshake` (with this gateway as Host).

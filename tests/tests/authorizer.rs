@@ -23,17 +23,13 @@ use tokio::io::AsyncWriteExt;
 /// A handshake for `path`, over TLS in [`Mode::Tls`], and its response.
 async fn handshake(gateway: &Gateway, mode: Mode, path: &str) -> anyhow::Result<HttpResponse> {
     let request = HandshakeRequest::new(path);
-    match mode {
-        Mode::Tls => {
-            let addr = gateway.tls_addr().context("a TLS listener")?;
-            let config = gateway
-                .tls_client_config()
-                .context("a harness certificate")?;
-            let rendered = request.render(&addr.to_string());
-            harness::http::request_tls(addr, config, rendered.as_bytes()).await
-        }
-        Mode::Relay | Mode::Direct => gateway.handshake(&request).await,
-    }
+    let host = match mode {
+        Mode::Tls => gateway.tls_addr().context("a TLS listener")?,
+        Mode::Relay | Mode::Direct => gateway.addr(),
+    };
+    gateway
+        .request_in(mode, request.render(&host.to_string()))
+        .await
 }
 
 /// The answer named by the question's `answer` query parameter:

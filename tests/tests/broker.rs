@@ -121,16 +121,7 @@ async fn post(
          Content-Type: {content_type}\r\n{authorization}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    match mode {
-        Mode::Tls => {
-            let addr = gateway.tls_addr().context("a TLS listener")?;
-            let config = gateway
-                .tls_client_config()
-                .context("a harness certificate")?;
-            harness::http::request_tls(addr, config, request.as_bytes()).await
-        }
-        Mode::Relay | Mode::Direct => gateway.request(request).await,
-    }
+    gateway.request_in(mode, request).await
 }
 
 /// The next message, which must be text.

@@ -10,7 +10,6 @@
 //! REQUEST record the gateway wrote, and the real `websocket_echo`, whose
 //! library answers requests it has no handler for with 404.
 
-use anyhow::Context;
 use harness::{
     AcceptReply, Backend, FakeBackend, FakeBehaviour, Gateway, HttpResponse, LinkEvent, Message,
     Mode, Record, all_modes, wire,
@@ -18,16 +17,7 @@ use harness::{
 
 /// Writes `request` to the gateway (over TLS in [`Mode::Tls`]) and reads the response.
 async fn send(gateway: &Gateway, mode: Mode, request: &[u8]) -> anyhow::Result<HttpResponse> {
-    match mode {
-        Mode::Tls => {
-            let addr = gateway.tls_addr().context("a TLS listener")?;
-            let config = gateway
-                .tls_client_config()
-                .context("a harness certificate")?;
-            harness::http::request_tls(addr, config, request).await
-        }
-        Mode::Relay | Mode::Direct => gateway.request(request).await,
-    }
+    gateway.request_in(mode, request).await
 }
 
 /// The `Host` header value the gateway is reached by in `mode`.
