@@ -26,7 +26,7 @@ pub use launch::{CommonArgs, LaunchError, launch};
 pub use lifecycle::{init_tracing, token_cancelled_on_signal};
 pub use link::{AcceptReply, LinkMode, OpenMeta, RejectReply};
 pub use request::{Request, RequestHandler, Response};
-pub use serve::{Listener, ServeOptions, serve};
+pub use serve::{Admission, Listener, ServeOptions, serve};
 pub use session::{Connection, Incoming, Session, SessionError};
 pub use socket_file::{BindError, SocketFile};
 pub use tokio_tungstenite::tungstenite::Message;

@@ -14,6 +14,7 @@
 //!
 //! What a session does with its messages is the handler's business.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use lifecycle::{AcceptBackoff, is_transient_accept_error};
-use link::{AcceptReply, DEFAULT_MAX_PAYLOAD};
+use link::{AcceptReply, DEFAULT_MAX_PAYLOAD, OpenMeta, RejectReply};
 
 use crate::direct::DirectOptions;
 use crate::request::{self, RequestHandler};
@@ -131,6 +132,33 @@ pub struct ServeOptions {
     pub request_handler: Option<RequestHandler>,
     /// How long the request handler may take; then the request gets `503`.
     pub request_timeout: Duration,
+    /// Decides from OPEN, before ACCEPT, whether a client may connect at all;
+    /// a refusal is the client's HTTP status. `None` admits everyone.
+    pub admission: Option<Admission>,
+}
+
+type AdmissionCheck = dyn Fn(&OpenMeta) -> Result<(), RejectReply> + Send + Sync;
+
+/// A server's check of a new client's OPEN before it is accepted: `Err`
+/// answers the client's handshake with the reply's status and reason
+/// instead of a `101` (e.g. `403` for a missing credential), so a client
+/// the server would refuse never gets a WebSocket just to be closed.
+#[derive(Clone)]
+pub struct Admission(Arc<AdmissionCheck>);
+
+impl Admission {
+    /// Wraps `check`, which must be quick: it runs in the accept path.
+    pub fn new(
+        check: impl Fn(&OpenMeta) -> Result<(), RejectReply> + Send + Sync + 'static,
+    ) -> Admission {
+        Admission(Arc::new(check))
+    }
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Admission")
+    }
 }
 
 impl Default for ServeOptions {
@@ -144,6 +172,7 @@ impl Default for ServeOptions {
             shutdown_timeout: Duration::from_secs(5),
             request_handler: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            admission: None,
         }
     }
 }
@@ -251,6 +280,19 @@ async fn run_connection<H, F>(
     let span = tracing::Span::current();
     span.record("id", incoming.meta().id);
     span.record("peer", incoming.meta().peer.as_str());
+    if let Some(Err(refusal)) = options
+        .admission
+        .as_ref()
+        .map(|check| (check.0)(incoming.meta()))
+    {
+        info!(status = refusal.status, reason = %refusal.reason, "client refused before ACCEPT");
+        let rejected =
+            tokio::time::timeout(options.handoff_timeout, incoming.reject(refusal)).await;
+        if let Ok(Err(error)) = rejected {
+            debug!(%error, "cannot send REJECT");
+        }
+        return;
+    }
     let protocol = options
         .subprotocols
         .iter()

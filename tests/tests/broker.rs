@@ -19,8 +19,8 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use harness::client::describe;
 use harness::{
-    Backend, Client, CloseCode, EVENT_DEADLINE, Gateway, HttpResponse, Message, Mode, bin_path,
-    both_modes, tls_mode, wait,
+    Backend, Client, CloseCode, EVENT_DEADLINE, Gateway, HandshakeRequest, HttpResponse, Message,
+    Mode, bin_path, both_modes, tls_mode, wait,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -122,6 +122,28 @@ async fn post(
         body.len()
     );
     gateway.request_in(mode, request).await
+}
+
+/// A WebSocket handshake for `path` that the broker refuses with `403` and `reason`.
+async fn expect_refusal(
+    gateway: &Gateway,
+    mode: Mode,
+    path: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let host = match mode {
+        Mode::Tls => gateway.tls_addr().context("a TLS listener")?,
+        Mode::Relay | Mode::Direct => gateway.addr(),
+    };
+    let response = gateway
+        .request_in(mode, HandshakeRequest::new(path).render(&host.to_string()))
+        .await?;
+    ensure!(response.status == 403, "{path}: {response}");
+    ensure!(
+        response.body_text().contains(reason),
+        "{path}: expected {reason:?} in {response}"
+    );
+    Ok(())
 }
 
 /// The next message, which must be text.
@@ -262,17 +284,21 @@ async fn tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_s
         ],
     )
     .await?;
-    let mut anonymous = gateway.connect("/broker").await?;
-    anonymous
-        .expect_close_with(
-            CloseCode::Policy,
-            "a registered token is required (?RegisterToken=...)",
-        )
-        .await?;
-    let mut unknown = gateway.connect("/broker?RegisterToken=abc2").await?;
-    unknown
-        .expect_close_with(CloseCode::Policy, "token \"abc2\" is not registered")
-        .await?;
+    // Refused in the handshake, with the broker's reason: never a WebSocket.
+    expect_refusal(
+        &gateway,
+        mode,
+        "/broker",
+        "a registered token is required (?RegisterToken=...)",
+    )
+    .await?;
+    expect_refusal(
+        &gateway,
+        mode,
+        "/broker?RegisterToken=abc2",
+        "token \"abc2\" is not registered",
+    )
+    .await?;
     let mut known = tokens_client(&gateway, Some("abc1")).await?;
     send(&mut known, "RegisterToken:zzz").await?;
     expect_text(&mut known, "Error:token \"zzz\" is not registered").await?;
@@ -290,10 +316,13 @@ async fn tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_s
     send(&mut known, "RegisterToken:zzz").await?;
     expect_text(&mut known, "RegisteredToken:zzz").await?;
     // abc1 left the list: a new client cannot bring it any more.
-    let mut dropped = gateway.connect("/broker?RegisterToken=abc1").await?;
-    dropped
-        .expect_close_with(CloseCode::Policy, "token \"abc1\" is not registered")
-        .await?;
+    expect_refusal(
+        &gateway,
+        mode,
+        "/broker?RegisterToken=abc1",
+        "token \"abc1\" is not registered",
+    )
+    .await?;
     // A list that does not load keeps the one in use.
     std::fs::write(&list, "not json")?;
     signal::kill(pid, Signal::SIGHUP)?;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use backend::{CommonArgs, LaunchError, ServeOptions};
+use backend::{Admission, CommonArgs, LaunchError, RejectReply, ServeOptions};
 use clap::{ArgAction, Parser};
 use servers::broker::accounts::Accounts;
 use servers::broker::authorizer::{self, Authorizer};
@@ -219,6 +219,16 @@ fn main() -> ExitCode {
     let published = Arc::new(OnceLock::new());
     let serve_options = ServeOptions {
         request_handler: Some(broker::http::request_handler(Arc::clone(&published))),
+        admission: (args.dialect == Dialect::Tokens && !args.allow_unregistered).then(|| {
+            let published = Arc::clone(&published);
+            Admission::new(move |meta| match published.get() {
+                Some(broker) => broker::tokens::admit(broker, meta),
+                None => Err(RejectReply {
+                    status: 503,
+                    reason: "the broker is still starting".to_owned(),
+                }),
+            })
+        }),
         ..ServeOptions::default()
     };
     let setup = || {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use backend::{OpenMeta, RejectReply};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -98,13 +99,40 @@ pub async fn reply_error(context: &ClientContext<'_>, error: &str) {
     context.reply_text(format!("{ERROR_PREFIX}{error}")).await;
 }
 
+/// The query's `RegisterToken`, if any.
+fn query_token(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "RegisterToken")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Before the handshake completes: without `--allow-unregistered`, a client
+/// must bring a registered token in its query, or its handshake gets `403`
+/// (a client that passes and then loses the race for its token is still
+/// closed with 1008 by [`on_connect`]).
+pub fn admit(broker: &Broker, meta: &OpenMeta) -> Result<(), RejectReply> {
+    if broker.options.allow_unregistered {
+        return Ok(());
+    }
+    let refuse = |reason: String| RejectReply {
+        status: 403,
+        reason,
+    };
+    match query_token(&meta.query) {
+        None => Err(refuse(
+            "a registered token is required (?RegisterToken=...)".to_owned(),
+        )),
+        Some(token) if !broker.core.is_registered(&token) => {
+            Err(refuse(format!("token {token:?} is not registered")))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// Takes the token of the query's `RegisterToken`, if any; without one the
 /// client is `unregistered`, which only `--allow-unregistered` permits.
 pub async fn on_connect(context: &ClientContext<'_>) -> Flow {
-    let token = form_urlencoded::parse(context.meta.query.as_bytes())
-        .find(|(key, _)| key == "RegisterToken")
-        .map(|(_, value)| value.into_owned());
-    match token {
+    match query_token(&context.meta.query) {
         Some(token) => register(context, &token)
             .await
             .map_err(|error| Closing::new(CloseCode::Policy, error)),
