@@ -46,7 +46,7 @@ type Decide = dyn Fn(&serde_json::Value) -> AuthorizerReply + Send + Sync;
 #[derive(Debug)]
 pub struct Authorizer {
     addr: SocketAddr,
-    questions: mpsc::UnboundedReceiver<serde_json::Value>,
+    questions: mpsc::UnboundedReceiver<(serde_json::Value, hyper::HeaderMap)>,
     n_waiting: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -84,6 +84,13 @@ impl Authorizer {
 
     /// The next question the gateway asked, within [`EVENT_DEADLINE`].
     pub async fn next_question(&mut self) -> anyhow::Result<serde_json::Value> {
+        Ok(self.next_question_and_headers().await?.0)
+    }
+
+    /// The next question and the request headers it came with, within [`EVENT_DEADLINE`].
+    pub async fn next_question_and_headers(
+        &mut self,
+    ) -> anyhow::Result<(serde_json::Value, hyper::HeaderMap)> {
         wait::within(
             "a question to the authorizer",
             EVENT_DEADLINE,
@@ -95,7 +102,7 @@ impl Authorizer {
 
     /// A question already asked, without waiting.
     pub fn try_question(&mut self) -> Option<serde_json::Value> {
-        self.questions.try_recv().ok()
+        self.questions.try_recv().ok().map(|(question, _)| question)
     }
 
     /// Requests held unanswered ([`AuthorizerReply::Hang`]) right now.
@@ -138,7 +145,7 @@ impl Drop for Waiting {
 async fn serve(
     listener: TcpListener,
     decide: Arc<Decide>,
-    questions: mpsc::UnboundedSender<serde_json::Value>,
+    questions: mpsc::UnboundedSender<(serde_json::Value, hyper::HeaderMap)>,
     n_waiting: Arc<AtomicUsize>,
 ) {
     // Owning the connection tasks here means aborting this task aborts them all.
@@ -155,8 +162,8 @@ async fn serve(
                     let questions = questions.clone();
                     let n_waiting = Arc::clone(&n_waiting);
                     async move {
-                        let body = request
-                            .into_body()
+                        let (parts, body) = request.into_parts();
+                        let body = body
                             .collect()
                             .await
                             .map(|collected| collected.to_bytes())
@@ -165,7 +172,7 @@ async fn serve(
                             serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
                         });
                         let reply = decide(&question);
-                        let _ = questions.send(question);
+                        let _ = questions.send((question, parts.headers));
                         let (status, body) = match reply {
                             AuthorizerReply::Answer(status, body) => (status, body),
                             AuthorizerReply::Hang => {

@@ -9,27 +9,19 @@
 //! broadcast, `registered`) before anyone sends to it: in direct mode its
 //! session starts a moment after the `101`. Nothing waits for a fixed time.
 
-use std::convert::Infallible;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
 use harness::client::describe;
 use harness::{
-    Backend, Client, CloseCode, EVENT_DEADLINE, Gateway, HandshakeRequest, HttpResponse, Message,
-    Mode, bin_path, both_modes, tls_mode, wait,
+    Authorizer, AuthorizerReply, Backend, Client, CloseCode, EVENT_DEADLINE, Gateway,
+    HandshakeRequest, HttpResponse, Message, Mode, bin_path, both_modes, tls_mode, wait,
 };
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 
 both_modes!(
     tokens_http_api_through_the_gateway_needs_the_bearer_token,
@@ -541,64 +533,24 @@ async fn channels_broadcast_reaches_every_member_of_the_channel(mode: Mode) -> a
     Ok(())
 }
 
-/// What the test authorizer saw: the `X-Wsgate-Peer` header and the body of each request.
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
-
-/// A webhook on loopback: a body holding `deny` gets 403, `down` 503, anything else 200.
-async fn start_authorizer() -> anyhow::Result<(SocketAddr, Seen, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let seen: Seen = Arc::default();
-    let recorded = Arc::clone(&seen);
-    let server = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let recorded = Arc::clone(&recorded);
-            tokio::spawn(async move {
-                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let recorded = Arc::clone(&recorded);
-                    async move {
-                        let peer = request
-                            .headers()
-                            .get("x-wsgate-peer")
-                            .and_then(|value| value.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
-                        let body = request
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|body| body.to_bytes())
-                            .unwrap_or_default();
-                        let body = String::from_utf8_lossy(&body).into_owned();
-                        let status = if body.contains("deny") {
-                            403
-                        } else if body.contains("down") {
-                            503
-                        } else {
-                            200
-                        };
-                        recorded
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push((peer, body));
-                        hyper::Response::builder()
-                            .status(status)
-                            .body(Full::new(Bytes::new()))
-                            .map_err(|_| -> Infallible { unreachable!("the response is valid") })
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+/// A webhook on loopback: a message holding `deny` gets 403, `down` 503, anything else 200.
+async fn start_authorizer() -> anyhow::Result<Authorizer> {
+    Authorizer::start(|question| {
+        let text = question.to_string();
+        if text.contains("deny") {
+            AuthorizerReply::Answer(403, String::new())
+        } else if text.contains("down") {
+            AuthorizerReply::Answer(503, String::new())
+        } else {
+            AuthorizerReply::ok()
         }
-    });
-    Ok((addr, seen, server))
+    })
+    .await
 }
 
 async fn channels_authorizer_allows_denies_and_closes_with_1013(mode: Mode) -> anyhow::Result<()> {
-    let (authorizer_addr, seen, authorizer) = start_authorizer().await?;
-    let url = format!("http://{authorizer_addr}/authorize");
+    let mut authorizer = start_authorizer().await?;
+    let url = authorizer.url();
     let (_docroot, _broker, gateway) =
         start_broker(mode, &["--dialect", "channels", "--authorizer", &url]).await?;
     let mut client = gateway.connect("/broker").await?;
@@ -610,22 +562,21 @@ async fn channels_authorizer_allows_denies_and_closes_with_1013(mode: Mode) -> a
         json!({"error": "not authorized (authorizer answered 403)"}),
     )
     .await?;
-    {
-        let seen = seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ensure!(
-            seen.len() == 3,
-            "the authorizer saw {} requests",
-            seen.len()
-        );
-        let (peer, body) = &seen[2];
-        ensure!(peer.starts_with("127.0.0.1:"), "peer header {peer:?}");
-        ensure!(
-            serde_json::from_str::<Value>(body)? == denied,
-            "the authorizer got {body:?}"
-        );
+    // The join and the `joined` broadcast were asked about first; then the denied message, alone.
+    for _ in 0..2 {
+        authorizer.next_question().await?;
     }
+    let (question, headers) = authorizer.next_question_and_headers().await?;
+    ensure!(question == denied, "the authorizer got {question}");
+    let peer = headers
+        .get("x-wsgate-peer")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    ensure!(peer.starts_with("127.0.0.1:"), "peer header {peer:?}");
+    ensure!(
+        authorizer.try_question().is_none(),
+        "the authorizer saw more than 3 requests"
+    );
     send_json(
         &mut client,
         channel_command("broadcast", "room", Some(json!("down"))),
@@ -640,7 +591,6 @@ async fn channels_authorizer_allows_denies_and_closes_with_1013(mode: Mode) -> a
         frame.code,
         frame.reason.as_str()
     );
-    authorizer.abort();
     Ok(())
 }
 
