@@ -13,19 +13,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures_util::{SinkExt, StreamExt};
 use harness::child::{ChildGuard, Logging};
 use harness::gateway::start_announcing;
-use harness::{Backend, tls::ClientStream};
+use harness::Backend;
 use hdrhistogram::Histogram;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{WebSocketStream, client_async};
 
-use crate::scenario::{self, CpuPerOp, Latency, Rate, Target};
-
-type Ws = WebSocketStream<ClientStream>;
+use crate::scenario::{
+    self, CpuPerOp, Latency, Rate, Target, Ws, connect, histogram, join_counting,
+};
 
 /// A gateway with the broker and the chat behind it.
 #[derive(Debug)]
@@ -109,13 +107,6 @@ pub async fn chat_and_broker_fanout(
     Ok((chat, broker))
 }
 
-async fn connect(target: &Target) -> anyhow::Result<Ws> {
-    let tcp = TcpStream::connect(target.addr).await?;
-    tcp.set_nodelay(true)?;
-    let (ws, _) = client_async(target.url.as_str(), ClientStream::Plain(tcp)).await?;
-    Ok(ws)
-}
-
 fn broadcast(content: &str) -> Message {
     Message::text(format!(
         r#"{{"command":"broadcast","args":{{"channel":"fan","content":"{content}"}}}}"#
@@ -136,7 +127,7 @@ pub async fn fanout(
     let ready = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..receivers {
-        let mut ws = connect(target).await?;
+        let mut ws = connect(target, None).await?;
         ws.send(Message::text(
             r#"{"command":"join","args":{"channel":"fan"}}"#,
         ))
@@ -148,7 +139,7 @@ pub async fn fanout(
             n_messages,
         )));
     }
-    let mut sender = connect(target).await?;
+    let mut sender = connect(target, None).await?;
     // Everyone is in the channel once everyone has seen a marker.
     let wait_start = Instant::now();
     while ready.load(Ordering::Relaxed) < receivers {
@@ -168,32 +159,18 @@ pub async fn fanout(
         let sent = base.elapsed().as_nanos() as u64;
         sender.send(broadcast(&format!("{seq} {sent}"))).await?;
     }
-    let mut latencies = histogram();
-    let mut delivered = 0;
-    for task in tasks {
-        let (histogram, n) = task.await?;
-        latencies.add(&histogram).context("merging histograms")?;
-        delivered += n;
-    }
+    let (latencies, delivered) = join_counting(tasks).await?;
     let send_time = start.elapsed();
     let _ = sender.close(None).await;
     let expected = n_messages * receivers as u64;
     Ok(Rate {
         per_second: delivered as f64 / send_time.as_secs_f64(),
         mb_per_second: 0.0,
-        latency: Latency {
-            p50: latencies.value_at_quantile(0.5),
-            p99: latencies.value_at_quantile(0.99),
-            p999: latencies.value_at_quantile(0.999),
-        },
+        latency: Latency::of(&latencies),
         errors: expected - delivered.min(expected),
         count: delivered,
         cpu: CpuPerOp::default(),
     })
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// One receiver: counts the markers until the first, then checks and times

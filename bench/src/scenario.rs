@@ -26,7 +26,7 @@ use crate::pipeline;
 use crate::system::System;
 use crate::tls::SERVER_NAME;
 
-type Ws = WebSocketStream<ClientStream>;
+pub(crate) type Ws = WebSocketStream<ClientStream>;
 
 /// Where a scenario's clients connect: `ws://` or, with `tls`, `wss://`.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(histogram: &Histogram<u64>) -> Latency {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Latency {
         Latency {
             p50: histogram.value_at_quantile(0.5),
             p99: histogram.value_at_quantile(0.99),
@@ -89,12 +89,12 @@ pub struct CpuPerOp {
     pub generator: f64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Waits for every client task and merges their latencies and counts.
-async fn join_counting(
+pub(crate) async fn join_counting(
     tasks: Vec<JoinHandle<(Histogram<u64>, u64)>>,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut latencies = histogram();
@@ -107,7 +107,7 @@ async fn join_counting(
     Ok((latencies, total))
 }
 
-async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+pub(crate) async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     if let Some(source) = source {
         socket.bind(SocketAddr::new(source, 0))?;
