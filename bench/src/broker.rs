@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use futures_util::{SinkExt, StreamExt};
+use harness::Backend;
 use harness::child::{ChildGuard, Logging};
 use harness::gateway::start_announcing;
-use harness::Backend;
 use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
 
