@@ -135,6 +135,11 @@ pub struct ServeOptions {
     /// Decides from OPEN, before ACCEPT, whether a client may connect at all;
     /// a refusal is the client's HTTP status. `None` admits everyone.
     pub admission: Option<Admission>,
+    /// The largest message a client may send this server, when it is smaller
+    /// than the gateway's `--max-message-size`: sent in ACCEPT, so a client
+    /// that sends more is closed with `1009` before the message is read
+    /// whole. `None` takes the gateway's.
+    pub max_message_size: Option<usize>,
 }
 
 type AdmissionCheck = dyn Fn(&OpenMeta) -> Result<(), RejectReply> + Send + Sync;
@@ -173,6 +178,7 @@ impl Default for ServeOptions {
             request_handler: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             admission: None,
+            max_message_size: None,
         }
     }
 }
@@ -300,6 +306,7 @@ async fn run_connection<H, F>(
         .cloned();
     let reply = AcceptReply {
         protocol,
+        max_message_size: options.max_message_size,
         ..AcceptReply::default()
     };
     let permit = slots.try_acquire_owned();

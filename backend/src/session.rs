@@ -160,10 +160,13 @@ impl Incoming {
                     // The gateway sends nothing between OPEN and HANDOFF.
                     return Err(LinkError::Unexpected("data before HANDOFF").into());
                 }
-                let options = match self.meta.limits {
+                let mut options = match self.meta.limits {
                     Some(limits) => self.direct_options.with_limits(limits),
                     None => self.direct_options,
                 };
+                if let Some(max) = reply.max_message_size {
+                    options.max_message_size = options.max_message_size.min(max);
+                }
                 let (client, peer) = direct::take_over(parts.io, options).await?;
                 if let Some(peer) = peer {
                     self.meta.peer = peer.to_string();

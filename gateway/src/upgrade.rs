@@ -31,7 +31,7 @@ use crate::client_stream::ClientStream;
 use crate::handoff;
 use crate::handshake::{self, UpgradeRequest};
 use crate::refusal::Refusal;
-use crate::relay;
+use crate::relay::{self, RelaySettings};
 use crate::response::Body;
 use crate::route::{self, RouteError, Target};
 use crate::server::Shared;
@@ -64,6 +64,7 @@ pub(crate) async fn handle<S: ClientStream>(
             link,
             protocol,
             extra_headers,
+            max_message_size,
             permit,
         }) => {
             let response =
@@ -72,7 +73,8 @@ pub(crate) async fn handle<S: ClientStream>(
             shared.tracker.spawn(
                 async move {
                     tracing::debug!(socket = %target.socket_path.display(), "relaying");
-                    relay_upgraded::<S>(on_upgrade, link, &shared_for_relay).await;
+                    relay_upgraded::<S>(on_upgrade, link, max_message_size, &shared_for_relay)
+                        .await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -95,6 +97,9 @@ struct Accepted {
     protocol: Option<String>,
     /// The backend's extra response headers.
     extra_headers: BTreeMap<String, String>,
+    /// The largest message the client may send: the gateway's, or the
+    /// backend's when it asked for less in ACCEPT.
+    max_message_size: usize,
     /// The client's connection slot, held until its relay ends.
     permit: OwnedSemaphorePermit,
 }
@@ -157,6 +162,7 @@ async fn accept(
             target,
             link: Link::Raw(stream),
             extra_headers: BTreeMap::new(),
+            max_message_size: config.max_message_size,
             permit,
         });
     }
@@ -201,6 +207,11 @@ async fn accept(
             Link::Framed(link)
         },
         extra_headers: reply.headers,
+        max_message_size: reply
+            .max_message_size
+            .map_or(config.max_message_size, |max| {
+                max.min(config.max_message_size)
+            }),
         permit,
     })
 }
@@ -238,7 +249,12 @@ fn resolve(docroot: &std::path::Path, name: &str, protocols: &[String]) -> Resul
 }
 
 /// Waits for hyper to hand over the connection after the `101`, then relays.
-async fn relay_upgraded<S: ClientStream>(on_upgrade: OnUpgrade, link: Link, shared: &Shared) {
+async fn relay_upgraded<S: ClientStream>(
+    on_upgrade: OnUpgrade,
+    link: Link,
+    max_message_size: usize,
+    shared: &Shared,
+) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(error) => {
@@ -253,7 +269,10 @@ async fn relay_upgraded<S: ClientStream>(on_upgrade: OnUpgrade, link: Link, shar
             return;
         }
     };
-    let settings = &shared.settings;
+    let settings = &RelaySettings {
+        max_message_size,
+        ..shared.settings.clone()
+    };
     match link {
         Link::Framed(link) => {
             let client = relay::client_websocket(stream, pending, settings).await;

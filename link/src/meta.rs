@@ -95,6 +95,12 @@ pub struct AcceptReply {
     /// Extra response headers for the `101` response.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// The largest message this backend takes from the client, when it is
+    /// smaller than the gateway's: a client that sends more is closed with
+    /// `1009` before the message is read whole (by the gateway when it
+    /// relays, by the backend library in direct mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_size: Option<usize>,
 }
 
 /// The backend's REJECT answer: the HTTP status and one-line reason the client gets.

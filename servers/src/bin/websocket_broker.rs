@@ -229,6 +229,9 @@ fn main() -> ExitCode {
                 }),
             })
         }),
+        // The gateway (or, in direct mode, the library) closes a client with
+        // 1009 before it has sent more than this: never buffered whole here.
+        max_message_size: Some(args.max_message),
         ..ServeOptions::default()
     };
     let setup = || {
