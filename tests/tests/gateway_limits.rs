@@ -14,6 +14,8 @@ use harness::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// A gateway with an echoing fake backend on `echo`, started with `args`.
 async fn gateway_with_echo(
@@ -264,14 +266,47 @@ async fn an_accept_with_too_many_headers_is_a_502() -> anyhow::Result<()> {
     let _chatty = FakeBackend::start(
         &docroot.path().join("chatty"),
         FakeBehaviour::Echo(AcceptReply {
-            protocol: None,
             headers,
+            ..AcceptReply::default()
         }),
     )?;
     let gateway = Gateway::start(docroot.path(), &[]).await?;
     let response = gateway.handshake(&HandshakeRequest::new("/chatty")).await?;
     assert_eq!(response.status, 502, "{response}");
     assert!(response.body_text().contains("40 headers"), "{response}");
+    Ok(())
+}
+
+/// A backend's smaller message limit in ACCEPT is the client's limit; a
+/// larger one does not raise the gateway's.
+#[tokio::test]
+async fn an_accept_may_lower_the_message_limit() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let _strict = FakeBackend::start(
+        &docroot.path().join("strict"),
+        FakeBehaviour::Echo(AcceptReply {
+            max_message_size: Some(100),
+            ..AcceptReply::default()
+        }),
+    )?;
+    let _lax = FakeBackend::start(
+        &docroot.path().join("lax"),
+        FakeBehaviour::Echo(AcceptReply {
+            max_message_size: Some(1 << 20),
+            ..AcceptReply::default()
+        }),
+    )?;
+    let gateway = Gateway::start(docroot.path(), &["--max-message-size", "1000"]).await?;
+    let mut strict = gateway.connect("/strict").await?;
+    let fits = Message::text("x".repeat(100));
+    assert_eq!(strict.round_trip(fits.clone()).await?, fits);
+    strict.send(Message::text("x".repeat(101))).await?;
+    strict.expect_close_code(CloseCode::Size).await?;
+    let mut lax = gateway.connect("/lax").await?;
+    let fits = Message::text("x".repeat(1000));
+    assert_eq!(lax.round_trip(fits.clone()).await?, fits);
+    lax.send(Message::text("x".repeat(1001))).await?;
+    lax.expect_close_code(CloseCode::Size).await?;
     Ok(())
 }
 
