@@ -30,6 +30,8 @@ all_modes!(
     environment_is_cgi_like_and_holds_nothing_else,
     stderr_goes_to_the_log_with_the_client_id,
     client_leaving_gives_eof_then_sigterm_then_sigkill_and_leaves_no_zombie,
+    client_leaving_while_its_program_does_not_read_ends_the_program,
+    program_not_reading_its_input_closes_with_1011_after_the_stdin_timeout,
     programs_beyond_m_are_refused_with_1013_until_one_ends,
     program_writing_faster_than_its_client_reads_blocks_on_its_pipe,
     sigterm_closes_clients_with_1001_and_ends_every_program,
@@ -471,6 +473,61 @@ while True:
     wait_for_log(&backend, "program ignored SIGTERM; sending SIGKILL").await?;
     wait_for_log(&backend, "program killed by SIGKILL").await?;
     wait_for_file(Path::new(&format!("{marker_prefix}.kill"))).await?;
+    Ok(())
+}
+
+/// A program that reads nothing, started with `extra` flags: `ready`, then sleep.
+async fn start_deaf_program(
+    mode: Mode,
+    extra: &[&str],
+) -> anyhow::Result<(TempDir, Backend, Gateway)> {
+    let mut args = vec!["--grace", "0.2"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", "echo ready; exec sleep 600"]);
+    start_exec(mode, &args).await
+}
+
+async fn client_leaving_while_its_program_does_not_read_ends_the_program(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    // The stdin timeout is far away: only the client's leaving can end it.
+    let (_docroot, backend, gateway) =
+        start_deaf_program(mode, &["--stdin-timeout", "3600"]).await?;
+    let mut client = gateway.connect("/exec").await?;
+    assert_eq!(recv_text(&mut client).await?, "ready");
+    wait_for_programs(&backend, 1).await?;
+    // More than a pipe holds: the backend waits for room in stdin, and the
+    // close comes behind the message.
+    client.send(Message::text("x".repeat(100 * 1024))).await?;
+    client.close(CloseCode::Normal, "bye").await?;
+    wait_for_programs(&backend, 0).await?;
+    assert_eq!(n_zombies(backend.pid())?, 0);
+    Ok(())
+}
+
+async fn program_not_reading_its_input_closes_with_1011_after_the_stdin_timeout(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let (_docroot, backend, gateway) =
+        start_deaf_program(mode, &["--stdin-timeout", "0.5"]).await?;
+    let mut client = gateway.connect("/exec").await?;
+    assert_eq!(recv_text(&mut client).await?, "ready");
+    for _ in 0..100 {
+        client.send(Message::text("y".repeat(1024))).await?;
+    }
+    client
+        .expect_close_with(
+            CloseCode::Error,
+            "the program has not read its input for 0.5 s",
+        )
+        .await?;
+    wait_for_programs(&backend, 0).await?;
+    assert_eq!(n_zombies(backend.pid())?, 0);
+    wait_for_log(
+        &backend,
+        "the program has not read its input for 0.5 s; closing with 1011",
+    )
+    .await?;
     Ok(())
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use backend::{CommonArgs, ServeOptions};
 use clap::Parser;
 use servers::exec::{
-    self, DEFAULT_GRACE, DEFAULT_MAX_LINE, DEFAULT_MAX_PROGRAMS, ExecOptions, ProgramSpec,
+    self, DEFAULT_GRACE, DEFAULT_MAX_LINE, DEFAULT_MAX_PROGRAMS, DEFAULT_STDIN_TIMEOUT,
+    ExecOptions, ProgramSpec,
 };
 
 /// Program runner for wsgate: each client gets its own process of PROGRAM.
@@ -42,6 +43,10 @@ struct Args {
     /// Longest line the program may write in text mode, in bytes; a longer one closes the client with 1011.
     #[arg(long = "max-line", value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE as u64, value_parser = clap::value_parser!(u64).range(1..=(64 << 20)))]
     max_line: u64,
+    /// How long a client message may wait for the program to take it into
+    /// its stdin; past it the client is closed with 1011 and the program ended.
+    #[arg(long = "stdin-timeout", value_name = "SECS", default_value_t = DEFAULT_STDIN_TIMEOUT.as_secs_f64(), value_parser = parse_grace)]
+    stdin_timeout: f64,
     /// The program to run for each client and its arguments (after `--`).
     #[arg(
         value_name = "PROGRAM",
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
         grace,
         // At most 64 MiB, as the flag's parser checked.
         max_line: usize::try_from(args.max_line).unwrap_or(DEFAULT_MAX_LINE),
+        stdin_timeout: Duration::from_secs_f64(args.stdin_timeout),
     });
     // Each client is a process with three pipes: the default bound is this
     // server's own, not the descriptor-derived one of the other backends.

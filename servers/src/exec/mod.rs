@@ -26,6 +26,10 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 /// mode, in bytes (the link's default limit on a message as well).
 pub const DEFAULT_MAX_LINE: usize = 1 << 20;
 
+/// Default of `--stdin-timeout`: how long a client message may wait for the
+/// program to take it into its stdin pipe.
+pub const DEFAULT_STDIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Default of `-m` for `websocket_exec`: programs running at once.
 pub const DEFAULT_MAX_PROGRAMS: u32 = 256;
 
@@ -42,4 +46,7 @@ pub struct ExecOptions {
     pub grace: Duration,
     /// The longest line the program may write in text mode (`--max-line`).
     pub max_line: usize,
+    /// How long a client message may wait for room in the program's stdin
+    /// pipe before the session ends with 1011 (`--stdin-timeout`).
+    pub stdin_timeout: Duration,
 }

@@ -46,6 +46,8 @@ enum ClientEnd {
     Left,
     /// The client sent what this service does not take; close with this code and reason.
     Refused(CloseCode, &'static str),
+    /// The program took none of a message into its stdin pipe for this long.
+    Stalled(Duration),
 }
 
 /// Why the program's output ended.
@@ -70,6 +72,8 @@ enum Outcome {
     Refused(CloseCode, &'static str),
     /// The program wrote something that cannot be sent.
     Fault(String),
+    /// The program stopped taking its input; the reason.
+    Stalled(String),
     /// The backend is shutting down.
     Shutdown,
 }
@@ -103,7 +107,12 @@ pub async fn run_session(
     );
     let (mut sink, mut stream) = session.split();
     let outcome = {
-        let to_program = client_to_program(&mut stream, pipes.stdin, options.binary);
+        let to_program = client_to_program(
+            &mut stream,
+            pipes.stdin,
+            options.binary,
+            options.stdin_timeout,
+        );
         let to_client =
             program_to_client(pipes.stdout, &mut sink, options.binary, options.max_line);
         tokio::pin!(to_program, to_client);
@@ -144,6 +153,10 @@ pub async fn run_session(
                 end = &mut to_program => break match end {
                     ClientEnd::Left => Outcome::ClientLeft,
                     ClientEnd::Refused(code, reason) => Outcome::Refused(code, reason),
+                    ClientEnd::Stalled(waited) => Outcome::Stalled(format!(
+                        "the program has not read its input for {} s",
+                        waited.as_secs_f64()
+                    )),
                 },
             }
         }
@@ -190,6 +203,13 @@ pub async fn run_session(
                 end_program(&mut program, grace, true, "bad output"),
             );
         }
+        Outcome::Stalled(reason) => {
+            warn!("{reason}; closing with 1011");
+            tokio::join!(
+                close_client(&mut session, CloseCode::Error, &reason, grace),
+                end_program(&mut program, grace, true, "stdin not read"),
+            );
+        }
         Outcome::Shutdown => {
             tokio::join!(
                 close_client(&mut session, CloseCode::Away, "server shutting down", grace),
@@ -225,14 +245,31 @@ async fn close_client(session: &mut Session, code: CloseCode, reason: &str, dead
 
 /// Writes each client message to `stdin` until the client's side ends. If
 /// the program closes its stdin, later messages are read and dropped, so
-/// that the client's close is still seen.
-async fn client_to_program<S>(stream: &mut S, stdin: ChildStdin, binary: bool) -> ClientEnd
+/// that the client's close is still seen. While a message waits for room in
+/// the pipe, the client is still watched: its leaving ends the session at
+/// once (the next message, if one comes first, is held, and nothing more is
+/// read), and a message that waits longer than `stdin_timeout` ends it as
+/// [`ClientEnd::Stalled`].
+async fn client_to_program<S>(
+    stream: &mut S,
+    stdin: ChildStdin,
+    binary: bool,
+    stdin_timeout: Duration,
+) -> ClientEnd
 where
     S: Stream<Item = Result<Message, SessionError>> + Unpin,
 {
     let mut stdin = Some(stdin);
     let mut line = Vec::new();
-    while let Some(item) = stream.next().await {
+    let mut held: Option<Message> = None;
+    loop {
+        let item = match held.take() {
+            Some(message) => Ok(message),
+            None => match stream.next().await {
+                Some(item) => item,
+                None => return ClientEnd::Left,
+            },
+        };
         let bytes: &[u8] = match &item {
             Ok(Message::Text(text)) if binary => text.as_bytes(),
             Ok(Message::Text(text)) => {
@@ -268,16 +305,35 @@ where
             );
             continue;
         };
-        if let Err(error) = pipe.write_all(bytes).await {
-            info!(%error, "the program closed its stdin; client messages are dropped from now on");
-            stdin = None;
+        let write = tokio::time::timeout(stdin_timeout, pipe.write_all(bytes));
+        tokio::pin!(write);
+        let written = loop {
+            tokio::select! {
+                written = &mut write => break written,
+                next = stream.next(), if held.is_none() => match next {
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => held = Some(message),
+                    Some(Ok(Message::Close(_))) | None => return ClientEnd::Left,
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
+                        debug!(%error, "client link failed");
+                        return ClientEnd::Left;
+                    }
+                },
+            }
+        };
+        match written {
+            Err(_) => return ClientEnd::Stalled(stdin_timeout),
+            Ok(Err(error)) => {
+                info!(%error, "the program closed its stdin; client messages are dropped from now on");
+                stdin = None;
+            }
+            Ok(Ok(())) => {}
         }
         // Messages are bounded by the gateway's limit; keep no large buffer between them.
         if line.capacity() > BINARY_CHUNK {
             line = Vec::new();
         }
     }
-    ClientEnd::Left
 }
 
 /// Sends the program's stdout to the client as messages (lines, or binary
