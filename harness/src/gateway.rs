@@ -215,6 +215,21 @@ impl Gateway {
         self.request(handshake.render(&self.addr.to_string())).await
     }
 
+    /// Sends `handshake` as [`Gateway::request_in`] does: over TLS in
+    /// [`Mode::Tls`] (with the TLS listener as Host), in the clear otherwise.
+    pub async fn handshake_in(
+        &self,
+        mode: Mode,
+        handshake: &HandshakeRequest,
+    ) -> anyhow::Result<HttpResponse> {
+        let host = match mode {
+            Mode::Tls => self.tls_addr().context("a TLS listener")?,
+            Mode::Relay | Mode::Direct => self.addr,
+        };
+        self.request_in(mode, handshake.render(&host.to_string()))
+            .await
+    }
+
     /// A plain `GET path` (no upgrade), closing the connection after the response.
     pub async fn get(&self, path: &str) -> anyhow::Result<HttpResponse> {
         self.request(format!(

@@ -22,13 +22,8 @@ use tokio::io::AsyncWriteExt;
 
 /// A handshake for `path`, over TLS in [`Mode::Tls`], and its response.
 async fn handshake(gateway: &Gateway, mode: Mode, path: &str) -> anyhow::Result<HttpResponse> {
-    let request = HandshakeRequest::new(path);
-    let host = match mode {
-        Mode::Tls => gateway.tls_addr().context("a TLS listener")?,
-        Mode::Relay | Mode::Direct => gateway.addr(),
-    };
     gateway
-        .request_in(mode, request.render(&host.to_string()))
+        .handshake_in(mode, &HandshakeRequest::new(path))
         .await
 }
 

@@ -123,12 +123,8 @@ async fn expect_refusal(
     path: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let host = match mode {
-        Mode::Tls => gateway.tls_addr().context("a TLS listener")?,
-        Mode::Relay | Mode::Direct => gateway.addr(),
-    };
     let response = gateway
-        .request_in(mode, HandshakeRequest::new(path).render(&host.to_string()))
+        .handshake_in(mode, &HandshakeRequest::new(path))
         .await?;
     ensure!(response.status == 403, "{path}: {response}");
     ensure!(
