@@ -94,6 +94,8 @@ pub(crate) struct DirectClient {
     idle: IdleTimer,
     /// The one `Close` was yielded; the stream ends now.
     closed: bool,
+    /// The payload of the server's last ping, until the client's pong to it.
+    asked: Option<Bytes>,
 }
 
 impl DirectClient {
@@ -104,6 +106,7 @@ impl DirectClient {
             ping_due: false,
             idle: IdleTimer::new(options.idle_timeout),
             closed: false,
+            asked: None,
         }
     }
 
@@ -199,7 +202,12 @@ impl Stream for DirectClient {
                     this.closed = true;
                     return Poll::Ready(Some(Message::Close(frame)));
                 }
-                // tungstenite answers pings itself.
+                // The answer to the server's own ping, as a relayed session yields it.
+                Message::Pong(payload) if this.asked.as_ref() == Some(&payload) => {
+                    this.asked = None;
+                    return Poll::Ready(Some(Message::Pong(payload)));
+                }
+                // tungstenite answers pings itself; other pongs are keepalive.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             }
         }
@@ -217,6 +225,9 @@ impl Sink<Message> for DirectClient {
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), tungstenite::Error> {
+        if let Message::Ping(payload) = &message {
+            self.asked = Some(payload.clone());
+        }
         self.ws.start_send_unpin(message)
     }
 

@@ -3,7 +3,8 @@
 //!
 //! A session behaves the same whatever carries it: the framed link, or in
 //! direct mode the client's own socket (`direct`). Servers only ever see
-//! whole text, binary and close messages; pings and pongs never reach them.
+//! whole text, binary and close messages; keepalive pings and pongs never
+//! reach them (a server's own ping gets its pong back, see [`Session`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -196,6 +197,12 @@ impl Incoming {
 /// The stream yields `Text`, `Binary` and finally `Close` (with the client's code)
 /// and then ends. Sending `Close` ends the session towards the client.
 ///
+/// Sending `Ping(payload)` (at most 125 bytes) pings the client, relayed or
+/// direct; the client's answer is yielded as `Pong(payload)` when it echoes
+/// the last ping sent (a server measuring a round trip). A server that sends
+/// no ping never sees a `Pong`; keepalive stays the gateway's (or, direct,
+/// the library's) and never reaches the server.
+///
 /// Replies are batched without the server asking: a flush (`send` ends with
 /// one) is deferred while the client's next text or binary message is
 /// already readable, so a server that answers each message with `send`
@@ -356,10 +363,17 @@ impl Sink<Message> for Session {
         }
         self.unflushed = true;
         match &mut self.transport {
-            Transport::Link(framed) => match message_to_record(message) {
-                Some(record) => framed.start_send_unpin(record).map_err(SessionError::from),
-                None => Ok(()),
-            },
+            Transport::Link(framed) => {
+                let record = match message {
+                    // The gateway pings the client for us, and returns its pong.
+                    Message::Ping(payload) => Some(Record::Ping(payload)),
+                    other => message_to_record(other),
+                };
+                match record {
+                    Some(record) => framed.start_send_unpin(record).map_err(SessionError::from),
+                    None => Ok(()),
+                }
+            }
             Transport::Direct(client) => {
                 client.start_send_unpin(message).map_err(SessionError::from)
             }

@@ -41,6 +41,8 @@ pub fn encode(record: &Record) -> Vec<u8> {
             payload.extend_from_slice(info.reason.as_bytes());
             record_bytes(0x12, &payload)
         }
+        Record::Ping(payload) => record_bytes(0x13, payload),
+        Record::Pong(payload) => record_bytes(0x14, payload),
     }
 }
 

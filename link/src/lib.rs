@@ -30,7 +30,7 @@ pub use client_close::close_for_client_error;
 pub use meta::{
     AcceptReply, ClientLimits, LinkMode, OpenMeta, RejectReply, RequestHead, ResponseHead, TlsInfo,
 };
-pub use record::{CloseInfo, LinkError, Record, RecordCodec, RecordKind};
+pub use record::{CloseInfo, LinkError, MAX_CONTROL_PAYLOAD, Record, RecordCodec, RecordKind};
 
 /// The link protocol version this code speaks, carried in every OPEN record.
 pub const LINK_VERSION: u32 = 1;

@@ -1,6 +1,9 @@
 //! WebSocket messages ⇄ link records: a text or binary message is one TEXT
-//! or BINARY record, a close frame one CLOSE record; pings and pongs never
-//! cross the link (whoever holds the client's socket answers them).
+//! or BINARY record, a close frame one CLOSE record. A client's pings and
+//! pongs do not cross the link (whoever holds the client's socket answers
+//! them); the one exception is a backend's own ping (PING record) and the
+//! client's pong to it (PONG record), which the relay and the session map
+//! themselves.
 
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -32,6 +35,7 @@ pub fn record_to_message(record: Record) -> Result<Message, LinkError> {
             code: CloseCode::from(info.code),
             reason: Utf8Bytes::from(info.reason),
         })),
+        Record::Pong(payload) => Message::Pong(payload),
         other => return Err(LinkError::Unexpected(other.name())),
     })
 }

@@ -36,7 +36,16 @@ pub enum RecordKind {
     Binary = 0x11,
     /// A close: empty, or a 16-bit big-endian code followed by a UTF-8 reason.
     Close = 0x12,
+    /// Backend to gateway: send the client a WebSocket ping with this payload
+    /// (at most [`MAX_CONTROL_PAYLOAD`] bytes).
+    Ping = 0x13,
+    /// Gateway to backend: the client's pong to the last PING the backend
+    /// asked for, with its payload.
+    Pong = 0x14,
 }
+
+/// The most payload a WebSocket control frame, and so a PING or PONG record, carries.
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 impl RecordKind {
     /// The kind of a kind byte, if this version knows it.
@@ -51,6 +60,8 @@ impl RecordKind {
             0x10 => RecordKind::Text,
             0x11 => RecordKind::Binary,
             0x12 => RecordKind::Close,
+            0x13 => RecordKind::Ping,
+            0x14 => RecordKind::Pong,
             _ => return None,
         })
     }
@@ -77,6 +88,10 @@ pub enum Record {
     Binary(Bytes),
     /// A close with an optional code and reason.
     Close(Option<CloseInfo>),
+    /// A ping the backend asks the gateway to send the client.
+    Ping(Bytes),
+    /// The client's pong to the backend's last PING.
+    Pong(Bytes),
 }
 
 /// The code and reason of a CLOSE record.
@@ -181,6 +196,8 @@ impl Record {
             Record::Text(_) => RecordKind::Text,
             Record::Binary(_) => RecordKind::Binary,
             Record::Close(_) => RecordKind::Close,
+            Record::Ping(_) => RecordKind::Ping,
+            Record::Pong(_) => RecordKind::Pong,
         }
     }
 
@@ -196,6 +213,8 @@ impl Record {
             RecordKind::Text => "TEXT",
             RecordKind::Binary => "BINARY",
             RecordKind::Close => "CLOSE",
+            RecordKind::Ping => "PING",
+            RecordKind::Pong => "PONG",
         }
     }
 
@@ -207,7 +226,9 @@ impl Record {
             | Record::Handoff(b)
             | Record::Request(b)
             | Record::Response(b)
-            | Record::Binary(b) => b.len(),
+            | Record::Binary(b)
+            | Record::Ping(b)
+            | Record::Pong(b) => b.len(),
             Record::Text(text) => text.len(),
             Record::Close(None) => 0,
             Record::Close(Some(info)) => 2 + info.reason.len(),
@@ -268,6 +289,8 @@ impl Decoder for RecordCodec {
             }
             RecordKind::Binary => Record::Binary(payload),
             RecordKind::Close => Record::Close(decode_close(&payload)?),
+            RecordKind::Ping => Record::Ping(control_payload("PING", payload)?),
+            RecordKind::Pong => Record::Pong(control_payload("PONG", payload)?),
         };
         Ok(Some(record))
     }
@@ -279,6 +302,17 @@ impl Decoder for RecordCodec {
             None => Err(LinkError::Truncated),
         }
     }
+}
+
+/// A PING or PONG payload, which must fit a control frame.
+fn control_payload(kind: &'static str, payload: Bytes) -> Result<Bytes, LinkError> {
+    if payload.len() > MAX_CONTROL_PAYLOAD {
+        return Err(LinkError::Malformed {
+            kind,
+            reason: "payload over 125 bytes",
+        });
+    }
+    Ok(payload)
 }
 
 fn decode_close(payload: &[u8]) -> Result<Option<CloseInfo>, LinkError> {
@@ -307,6 +341,14 @@ impl Encoder<Record> for RecordCodec {
         if len > self.max_payload {
             return Err(too_long);
         }
+        if let Record::Ping(payload) | Record::Pong(payload) = &record
+            && payload.len() > MAX_CONTROL_PAYLOAD
+        {
+            return Err(LinkError::Malformed {
+                kind: record.name(),
+                reason: "payload over 125 bytes",
+            });
+        }
         let len32 = u32::try_from(len).map_err(|_| too_long)?;
         dst.reserve(HEADER_LEN + len);
         dst.extend_from_slice(&encode_header(record.kind(), len32));
@@ -317,7 +359,9 @@ impl Encoder<Record> for RecordCodec {
             | Record::Handoff(b)
             | Record::Request(b)
             | Record::Response(b)
-            | Record::Binary(b) => dst.extend_from_slice(&b),
+            | Record::Binary(b)
+            | Record::Ping(b)
+            | Record::Pong(b) => dst.extend_from_slice(&b),
             Record::Text(text) => dst.extend_from_slice(text.as_bytes()),
             Record::Close(None) => {}
             Record::Close(Some(info)) => {

@@ -19,6 +19,8 @@ fn record() -> impl Strategy<Value = Record> {
         ".{0,64}".prop_map(|text: String| Record::Text(text.into())),
         bytes().prop_map(Record::Binary),
         Just(Record::Close(None)),
+        proptest::collection::vec(any::<u8>(), 0..=125).prop_map(|b| Record::Ping(b.into())),
+        proptest::collection::vec(any::<u8>(), 0..=125).prop_map(|b| Record::Pong(b.into())),
         (any::<u16>(), ".{0,40}")
             .prop_map(|(code, reason)| { Record::Close(Some(CloseInfo { code, reason })) }),
     ]

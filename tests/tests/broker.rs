@@ -752,12 +752,26 @@ async fn achex_accounts_sessions_groups_and_stamped_sender(mode: Mode) -> anyhow
         json!({"error": "log in first (setID and passwd)"}),
     )
     .await?;
+    // The latency is a measured round trip: a ping, whose pong (tungstenite
+    // sends it by itself) is answered. A pong the broker did not ask for is
+    // not: had this forged one (sent at the epoch) been taken, its `ltcy`
+    // would arrive before the ping.
+    let mut forged = b"ltcy".to_vec();
+    forged.extend_from_slice(&0u64.to_be_bytes());
+    stranger.send(Message::Pong(forged.into())).await?;
     send(&mut stranger, "ping").await?;
+    match stranger.recv_any().await? {
+        Message::Ping(payload) => ensure!(
+            payload.len() == 12 && payload.starts_with(b"ltcy"),
+            "latency ping payload {payload:?}"
+        ),
+        other => bail!("expected the latency ping, got {}", describe(&other)),
+    }
     let latency = recv_json(&mut stranger).await?;
     ensure!(
-        latency["ltcy"]
-            .as_str()
-            .is_some_and(|text| text.ends_with(" ms")),
+        latency["ltcy"].as_str().is_some_and(|text| text
+            .strip_suffix(" ms")
+            .is_some_and(|millis| millis.parse::<u64>().is_ok())),
         "latency reply {latency}"
     );
 

@@ -4,8 +4,13 @@
 //!
 //! The gateway never looks inside a payload: `Bytes` move from one side to the
 //! other without a copy.
+//!
+//! A backend's PING record becomes a ping to the client, and the client's
+//! pong with that payload a PONG record back (a backend measuring a round
+//! trip); every other ping and pong stays between the gateway and the client.
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -63,9 +68,17 @@ pub(crate) async fn run<S: ClientStream>(
     *link_writer.write_buffer_mut() = BytesMut::new();
     let (mut client_writer, mut client_reader) = client.split();
 
+    // The payload of the backend's last PING, until the client's pong to it.
+    let asked = Mutex::new(None);
     let ending = {
-        let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
-        let downstream = backend_to_client(early, &mut link_reader, &mut client_writer, settings);
+        let upstream = client_to_backend(&mut client_reader, &mut link_writer, &asked, settings);
+        let downstream = backend_to_client(
+            early,
+            &mut link_reader,
+            &mut client_writer,
+            &asked,
+            settings,
+        );
         first_ending(upstream, downstream, shutdown).await
     };
 
@@ -114,6 +127,7 @@ pub(crate) async fn run<S: ClientStream>(
 async fn client_to_backend<S: ClientStream>(
     client_reader: &mut ClientReader<S>,
     link_writer: &mut LinkWriter,
+    asked: &Mutex<Option<Bytes>>,
     settings: &RelaySettings,
 ) -> Ending {
     let mut idle = IdleTimer::new(settings.idle_timeout);
@@ -134,8 +148,14 @@ async fn client_to_backend<S: ClientStream>(
                     }
                     return Ending::ClientClosed(frame);
                 }
+                Some(Ok(Message::Pong(payload))) if is_asked_for(asked, &payload) => {
+                    if let Err(error) = link_writer.feed(Record::Pong(payload)).await {
+                        return Ending::BackendGone(LinkFailure::Write(error));
+                    }
+                    n_batched += 1;
+                }
                 Some(Ok(message)) => {
-                    // Pings and pongs have no record: tungstenite answers pings itself.
+                    // Other pings and pongs have no record: tungstenite answers pings itself.
                     if let Some(record) = message_to_record(message) {
                         if let Err(error) = link_writer.feed(record).await {
                             return Ending::BackendGone(LinkFailure::Write(error));
@@ -166,6 +186,7 @@ async fn backend_to_client<S: ClientStream>(
     mut early: VecDeque<Result<Record, LinkError>>,
     link_reader: &mut LinkReader,
     client_writer: &mut ClientWriter<S>,
+    asked: &Mutex<Option<Bytes>>,
     settings: &RelaySettings,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);
@@ -187,6 +208,12 @@ async fn backend_to_client<S: ClientStream>(
             let message = match next {
                 Some(Ok(Record::Text(text))) => Message::Text(text),
                 Some(Ok(Record::Binary(payload))) => Message::Binary(payload),
+                Some(Ok(Record::Ping(payload))) => {
+                    *asked
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(payload.clone());
+                    Message::Ping(payload)
+                }
                 Some(Ok(Record::Close(info))) => {
                     if let Err(error) = client_writer.flush().await {
                         return Ending::ClientGone(ClientGone::Write(error));
@@ -219,4 +246,16 @@ async fn backend_to_client<S: ClientStream>(
             return Ending::ClientGone(ClientGone::Write(error));
         }
     }
+}
+
+/// Whether `payload` answers the backend's last PING; if so, that PING is answered.
+fn is_asked_for(asked: &Mutex<Option<Bytes>>, payload: &Bytes) -> bool {
+    let mut asked = asked
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if asked.as_ref() == Some(payload) {
+        *asked = None;
+        return true;
+    }
+    false
 }

@@ -47,6 +47,8 @@ fn records_round_trip_byte_for_byte() {
         Record::Reject(Bytes::from_static(b"{}")),
         b"\x03\0\0\0\x02{}",
     );
+    check_round_trip(Record::Ping(Bytes::from_static(b"t1")), b"\x13\0\0\0\x02t1");
+    check_round_trip(Record::Pong(Bytes::new()), b"\x14\0\0\0\0");
 }
 
 #[test]
@@ -144,6 +146,19 @@ fn malformed_records_are_errors() {
     check(b"\x12\0\0\0\x03\x03\xe8\xff", |e| {
         matches!(e, LinkError::InvalidUtf8)
     });
+    // A control frame holds at most 125 bytes.
+    let mut long_ping = b"\x13\0\0\0\x7e".to_vec();
+    long_ping.extend_from_slice(&[b'p'; 126]);
+    check(&long_ping, |e| {
+        matches!(e, LinkError::Malformed { kind: "PING", .. })
+    });
+    let mut buf = BytesMut::new();
+    let result = RecordCodec::new(1024).encode(Record::Pong(Bytes::from(vec![0; 126])), &mut buf);
+    assert!(matches!(
+        result,
+        Err(LinkError::Malformed { kind: "PONG", .. })
+    ));
+    assert!(buf.is_empty());
 }
 
 #[test]

@@ -7,9 +7,13 @@
 //! every member of the broadcast group of that name, `{"toS": sid, ...}` one
 //! session; the broker sets `"FROM"` (the sender's id) and `"sID"` (its
 //! session number) in every delivered object, over whatever the sender put
-//! there. `ping` or `latency` (bare or as a JSON string) is answered with
-//! `{"ltcy": "N ms"}`.
+//! there. `ping` or `latency` (bare or as a JSON string) sends the client a
+//! WebSocket ping, and its pong is answered with `{"ltcy": "N ms"}`, the
+//! measured round trip ([`on_pong`]).
 
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -117,9 +121,44 @@ pub async fn reply_error(context: &ClientContext<'_>, error: &str) {
         .await;
 }
 
+/// The start of a latency ping's payload; the send time follows.
+const PROBE_TAG: &[u8; 4] = b"ltcy";
+
+/// The instant latency pings count from, the same for every client.
+fn probe_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// A latency ping's payload: the tag and the microseconds since [`probe_epoch`].
+fn latency_probe() -> Bytes {
+    let sent = u64::try_from(probe_epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
+    let mut payload = Vec::with_capacity(12);
+    payload.extend_from_slice(PROBE_TAG);
+    payload.extend_from_slice(&sent.to_be_bytes());
+    Bytes::from(payload)
+}
+
+/// The client's pong to a latency ping: `{"ltcy": "N ms"}`, the round trip
+/// since the ping was sent. The session yields only the pong to the last
+/// ping sent, so a client cannot forge one; anything else is ignored.
+pub async fn on_pong(context: &ClientContext<'_>, payload: &[u8]) {
+    let Some(sent) = payload
+        .strip_prefix(PROBE_TAG)
+        .and_then(|rest| <[u8; 8]>::try_from(rest).ok())
+        .map(u64::from_be_bytes)
+    else {
+        return;
+    };
+    let now = u64::try_from(probe_epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
+    let millis = now.saturating_sub(sent) / 1000;
+    context
+        .reply_text(json!({ "ltcy": format!("{millis} ms") }).to_string())
+        .await;
+}
+
 /// Handles one text message of a client.
 pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
-    let received_at = Instant::now();
     let request = match parse(text) {
         Ok(request) => request,
         Err(error) => {
@@ -130,12 +169,7 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
     let core = context.core();
     let name = core.name_of(context.client);
     match (request, name) {
-        (Request::Latency, _) => {
-            let millis = received_at.elapsed().as_millis();
-            context
-                .reply_text(json!({ "ltcy": format!("{millis} ms") }).to_string())
-                .await;
-        }
+        (Request::Latency, _) => context.reply(Message::Ping(latency_probe())).await,
         (
             Request::Login {
                 id,

@@ -243,6 +243,13 @@ where
         let message = match stream.next().await {
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
             Some(Ok(Message::Close(_))) | None => return Ending::ClientGone,
+            // The answer to a ping this broker sent (Achex's latency).
+            Some(Ok(Message::Pong(payload))) => {
+                if context.broker.options.dialect == Dialect::Achex {
+                    achex::on_pong(context, &payload).await;
+                }
+                continue;
+            }
             Some(Ok(_)) => continue,
             Some(Err(error)) => return Ending::ReadFailed(error),
         };
