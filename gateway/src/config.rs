@@ -948,6 +948,38 @@ mod tests {
     }
 
     #[test]
+    fn documented_backend_example_is_valid_and_spells_out_the_defaults() {
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc
+            .find("```toml\ndocroot")
+            .expect("docs/configuration.md has a [[backend]] example");
+        let rest = &doc[start + "```toml\n".len()..];
+        let text = &rest[..rest.find("```").expect("the toml block is closed")];
+        let config = Config::from_toml(text, Path::new("/etc/wsgate/wsgate.toml"), Args::default())
+            .expect("the documented backends are valid");
+        let [chat, echo] = config.backends.as_slice() else {
+            panic!("two backends: {:?}", config.backends);
+        };
+        assert_eq!(chat.name, "chat");
+        assert_eq!(chat.socket_path, Path::new("/var/run/websocket/chat"));
+        assert_eq!(chat.command, Path::new("/usr/local/bin/websocket_chat"));
+        assert_eq!(chat.args, ["-R", "/var/run/websocket", "-n", "chat", "-w"]);
+        assert_eq!(chat.env["RUST_LOG"], "info");
+        assert_eq!(chat.user.as_deref(), Some("www-data"));
+        assert_eq!(
+            echo.command,
+            Path::new("websocket_echo"),
+            "a bare name stays for PATH"
+        );
+        assert_eq!(echo.user, None);
+        // The values the chat spells out are the defaults the echo gets.
+        assert_eq!(
+            (echo.ready_timeout, echo.stop_timeout, echo.restart),
+            (chat.ready_timeout, chat.stop_timeout, chat.restart)
+        );
+    }
+
+    #[test]
     fn defaults_apply_without_flags_or_file() {
         let config = Config::from_args(parse_args(&[])).expect("defaults are valid");
         assert_eq!(config, Config::default());

@@ -451,7 +451,7 @@ mod tests {
             ("name = '.hidden'\ncommand = 'x'", "hidden"),
             ("name = 'a%2fb'\ncommand = 'x'", "percent"),
             ("name = 'ok'\ncommand = ''", "command is empty"),
-            ("name = 'ok'\ncommand = 'x'\nargs = ['a\\u0000b']", "NUL"),
+            ("name = 'ok'\ncommand = 'x'\nargs = [\"a\\u0000b\"]", "NUL"),
             (
                 "name = 'ok'\ncommand = 'x'\nenv = { 'A=B' = '1' }",
                 "\"A=B\"",
