@@ -62,18 +62,23 @@ const MIN_REQUEST_HEADER_SIZE: usize = 8192;
 /// The largest `--max-message-size`: a link record length is 32 bits.
 const MAX_MESSAGE_SIZE_LIMIT: usize = u32::MAX as usize;
 
-/// The `wsgate` command line. Every flag except `--config` has a key of the same
-/// name in snake_case in the TOML file; flags override the file.
+/// The `wsgate` command line. Every flag except `--config` and
+/// `--check-config` has a key of the same name in snake_case in the TOML
+/// file; flags override the file. Supervised backends (`[[backend]]`) exist
+/// only in the file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Parser)]
 #[command(
     name = "wsgate",
     version,
     about = "WebSocket gateway: serves HTTP and static files, and relays each WebSocket client to the backend listening on <docroot>/<name>",
-    after_help = "Every flag but --config can also be set in the TOML file given with --config, \
-                  under the flag's name in snake_case (e.g. max_message_size = 1048576, \
-                  listen = [\"127.0.0.1:8080\"]). Flags override the file; a repeatable flag given \
-                  on the command line replaces the file's list. Relative paths in the file are \
-                  relative to the file's directory. See docs/configuration.md for a full example."
+    after_help = "Every flag but --config and --check-config can also be set in the TOML file \
+                  given with --config, under the flag's name in snake_case (e.g. \
+                  max_message_size = 1048576, listen = [\"127.0.0.1:8080\"]). Flags override the \
+                  file; a repeatable flag given on the command line replaces the file's list. \
+                  Relative paths in the file are relative to the file's directory. The file's \
+                  [[backend]] tables are backends the gateway starts and supervises. SIGHUP \
+                  reads the file again and applies it to new clients (listen, tls_listen and \
+                  docroot need a restart). See docs/configuration.md for a full example."
 )]
 pub struct Args {
     /// Read settings from this TOML file first; flags override its values.
