@@ -121,6 +121,8 @@ fn apply(prepared: Prepared, live: &Live, supervisor: &Supervisor) {
     let running = live.load_full();
     let has_tls = prepared.tls.is_some();
     let next = running.with_config(prepared.config, prepared.tls);
+    next.http_connections
+        .set_max_per_ip(next.config.max_connections_per_ip);
     supervisor.apply(&next.config.backends);
     let n_backends = next.config.backends.len();
     live.store(Arc::new(next));

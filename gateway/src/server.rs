@@ -87,8 +87,6 @@ impl Shared {
             }
             _ => Authorizer::new(&config.authorizers, config.authorizer_timeout).map(Arc::new),
         };
-        self.http_connections
-            .set_max_per_ip(config.max_connections_per_ip);
         Shared {
             settings: RelaySettings::from_config(&config),
             static_files: StaticFiles::new(config.htdocs.as_deref()),

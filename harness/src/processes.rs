@@ -32,14 +32,30 @@ impl ProcessInfo {
 
     /// Its real user id (`/proc/<pid>/status`).
     pub fn uid(&self) -> anyhow::Result<u32> {
+        self.status_line("Uid")?
+            .split_whitespace()
+            .next()
+            .and_then(|uid| uid.parse().ok())
+            .with_context(|| format!("no uid for process {}", self.pid))
+    }
+
+    /// Its supplementary group ids (`/proc/<pid>/status`).
+    pub fn groups(&self) -> anyhow::Result<Vec<u32>> {
+        self.status_line("Groups")?
+            .split_whitespace()
+            .map(|gid| gid.parse().context("a group id"))
+            .collect()
+    }
+
+    /// The value of the `key:` line of `/proc/<pid>/status`.
+    fn status_line(&self, key: &str) -> anyhow::Result<String> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .with_context(|| format!("reading the status of process {}", self.pid))?;
         status
             .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|uids| uids.split_whitespace().next())
-            .and_then(|uid| uid.parse().ok())
-            .with_context(|| format!("no Uid line for process {}", self.pid))
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+            .map(str::to_owned)
+            .with_context(|| format!("no {key} line for process {}", self.pid))
     }
 }
 

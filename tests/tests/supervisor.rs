@@ -344,6 +344,12 @@ async fn a_backend_runs_as_its_user() -> anyhow::Result<()> {
     echoes(&mut client, "as nobody").await?;
     let process = backend_process(&gateway, "websocket_echo", "echo").context("echo")?;
     assert_eq!(process.uid()?, nobody.uid.as_raw());
+    // Root's supplementary groups are gone, not kept by the new user.
+    let groups = process.groups()?;
+    ensure!(
+        groups.iter().all(|&gid| gid == nobody.gid.as_raw()),
+        "the backend kept groups {groups:?}"
+    );
     Ok(())
 }
 
