@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::access::{DirectGlobError, GlobError, NamePolicy, OriginError, OriginPolicy};
 use crate::authorizer::{AuthorizerConfigError, AuthorizerRules};
 use crate::forward::{HttpGlobError, HttpNames};
+use crate::supervisor::{BackendConfigError, BackendSpec, BackendTable, backend_specs};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -61,23 +62,36 @@ const MIN_REQUEST_HEADER_SIZE: usize = 8192;
 /// The largest `--max-message-size`: a link record length is 32 bits.
 const MAX_MESSAGE_SIZE_LIMIT: usize = u32::MAX as usize;
 
-/// The `wsgate` command line. Every flag except `--config` has a key of the same
-/// name in snake_case in the TOML file; flags override the file.
+/// The `wsgate` command line. Every flag except `--config` and
+/// `--check-config` has a key of the same name in snake_case in the TOML
+/// file; flags override the file. Supervised backends (`[[backend]]`) exist
+/// only in the file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Parser)]
 #[command(
     name = "wsgate",
     version,
     about = "WebSocket gateway: serves HTTP and static files, and relays each WebSocket client to the backend listening on <docroot>/<name>",
-    after_help = "Every flag but --config can also be set in the TOML file given with --config, \
-                  under the flag's name in snake_case (e.g. max_message_size = 1048576, \
-                  listen = [\"127.0.0.1:8080\"]). Flags override the file; a repeatable flag given \
-                  on the command line replaces the file's list. Relative paths in the file are \
-                  relative to the file's directory. See docs/configuration.md for a full example."
+    after_help = "Every flag but --config and --check-config can also be set in the TOML file \
+                  given with --config, under the flag's name in snake_case (e.g. \
+                  max_message_size = 1048576, listen = [\"127.0.0.1:8080\"]). Flags override the \
+                  file; a repeatable flag given on the command line replaces the file's list. \
+                  Relative paths in the file are relative to the file's directory. The file's \
+                  [[backend]] tables are backends the gateway starts and supervises. SIGHUP \
+                  reads the file again and applies it to new clients (listen, tls_listen and \
+                  docroot need a restart). See docs/configuration.md for a full example."
 )]
 pub struct Args {
     /// Read settings from this TOML file first; flags override its values.
+    /// SIGHUP reads it again (docs/configuration.md, "Reload").
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Check this TOML file (with the other flags applied), as `nginx -t`
+    /// does: settings, globs, certificates, backend commands and users.
+    /// Prints `wsgate: configuration FILE is ok` and exits 0, or prints the
+    /// reason on stderr and exits 2. Nothing is started.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
 
     /// Address to listen on, `ip:port`; repeat for several. Port 0 picks a free
     /// port; each listener prints `listening on http://<addr>` on stdout once it
@@ -277,6 +291,8 @@ struct FileConfig {
     max_request_header_size: Option<usize>,
     max_connections_per_ip: Option<usize>,
     allowed_host: Option<Vec<String>>,
+    /// `[[backend]]` tables: the backends the gateway starts and supervises.
+    backend: Option<Vec<BackendTable>>,
 }
 
 /// The file's `authorizer`: one URL for every name, or URLs per name glob.
@@ -300,6 +316,14 @@ struct AuthorizerEntry {
 }
 
 impl FileConfig {
+    fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        FileConfig::parse(&text, path)
+    }
+
     fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         let mut file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
@@ -318,6 +342,9 @@ impl FileConfig {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
+        }
+        for backend in file.backend.iter_mut().flatten() {
+            backend.anchor(base);
         }
         Ok(file)
     }
@@ -362,6 +389,9 @@ pub enum ConfigError {
     /// An `origin` is malformed.
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// A `[[backend]]` table cannot be used.
+    #[error(transparent)]
+    Backend(#[from] BackendConfigError),
     /// A number is out of its range.
     #[error("{setting} must be {expected}, got {value}")]
     OutOfRange {
@@ -446,6 +476,8 @@ pub struct Config {
     pub(crate) max_connections_per_ip: Option<usize>,
     /// Host names served (lower case); empty: any.
     pub(crate) allowed_hosts: Vec<String>,
+    /// The supervised backends, in the file's order.
+    pub(crate) backends: Vec<BackendSpec>,
 }
 
 /// Where the TLS certificate and keys are, and the handshake limits.
@@ -475,13 +507,7 @@ impl Config {
     /// Builds the configuration from the command line, reading `--config` first if given.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                FileConfig::parse(&text, path)?
-            }
+            Some(path) => FileConfig::read(path)?,
             None => FileConfig::default(),
         };
         Config::from_file_and_args(file, args)
@@ -658,15 +684,18 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let docroot = args
+            .docroot
+            .or(file.docroot)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCROOT));
+        let backends = backend_specs(file.backend.unwrap_or_default(), &docroot)?;
+
         let seconds = |secs: u64| (secs != 0).then(|| Duration::from_secs(secs));
         Ok(Config {
             listen,
             tls_listen,
             tls,
-            docroot: args
-                .docroot
-                .or(file.docroot)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCROOT)),
+            docroot,
             htdocs: args.htdocs.or(file.htdocs),
             names: NamePolicy::new(&allow, &deny, &raw)?.with_direct(&direct)?,
             raw_nul: args.raw_nul || file.raw_nul.unwrap_or(false),
@@ -686,13 +715,58 @@ impl Config {
             max_request_header_size,
             max_connections_per_ip: (max_connections_per_ip != 0).then_some(max_connections_per_ip),
             allowed_hosts,
+            backends,
         })
     }
 
-    /// Checks the paths that must exist before serving: `--htdocs`, when
-    /// given, must be a directory. (The docroot may appear later, when the
-    /// first backend creates it.)
+    /// The configuration a reload (SIGHUP) switches to: `args` with its
+    /// `--config` file read again, except for the settings that need a
+    /// restart (the listen addresses and the docroot), which keep their
+    /// `running` values. Returns it with the keys of those settings that the
+    /// file or flags would have changed.
+    pub(crate) fn reload(
+        args: &Args,
+        running: &Config,
+    ) -> Result<(Config, Vec<&'static str>), ConfigError> {
+        let mut file = match &args.config {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        let wanted = Config::from_file_and_args(file.clone(), args.clone())?;
+        let mut needs_restart = Vec::new();
+        if wanted.listen != running.listen {
+            needs_restart.push("listen");
+        }
+        if wanted.tls_listen != running.tls_listen {
+            needs_restart.push("tls_listen");
+        }
+        if wanted.docroot != running.docroot {
+            needs_restart.push("docroot");
+        }
+        if needs_restart.is_empty() {
+            return Ok((wanted, needs_restart));
+        }
+        // The running values, given as flags, win over the file's.
+        file.listen = None;
+        file.tls_listen = None;
+        file.docroot = None;
+        let pinned = Args {
+            listen: running.listen.clone(),
+            tls_listen: running.tls_listen.clone(),
+            docroot: Some(running.docroot.clone()),
+            ..args.clone()
+        };
+        Ok((Config::from_file_and_args(file, pinned)?, needs_restart))
+    }
+
+    /// Checks what must exist before serving: `--htdocs`, when given, must
+    /// be a directory, and each backend's command must be an executable and
+    /// its user one the gateway may switch to. (The docroot may appear
+    /// later, when the first backend creates it.)
     pub fn check_paths(&self) -> Result<(), ConfigError> {
+        for backend in &self.backends {
+            backend.check_host()?;
+        }
         let Some(htdocs) = &self.htdocs else {
             return Ok(());
         };
@@ -876,6 +950,38 @@ mod tests {
         ]))
         .expect("the flags are valid");
         assert_eq!(from_file, from_flags);
+    }
+
+    #[test]
+    fn documented_backend_example_is_valid_and_spells_out_the_defaults() {
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc
+            .find("```toml\ndocroot")
+            .expect("docs/configuration.md has a [[backend]] example");
+        let rest = &doc[start + "```toml\n".len()..];
+        let text = &rest[..rest.find("```").expect("the toml block is closed")];
+        let config = Config::from_toml(text, Path::new("/etc/wsgate/wsgate.toml"), Args::default())
+            .expect("the documented backends are valid");
+        let [chat, echo] = config.backends.as_slice() else {
+            panic!("two backends: {:?}", config.backends);
+        };
+        assert_eq!(chat.name, "chat");
+        assert_eq!(chat.socket_path, Path::new("/var/run/websocket/chat"));
+        assert_eq!(chat.command, Path::new("/usr/local/bin/websocket_chat"));
+        assert_eq!(chat.args, ["-R", "/var/run/websocket", "-n", "chat", "-w"]);
+        assert_eq!(chat.env["RUST_LOG"], "info");
+        assert_eq!(chat.user.as_deref(), Some("www-data"));
+        assert_eq!(
+            echo.command,
+            Path::new("websocket_echo"),
+            "a bare name stays for PATH"
+        );
+        assert_eq!(echo.user, None);
+        // The values the chat spells out are the defaults the echo gets.
+        assert_eq!(
+            (echo.ready_timeout, echo.stop_timeout, echo.restart),
+            (chat.ready_timeout, chat.stop_timeout, chat.restart)
+        );
     }
 
     #[test]

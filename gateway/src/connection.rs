@@ -8,7 +8,8 @@
 //! `upgrade`, a plain request for an `--http` name (or below it) to
 //! `forward`, a plain GET on another backend's name to `426`, anything else
 //! to the static files. The connection is closed early when the gateway needs its
-//! descriptor back (`http_connections`).
+//! descriptor back (`http_connections`). Each request is answered with the
+//! configuration current when it arrives (a reload may come between two).
 
 use http::header::HOST;
 use http::{Request, Response};
@@ -28,7 +29,7 @@ use crate::http_connections::HttpConnection;
 use crate::refusal::Refusal;
 use crate::response::Body;
 use crate::route;
-use crate::server::Shared;
+use crate::server::{Live, Shared};
 use crate::upgrade;
 
 /// Serves HTTP on `stream` until it closes; on shutdown, finishes the request in
@@ -39,11 +40,12 @@ use crate::upgrade;
 pub(crate) async fn serve<S: ClientStream>(
     stream: S,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    live: Arc<Live>,
     registered: HttpConnection,
     tls: Option<TlsInfo>,
 ) {
     let tls = tls.map(Arc::new);
+    let shared = live.load_full();
     let shutdown = shared.shutdown.clone();
     let config = &shared.config;
     let mut builder = http1::Builder::new();
@@ -54,7 +56,7 @@ pub(crate) async fn serve<S: ClientStream>(
     let registered = Arc::new(registered);
     let shed = registered.shed_token().clone();
     let service = service_fn(move |request| {
-        let shared = Arc::clone(&shared);
+        let shared = live.load_full();
         let in_flight = registered.request();
         let tls = tls.clone();
         async move {

@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 /// Every connection that has not upgraded, per address and in accept order.
 #[derive(Debug)]
 pub(crate) struct HttpConnections {
-    max_per_ip: Option<usize>,
     inner: Mutex<Inner>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The limit per address; `None`: no limit.
+    max_per_ip: Option<usize>,
     next_seq: u64,
     per_ip: HashMap<IpAddr, usize>,
     /// Oldest first, so shedding drops the connections that waited longest.
@@ -41,17 +42,27 @@ impl HttpConnections {
     /// Connections from one address are limited to `max_per_ip` (`None`: no limit).
     pub(crate) fn new(max_per_ip: Option<usize>) -> HttpConnections {
         HttpConnections {
-            max_per_ip,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                max_per_ip,
+                ..Inner::default()
+            }),
         }
+    }
+
+    /// Changes the limit (a reload): addresses over the new one keep their
+    /// connections, and get new ones once they are under it.
+    pub(crate) fn set_max_per_ip(&self, max_per_ip: Option<usize>) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.max_per_ip = max_per_ip;
     }
 
     /// Registers a new connection from `ip`, or `None` when that address
     /// holds its limit already.
     pub(crate) fn register(self: &Arc<Self>, ip: IpAddr) -> Option<HttpConnection> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let max_per_ip = inner.max_per_ip;
         let n_from_ip = inner.per_ip.entry(ip).or_insert(0);
-        if self.max_per_ip.is_some_and(|max| *n_from_ip >= max) {
+        if max_per_ip.is_some_and(|max| *n_from_ip >= max) {
             return None;
         }
         *n_from_ip += 1;

@@ -21,7 +21,10 @@
 //! - `http_connections`: connections not yet upgraded, per address, and which to shed first.
 //! - `static_files`: files from `--htdocs` through tower-http's `ServeDir`.
 //! - `response`: the response body type and plain-text responses.
-//! - `server`: the accept loops, the connection limit and graceful shutdown ([`serve`]).
+//! - `server`: the accept loops, the configuration snapshot every request takes,
+//!   the connection limit and graceful shutdown ([`serve`]).
+//! - `reload`: SIGHUP reads the configuration again ([`ConfigSource`]) and swaps it in.
+//! - `supervisor`: the `[[backend]]` processes, started, restarted and stopped ([`Supervisor`]).
 //! - `tls`: TLS termination for `--tls-listen` ([`Tls`]): handshakes under a deadline
 //!   and a bound, client certificates, the certificate reloaded on SIGHUP.
 //! - `client_stream`: the client's transport (TCP or TLS) that everything above is generic over.
@@ -42,10 +45,12 @@ mod handshake;
 mod http_connections;
 mod refusal;
 mod relay;
+mod reload;
 mod response;
 mod route;
 mod server;
 mod static_files;
+mod supervisor;
 mod tls;
 mod upgrade;
 
@@ -56,5 +61,7 @@ pub mod fuzz_api;
 pub use authorizer::AuthorizerConfigError;
 pub use config::{Args, Config, ConfigError};
 pub use forward::HttpGlobError;
+pub use reload::ConfigSource;
 pub use server::{Listeners, bind_all, serve};
+pub use supervisor::{BackendConfigError, Supervisor, SupervisorError};
 pub use tls::{CertificateError, Tls, TlsError};

@@ -7,20 +7,25 @@
 //! after the shutdown timeout at the latest.
 //!
 //! A TLS listener's connections first go through `tls`'s handshake in their
-//! own task (counted per address like any connection that has not upgraded);
-//! SIGHUP, caught from [`bind_all`] on, reloads the certificate.
+//! own task (counted per address like any connection that has not upgraded).
+//!
+//! The configuration is a [`Shared`] snapshot in an `ArcSwap` ([`Live`]):
+//! SIGHUP, caught from [`bind_all`] on, makes `reload` swap in a new one.
+//! Each request takes the snapshot current when it arrives, and an upgraded
+//! client keeps its request's snapshot for its whole life. The supervised
+//! backends are stopped after the clients are closed.
 
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use lifecycle::AcceptBackoff;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,7 +34,9 @@ use crate::config::Config;
 use crate::connection;
 use crate::http_connections::{HttpConnection, HttpConnections};
 use crate::relay::RelaySettings;
+use crate::reload::{self, ConfigSource};
 use crate::static_files::StaticFiles;
+use crate::supervisor::Supervisor;
 use crate::tls::Tls;
 
 /// Idle connections closed at once when accepting runs out of descriptors.
@@ -38,25 +45,92 @@ const SHED_BATCH: usize = 64;
 /// Extra time, beyond the shutdown timeout, for relays to finish closing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// What every connection and relay of one gateway shares.
+/// What every connection and relay of one gateway shares: one snapshot of
+/// the configuration and what was built from it, plus the process-wide
+/// state that every snapshot shares.
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) settings: RelaySettings,
-    /// One permit per WebSocket client: `--max-connections`.
-    pub(crate) clients: Arc<Semaphore>,
+    pub(crate) static_files: StaticFiles,
+    /// The authorizer client, when some name has an authorizer.
+    pub(crate) authorizer: Option<Arc<Authorizer>>,
+    /// The TLS side, when there are TLS listeners.
+    pub(crate) tls: Option<Arc<Tls>>,
+    // The rest is the same in every snapshot.
+    /// The WebSocket clients open: `--max-connections`.
+    pub(crate) clients: Arc<ClientSlots>,
     /// Connection ids, unique within this process.
-    pub(crate) next_id: AtomicU64,
+    pub(crate) next_id: Arc<AtomicU64>,
     /// Every connection and relay task, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) static_files: StaticFiles,
     /// Connections that have not upgraded: per-address limit and shedding.
     pub(crate) http_connections: Arc<HttpConnections>,
     /// Names served in direct mode that a TLS client reached (relayed
     /// instead), so that is logged once per name.
-    pub(crate) direct_over_tls: Mutex<HashSet<String>>,
-    /// The authorizer client, when some name has an authorizer.
-    pub(crate) authorizer: Option<Authorizer>,
+    pub(crate) direct_over_tls: Arc<Mutex<HashSet<String>>>,
+}
+
+/// The current snapshot; a reload stores a new one.
+pub(crate) type Live = ArcSwap<Shared>;
+
+impl Shared {
+    /// The snapshot for `config` and `tls` that shares this one's process-wide
+    /// state and, when its settings did not change, its authorizer client.
+    pub(crate) fn with_config(&self, config: Config, tls: Option<Arc<Tls>>) -> Shared {
+        let authorizer = match &self.authorizer {
+            Some(authorizer)
+                if config.authorizers == self.config.authorizers
+                    && config.authorizer_timeout == self.config.authorizer_timeout =>
+            {
+                Some(Arc::clone(authorizer))
+            }
+            _ => Authorizer::new(&config.authorizers, config.authorizer_timeout).map(Arc::new),
+        };
+        Shared {
+            settings: RelaySettings::from_config(&config),
+            static_files: StaticFiles::new(config.htdocs.as_deref()),
+            authorizer,
+            tls,
+            config,
+            clients: Arc::clone(&self.clients),
+            next_id: Arc::clone(&self.next_id),
+            tracker: self.tracker.clone(),
+            shutdown: self.shutdown.clone(),
+            http_connections: Arc::clone(&self.http_connections),
+            direct_over_tls: Arc::clone(&self.direct_over_tls),
+        }
+    }
+}
+
+/// Counts the WebSocket clients against the limit of the snapshot each
+/// one arrives with, so a reload can raise or lower `--max-connections`
+/// (lowered, it refuses new clients until enough have left).
+#[derive(Debug, Default)]
+pub(crate) struct ClientSlots {
+    n_open: AtomicUsize,
+}
+
+impl ClientSlots {
+    /// A slot if fewer than `max` clients are open.
+    pub(crate) fn try_acquire(self: &Arc<Self>, max: usize) -> Option<ClientSlot> {
+        self.n_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n_open| {
+                (n_open < max).then_some(n_open + 1)
+            })
+            .ok()?;
+        Some(ClientSlot(Arc::clone(self)))
+    }
+}
+
+/// One open WebSocket client; dropping it frees the slot.
+#[derive(Debug)]
+pub(crate) struct ClientSlot(Arc<ClientSlots>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.n_open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The bound listeners, plain and TLS, and SIGHUP, caught from binding on
@@ -85,13 +159,16 @@ impl Listeners {
 }
 
 /// Serves HTTP and WebSocket on `listeners` until `shutdown` is cancelled,
-/// then closes every client and returns.
+/// then closes every client, stops the supervised backends and returns.
 /// `tls` is [`Tls::from_config`] of the same `config`; the TLS listeners
-/// need it.
+/// need it. `config` came from `source`, which SIGHUP reads again;
+/// `supervisor` runs `config`'s backends ([`Supervisor::start`]).
 pub async fn serve(
     listeners: Listeners,
     tls: Option<Tls>,
     config: Config,
+    source: ConfigSource,
+    supervisor: Supervisor,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     if !config.docroot.is_dir() {
@@ -100,76 +177,67 @@ pub async fn serve(
             "the docroot does not exist (yet): every WebSocket request gets 404 until a backend creates it"
         );
     }
-    let shared = Arc::new(Shared {
-        settings: RelaySettings::from_config(&config),
-        clients: Arc::new(Semaphore::new(config.max_connections)),
-        next_id: AtomicU64::new(1),
-        tracker: TaskTracker::new(),
-        shutdown: shutdown.clone(),
-        static_files: StaticFiles::new(config.htdocs.as_deref()),
-        http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
-        direct_over_tls: Mutex::new(HashSet::new()),
-        authorizer: Authorizer::new(&config.authorizers, config.authorizer_timeout),
-        config,
-    });
-    let tls = tls.map(Arc::new);
     if !listeners.tls.is_empty() && tls.is_none() {
+        supervisor.stop().await;
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "TLS listeners without a TLS configuration",
         ));
     }
+    let tracker = TaskTracker::new();
+    let shared = Shared {
+        settings: RelaySettings::from_config(&config),
+        static_files: StaticFiles::new(config.htdocs.as_deref()),
+        authorizer: Authorizer::new(&config.authorizers, config.authorizer_timeout).map(Arc::new),
+        tls: tls.map(Arc::new),
+        clients: Arc::new(ClientSlots::default()),
+        next_id: Arc::new(AtomicU64::new(1)),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
+        direct_over_tls: Arc::new(Mutex::new(HashSet::new())),
+        config,
+    };
+    let live = Arc::new(ArcSwap::from_pointee(shared));
     for listener in listeners.plain {
-        let shared_for_loop = Arc::clone(&shared);
-        shared
-            .tracker
-            .spawn(accept_loop(listener, shared_for_loop, None));
+        tracker.spawn(accept_loop(listener, Arc::clone(&live), false));
     }
     for listener in listeners.tls {
-        let shared_for_loop = Arc::clone(&shared);
-        shared
-            .tracker
-            .spawn(accept_loop(listener, shared_for_loop, tls.clone()));
+        tracker.spawn(accept_loop(listener, Arc::clone(&live), true));
     }
-    shared
-        .tracker
-        .spawn(reload_on_hangup(listeners.hangups, tls, shutdown.clone()));
+    let supervisor = Arc::new(supervisor);
+    tracker.spawn(reload::reload_on_hangup(
+        listeners.hangups,
+        Arc::clone(&live),
+        source,
+        Arc::clone(&supervisor),
+        shutdown.clone(),
+    ));
     shutdown.cancelled().await;
-    shared.tracker.close();
-    let limit = shared.config.shutdown_timeout + SHUTDOWN_GRACE;
-    if tokio::time::timeout(limit, shared.tracker.wait())
-        .await
-        .is_err()
-    {
+    tracker.close();
+    let limit = live.load().config.shutdown_timeout + SHUTDOWN_GRACE;
+    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
         tracing::warn!(
-            n_tasks = shared.tracker.len(),
+            n_tasks = tracker.len(),
             "connections still open after the shutdown timeout; leaving them"
         );
     }
+    // The clients are closed: now their backends may go.
+    supervisor.stop().await;
     Ok(())
 }
 
-/// SIGHUP reloads the TLS certificate, until shutdown.
-async fn reload_on_hangup(mut hangups: Signal, tls: Option<Arc<Tls>>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            received = hangups.recv() => if received.is_none() { return },
-            () = shutdown.cancelled() => return,
-        }
-        match &tls {
-            Some(tls) => tls.reload(),
-            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
-        }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<Tls>>) {
+/// Accepts connections on a plain listener, or a TLS one when `is_tls`,
+/// each served with the snapshot current when it arrives.
+async fn accept_loop(listener: TcpListener, live: Arc<Live>, is_tls: bool) {
     let mut backoff = AcceptBackoff::new();
+    let shutdown = live.load().shutdown.clone();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shared.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
         };
+        let shared = live.load_full();
         match accepted {
             Ok((tcp, peer)) => {
                 backoff.reset();
@@ -180,22 +248,27 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc
                 };
                 // WebSocket messages are small and interactive: no Nagle delay.
                 let _ = tcp.set_nodelay(true);
-                let shared_for_connection = Arc::clone(&shared);
-                match &tls {
-                    None => shared.tracker.spawn(connection::serve(
+                let live_for_connection = Arc::clone(&live);
+                match (is_tls, &shared.tls) {
+                    (false, _) => shared.tracker.spawn(connection::serve(
                         tcp,
                         peer,
-                        shared_for_connection,
+                        live_for_connection,
                         registered,
                         None,
                     )),
-                    Some(tls) => shared.tracker.spawn(serve_tls(
+                    (true, Some(tls)) => shared.tracker.spawn(serve_tls(
                         tcp,
                         peer,
-                        shared_for_connection,
+                        live_for_connection,
                         registered,
                         Arc::clone(tls),
                     )),
+                    (true, None) => {
+                        // `serve` and reloads keep TLS while there are TLS listeners.
+                        tracing::error!(%peer, "TLS listener without a TLS configuration; closed");
+                        continue;
+                    }
                 };
             }
             Err(error) => {
@@ -219,17 +292,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc
 async fn serve_tls(
     tcp: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    live: Arc<Live>,
     registered: HttpConnection,
     tls: Arc<Tls>,
 ) {
+    let shutdown = live.load().shutdown.clone();
     let handshake = tokio::select! {
         handshake = tls.handshake(tcp) => handshake,
         () = registered.shed_token().cancelled() => return,
-        () = shared.shutdown.cancelled() => return,
+        () = shutdown.cancelled() => return,
     };
     match handshake {
-        Ok((stream, info)) => connection::serve(stream, peer, shared, registered, Some(info)).await,
+        Ok((stream, info)) => connection::serve(stream, peer, live, registered, Some(info)).await,
         Err(error) => tracing::info!(
             %peer,
             error = &error as &dyn std::error::Error,

@@ -22,7 +22,6 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use link::{ClientLimits, LINK_VERSION, LinkMode, OpenMeta, TlsInfo};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::authorizer::ConnectQuestion;
@@ -34,7 +33,7 @@ use crate::refusal::Refusal;
 use crate::relay::{self, RelaySettings};
 use crate::response::Body;
 use crate::route::{self, RouteError, Target};
-use crate::server::Shared;
+use crate::server::{ClientSlot, Shared};
 
 /// The backend's side of an accepted client, ready to relay.
 enum Link {
@@ -101,7 +100,7 @@ struct Accepted {
     /// backend's when it asked for less in ACCEPT.
     max_message_size: usize,
     /// The client's connection slot, held until its relay ends.
-    permit: OwnedSemaphorePermit,
+    permit: ClientSlot,
 }
 
 async fn accept(
@@ -143,9 +142,10 @@ async fn accept(
         },
         None => None,
     };
-    let permit = Arc::clone(&shared.clients)
-        .try_acquire_owned()
-        .map_err(|_| Refusal::ConnectionLimit(config.max_connections))?;
+    let permit = shared
+        .clients
+        .try_acquire(config.max_connections)
+        .ok_or(Refusal::ConnectionLimit(config.max_connections))?;
 
     let is_direct =
         config.names.is_direct(&target.name) && !relay_tls_client(&target.name, tls, shared);

@@ -2,7 +2,8 @@
 //!
 //! The child runs in a process group of its own and its stderr goes to a
 //! temporary file. Dropping the guard kills the group if the child still runs
-//! (so a master takes its workers along), reaps the child, and for a test
+//! (so a master takes its workers along), and the groups of its children
+//! (a gateway's supervised backends run in groups of their own), reaps the child, and for a test
 //! prints its stderr to the test's output, which libtest shows only when the
 //! test fails. Readiness is the business of [`crate::Backend`] and [`crate::Gateway`].
 
@@ -18,7 +19,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tempfile::NamedTempFile;
 
-use crate::wait;
+use crate::{processes, wait};
 
 /// How much a child logs, and whether its log is printed when it is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,14 +158,24 @@ impl ChildGuard {
         .await
     }
 
-    /// Kills the child and its process group with SIGKILL and reaps it.
+    /// Kills the child and its process group with SIGKILL, then the
+    /// process groups its children lead, and reaps it.
     pub fn kill_and_reap(&mut self) -> anyhow::Result<ExitStatus> {
         if let Some(status) = self.try_exit_status()? {
             return Ok(status);
         }
         let pid = i32::try_from(self.child.id()).context("pid fits in pid_t")?;
+        let children = processes::children(self.child.id());
         killpg(Pid::from_raw(pid), Signal::SIGKILL)
             .with_context(|| format!("killing {}", self.label))?;
+        for child in children {
+            if child.pgid == child.pid
+                && let Ok(group) = i32::try_from(child.pgid)
+            {
+                // It may be gone already.
+                let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+            }
+        }
         let status = self
             .child
             .wait()

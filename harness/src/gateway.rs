@@ -25,7 +25,7 @@ use crate::client::Client;
 use crate::http::{self, HandshakeRequest, HttpResponse};
 use crate::mode::Mode;
 use crate::tls::{CertificateFiles, TestCa};
-use crate::{STARTUP_DEADLINE, binaries, wait};
+use crate::{EVENT_DEADLINE, STARTUP_DEADLINE, binaries, wait};
 
 /// The line prefix that announces a listener.
 const LISTENING_PREFIX: &str = "listening on http://";
@@ -69,8 +69,30 @@ impl Gateway {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("-R")
-            .arg(docroot)
-            .args(extra_args);
+            .arg(docroot);
+        Gateway::launch(command, extra_args, logging).await
+    }
+
+    /// Starts `wsgate --listen 127.0.0.1:0 --config <config> <extra_args>`
+    /// and waits for its `listening on` line: the docroot, and the backends
+    /// the gateway supervises, come from the file. The gateway announces
+    /// itself only once every supervised backend accepts.
+    pub async fn start_with_config(config: &Path, extra_args: &[&str]) -> anyhow::Result<Gateway> {
+        let mut command = Command::new(binaries::bin_path("wsgate")?);
+        command
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--config")
+            .arg(config);
+        Gateway::launch(command, extra_args, Logging::Debug).await
+    }
+
+    async fn launch(
+        mut command: Command,
+        extra_args: &[&str],
+        logging: Logging,
+    ) -> anyhow::Result<Gateway> {
+        command.args(extra_args);
         let wants_tls = extra_args.contains(&"--tls-listen");
         let mut made = None;
         if wants_tls && !extra_args.contains(&"--tls-cert") {
@@ -163,6 +185,19 @@ impl Gateway {
     /// What the gateway wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.process.stderr_text()
+    }
+
+    /// Waits until the gateway's log holds `text` at least `n` times.
+    pub async fn wait_for_log(&self, text: &str, n: usize) -> anyhow::Result<()> {
+        wait::until(
+            &format!("{n} time(s) {text:?} in the gateway's log"),
+            EVENT_DEADLINE,
+            || {
+                let count = self.stderr_text().matches(text).count();
+                async move { Ok((count >= n).then_some(())) }
+            },
+        )
+        .await
     }
 
     /// Opens a WebSocket to `path`; an HTTP refusal is an error with its

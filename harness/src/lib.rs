@@ -19,6 +19,7 @@
 //!
 //! Nothing of the product depends on this crate.
 //! - [`mode`]: [`Mode`], relay, direct or TLS, and [`all_modes!`] to run a suite in each.
+//! - [`processes`]: the children of a process through `/proc` (a gateway's supervised backends).
 //! - [`tls`]: a test CA (rcgen), client configurations trusting it, the plain-or-TLS client stream.
 //! - [`wait`]: waiting on a fact under a deadline, the only way these tests wait.
 //! - [`wire`]: link records read and written byte by byte, independent of the `link` codec.
@@ -40,6 +41,7 @@ pub mod gateway;
 pub mod hostile_backend;
 pub mod http;
 pub mod mode;
+pub mod processes;
 pub mod tls;
 pub mod wait;
 pub mod wire;

@@ -1,18 +1,20 @@
 //! `wsgate`: parses flags, sets up logging, loads the TLS certificate, binds
-//! the listeners and runs [`gateway::serve`] until SIGTERM or SIGINT.
+//! the listeners, starts the supervised backends and runs [`gateway::serve`]
+//! until SIGTERM or SIGINT. `--check-config FILE` only checks.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = gateway::Args::parse();
+    let mut args = gateway::Args::parse();
+    if let Some(file) = args.check_config.take() {
+        return check_config(file, args);
+    }
     lifecycle::init_tracing();
     lifecycle::raise_nofile_limit();
-    let config = match gateway::Config::from_args(args).and_then(|config| {
-        config.check_paths()?;
-        Ok(config)
-    }) {
+    let source = gateway::ConfigSource::new(args);
+    let config = match source.load() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("wsgate: {}", error_chain(&error));
@@ -33,7 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, tls)) {
+    match runtime.block_on(run(config, tls, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("wsgate: {error:#}");
@@ -42,15 +44,43 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: gateway::Config, tls: Option<gateway::Tls>) -> anyhow::Result<()> {
+/// `--check-config FILE`: everything start-up checks, without starting.
+fn check_config(file: std::path::PathBuf, mut args: gateway::Args) -> ExitCode {
+    args.config = Some(file.clone());
+    let checked = gateway::ConfigSource::new(args)
+        .load()
+        .map_err(|error| error_chain(&error))
+        .and_then(|config| gateway::Tls::from_config(&config).map_err(|error| error_chain(&error)));
+    match checked {
+        Ok(_) => {
+            println!("wsgate: configuration {} is ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!(
+                "wsgate: configuration {} is invalid: {reason}",
+                file.display()
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(
+    config: gateway::Config,
+    tls: Option<gateway::Tls>,
+    source: gateway::ConfigSource,
+) -> anyhow::Result<()> {
     // Signals are handled before anyone learns the address and could send one
     // (`bind_all` catches SIGHUP).
     let shutdown = lifecycle::token_cancelled_on_signal()?;
     let listeners = gateway::bind_all(&config).await?;
+    // The backends accept before the gateway says it listens.
+    let supervisor = gateway::Supervisor::start(&config, &shutdown).await?;
     for url in listeners.urls()? {
         println!("listening on {url}");
     }
-    gateway::serve(listeners, tls, config, shutdown).await?;
+    gateway::serve(listeners, tls, config, source, supervisor, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,16 +1,15 @@
 //! The server's certificate and key: loading a PEM pair and checking it
 //! (the key matches the leaf, the leaf is valid today), and
-//! [`ReloadableCertificate`], the resolver every handshake asks, whose pair
-//! SIGHUP replaces.
+//! [`ServerCertificate`], the resolver every handshake asks.
 //!
-//! A pair that does not load leaves the current one in place: the caller
-//! logs the [`CertificateError`] once. Handshakes in progress and open
-//! connections keep whatever pair they started with.
+//! A reload (SIGHUP) loads a new one into a new `Tls`; a pair that does not
+//! load leaves the current one in place and the caller logs the
+//! [`CertificateError`] once. Handshakes in progress and open connections
+//! keep whatever pair they started with.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -151,42 +150,27 @@ pub(crate) fn subject(certificate: &CertificateDer<'_>) -> Option<String> {
     Some(parsed.subject().to_string())
 }
 
-/// The certificate every new handshake gets, replaced whole by [`reload`](Self::reload).
+/// The certificate every handshake of one `Tls` gets.
 #[derive(Debug)]
-pub(crate) struct ReloadableCertificate {
-    current: ArcSwap<CertifiedKey>,
-    cert: PathBuf,
-    key: PathBuf,
-    provider: Arc<CryptoProvider>,
+pub(crate) struct ServerCertificate {
+    pair: Arc<CertifiedKey>,
 }
 
-impl ReloadableCertificate {
-    /// Loads the first pair; an error here stops start-up.
+impl ServerCertificate {
+    /// Loads and checks the pair; an error here stops start-up or a reload.
     pub(crate) fn load(
         cert: &Path,
         key: &Path,
-        provider: Arc<CryptoProvider>,
-    ) -> Result<ReloadableCertificate, CertificateError> {
-        let first = load_pair(cert, key, &provider)?;
-        Ok(ReloadableCertificate {
-            current: ArcSwap::from_pointee(first),
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            provider,
+        provider: &CryptoProvider,
+    ) -> Result<ServerCertificate, CertificateError> {
+        Ok(ServerCertificate {
+            pair: Arc::new(load_pair(cert, key, provider)?),
         })
-    }
-
-    /// Re-reads the files; on success new handshakes use the new pair, on
-    /// failure the current pair stays.
-    pub(crate) fn reload(&self) -> Result<(), CertificateError> {
-        let pair = load_pair(&self.cert, &self.key, &self.provider)?;
-        self.current.store(Arc::new(pair));
-        Ok(())
     }
 }
 
-impl ResolvesServerCert for ReloadableCertificate {
+impl ResolvesServerCert for ServerCertificate {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        Some(Arc::clone(&self.pair))
     }
 }

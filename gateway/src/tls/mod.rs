@@ -2,7 +2,7 @@
 //! configuration (TLS 1.2 and 1.3 only, ALPN `http/1.1`, the `ring`
 //! provider, optional client certificates), the handshake of each accepted
 //! connection under a deadline and a bound on handshakes in progress, and
-//! the certificate reload that SIGHUP asks for.
+//! the new [`Tls`] a reload (SIGHUP) builds from the files read again.
 //!
 //! After the handshake the connection is an ordinary client for
 //! `connection`: hyper, the upgrade and the relay run the same over
@@ -29,7 +29,7 @@ pub(crate) use tokio_rustls::server::TlsStream;
 
 use crate::config::{Config, TlsSettings};
 pub use certificate::CertificateError;
-use certificate::ReloadableCertificate;
+use certificate::ServerCertificate;
 
 /// The one ALPN protocol the gateway speaks.
 const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
@@ -73,9 +73,9 @@ pub(crate) enum HandshakeError {
 #[derive(Debug)]
 pub struct Tls {
     server_config: Arc<ServerConfig>,
-    certificate: Arc<ReloadableCertificate>,
     /// One permit per handshake in progress: `--tls-max-handshakes`.
     handshakes: Arc<Semaphore>,
+    max_handshakes: usize,
     handshake_timeout: Duration,
 }
 
@@ -89,7 +89,7 @@ impl Tls {
     fn new(settings: &TlsSettings) -> Result<Tls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certificate = Arc::new(
-            ReloadableCertificate::load(&settings.cert, &settings.key, Arc::clone(&provider))
+            ServerCertificate::load(&settings.cert, &settings.key, &provider)
                 .map_err(|error| TlsError::Certificate(Box::new(error)))?,
         );
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -99,26 +99,28 @@ impl Tls {
             None => builder.with_no_client_auth(),
             Some(path) => builder.with_client_cert_verifier(client_verifier(path, &provider)?),
         };
-        let mut server_config = builder.with_cert_resolver(certificate.clone());
+        let mut server_config = builder.with_cert_resolver(certificate);
         server_config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
         Ok(Tls {
             server_config: Arc::new(server_config),
-            certificate,
             handshakes: Arc::new(Semaphore::new(settings.max_handshakes)),
+            max_handshakes: settings.max_handshakes,
             handshake_timeout: settings.handshake_timeout,
         })
     }
 
-    /// Re-reads the certificate and key (SIGHUP): new handshakes use the new
-    /// pair; a pair that does not load is logged once and the old one stays.
-    pub(crate) fn reload(&self) {
-        match self.certificate.reload() {
-            Ok(()) => tracing::info!("TLS certificate reloaded"),
-            Err(error) => tracing::error!(
-                error = &error as &dyn std::error::Error,
-                "TLS certificate not reloaded, the previous one stays in use"
-            ),
+    /// The TLS side after a reload (SIGHUP): the certificate, key and client
+    /// CA of `settings` read again, for new connections; connections that
+    /// started with `self` keep it. Handshakes keep sharing this one's slots
+    /// unless their number changed (then those in progress finish under
+    /// their timeout on the old ones). A pair that does not load is an error,
+    /// and `self` stays in use.
+    pub(crate) fn reloaded(&self, settings: &TlsSettings) -> Result<Tls, TlsError> {
+        let mut tls = Tls::new(settings)?;
+        if tls.max_handshakes == self.max_handshakes {
+            tls.handshakes = Arc::clone(&self.handshakes);
         }
+        Ok(tls)
     }
 
     /// Runs the server side of the handshake on `tcp`: waits for a handshake
