@@ -55,6 +55,9 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
 /// Default seconds the authorizer has to answer.
 pub const DEFAULT_AUTHORIZER_TIMEOUT: u64 = 2;
 
+/// The largest `--workers`: each worker is a process with its own runtime.
+pub const MAX_WORKERS: usize = 256;
+
 /// hyper reads a request head into a buffer of at least this many bytes.
 const MIN_REQUEST_HEADER_SIZE: usize = 8192;
 
@@ -241,6 +244,18 @@ pub struct Args {
     /// DNS rebinding. Recommended in production. [default: any host]
     #[arg(long, value_name = "NAME")]
     pub allowed_host: Vec<String>,
+
+    /// Number of gateway processes sharing the listening ports (SO_REUSEPORT,
+    /// each with its own accept loop and its own --max-connections). Above 1,
+    /// this process supervises the workers: it forwards SIGTERM, SIGINT,
+    /// SIGHUP and SIGUSR2 to them and restarts one that dies. [default: 1]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Log lines on stderr as `text` or `json` (one object per line).
+    /// [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<lifecycle::LogFormat>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -277,6 +292,8 @@ struct FileConfig {
     max_request_header_size: Option<usize>,
     max_connections_per_ip: Option<usize>,
     allowed_host: Option<Vec<String>>,
+    workers: Option<usize>,
+    log_format: Option<String>,
 }
 
 /// The file's `authorizer`: one URL for every name, or URLs per name glob.
@@ -387,6 +404,9 @@ pub enum ConfigError {
     /// TLS listeners without a certificate and key, or TLS files without a TLS listener.
     #[error("{0}")]
     TlsIncomplete(&'static str),
+    /// `log_format` is neither `text` nor `json`.
+    #[error(transparent)]
+    LogFormat(#[from] lifecycle::UnknownLogFormat),
     /// `idle_timeout` would cut off clients that only answer pings.
     #[error("idle-timeout ({idle}s) must be longer than ping-interval ({ping}s), or one of them 0")]
     IdleBeforePing {
@@ -446,6 +466,10 @@ pub struct Config {
     pub(crate) max_connections_per_ip: Option<usize>,
     /// Host names served (lower case); empty: any.
     pub(crate) allowed_hosts: Vec<String>,
+    /// Gateway processes sharing the listeners; 1: this process serves alone.
+    pub workers: usize,
+    /// How log lines are written.
+    pub log_format: lifecycle::LogFormat,
 }
 
 /// Where the TLS certificate and keys are, and the handshake limits.
@@ -658,6 +682,14 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let workers = args.workers.or(file.workers).unwrap_or(1);
+        check_range("workers", workers as u64, 1, MAX_WORKERS as u64)?;
+        let log_format = match (args.log_format, file.log_format) {
+            (Some(format), _) => format,
+            (None, Some(text)) => text.parse()?,
+            (None, None) => lifecycle::LogFormat::Text,
+        };
+
         let seconds = |secs: u64| (secs != 0).then(|| Duration::from_secs(secs));
         Ok(Config {
             listen,
@@ -686,6 +718,8 @@ impl Config {
             max_request_header_size,
             max_connections_per_ip: (max_connections_per_ip != 0).then_some(max_connections_per_ip),
             allowed_hosts,
+            workers,
+            log_format,
         })
     }
 
@@ -873,6 +907,10 @@ mod tests {
             "5",
             "--tls-max-handshakes",
             "128",
+            "--workers",
+            "4",
+            "--log-format",
+            "json",
         ]))
         .expect("the flags are valid");
         assert_eq!(from_file, from_flags);

@@ -31,8 +31,8 @@ use crate::route;
 use crate::server::Shared;
 use crate::upgrade;
 
-/// Serves HTTP on `stream` until it closes; on shutdown, finishes the request in
-/// progress and closes (upgraded connections live on in their relay task).
+/// Serves HTTP on `stream` until it closes; on drain or shutdown, finishes the
+/// request in progress and closes (upgraded connections live on in their relay task).
 /// `registered` counts the connection until it ends or upgrades; when the
 /// gateway sheds it, an idle connection is closed at once. `tls` is what the
 /// TLS handshake learnt, `None` on a plain connection.
@@ -44,7 +44,7 @@ pub(crate) async fn serve<S: ClientStream>(
     tls: Option<TlsInfo>,
 ) {
     let tls = tls.map(Arc::new);
-    let shutdown = shared.shutdown.clone();
+    let shutdown = shared.draining.clone();
     let config = &shared.config;
     let mut builder = http1::Builder::new();
     builder

@@ -21,6 +21,9 @@
 //! - `http_connections`: connections not yet upgraded, per address, and which to shed first.
 //! - `static_files`: files from `--htdocs` through tower-http's `ServeDir`.
 //! - `response`: the response body type and plain-text responses.
+//! - `activation`: listening sockets bound with SO_REUSEPORT, or inherited
+//!   (`LISTEN_FDS`: systemd socket activation, a supervising `wsgate`).
+//! - `workers`: `--workers N`, the supervisor of N gateway processes on the same sockets.
 //! - `server`: the accept loops, the connection limit and graceful shutdown ([`serve`]).
 //! - `tls`: TLS termination for `--tls-listen` ([`Tls`]): handshakes under a deadline
 //!   and a bound, client certificates, the certificate reloaded on SIGHUP.
@@ -31,6 +34,7 @@
 //! on nothing of the backends.
 
 mod access;
+mod activation;
 mod authorizer;
 mod backend;
 mod client_stream;
@@ -48,13 +52,16 @@ mod server;
 mod static_files;
 mod tls;
 mod upgrade;
+mod workers;
 
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzz_api;
 
+pub use activation::{ActivationError, InheritedSockets, take_inherited_sockets};
 pub use authorizer::AuthorizerConfigError;
 pub use config::{Args, Config, ConfigError};
 pub use forward::HttpGlobError;
 pub use server::{Listeners, bind_all, serve};
 pub use tls::{CertificateError, Tls, TlsError};
+pub use workers::{WORKER_ENV, WorkersError, become_worker, run_workers};

@@ -9,6 +9,11 @@
 //! A TLS listener's connections first go through `tls`'s handshake in their
 //! own task (counted per address like any connection that has not upgraded);
 //! SIGHUP, caught from [`bind_all`] on, reloads the certificate.
+//!
+//! Drain (SIGUSR2, for a new gateway taking over the port): the accept loops
+//! take what is already queued and close their listeners, idle HTTP
+//! connections close, and the clients go on until they finish; those still
+//! open after the shutdown timeout are shut down as above.
 
 use std::collections::HashSet;
 use std::io;
@@ -24,6 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::{self, InheritedSockets};
 use crate::authorizer::Authorizer;
 use crate::config::Config;
 use crate::connection;
@@ -49,6 +55,9 @@ pub(crate) struct Shared {
     /// Every connection and relay task, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when this gateway stops accepting: at drain (SIGUSR2) or
+    /// shutdown (a child of `shutdown`). Plain HTTP connections then close.
+    pub(crate) draining: CancellationToken,
     pub(crate) static_files: StaticFiles,
     /// Connections that have not upgraded: per-address limit and shedding.
     pub(crate) http_connections: Arc<HttpConnections>,
@@ -59,13 +68,15 @@ pub(crate) struct Shared {
     pub(crate) authorizer: Option<Authorizer>,
 }
 
-/// The bound listeners, plain and TLS, and SIGHUP, caught from binding on
-/// (it reloads the TLS certificate; without TLS it is logged and ignored).
+/// The bound listeners, plain and TLS, and SIGHUP and SIGUSR2, caught from
+/// binding on (SIGHUP reloads the TLS certificate, or is logged and ignored
+/// without TLS; SIGUSR2 drains).
 #[derive(Debug)]
 pub struct Listeners {
     plain: Vec<TcpListener>,
     tls: Vec<TcpListener>,
     hangups: Signal,
+    drains: Signal,
 }
 
 impl Listeners {
@@ -81,6 +92,24 @@ impl Listeners {
             .iter()
             .map(|listener| Ok(format!("https://{}", listener.local_addr()?)));
         plain.chain(tls).collect()
+    }
+
+    /// The sockets of systemd's socket activation or of a supervising
+    /// `wsgate`, instead of binding; catches SIGHUP and SIGUSR2 from now on.
+    /// Must be called inside the runtime.
+    pub fn inherited(sockets: InheritedSockets) -> io::Result<Listeners> {
+        let into_tokio = |listeners: Vec<std::net::TcpListener>| {
+            listeners
+                .into_iter()
+                .map(TcpListener::from_std)
+                .collect::<io::Result<Vec<_>>>()
+        };
+        Ok(Listeners {
+            plain: into_tokio(sockets.plain)?,
+            tls: into_tokio(sockets.tls)?,
+            hangups: signal(SignalKind::hangup())?,
+            drains: signal(SignalKind::user_defined2())?,
+        })
     }
 }
 
@@ -100,12 +129,14 @@ pub async fn serve(
             "the docroot does not exist (yet): every WebSocket request gets 404 until a backend creates it"
         );
     }
+    let draining = shutdown.child_token();
     let shared = Arc::new(Shared {
         settings: RelaySettings::from_config(&config),
         clients: Arc::new(Semaphore::new(config.max_connections)),
         next_id: AtomicU64::new(1),
         tracker: TaskTracker::new(),
         shutdown: shutdown.clone(),
+        draining: draining.clone(),
         static_files: StaticFiles::new(config.htdocs.as_deref()),
         http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
         direct_over_tls: Mutex::new(HashSet::new()),
@@ -133,9 +164,30 @@ pub async fn serve(
     }
     shared
         .tracker
-        .spawn(reload_on_hangup(listeners.hangups, tls, shutdown.clone()));
-    shutdown.cancelled().await;
+        .spawn(reload_on_hangup(listeners.hangups, tls, draining.clone()));
+    let mut drains = listeners.drains;
+    let drain = tokio::select! {
+        () = shutdown.cancelled() => false,
+        received = drains.recv() => received.is_some(),
+    };
+    draining.cancel();
     shared.tracker.close();
+    if drain {
+        tracing::info!(
+            n_tasks = shared.tracker.len(),
+            "SIGUSR2: no longer accepting; waiting for the clients to finish"
+        );
+        let drained = tokio::time::timeout(shared.config.shutdown_timeout, shared.tracker.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::info!(
+                n_tasks = shared.tracker.len(),
+                "clients still open after the shutdown timeout; closing them"
+            );
+        }
+        shutdown.cancel();
+    }
     let limit = shared.config.shutdown_timeout + SHUTDOWN_GRACE;
     if tokio::time::timeout(limit, shared.tracker.wait())
         .await
@@ -149,7 +201,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// SIGHUP reloads the TLS certificate, until shutdown.
+/// SIGHUP reloads the TLS certificate, until drain or shutdown.
 async fn reload_on_hangup(mut hangups: Signal, tls: Option<Arc<Tls>>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
@@ -168,35 +220,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shared.shutdown.cancelled() => return,
+            () = shared.draining.cancelled() => {
+                if !shared.shutdown.is_cancelled() {
+                    take_queued(&listener, &shared, tls.as_ref());
+                }
+                // Dropping the listener closes it: new connections go to
+                // the other sockets of the port, if any.
+                return;
+            }
         };
         match accepted {
             Ok((tcp, peer)) => {
                 backoff.reset();
-                let Some(registered) = shared.http_connections.register(peer.ip()) else {
-                    // Dropping the stream closes it: this address holds its share.
-                    tracing::info!(%peer, "too many connections from this address; closed");
-                    continue;
-                };
-                // WebSocket messages are small and interactive: no Nagle delay.
-                let _ = tcp.set_nodelay(true);
-                let shared_for_connection = Arc::clone(&shared);
-                match &tls {
-                    None => shared.tracker.spawn(connection::serve(
-                        tcp,
-                        peer,
-                        shared_for_connection,
-                        registered,
-                        None,
-                    )),
-                    Some(tls) => shared.tracker.spawn(serve_tls(
-                        tcp,
-                        peer,
-                        shared_for_connection,
-                        registered,
-                        Arc::clone(tls),
-                    )),
-                };
+                spawn_connection(tcp, peer, &shared, tls.as_ref());
             }
             Err(error) => {
                 // EMFILE, ENFILE, ENOBUFS...: the connection waits in the backlog.
@@ -212,6 +248,53 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc
             }
         }
     }
+}
+
+/// At drain, the connections already in the listener's queue: served
+/// rather than reset when the listener closes. (Between the last accept and
+/// the close, the kernel may still queue one; `net.ipv4.tcp_migrate_req`
+/// hands such a connection to another socket of the port.)
+fn take_queued(listener: &TcpListener, shared: &Arc<Shared>, tls: Option<&Arc<Tls>>) {
+    let mut waker_context = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut n_taken = 0_usize;
+    while let std::task::Poll::Ready(Ok((tcp, peer))) = listener.poll_accept(&mut waker_context) {
+        spawn_connection(tcp, peer, shared, tls);
+        n_taken += 1;
+    }
+    tracing::info!(n_taken, "listener closed");
+}
+
+/// Registers one accepted connection and spawns its task.
+fn spawn_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    tls: Option<&Arc<Tls>>,
+) {
+    let Some(registered) = shared.http_connections.register(peer.ip()) else {
+        // Dropping the stream closes it: this address holds its share.
+        tracing::info!(%peer, "too many connections from this address; closed");
+        return;
+    };
+    // WebSocket messages are small and interactive: no Nagle delay.
+    let _ = tcp.set_nodelay(true);
+    let shared_for_connection = Arc::clone(shared);
+    match tls {
+        None => shared.tracker.spawn(connection::serve(
+            tcp,
+            peer,
+            shared_for_connection,
+            registered,
+            None,
+        )),
+        Some(tls) => shared.tracker.spawn(serve_tls(
+            tcp,
+            peer,
+            shared_for_connection,
+            registered,
+            Arc::clone(tls),
+        )),
+    };
 }
 
 /// The TLS handshake of one connection, then HTTP over it. The handshake
@@ -239,22 +322,19 @@ async fn serve_tls(
 }
 
 /// Binds every address of `config.listen` and `config.tls_listen`, in
-/// order, and catches SIGHUP from now on.
+/// order, with `SO_REUSEPORT`, and catches SIGHUP and SIGUSR2 from now on.
 pub async fn bind_all(config: &Config) -> io::Result<Listeners> {
     Ok(Listeners {
-        plain: bind(&config.listen).await?,
-        tls: bind(&config.tls_listen).await?,
+        plain: bind(&config.listen)?,
+        tls: bind(&config.tls_listen)?,
         hangups: signal(SignalKind::hangup())?,
+        drains: signal(SignalKind::user_defined2())?,
     })
 }
 
-async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|error| io::Error::new(error.kind(), format!("binding {addr}: {error}")))?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
+fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| TcpListener::from_std(activation::bind_reuseport(*addr)?))
+        .collect()
 }
