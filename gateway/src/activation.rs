@@ -63,9 +63,10 @@ pub enum ActivationError {
 /// believes the sockets are its own.
 pub fn take_inherited_sockets() -> Result<Option<InheritedSockets>, ActivationError> {
     let passed = std::env::var_os("LISTEN_FDS").is_some();
+    let for_some_process = std::env::var_os("LISTEN_PID").is_some();
     let mut listen_fds = listenfd::ListenFd::from_env();
     if listen_fds.len() == 0 {
-        return if passed && std::env::var_os("LISTEN_PID").is_none() {
+        return if passed && !for_some_process {
             Err(ActivationError::Empty)
         } else {
             // Absent, or meant for another process (LISTEN_PID differs).
