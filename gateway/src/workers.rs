@@ -341,6 +341,11 @@ fn spawn_worker(
 /// In a worker (a process with [`WORKER_ENV`] set): asks the kernel for
 /// SIGTERM when the supervisor dies, and returns the worker's index. An
 /// error if the supervisor is already gone.
+///
+/// The kernel sends that signal when the *thread* that started the worker
+/// ends: [`run_workers`] starts every worker from the future that
+/// `block_on` runs on the supervisor's main thread, which lives as long as
+/// the process.
 pub fn become_worker() -> io::Result<Option<usize>> {
     let Some(index) = std::env::var_os(WORKER_ENV) else {
         return Ok(None);
