@@ -16,7 +16,7 @@ use nix::unistd::{Uid, User};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use lifecycle::token_cancelled_on_signal;
+use lifecycle::{LogFormat, token_cancelled_on_signal};
 
 use crate::serve::{
     DEFAULT_HANDOFF_TIMEOUT, DEFAULT_MAX_PENDING_LINKS, DEFAULT_OPEN_TIMEOUT, Listener,
@@ -63,6 +63,10 @@ pub struct CommonArgs {
     /// Detach from the terminal and run in the background (logs are then discarded).
     #[arg(short = 'D', long = "daemon")]
     pub daemonize: bool,
+    /// Log lines on stderr as `text` or `json` (one object per line, for a
+    /// log collector).
+    #[arg(long = "log-format", value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl CommonArgs {
@@ -321,6 +325,7 @@ mod tests {
             open_timeout: 1.0,
             handoff_timeout: 1.0,
             daemonize: false,
+            log_format: LogFormat::Text,
         };
         let mut seen_at_setup = None;
         let result = launch(&common, "server", ServeOptions::default(), || {

@@ -23,7 +23,7 @@ pub mod socket_file;
 
 pub use direct::DirectOptions;
 pub use launch::{CommonArgs, LaunchError, launch};
-pub use lifecycle::{init_tracing, token_cancelled_on_signal};
+pub use lifecycle::{LogFormat, init_tracing, token_cancelled_on_signal};
 pub use link::{AcceptReply, LinkMode, OpenMeta, RejectReply};
 pub use request::{Request, RequestHandler, Response};
 pub use serve::{Admission, Listener, ServeOptions, serve};

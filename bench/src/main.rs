@@ -66,6 +66,11 @@ enum Command {
         #[arg(long, value_name = "N")]
         rate: Option<u32>,
     },
+    /// Idle relayed clients on one port through `wsgate --workers`, with each
+    /// process's descriptors and memory (bench/src/hold.rs).
+    Hold(bench::hold::HoldArgs),
+    /// One load-generator process of `hold` (started by `hold` itself).
+    HoldClients(bench::hold::HoldClientsArgs),
     /// The baseline server: WebSocket echo (/echo) and chat (/chat) with no gateway.
     BaselineServer {
         /// TCP address; prints `listening on http://ADDR` when ready.
@@ -155,6 +160,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match args.command {
         Command::Exec(exec_args) => runtime.block_on(bench::exec::run(exec_args)),
+        Command::Hold(hold_args) => runtime.block_on(bench::hold::run(hold_args)),
+        Command::HoldClients(clients_args) => runtime.block_on(bench::hold::clients(clients_args)),
         Command::BaselineServer {
             listen,
             unix,

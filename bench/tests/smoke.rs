@@ -46,3 +46,24 @@ fn every_scenario_runs_without_errors_against_every_system() {
         }
     }
 }
+
+#[test]
+fn hold_keeps_idle_clients_through_workers() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
+        .args(["hold", "--smoke"])
+        .output()
+        .expect("wsgate-bench starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "wsgate-bench hold --smoke failed (build the workspace first: cargo build --workspace)\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("400 idle relayed clients held") && stdout.contains("(0 failed)"),
+        "{stdout}"
+    );
+    for process in ["wsgate worker 0", "wsgate worker 1", "websocket_echo hold1"] {
+        assert!(stdout.contains(process), "no row for {process}:\n{stdout}");
+    }
+}

@@ -56,6 +56,9 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
 /// Default seconds the authorizer has to answer.
 pub const DEFAULT_AUTHORIZER_TIMEOUT: u64 = 2;
 
+/// The largest `--workers`: each worker is a process with its own runtime.
+pub const MAX_WORKERS: usize = 256;
+
 /// hyper reads a request head into a buffer of at least this many bytes.
 const MIN_REQUEST_HEADER_SIZE: usize = 8192;
 
@@ -255,6 +258,18 @@ pub struct Args {
     /// DNS rebinding. Recommended in production. [default: any host]
     #[arg(long, value_name = "NAME")]
     pub allowed_host: Vec<String>,
+
+    /// Number of gateway processes sharing the listening ports (SO_REUSEPORT,
+    /// each with its own accept loop and its own --max-connections). Above 1,
+    /// this process supervises the workers: it forwards SIGTERM, SIGINT,
+    /// SIGHUP and SIGUSR2 to them and restarts one that dies. [default: 1]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Log lines on stderr as `text` or `json` (one object per line).
+    /// [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<lifecycle::LogFormat>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -293,6 +308,8 @@ struct FileConfig {
     allowed_host: Option<Vec<String>>,
     /// `[[backend]]` tables: the backends the gateway starts and supervises.
     backend: Option<Vec<BackendTable>>,
+    workers: Option<usize>,
+    log_format: Option<String>,
 }
 
 /// The file's `authorizer`: one URL for every name, or URLs per name glob.
@@ -417,6 +434,9 @@ pub enum ConfigError {
     /// TLS listeners without a certificate and key, or TLS files without a TLS listener.
     #[error("{0}")]
     TlsIncomplete(&'static str),
+    /// `log_format` is neither `text` nor `json`.
+    #[error(transparent)]
+    LogFormat(#[from] lifecycle::UnknownLogFormat),
     /// `idle_timeout` would cut off clients that only answer pings.
     #[error("idle-timeout ({idle}s) must be longer than ping-interval ({ping}s), or one of them 0")]
     IdleBeforePing {
@@ -478,6 +498,10 @@ pub struct Config {
     pub(crate) allowed_hosts: Vec<String>,
     /// The supervised backends, in the file's order.
     pub(crate) backends: Vec<BackendSpec>,
+    /// Gateway processes sharing the listeners; 1: this process serves alone.
+    pub workers: usize,
+    /// How log lines are written.
+    pub log_format: lifecycle::LogFormat,
 }
 
 /// Where the TLS certificate and keys are, and the handshake limits.
@@ -689,6 +713,13 @@ impl Config {
             .or(file.docroot)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCROOT));
         let backends = backend_specs(file.backend.unwrap_or_default(), &docroot)?;
+        let workers = args.workers.or(file.workers).unwrap_or(1);
+        check_range("workers", workers as u64, 1, MAX_WORKERS as u64)?;
+        let log_format = match (args.log_format, file.log_format) {
+            (Some(format), _) => format,
+            (None, Some(text)) => text.parse()?,
+            (None, None) => lifecycle::LogFormat::Text,
+        };
 
         let seconds = |secs: u64| (secs != 0).then(|| Duration::from_secs(secs));
         Ok(Config {
@@ -716,6 +747,8 @@ impl Config {
             max_connections_per_ip: (max_connections_per_ip != 0).then_some(max_connections_per_ip),
             allowed_hosts,
             backends,
+            workers,
+            log_format,
         })
     }
 
@@ -743,6 +776,12 @@ impl Config {
         if wanted.docroot != running.docroot {
             needs_restart.push("docroot");
         }
+        if wanted.workers != running.workers {
+            needs_restart.push("workers");
+        }
+        if wanted.log_format != running.log_format {
+            needs_restart.push("log_format");
+        }
         if needs_restart.is_empty() {
             return Ok((wanted, needs_restart));
         }
@@ -750,10 +789,14 @@ impl Config {
         file.listen = None;
         file.tls_listen = None;
         file.docroot = None;
+        file.workers = None;
+        file.log_format = None;
         let pinned = Args {
             listen: running.listen.clone(),
             tls_listen: running.tls_listen.clone(),
             docroot: Some(running.docroot.clone()),
+            workers: Some(running.workers),
+            log_format: Some(running.log_format),
             ..args.clone()
         };
         Ok((Config::from_file_and_args(file, pinned)?, needs_restart))
@@ -947,6 +990,10 @@ mod tests {
             "5",
             "--tls-max-handshakes",
             "128",
+            "--workers",
+            "4",
+            "--log-format",
+            "json",
         ]))
         .expect("the flags are valid");
         assert_eq!(from_file, from_flags);

@@ -32,8 +32,8 @@ use crate::route;
 use crate::server::{Live, Shared};
 use crate::upgrade;
 
-/// Serves HTTP on `stream` until it closes; on shutdown, finishes the request in
-/// progress and closes (upgraded connections live on in their relay task).
+/// Serves HTTP on `stream` until it closes; on shutdown, finishes the
+/// request in progress and closes (upgraded connections live on in their relay task).
 /// `registered` counts the connection until it ends or upgrades; when the
 /// gateway sheds it, an idle connection is closed at once. `tls` is what the
 /// TLS handshake learnt, `None` on a plain connection.
@@ -46,6 +46,10 @@ pub(crate) async fn serve<S: ClientStream>(
 ) {
     let tls = tls.map(Arc::new);
     let shared = live.load_full();
+    // Not at drain: hyper's graceful shutdown would close a connection the
+    // listener's queue handed over before its first request, and answer an
+    // upgrade in flight with `Connection: close`. Drain waits for HTTP
+    // connections as for clients, up to the shutdown timeout.
     let shutdown = shared.shutdown.clone();
     let config = &shared.config;
     let mut builder = http1::Builder::new();

@@ -21,8 +21,11 @@
 //! - `http_connections`: connections not yet upgraded, per address, and which to shed first.
 //! - `static_files`: files from `--htdocs` through tower-http's `ServeDir`.
 //! - `response`: the response body type and plain-text responses.
+//! - `activation`: listening sockets bound with SO_REUSEPORT, or inherited
+//!   (`LISTEN_FDS`: systemd socket activation, a supervising `wsgate`).
+//! - `workers`: `--workers N`, the supervisor of N gateway processes on the same sockets.
 //! - `server`: the accept loops, the configuration snapshot every request takes,
-//!   the connection limit and graceful shutdown ([`serve`]).
+//!   the connection limit, drain and graceful shutdown ([`serve`]).
 //! - `reload`: SIGHUP reads the configuration again ([`ConfigSource`]) and swaps it in.
 //! - `supervisor`: the `[[backend]]` processes, started, restarted and stopped ([`Supervisor`]).
 //! - `tls`: TLS termination for `--tls-listen` ([`Tls`]): handshakes under a deadline
@@ -34,6 +37,7 @@
 //! on nothing of the backends.
 
 mod access;
+mod activation;
 mod authorizer;
 mod backend;
 mod client_stream;
@@ -53,11 +57,13 @@ mod static_files;
 mod supervisor;
 mod tls;
 mod upgrade;
+mod workers;
 
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzz_api;
 
+pub use activation::{ActivationError, InheritedSockets, take_inherited_sockets};
 pub use authorizer::AuthorizerConfigError;
 pub use config::{Args, Config, ConfigError};
 pub use forward::HttpGlobError;
@@ -65,3 +71,4 @@ pub use reload::ConfigSource;
 pub use server::{Listeners, bind_all, serve};
 pub use supervisor::{BackendConfigError, Supervisor, SupervisorError};
 pub use tls::{CertificateError, Tls, TlsError};
+pub use workers::{WORKER_ENV, WorkersError, become_worker, run_workers};

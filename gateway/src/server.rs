@@ -14,6 +14,11 @@
 //! Each request takes the snapshot current when it arrives, and an upgraded
 //! client keeps its request's snapshot for its whole life. The supervised
 //! backends are stopped after the clients are closed.
+//!
+//! Drain (SIGUSR2, for a new gateway taking over the port): the accept loops
+//! take what is already queued and close their listeners, and the clients
+//! and HTTP connections go on until they finish; those still open after the
+//! shutdown timeout are shut down as above.
 
 use std::collections::HashSet;
 use std::io;
@@ -29,6 +34,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::{self, InheritedSockets};
 use crate::authorizer::Authorizer;
 use crate::config::Config;
 use crate::connection;
@@ -64,6 +70,9 @@ pub(crate) struct Shared {
     /// Every connection and relay task, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when this gateway stops accepting: at drain (SIGUSR2) or
+    /// shutdown (a child of `shutdown`).
+    pub(crate) draining: CancellationToken,
     /// Connections that have not upgraded: per-address limit and shedding.
     pub(crate) http_connections: Arc<HttpConnections>,
     /// Names served in direct mode that a TLS client reached (relayed
@@ -97,6 +106,7 @@ impl Shared {
             next_id: Arc::clone(&self.next_id),
             tracker: self.tracker.clone(),
             shutdown: self.shutdown.clone(),
+            draining: self.draining.clone(),
             http_connections: Arc::clone(&self.http_connections),
             direct_over_tls: Arc::clone(&self.direct_over_tls),
         }
@@ -133,16 +143,35 @@ impl Drop for ClientSlot {
     }
 }
 
-/// The bound listeners, plain and TLS, and SIGHUP, caught from binding on
-/// (it reloads the TLS certificate; without TLS it is logged and ignored).
+/// The bound listeners, plain and TLS, and SIGHUP and SIGUSR2, caught from
+/// binding on (SIGHUP reloads the configuration; SIGUSR2 drains).
 #[derive(Debug)]
 pub struct Listeners {
     plain: Vec<TcpListener>,
     tls: Vec<TcpListener>,
     hangups: Signal,
+    drains: Signal,
 }
 
 impl Listeners {
+    /// The sockets of systemd's socket activation or of a supervising
+    /// `wsgate`, instead of binding; catches SIGHUP and SIGUSR2 from now on.
+    /// Must be called inside the runtime.
+    pub fn inherited(sockets: InheritedSockets) -> io::Result<Listeners> {
+        let into_tokio = |listeners: Vec<std::net::TcpListener>| {
+            listeners
+                .into_iter()
+                .map(TcpListener::from_std)
+                .collect::<io::Result<Vec<_>>>()
+        };
+        Ok(Listeners {
+            plain: into_tokio(sockets.plain)?,
+            tls: into_tokio(sockets.tls)?,
+            hangups: signal(SignalKind::hangup())?,
+            drains: signal(SignalKind::user_defined2())?,
+        })
+    }
+
     /// What each listener announces, in order: `http://<addr>` for the plain
     /// ones, then `https://<addr>` for the TLS ones.
     pub fn urls(&self) -> io::Result<Vec<String>> {
@@ -185,6 +214,7 @@ pub async fn serve(
         ));
     }
     let tracker = TaskTracker::new();
+    let draining = shutdown.child_token();
     let shared = Shared {
         settings: RelaySettings::from_config(&config),
         static_files: StaticFiles::new(config.htdocs.as_deref()),
@@ -194,6 +224,7 @@ pub async fn serve(
         next_id: Arc::new(AtomicU64::new(1)),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
+        draining: draining.clone(),
         http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
         direct_over_tls: Arc::new(Mutex::new(HashSet::new())),
         config,
@@ -211,10 +242,32 @@ pub async fn serve(
         Arc::clone(&live),
         source,
         Arc::clone(&supervisor),
-        shutdown.clone(),
+        draining.clone(),
     ));
-    shutdown.cancelled().await;
+    let mut drains = listeners.drains;
+    let drain = tokio::select! {
+        () = shutdown.cancelled() => false,
+        received = drains.recv() => received.is_some(),
+    };
+    draining.cancel();
     tracker.close();
+    if drain {
+        tracing::info!(
+            n_tasks = tracker.len(),
+            "SIGUSR2: no longer accepting; waiting for the clients to finish"
+        );
+        let shutdown_timeout = live.load().config.shutdown_timeout;
+        let drained = tokio::time::timeout(shutdown_timeout, tracker.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::info!(
+                n_tasks = tracker.len(),
+                "clients still open after the shutdown timeout; closing them"
+            );
+        }
+        shutdown.cancel();
+    }
     let limit = live.load().config.shutdown_timeout + SHUTDOWN_GRACE;
     if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -228,61 +281,95 @@ pub async fn serve(
 }
 
 /// Accepts connections on a plain listener, or a TLS one when `is_tls`,
-/// each served with the snapshot current when it arrives.
+/// each served with the snapshot current when it arrives, until drain or
+/// shutdown.
 async fn accept_loop(listener: TcpListener, live: Arc<Live>, is_tls: bool) {
     let mut backoff = AcceptBackoff::new();
-    let shutdown = live.load().shutdown.clone();
+    let (shutdown, draining) = {
+        let shared = live.load();
+        (shared.shutdown.clone(), shared.draining.clone())
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => return,
+            () = draining.cancelled() => {
+                if !shutdown.is_cancelled() {
+                    take_queued(&listener, &live, is_tls);
+                }
+                // Dropping the listener closes it: new connections go to
+                // the other sockets of the port, if any.
+                return;
+            }
         };
-        let shared = live.load_full();
         match accepted {
             Ok((tcp, peer)) => {
                 backoff.reset();
-                let Some(registered) = shared.http_connections.register(peer.ip()) else {
-                    // Dropping the stream closes it: this address holds its share.
-                    tracing::info!(%peer, "too many connections from this address; closed");
-                    continue;
-                };
-                // WebSocket messages are small and interactive: no Nagle delay.
-                let _ = tcp.set_nodelay(true);
-                let live_for_connection = Arc::clone(&live);
-                match (is_tls, &shared.tls) {
-                    (false, _) => shared.tracker.spawn(connection::serve(
-                        tcp,
-                        peer,
-                        live_for_connection,
-                        registered,
-                        None,
-                    )),
-                    (true, Some(tls)) => shared.tracker.spawn(serve_tls(
-                        tcp,
-                        peer,
-                        live_for_connection,
-                        registered,
-                        Arc::clone(tls),
-                    )),
-                    (true, None) => {
-                        // `serve` and reloads keep TLS while there are TLS listeners.
-                        tracing::error!(%peer, "TLS listener without a TLS configuration; closed");
-                        continue;
-                    }
-                };
+                spawn_connection(tcp, peer, &live, is_tls);
             }
             Err(error) => {
                 // EMFILE, ENFILE, ENOBUFS...: the connection waits in the backlog.
                 // Out of descriptors, idle connections that have not upgraded
                 // make room, so upgraded clients and new ones still get in.
                 let n_shed = if lifecycle::is_transient_accept_error(&error) {
-                    shared.http_connections.shed_idle(SHED_BATCH)
+                    live.load().http_connections.shed_idle(SHED_BATCH)
                 } else {
                     0
                 };
                 tracing::warn!(%error, n_shed, "accept failed");
                 backoff.wait().await;
             }
+        }
+    }
+}
+
+/// At drain, the connections already in the listener's queue: served
+/// rather than reset when the listener closes. (Between the last accept and
+/// the close, the kernel may still queue one; `net.ipv4.tcp_migrate_req`
+/// hands such a connection to another socket of the port.)
+fn take_queued(listener: &TcpListener, live: &Arc<Live>, is_tls: bool) {
+    let mut waker_context = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut n_taken = 0_usize;
+    while let std::task::Poll::Ready(Ok((tcp, peer))) = listener.poll_accept(&mut waker_context) {
+        spawn_connection(tcp, peer, live, is_tls);
+        n_taken += 1;
+    }
+    tracing::info!(n_taken, "listener closed");
+}
+
+/// Registers one accepted connection and spawns its task, with the
+/// snapshot current now.
+fn spawn_connection(tcp: TcpStream, peer: SocketAddr, live: &Arc<Live>, is_tls: bool) {
+    let shared = live.load_full();
+    let Some(registered) = shared.http_connections.register(peer.ip()) else {
+        // Dropping the stream closes it: this address holds its share.
+        tracing::info!(%peer, "too many connections from this address; closed");
+        return;
+    };
+    // WebSocket messages are small and interactive: no Nagle delay.
+    let _ = tcp.set_nodelay(true);
+    let live_for_connection = Arc::clone(live);
+    match (is_tls, &shared.tls) {
+        (false, _) => {
+            shared.tracker.spawn(connection::serve(
+                tcp,
+                peer,
+                live_for_connection,
+                registered,
+                None,
+            ));
+        }
+        (true, Some(tls)) => {
+            shared.tracker.spawn(serve_tls(
+                tcp,
+                peer,
+                live_for_connection,
+                registered,
+                Arc::clone(tls),
+            ));
+        }
+        // `serve` and reloads keep TLS while there are TLS listeners.
+        (true, None) => {
+            tracing::error!(%peer, "TLS listener without a TLS configuration; closed");
         }
     }
 }
@@ -313,22 +400,19 @@ async fn serve_tls(
 }
 
 /// Binds every address of `config.listen` and `config.tls_listen`, in
-/// order, and catches SIGHUP from now on.
+/// order, with `SO_REUSEPORT`, and catches SIGHUP and SIGUSR2 from now on.
 pub async fn bind_all(config: &Config) -> io::Result<Listeners> {
     Ok(Listeners {
-        plain: bind(&config.listen).await?,
-        tls: bind(&config.tls_listen).await?,
+        plain: bind(&config.listen)?,
+        tls: bind(&config.tls_listen)?,
         hangups: signal(SignalKind::hangup())?,
+        drains: signal(SignalKind::user_defined2())?,
     })
 }
 
-async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|error| io::Error::new(error.kind(), format!("binding {addr}: {error}")))?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
+fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| TcpListener::from_std(activation::bind_reuseport(*addr)?))
+        .collect()
 }

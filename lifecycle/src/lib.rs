@@ -12,16 +12,62 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+/// How log lines are written: `text` for people, `json` for a log collector
+/// (one JSON object per line: `timestamp`, `level`, `fields` with `message`,
+/// `target`, and `spans` with each enclosing span's fields).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// tracing-subscriber's human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A `--log-format` value that is neither `text` nor `json`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown log format {0:?}: expected text or json")]
+pub struct UnknownLogFormat(pub String);
+
+impl std::str::FromStr for LogFormat {
+    type Err = UnknownLogFormat;
+
+    fn from_str(text: &str) -> Result<LogFormat, UnknownLogFormat> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(UnknownLogFormat(other.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
 /// Sets up logging to stderr once per process, filtered by `RUST_LOG`
-/// (default `info`), in colour only on a terminal.
-pub fn init_tracing() {
+/// (default `info`), in `format`; text is in colour only on a terminal.
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-        .init();
+        .with_writer(io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 /// Raises this process's soft limit on open descriptors (`RLIMIT_NOFILE`) to
@@ -164,6 +210,18 @@ mod tests {
         );
         // Already at the hard limit: nothing changes.
         assert_eq!(raise_nofile_limit(), Some(hard));
+    }
+
+    #[test]
+    fn log_formats_parse_and_print_back() {
+        for (text, format) in [("text", LogFormat::Text), ("json", LogFormat::Json)] {
+            assert_eq!(text.parse::<LogFormat>(), Ok(format));
+            assert_eq!(format.to_string(), text);
+        }
+        assert_eq!(
+            "yaml".parse::<LogFormat>(),
+            Err(UnknownLogFormat("yaml".to_owned()))
+        );
     }
 
     #[test]

@@ -126,6 +126,18 @@ struct Supervised {
 type ReadySender = oneshot::Sender<Result<(), SupervisorError>>;
 
 impl Supervisor {
+    /// Supervises nothing, and a reload starts nothing: a worker of
+    /// `--workers`, whose supervising process runs the backends.
+    pub fn none() -> Supervisor {
+        Supervisor {
+            state: Mutex::new(State {
+                running: BTreeMap::new(),
+                stopping: true,
+            }),
+            tracker: TaskTracker::new(),
+        }
+    }
+
     /// Starts every backend of `config` and returns once each one's socket
     /// accepts. On an error (naming the backend), or when `shutdown` is
     /// cancelled first, the backends started so far are stopped again.

@@ -183,7 +183,7 @@ fn add_service(accounts: &Accounts, name: &str) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    backend::init_tracing();
+    backend::init_tracing(args.common.log_format);
     if let Err(message) = check_flags(&args) {
         eprintln!("websocket_broker: {message}");
         return ExitCode::FAILURE;

@@ -40,7 +40,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    backend::init_tracing();
+    backend::init_tracing(args.common.log_format);
     let options = RoomOptions {
         commands: args.commands,
         queue_capacity: args.queue_capacity,

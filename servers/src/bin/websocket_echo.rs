@@ -18,7 +18,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    backend::init_tracing();
+    backend::init_tracing(args.common.log_format);
     match backend::launch(
         &args.common,
         "websocket_echo",

@@ -84,7 +84,7 @@ fn parse_grace(text: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
-    backend::init_tracing();
+    backend::init_tracing(args.common.log_format);
     let Some((program, program_args)) = args.command.split_first() else {
         eprintln!(
             "websocket_exec: no program given (websocket_exec [OPTIONS] -- PROGRAM [ARGS]...)"

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     };
     let plugins = indexed("plugins", &args.plugins);
     let configs = indexed("configs", &args.configs);
-    backend::init_tracing();
+    backend::init_tracing(args.common.log_format);
     let search = SearchPath {
         exe_dir: std::env::current_exe()
             .ok()

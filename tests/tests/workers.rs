@@ -1,0 +1,170 @@
+//! `--workers N`: a supervisor runs N gateway processes on one port
+//! (SO_REUSEPORT), announces the address once, restarts a worker that dies
+//! and stops them all on SIGTERM.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use harness::{Backend, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, wait};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The process ids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> anyhow::Result<BTreeSet<u32>> {
+    let mut children = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit while we look: skip what cannot be read.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command may hold spaces and parentheses: fields follow the last ')'.
+        let Some((_, fields)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid = fields
+            .split_whitespace()
+            .nth(1)
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.insert(pid);
+        }
+    }
+    Ok(children)
+}
+
+/// Waits until `parent` has exactly `n` children, and returns them.
+async fn wait_for_workers(gateway: &mut Gateway, n: usize) -> anyhow::Result<BTreeSet<u32>> {
+    let pid = gateway.pid();
+    wait::until(&format!("{n} workers"), EVENT_DEADLINE, || async move {
+        let children = children_of(pid)?;
+        Ok((children.len() == n).then_some(children))
+    })
+    .await
+}
+
+/// The TCP and UNIX sockets `pid` holds.
+fn n_sockets(pid: u32) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd"))? {
+        if let Ok(target) = std::fs::read_link(entry?.path())
+            && target.to_string_lossy().starts_with("socket:")
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_one_port_and_each_serves_clients() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let mut gateway = Gateway::start(docroot.path(), &["--workers", "2"]).await?;
+    let workers: Vec<u32> = wait_for_workers(&mut gateway, 2)
+        .await?
+        .into_iter()
+        .collect();
+    let before: Vec<usize> = workers
+        .iter()
+        .map(|pid| n_sockets(*pid))
+        .collect::<Result<_, _>>()?;
+
+    // The kernel spreads connections over the workers' sockets by their
+    // source port: 32 clients all on one of two workers has odds of 2^-31.
+    let mut clients = Vec::new();
+    for client_idx in 0..32 {
+        let mut client = gateway.connect("/echo").await?;
+        let message = Message::text(format!("client {client_idx}"));
+        assert_eq!(client.round_trip(message.clone()).await?, message);
+        clients.push(client);
+    }
+    // Each relayed client holds two sockets in the worker that serves it.
+    let growth: Vec<usize> = workers
+        .iter()
+        .zip(&before)
+        .map(|(pid, before)| Ok(n_sockets(*pid)?.saturating_sub(*before)))
+        .collect::<anyhow::Result<_>>()?;
+    assert!(
+        growth.iter().all(|grown| *grown >= 2),
+        "every worker serves clients: sockets gained per worker {growth:?}"
+    );
+    assert!(
+        growth.iter().sum::<usize>() >= 2 * clients.len(),
+        "{growth:?}"
+    );
+
+    // SIGTERM reaches every worker: each client is closed with 1001.
+    gateway.sigterm()?;
+    for client in &mut clients {
+        client.expect_close_code(CloseCode::Away).await?;
+    }
+    let status = gateway.wait_exit(EXIT_DEADLINE).await?;
+    assert_eq!(status.code(), Some(0), "supervisor's exit status {status}");
+    for pid in workers {
+        assert!(
+            !Path::new("/proc").join(pid.to_string()).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))?.contains(") Z"),
+            "worker {pid} still runs after its supervisor exited"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_is_restarted_and_the_port_keeps_serving() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let mut gateway = Gateway::start(docroot.path(), &["--workers", "2"]).await?;
+    let workers = wait_for_workers(&mut gateway, 2).await?;
+    let victim = *workers.iter().next().expect("two workers");
+    kill(Pid::from_raw(i32::try_from(victim)?), Signal::SIGKILL)?;
+
+    let pid = gateway.pid();
+    let replaced = wait::until(
+        "a new worker in place of the killed one",
+        EVENT_DEADLINE,
+        || {
+            let workers = workers.clone();
+            async move {
+                let now = children_of(pid)?;
+                Ok((now.len() == 2 && !now.contains(&victim) && now != workers).then_some(now))
+            }
+        },
+    )
+    .await?;
+    assert!(!replaced.contains(&victim));
+    gateway.check_running()?;
+    for client_idx in 0..16 {
+        let mut client = gateway.connect("/echo").await?;
+        let message = Message::binary(vec![client_idx; 3]);
+        assert_eq!(client.round_trip(message.clone()).await?, message);
+    }
+    let log = gateway.stderr_text();
+    assert!(log.contains("worker exited; restarting it"), "{log}");
+    assert!(log.contains("worker restarted"), "{log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn workers_out_of_range_is_refused_with_status_2() -> anyhow::Result<()> {
+    for workers in ["0", "257"] {
+        let output = std::process::Command::new(harness::bin_path("wsgate")?)
+            .args(["--listen", "127.0.0.1:0", "--workers", workers])
+            .output()?;
+        assert_eq!(output.status.code(), Some(2), "--workers {workers}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("workers must be"),
+            "--workers {workers}: {stderr}"
+        );
+    }
+    Ok(())
+}
