@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -90,8 +90,9 @@ pub enum BackplaneError {
 pub trait Peer: Send + Sync + 'static {
     /// A payload from another instance, already bounded in size.
     fn on_message(&self, message: Incoming<'_>) -> impl Future<Output = ()> + Send;
-    /// Redis lost this instance's state, or was away: write it back.
-    fn resync(&self) -> impl Future<Output = ()> + Send;
+    /// Redis lost this instance's state, or was away: write it back;
+    /// `false` if Redis failed meanwhile (it is tried again).
+    fn resync(&self) -> impl Future<Output = bool> + Send;
     /// Instance `dead` stopped beating; this instance won the right to clean
     /// up after it (no other instance is called for the same one).
     fn reap(&self, dead: &str) -> impl Future<Output = ()> + Send;
@@ -117,6 +118,8 @@ pub struct Backplane {
     up: AtomicBool,
     /// Set by the first failure of an outage, so it is logged once.
     outage_logged: AtomicBool,
+    /// A resync failed; the heartbeat tries again.
+    needs_resync: AtomicBool,
 }
 
 impl std::fmt::Debug for Backplane {
@@ -185,6 +188,7 @@ impl Backplane {
             options,
             up: AtomicBool::new(false),
             outage_logged: AtomicBool::new(false),
+            needs_resync: AtomicBool::new(false),
         });
         backplane
             .heartbeat()
@@ -292,11 +296,38 @@ impl Backplane {
     /// Keeps the instance on the backplane until `shutdown`: reads the
     /// pub/sub channels (reconnecting with back-off and resubscribing when
     /// Redis goes away) and beats. Runs on the runtime [`Backplane::connect`] ran in.
-    pub async fn run<P: Peer>(self: Arc<Self>, peer: Arc<P>, shutdown: CancellationToken) {
+    /// `subscribed` is the pub/sub connection [`Backplane::subscribe`] made
+    /// at start-up, if any.
+    pub async fn run<P: Peer>(
+        self: Arc<Self>,
+        peer: Arc<P>,
+        subscribed: Option<PubSub>,
+        shutdown: CancellationToken,
+    ) {
         tokio::select! {
             () = shutdown.cancelled() => {}
-            () = self.subscribe_loop(peer.as_ref()) => {}
+            () = self.subscribe_loop(peer.as_ref(), subscribed) => {}
             () = self.heartbeat_loop(peer.as_ref()) => {}
+        }
+    }
+
+    /// Opens a pub/sub connection reading `<ns>:all` and this instance's
+    /// channel, within [`REDIS_TIMEOUT`].
+    pub async fn subscribe(&self) -> redis::RedisResult<PubSub> {
+        let all = self.all_channel();
+        let mine = self.instance_channel(&self.instance);
+        let subscribed = tokio::time::timeout(REDIS_TIMEOUT, async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&[all.as_str(), mine.as_str()]).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        match subscribed {
+            Ok(subscribed) => subscribed,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "subscribing timed out",
+            ))),
         }
     }
 
@@ -309,7 +340,10 @@ impl Backplane {
                 Ok((added, dead)) => {
                     if added && self.is_up() {
                         info!("this instance's entry was missing in Redis; writing its state back");
-                        peer.resync().await;
+                        self.needs_resync.store(true, Ordering::Release);
+                    }
+                    if self.is_up() && self.needs_resync.load(Ordering::Acquire) {
+                        self.resync(peer).await;
                     }
                     for id in dead {
                         debug!(dead = %id, "an instance stopped beating");
@@ -321,31 +355,36 @@ impl Backplane {
         }
     }
 
-    async fn subscribe_loop<P: Peer>(&self, peer: &P) {
+    /// Writes the peer's state back, trying a few times at once (the command
+    /// connection reconnects on its first failure), then leaving it to the heartbeat.
+    async fn resync<P: Peer>(&self, peer: &P) {
         let mut backoff = MIN_BACKOFF;
-        let all = self.all_channel();
+        for _ in 0..4 {
+            if peer.resync().await {
+                self.needs_resync.store(false, Ordering::Release);
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        self.needs_resync.store(true, Ordering::Release);
+    }
+
+    async fn subscribe_loop<P: Peer>(&self, peer: &P, mut subscribed: Option<PubSub>) {
+        let mut backoff = MIN_BACKOFF;
         let mine = self.instance_channel(&self.instance);
         loop {
-            let subscribed = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(&[all.as_str(), mine.as_str()]).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            })
-            .await;
-            let pubsub = match subscribed {
-                Ok(Ok(pubsub)) => pubsub,
-                Ok(Err(error)) => {
-                    self.failed(&error);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-                Err(_) => {
-                    debug!("subscribing to Redis timed out");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
+            let pubsub = match subscribed.take() {
+                Some(pubsub) => pubsub,
+                None => match self.subscribe().await {
+                    Ok(pubsub) => pubsub,
+                    Err(error) => {
+                        self.failed(&error);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                },
             };
             backoff = MIN_BACKOFF;
             let was_down = self.outage_logged.swap(false, Ordering::AcqRel);
@@ -356,7 +395,7 @@ impl Backplane {
                 debug!("subscribed to the Redis backplane");
             }
             // Whatever this instance did while cut off must reach the shared state.
-            peer.resync().await;
+            self.resync(peer).await;
             let mut stream = pubsub.into_on_message();
             while let Some(message) = stream.next().await {
                 let payload = message.get_payload_bytes();
@@ -400,7 +439,9 @@ impl Backplane {
 /// `url` without its password, for messages.
 fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -421,13 +462,26 @@ where
             url: redacted(&options.url),
             source: redis::RedisError::from(error),
         })?;
-    let backplane = runtime.block_on(Backplane::connect(options))?;
+    let (backplane, subscribed) = runtime.block_on(async {
+        let backplane = Backplane::connect(options).await?;
+        // Subscribed before the socket is published, so no client's message
+        // from another instance is missed for want of a subscription.
+        let subscribed =
+            backplane
+                .subscribe()
+                .await
+                .map_err(|source| BackplaneError::Unreachable {
+                    url: redacted(&backplane.options.url),
+                    source,
+                })?;
+        Ok::<_, BackplaneError>((backplane, subscribed))
+    })?;
     let peer = attach(Arc::clone(&backplane));
     let running = Arc::clone(&backplane);
     let spawned = std::thread::Builder::new()
         .name("redis-backplane".to_owned())
         .spawn(move || {
-            runtime.block_on(running.run(peer, CancellationToken::new()));
+            runtime.block_on(running.run(peer, Some(subscribed), CancellationToken::new()));
         });
     if let Err(error) = spawned {
         return Err(BackplaneError::Unreachable {

@@ -54,7 +54,9 @@ fn main() -> ExitCode {
         queue_bytes: args.queue_bytes,
         stall_timeout: Duration::from_secs(args.stall_timeout),
     };
-    let redis = args.redis.options(&args.common.name_or("websocket_chat"), "chat", MAX_MESSAGE);
+    let redis = args
+        .redis
+        .options(&args.common.name_or("websocket_chat"), "chat", MAX_MESSAGE);
     let setup = || {
         let room = Arc::new(Room::new(options));
         if let Some(redis) = redis {

@@ -121,6 +121,9 @@ struct RoomState {
     /// The names of evicted clients, until their sessions leave (and, with
     /// `--redis`, free them in the shared state).
     departed: HashMap<ClientId, String>,
+    /// With `--redis`: names freed while Redis was away, to announce to the
+    /// other instances when it is back (at most `shared::MAX_LISTED_NAMES`).
+    left_while_down: Vec<String>,
 }
 
 #[derive(Debug)]

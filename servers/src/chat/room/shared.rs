@@ -34,7 +34,8 @@ use crate::backplane::{Backplane, Incoming, LUA_PRELUDE, Peer};
 pub const MAX_LISTED_NAMES: usize = 10_000;
 
 /// The error a client gets for what needs Redis while it is away.
-pub const UNAVAILABLE: &str = "unavailable: the chat cannot reach its other instances now; try again later";
+pub const UNAVAILABLE: &str =
+    "unavailable: the chat cannot reach its other instances now; try again later";
 
 /// Claims the first free name of `requested`, `requested1`, ... for one
 /// client, freeing the name it had, and lists the live names.
@@ -113,10 +114,14 @@ return false
 
 /// Makes this instance's names in Redis exactly the local ones (after an
 /// outage, or when Redis lost them). KEYS: instances, names, this
-/// instance's names. ARGV: instance, expiry in ms, then (owner, name) pairs.
-/// Returns {names another live instance took meanwhile, names added, names dropped}.
+/// instance's names, its tombstone. ARGV: instance, expiry in ms, then
+/// (owner, name) pairs. Returns {names another live instance took
+/// meanwhile, names added, names dropped}; names added are listed only if
+/// this instance had been reaped (the others heard `WSLeave` for them), not
+/// when Redis merely lost them (the others still know them).
 const SYNC: &str = r"
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local reaped = redis.call('DEL', KEYS[4]) == 1
 local mine = ARGV[1] .. ' '
 local wanted = {}
 for i = 3, #ARGV, 2 do wanted[ARGV[i + 1]] = ARGV[i] end
@@ -142,7 +147,7 @@ for i = 3, #ARGV, 2 do
   if owner and not ours and id and alive(id) then
     conflicts[#conflicts + 1] = name
   else
-    if not ours then added[#added + 1] = name end
+    if not ours and reaped then added[#added + 1] = name end
     redis.call('HSET', KEYS[2], name, value)
     redis.call('SADD', KEYS[3], name)
   end
@@ -150,10 +155,12 @@ end
 return {conflicts, added, removed}
 ";
 
-/// Frees the names of a dead instance, once. KEYS: instances, names, the
-/// dead instance's names. ARGV: the dead instance. Returns the names freed.
+/// Frees the names of a dead instance, once, and leaves its tombstone (for
+/// an hour), in case it was only cut off. KEYS: instances, names, the dead
+/// instance's names, its tombstone. ARGV: the dead instance. Returns the names freed.
 const REAP: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {} end
+redis.call('SET', KEYS[4], '1', 'PX', 3600000)
 local prefix = ARGV[1] .. ' '
 local gone = {}
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[3])) do
@@ -180,6 +187,7 @@ struct Keys {
     instances: String,
     names: String,
     mine: String,
+    tombstone: String,
 }
 
 impl Keys {
@@ -188,8 +196,13 @@ impl Keys {
             instances: backplane.instances_key(),
             names: backplane.key("names"),
             mine: names_of_instance(backplane, backplane.instance()),
+            tombstone: tombstone_of(backplane, backplane.instance()),
         }
     }
+}
+
+fn tombstone_of(backplane: &Backplane, instance: &str) -> String {
+    backplane.key(&format!("instance:{instance}:reaped"))
 }
 
 fn names_of_instance(backplane: &Backplane, instance: &str) -> String {
@@ -277,7 +290,10 @@ impl Member {
         };
         match command {
             Some(Command::Hello { name }) => room.hello_shared(backplane, self.id, name).await,
-            Some(Command::Private { name, message: text }) if !room.is_local_name(name) => {
+            Some(Command::Private {
+                name,
+                message: text,
+            }) if !room.is_local_name(name) => {
                 room.private_shared(backplane, self.id, name, text).await;
             }
             Some(Command::Whois { name }) if !room.is_local_name(name) => {
@@ -309,6 +325,14 @@ impl Member {
     pub async fn leave(&self) {
         let name = self.room.leave(self.id);
         if let (Some(name), Some(backplane)) = (name, self.room.backplane.get()) {
+            if !backplane.is_up() {
+                // Announced to the other instances when Redis is back.
+                let mut state = self.room.lock();
+                if state.left_while_down.len() < MAX_LISTED_NAMES {
+                    state.left_while_down.push(name);
+                }
+                return;
+            }
             release(backplane, self.id, &name).await;
             announce_remote(backplane, &format!("WSLeave {name}")).await;
         }
@@ -461,7 +485,10 @@ impl Room {
                 let line = super::super::command::private_line(sender.as_deref(), text);
                 let body = format!("p{}\n{line}", owner.client);
                 backplane
-                    .publish(&backplane.instance_channel(&owner.instance), body.as_bytes())
+                    .publish(
+                        &backplane.instance_channel(&owner.instance),
+                        body.as_bytes(),
+                    )
                     .await;
             }
             Ok(_) => self.reply(from, error_line(&format!("unknown name {name}"))),
@@ -573,15 +600,18 @@ impl Peer for Room {
         match decode(message.body) {
             Some(Body::All(line)) if !message.direct => self.deliver_remote(None, &line).await,
             Some(Body::Private(client, line)) if message.direct => {
-                self.deliver_remote(Some(client), &Message::text(line)).await;
+                self.deliver_remote(Some(client), &Message::text(line))
+                    .await;
             }
-            _ => warn!(origin = %message.origin, "malformed chat message from another instance; dropped"),
+            _ => {
+                warn!(origin = %message.origin, "malformed chat message from another instance; dropped")
+            }
         }
     }
 
-    async fn resync(&self) {
+    async fn resync(&self) -> bool {
         let Some(backplane) = self.backplane.get() else {
-            return;
+            return true;
         };
         let keys = Keys::of(backplane);
         let local = self.local_names(backplane);
@@ -592,6 +622,7 @@ impl Peer for Room {
             .key(&keys.instances)
             .key(&keys.names)
             .key(&keys.mine)
+            .key(&keys.tombstone)
             .arg(backplane.instance())
             .arg(expiry_ms);
         for (owner, name) in &local {
@@ -601,11 +632,24 @@ impl Peer for Room {
             invocation.invoke_async(&mut backplane.connection()).await;
         let mut parts = match synced {
             Ok(parts) => parts.into_iter(),
-            Err(error) => return backplane.failed(&error),
+            Err(error) => {
+                backplane.failed(&error);
+                return false;
+            }
         };
         let conflicts = nested_names(parts.next());
         let added = nested_names(parts.next());
-        let removed = nested_names(parts.next());
+        let mut removed = nested_names(parts.next());
+        {
+            let mut state = self.lock();
+            let left = std::mem::take(&mut state.left_while_down);
+            removed.extend(
+                left.into_iter()
+                    .filter(|name| !state.names.contains_key(name)),
+            );
+        }
+        removed.sort_unstable();
+        removed.dedup();
         info!(
             n_names = local.len(),
             n_conflicts = conflicts.len(),
@@ -620,6 +664,7 @@ impl Peer for Room {
         for name in added {
             announce_remote(backplane, &format!("WSJoin {name}")).await;
         }
+        true
     }
 
     async fn reap(&self, dead: &str) {
@@ -631,6 +676,7 @@ impl Peer for Room {
             .key(&keys.instances)
             .key(&keys.names)
             .key(names_of_instance(backplane, dead))
+            .key(tombstone_of(backplane, dead))
             .arg(dead)
             .invoke_async(&mut backplane.connection())
             .await;
