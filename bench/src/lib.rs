@@ -12,6 +12,7 @@
 //!   batches and echoes parsed in place, fast enough not to be the bottleneck.
 //! - [`exec`]: `wsgate-bench exec`, websocket_exec against websocketd.
 //! - [`broker`]: `websocket_broker`'s channel fan-out next to the chat's, behind one gateway.
+//! - [`redis`]: the chat's fan-out over two instances sharing one Redis, against one instance alone.
 //! - [`report`]: the markdown tables with ratios to the baseline and CPU per operation.
 //!
 //! `src/main.rs` is the `wsgate-bench` command; BENCHMARKS.md says how to run it.
@@ -21,6 +22,7 @@ pub mod baseline;
 pub mod broker;
 pub mod exec;
 pub mod pipeline;
+pub mod redis;
 pub mod report;
 pub mod scenario;
 pub mod system;
