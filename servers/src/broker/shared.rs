@@ -769,3 +769,56 @@ impl Peer for Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_numbers_stay_safe_json_numbers() {
+        for _ in 0..100 {
+            let first = first_client_id();
+            assert_eq!(first % (1 << 32), 0);
+            assert!(first + u64::from(u32::MAX) < 1 << 53);
+        }
+    }
+
+    #[test]
+    fn ranges_cover_exact_names_prefixes_and_groups() {
+        let member = name_member("group/item1", "inst", 5);
+        let in_range = |target: Target<'_>| {
+            ranges(&target).iter().any(|(low, high)| {
+                // `[` marks an inclusive bound in ZRANGEBYLEX.
+                member.as_bytes() >= &low[1..] && member.as_bytes() <= &high[1..]
+            })
+        };
+        assert!(in_range(Target::Name("group/item1")));
+        assert!(in_range(Target::NamePrefix("group/")));
+        assert!(in_range(Target::NameOrGroup("group/item1")));
+        assert!(!in_range(Target::Name("group/item")));
+        assert!(!in_range(Target::Name("group/item10")));
+        assert!(!in_range(Target::Group("group/item1")));
+        let group = group_member("news", "inst", 5);
+        let (low, high) = ranges(&Target::Group("news")).remove(0);
+        assert!(group.as_bytes() >= &low[1..] && group.as_bytes() <= &high[1..]);
+    }
+
+    #[test]
+    fn events_between_instances_round_trip() {
+        let event = Event::Deliver {
+            targets: vec![
+                wire(&Target::NamePrefix("group/")),
+                wire(&Target::Client(9)),
+            ],
+            text: "hi".to_owned(),
+        };
+        let body = serde_json::to_vec(&event).expect("serializes");
+        let Ok(Event::Deliver { targets, text }) = serde_json::from_slice::<Event>(&body) else {
+            panic!("a delivery decodes");
+        };
+        assert_eq!(text, "hi");
+        assert_eq!(unwire(&targets[0]), Target::NamePrefix("group/"));
+        assert_eq!(unwire(&targets[1]), Target::Client(9));
+        assert!(serde_json::from_slice::<Event>(b"{\"deliver\": 1}").is_err());
+    }
+}

@@ -694,3 +694,64 @@ impl Peer for Room {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_between_instances_round_trip_and_bad_ones_are_refused() {
+        let text = Message::text("alice: hi");
+        let Some(Body::All(decoded)) = encode_all(&text).as_deref().and_then(decode) else {
+            panic!("a text line decodes");
+        };
+        assert_eq!(decoded, text);
+        let binary = Message::binary(vec![0u8, 159, 255]);
+        let Some(Body::All(decoded)) = encode_all(&binary).as_deref().and_then(decode) else {
+            panic!("a binary message decodes");
+        };
+        assert_eq!(decoded, binary);
+        assert!(matches!(
+            decode(b"p42\n(private) alice: psst"),
+            Some(Body::Private(42, "(private) alice: psst"))
+        ));
+        for bad in [
+            &b""[..],
+            b"x",
+            b"t\xff",
+            b"p\nline",
+            b"pnot-a-number\nline",
+            b"p42",
+        ] {
+            assert!(decode(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn owners_from_redis_are_parsed_and_bounded() {
+        let owner = parse_owner("0123abcd 7 127.0.0.1").expect("a valid owner");
+        assert_eq!(
+            (
+                owner.instance.as_str(),
+                owner.client,
+                owner.address.as_str()
+            ),
+            ("0123abcd", 7, "127.0.0.1")
+        );
+        assert!(parse_owner("0123abcd x 127.0.0.1").is_none());
+        assert!(parse_owner("0123abcd 7").is_none());
+        assert!(parse_owner(&format!("{} 7 ::1", "i".repeat(65))).is_none());
+    }
+
+    #[test]
+    fn names_from_redis_must_be_valid_and_are_bounded() {
+        let values = vec![
+            Value::BulkString(b"bob".to_vec()),
+            Value::BulkString(b"not valid".to_vec()),
+            Value::Nil,
+            Value::BulkString(b"alice".to_vec()),
+            Value::BulkString(b"carol".to_vec()),
+        ];
+        assert_eq!(names_in(values, 2), ["bob", "alice"]);
+    }
+}
