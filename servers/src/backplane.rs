@@ -26,12 +26,13 @@
 //! it refuses meanwhile. What is lost or delayed is `docs/scaling.md`.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -46,6 +47,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The first wait after Redis went away.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The payload bytes that may wait to be published at once; a sender
+/// whose message would exceed them waits (a larger message waits for all of them).
+const PUBLISH_BUDGET: usize = 8 << 20;
+
+/// The most messages published in one pipeline.
+const PUBLISH_BATCH: usize = 64;
+
+/// A message waiting to be published, holding its share of the budget.
+type Outgoing = (String, Vec<u8>, OwnedSemaphorePermit);
 
 /// The most dead instances one heartbeat cleans up after.
 const MAX_REAPED_PER_BEAT: usize = 16;
@@ -120,6 +131,12 @@ pub struct Backplane {
     outage_logged: AtomicBool,
     /// A resync failed; the heartbeat tries again.
     needs_resync: AtomicBool,
+    /// Messages to publish, in order, for the publisher task of [`Backplane::run`].
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// Its receiving end, until `run` takes it.
+    outgoing_receiver: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
+    /// Bounds the bytes in `outgoing` (the channel itself is bounded by it).
+    publish_budget: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Backplane {
@@ -178,6 +195,7 @@ impl Backplane {
                 url: redacted(&options.url),
                 source,
             })?;
+        let (outgoing, outgoing_receiver) = mpsc::unbounded_channel();
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).expect("the system's random source works");
         let instance: String = id.iter().map(|byte| format!("{byte:02x}")).collect();
@@ -189,6 +207,9 @@ impl Backplane {
             up: AtomicBool::new(false),
             outage_logged: AtomicBool::new(false),
             needs_resync: AtomicBool::new(false),
+            outgoing,
+            outgoing_receiver: Mutex::new(Some(outgoing_receiver)),
+            publish_budget: Arc::new(Semaphore::new(PUBLISH_BUDGET)),
         });
         backplane
             .heartbeat()
@@ -242,8 +263,11 @@ impl Backplane {
         self.manager.clone()
     }
 
-    /// Publishes `body` on `channel`, unless Redis is away (then the other
-    /// instances miss it: `docs/scaling.md`). Failures are logged once per outage.
+    /// Queues `body` for publishing on `channel`, in order with everything
+    /// this instance publishes, unless Redis is away (then the other
+    /// instances miss it: `docs/scaling.md`). Waits while [`PUBLISH_BUDGET`]
+    /// bytes already wait; the publisher task sends them in pipelines, so a
+    /// sender does not wait for Redis's round trip. Failures are logged once per outage.
     pub async fn publish(&self, channel: &str, body: &[u8]) {
         if !self.is_up() {
             return;
@@ -252,14 +276,45 @@ impl Backplane {
         payload.extend_from_slice(self.instance.as_bytes());
         payload.push(b'\n');
         payload.extend_from_slice(body);
-        let mut connection = self.connection();
-        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload)
-            .query_async(&mut connection)
-            .await;
-        if let Err(error) = published {
-            self.failed(&error);
+        // The entry costs its channel name and some bookkeeping too.
+        let cost = payload.len() + channel.len() + 64;
+        let share = u32::try_from(cost.min(PUBLISH_BUDGET)).unwrap_or(u32::MAX);
+        let Ok(permit) = Arc::clone(&self.publish_budget)
+            .acquire_many_owned(share)
+            .await
+        else {
+            return;
+        };
+        // Fails only once the publisher is gone, at the end of the process.
+        let _ = self.outgoing.send((channel.to_owned(), payload, permit));
+    }
+
+    /// Publishes what [`Backplane::publish`] queued, a pipeline at a time;
+    /// while Redis is away it is dropped.
+    async fn publish_loop(&self) {
+        let Some(mut receiver) = self
+            .outgoing_receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        while receiver.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+            if self.is_up() {
+                let mut pipeline = redis::pipe();
+                for (channel, payload, _) in &batch {
+                    pipeline.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                }
+                let published: redis::RedisResult<()> =
+                    pipeline.query_async(&mut self.connection()).await;
+                if let Err(error) = published {
+                    self.failed(&error);
+                }
+            }
+            // Their permits return to the budget here.
+            batch.clear();
         }
     }
 
@@ -308,6 +363,7 @@ impl Backplane {
             () = shutdown.cancelled() => {}
             () = self.subscribe_loop(peer.as_ref(), subscribed) => {}
             () = self.heartbeat_loop(peer.as_ref()) => {}
+            () = self.publish_loop() => {}
         }
     }
 
