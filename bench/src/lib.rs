@@ -13,6 +13,7 @@
 //! - [`exec`]: `wsgate-bench exec`, websocket_exec against websocketd.
 //! - [`broker`]: `websocket_broker`'s channel fan-out next to the chat's, behind one gateway.
 //! - [`hold`]: `wsgate-bench hold`, 30,000 idle relayed clients on one port through `wsgate --workers`.
+//! - [`redis`]: the chat's fan-out over two instances sharing one Redis, against one instance alone.
 //! - [`report`]: the markdown tables with ratios to the baseline and CPU per operation.
 //!
 //! `src/main.rs` is the `wsgate-bench` command; BENCHMARKS.md says how to run it.
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod exec;
 pub mod hold;
 pub mod pipeline;
+pub mod redis;
 pub mod report;
 pub mod scenario;
 pub mod system;

@@ -71,6 +71,22 @@ enum Command {
     Hold(bench::hold::HoldArgs),
     /// One load-generator process of `hold` (started by `hold` itself).
     HoldClients(bench::hold::HoldClientsArgs),
+    /// The chat's fan-out over two instances sharing one Redis (websocket_chat --redis), against
+    /// one instance without it; prints a markdown table.
+    RedisFanout {
+        /// A short run that only proves everything works.
+        #[arg(long)]
+        smoke: bool,
+        /// Directory of wsgate and websocket_chat [default: this executable's].
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Receivers [default: 1000; smoke: 20].
+        #[arg(long, value_name = "N")]
+        receivers: Option<usize>,
+        /// Messages per second the sender sends [default: 1000; smoke: 200].
+        #[arg(long, value_name = "N")]
+        rate: Option<u32>,
+    },
     /// The baseline server: WebSocket echo (/echo) and chat (/chat) with no gateway.
     BaselineServer {
         /// TCP address; prints `listening on http://ADDR` when ready.
@@ -202,6 +218,28 @@ fn main() -> anyhow::Result<()> {
             let receivers = receivers.unwrap_or(default_receivers).max(1);
             let rate = rate.unwrap_or(default_rate).max(1);
             runtime.block_on(broker_fanout(&dir, receivers, rate, duration))
+        }
+        Command::RedisFanout {
+            smoke,
+            bin_dir,
+            receivers,
+            rate,
+        } => {
+            let dir = match bin_dir {
+                Some(dir) => dir,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("the executable has a directory")?
+                    .to_owned(),
+            };
+            let (duration, default_receivers, default_rate) = if smoke {
+                (Duration::from_millis(300), 20, 200)
+            } else {
+                (Duration::from_secs(5), 1_000, 1_000)
+            };
+            let receivers = receivers.unwrap_or(default_receivers).max(2);
+            let rate = rate.unwrap_or(default_rate).max(1);
+            runtime.block_on(redis_fanout(&dir, receivers, rate, duration))
         }
         Command::All {
             smoke,
@@ -417,6 +455,57 @@ async fn broker_fanout(
     for row in rows {
         println!("{row}");
     }
+    if errors > 0 {
+        anyhow::bail!("THE RUN LOST {errors} MESSAGES: the figures above are not valid");
+    }
+    Ok(())
+}
+
+async fn redis_fanout(
+    dir: &std::path::Path,
+    receivers: usize,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let run = bench::redis::redis_fanout(dir, receivers, rate, duration).await?;
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    println!("{}", machine());
+    println!("Chat fan-out, {receivers} receivers, {rate} msg/s for {duration:?}:\n");
+    println!("| system | receivers | deliveries/s | p50 | p99 | lost |");
+    println!("|---|---|---|---|---|---|");
+    let rows = [
+        ("one instance, no Redis", receivers.to_string(), &run.single),
+        (
+            "two instances + Redis, all",
+            receivers.to_string(),
+            &run.shared,
+        ),
+        (
+            "… on the sender's instance",
+            receivers.div_ceil(2).to_string(),
+            &run.shared_local,
+        ),
+        (
+            "… on the other instance (via Redis)",
+            (receivers / 2).to_string(),
+            &run.shared_remote,
+        ),
+    ];
+    for (label, n, rate) in rows {
+        println!(
+            "| {label} | {n} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            rate.per_second,
+            ms(rate.latency.p50),
+            ms(rate.latency.p99),
+            rate.errors
+        );
+    }
+    println!(
+        "\nExtra latency through Redis (other instance vs one instance): p50 {:+.2} ms, p99 {:+.2} ms",
+        ms(run.shared_remote.latency.p50) - ms(run.single.latency.p50),
+        ms(run.shared_remote.latency.p99) - ms(run.single.latency.p99),
+    );
+    let errors = run.single.errors + run.shared.errors;
     if errors > 0 {
         anyhow::bail!("THE RUN LOST {errors} MESSAGES: the figures above are not valid");
     }

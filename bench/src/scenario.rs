@@ -357,17 +357,39 @@ pub async fn fanout(
     rate: u32,
     duration: Duration,
 ) -> anyhow::Result<Rate> {
+    let (overall, _) = fanout_split(
+        target,
+        std::slice::from_ref(target),
+        receivers,
+        rate,
+        duration,
+    )
+    .await?;
+    Ok(overall)
+}
+
+/// [`fanout`] with the sender on `sender_target` and the receivers spread
+/// round-robin over `receiver_targets` (instances of one chat sharing their
+/// clients, say): the overall figures, and those of each receiver target.
+pub async fn fanout_split(
+    sender_target: &Target,
+    receiver_targets: &[Target],
+    receivers: usize,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<(Rate, Vec<Rate>)> {
     let base = Instant::now();
     let n_messages = (f64::from(rate) * duration.as_secs_f64()) as u64;
     let ready = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<Vec<_>> = receiver_targets.iter().map(|_| Vec::new()).collect();
     for receiver in 0..receivers {
+        let target_idx = receiver % receiver_targets.len().max(1);
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (receiver % 8) as u8));
-        let ws = connect(target, Some(source)).await?;
+        let ws = connect(&receiver_targets[target_idx], Some(source)).await?;
         let ready = Arc::clone(&ready);
-        tasks.push(tokio::spawn(receive_fanout(ws, ready, base, n_messages)));
+        tasks[target_idx].push(tokio::spawn(receive_fanout(ws, ready, base, n_messages)));
     }
-    let mut sender = connect(target, None).await?;
+    let mut sender = connect(sender_target, None).await?;
     // Everyone is in the room once everyone has seen a marker.
     let wait_start = Instant::now();
     while ready.load(Ordering::Relaxed) < receivers {
@@ -388,19 +410,36 @@ pub async fn fanout(
         bytes.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
         sender.send(Message::binary(bytes)).await?;
     }
-    let (latencies, delivered) = join_counting(tasks).await?;
+    let mut all_latencies = histogram();
+    let mut all_delivered = 0;
+    let mut per_target = Vec::new();
+    let mut n_receivers_of = Vec::new();
+    for target_tasks in tasks {
+        n_receivers_of.push(target_tasks.len() as u64);
+        per_target.push(join_counting(target_tasks).await?);
+    }
     // Until the last delivery, not the last send: queues may drain later.
     let send_time = start.elapsed();
     let _ = sender.close(None).await;
-    let expected = n_messages * receivers as u64;
-    Ok(Rate {
-        per_second: delivered as f64 / send_time.as_secs_f64(),
-        mb_per_second: 0.0,
-        latency: Latency::of(&latencies),
-        errors: expected - delivered.min(expected),
-        count: delivered,
-        cpu: CpuPerOp::default(),
-    })
+    let rate_of = |latencies: &Histogram<u64>, delivered: u64, n_receivers: u64| {
+        let expected = n_messages * n_receivers;
+        Rate {
+            per_second: delivered as f64 / send_time.as_secs_f64(),
+            mb_per_second: 0.0,
+            latency: Latency::of(latencies),
+            errors: expected - delivered.min(expected),
+            count: delivered,
+            cpu: CpuPerOp::default(),
+        }
+    };
+    let mut rates = Vec::new();
+    for ((latencies, delivered), n_receivers) in per_target.iter().zip(&n_receivers_of) {
+        let _ = all_latencies.add(latencies);
+        all_delivered += delivered;
+        rates.push(rate_of(latencies, *delivered, *n_receivers));
+    }
+    let overall = rate_of(&all_latencies, all_delivered, receivers as u64);
+    Ok((overall, rates))
 }
 
 /// `receivers` clients on the chat and one sender that keeps `in_flight`

@@ -18,6 +18,8 @@
 //!   protocol on purpose, with a byte-level encoder of its own.
 //!
 //! Nothing of the product depends on this crate.
+//! - [`redis`]: [`redis::RedisServer`], a `redis-server` of a test's own on a free loopback port,
+//!   killed and restarted on the same port at will.
 //! - [`mode`]: [`Mode`], relay, direct or TLS, and [`all_modes!`] to run a suite in each.
 //! - [`processes`]: the children of a process through `/proc` (a gateway's supervised backends).
 //! - [`tls`]: a test CA (rcgen), client configurations trusting it, the plain-or-TLS client stream.
@@ -42,6 +44,7 @@ pub mod hostile_backend;
 pub mod http;
 pub mod mode;
 pub mod processes;
+pub mod redis;
 pub mod tls;
 pub mod wait;
 pub mod wire;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use backend::{Admission, CommonArgs, LaunchError, RejectReply, ServeOptions};
 use clap::{ArgAction, Parser};
+use servers::backplane::{self, RedisArgs};
 use servers::broker::accounts::Accounts;
 use servers::broker::authorizer::{self, Authorizer};
 use servers::broker::http::ApiToken;
@@ -82,6 +83,8 @@ struct Args {
     /// achex: create or reset the service NAME with the password read from standard input, then exit.
     #[arg(long = "add-service", value_name = "NAME", requires = "accounts")]
     add_service: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 /// A flag given for a dialect that does not use it.
@@ -234,8 +237,17 @@ fn main() -> ExitCode {
         max_message_size: Some(args.max_message),
         ..ServeOptions::default()
     };
+    let redis = args.redis.options(
+        &args.common.name_or("websocket_broker"),
+        "broker",
+        args.max_message,
+    );
     let setup = || {
-        let core = Arc::new(LocalCore::new(limits));
+        let core = Arc::new(match &redis {
+            // Client numbers must not clash with another instance's.
+            Some(_) => LocalCore::with_first_id(limits, broker::shared::first_client_id()),
+            None => LocalCore::new(limits),
+        });
         if let Some(source) = args.tokens.clone() {
             load_tokens(source, Arc::clone(&core))?;
         }
@@ -265,7 +277,15 @@ fn main() -> ExitCode {
             authorizer,
             accounts,
             api_token,
+            backplane: OnceLock::new(),
         });
+        if let Some(redis) = redis {
+            backplane::start(redis, |backplane| {
+                let _ = broker.backplane.set(backplane);
+                Arc::clone(&broker)
+            })
+            .map_err(setup_error)?;
+        }
         // Set once, before the socket is published: the handler never sees it empty.
         let _ = published.set(Arc::clone(&broker));
         Ok(move |session, shutdown| broker::run_session(session, shutdown, Arc::clone(&broker)))

@@ -7,8 +7,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend::{CommonArgs, ServeOptions};
+/// The largest message a client may send (the backend library's default),
+/// which bounds what another instance may publish.
+const MAX_MESSAGE: usize = 16 << 20;
+
+use backend::{CommonArgs, LaunchError, ServeOptions};
 use clap::Parser;
+use servers::backplane::{self, RedisArgs};
 use servers::chat::{
     self, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_STALL_TIMEOUT, Room, RoomOptions,
 };
@@ -36,6 +41,8 @@ struct Args {
     /// Seconds a client with a full queue may read nothing before it is closed with 1008.
     #[arg(long = "stall-timeout", value_name = "SECONDS", default_value_t = DEFAULT_STALL_TIMEOUT.as_secs())]
     stall_timeout: u64,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 fn main() -> ExitCode {
@@ -47,8 +54,18 @@ fn main() -> ExitCode {
         queue_bytes: args.queue_bytes,
         stall_timeout: Duration::from_secs(args.stall_timeout),
     };
+    let redis = args
+        .redis
+        .options(&args.common.name_or("websocket_chat"), "chat", MAX_MESSAGE);
     let setup = || {
         let room = Arc::new(Room::new(options));
+        if let Some(redis) = redis {
+            backplane::start(redis, |backplane| {
+                room.attach_backplane(backplane);
+                Arc::clone(&room)
+            })
+            .map_err(|error| LaunchError::Setup(Box::new(error)))?;
+        }
         Ok(move |session, shutdown| chat::run_session(session, shutdown, Arc::clone(&room)))
     };
     match backend::launch(

@@ -191,7 +191,11 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
                 return Ok(());
             };
             match accounts.login(&id, &password, kind).await {
-                Ok(()) => match core.claim_name(context.client, &name, Claim::Shared) {
+                Ok(()) => match context
+                    .broker
+                    .claim_name(context.client, &name, Claim::Shared)
+                    .await
+                {
                     Ok(_) => {
                         context
                             .reply_text(
@@ -212,18 +216,21 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
             }
         }
         (_, None) => reply_error(context, "log in first (setID and passwd)").await,
-        (Request::Join(group), Some(_)) => match core.join(context.client, &group) {
-            Ok(_) => {
-                context
-                    .reply_text(
-                        json!({"cmd": "register_broadcast", "bid": group, "ok": true}).to_string(),
-                    )
-                    .await;
+        (Request::Join(group), Some(_)) => {
+            match context.broker.join(context.client, &group).await {
+                Ok(_) => {
+                    context
+                        .reply_text(
+                            json!({"cmd": "register_broadcast", "bid": group, "ok": true})
+                                .to_string(),
+                        )
+                        .await;
+                }
+                Err(error) => reply_error(context, &error.to_string()).await,
             }
-            Err(error) => reply_error(context, &error.to_string()).await,
-        },
+        }
         (Request::Leave(group), Some(_)) => {
-            if core.leave(context.client, &group) {
+            if context.broker.leave(context.client, &group).await {
                 context
                     .reply_text(
                         json!({"cmd": "unregister_broadcast", "bid": group, "ok": true})

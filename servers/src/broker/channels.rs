@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::authorizer::Verdict;
-use super::core::{Target, deliver, validate_label};
+use super::core::{Target, validate_label};
 use super::http::{HttpRequest, HttpResponse};
 use super::{Broker, ClientContext, Closing, Flow};
 
@@ -125,12 +125,12 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
     }
     match request {
         Request::Join(channel) => {
-            if let Err(error) = context.core().join(context.client, &channel) {
+            if let Err(error) = context.broker.join(context.client, &channel).await {
                 reply_error(context, &error.to_string()).await;
             }
         }
         Request::Leave(channel) => {
-            if !context.core().leave(context.client, &channel) {
+            if !context.broker.leave(context.client, &channel).await {
                 reply_error(context, &format!("not in channel {channel:?}")).await;
             }
         }
@@ -170,7 +170,9 @@ pub async fn http_api(broker: &Broker, request: &HttpRequest) -> HttpResponse {
         return HttpResponse::error(400, &error.to_string());
     }
     let message = Message::text(publish.content.to_string());
-    let n_delivered = deliver(core, &[Target::Group(&publish.channel)], &message).await;
+    let n_delivered = broker
+        .deliver(&[Target::Group(&publish.channel)], &message)
+        .await;
     HttpResponse::json(201, &json!({ "delivered": n_delivered }))
 }
 

@@ -162,6 +162,8 @@ pub struct ClientInfo {
     pub name: Option<String>,
     /// Its address, as the gateway saw it.
     pub peer: String,
+    /// The groups it is in.
+    pub groups: Vec<String>,
 }
 
 /// A client's place in the core, as its session holds it.
@@ -307,9 +309,19 @@ struct Pending {
 impl LocalCore {
     /// An empty core.
     pub fn new(limits: CoreLimits) -> LocalCore {
+        LocalCore::with_first_id(limits, 0)
+    }
+
+    /// An empty core whose first client is number `first_id` (instances
+    /// sharing their clients through Redis number theirs apart:
+    /// `shared::first_client_id`).
+    pub fn with_first_id(limits: CoreLimits, first_id: ClientId) -> LocalCore {
         LocalCore {
             limits,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                next_id: first_id,
+                ..State::default()
+            }),
             changed: Arc::new(Notify::new()),
         }
     }
@@ -589,6 +601,7 @@ impl Core for LocalCore {
                 id,
                 name: entry.name.clone(),
                 peer: entry.peer.clone(),
+                groups: entry.groups.iter().cloned().collect(),
             })
             .collect();
         clients.sort_by_key(|client| client.id);

@@ -22,12 +22,13 @@ pub mod authorizer;
 pub mod channels;
 pub mod core;
 pub mod http;
+pub mod shared;
 pub mod token_list;
 pub mod tokens;
 pub mod wsmsgbroker;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use backend::{OpenMeta, Session, SessionError};
@@ -104,6 +105,8 @@ pub struct Broker {
     pub accounts: Option<Accounts>,
     /// The bearer token of the HTTP API; without one the API answers 403.
     pub api_token: Option<ApiToken>,
+    /// With `--redis`: the other instances (`shared`); set once at start-up.
+    pub backplane: OnceLock<Arc<crate::backplane::Backplane>>,
 }
 
 /// How a dialect ends a client's session: a close code and reason, after
@@ -156,9 +159,9 @@ impl ClientContext<'_> {
         self.reply(Message::text(text.into())).await;
     }
 
-    /// Delivers `message` to the `targets`; how many clients got it.
+    /// Delivers `message` to the `targets`, on every instance; how many clients got it.
     pub async fn send(&self, targets: &[Target<'_>], message: &Message) -> usize {
-        deliver(self.core(), targets, message).await
+        self.broker.deliver(targets, message).await
     }
 }
 
@@ -184,6 +187,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, broker: 
     let meta = session.meta().clone();
     let connected = broker.core.connect(&meta.peer);
     debug!(client = connected.id, dialect = ?broker.options.dialect, "connected");
+    broker.shared_connect(connected.id).await;
     let (mut sink, mut stream) = session.split();
     let context = ClientContext {
         broker: &broker,
@@ -204,6 +208,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, broker: 
         },
     };
     broker.core.disconnect(connected.id);
+    broker.shared_disconnect(connected.id).await;
     let (code, reason, pending) = match ending {
         Ending::Shutdown => (CloseCode::Away, "server shutting down".to_owned(), true),
         Ending::Closed(closing) => (closing.code, closing.reason, true),

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::core::{Claim, Target, deliver, validate_label};
+use super::core::{Claim, Target, validate_label};
 use super::http::{HttpRequest, HttpResponse};
 use super::{Broker, ClientContext, Closing, Flow};
 
@@ -152,8 +152,9 @@ async fn register(context: &ClientContext<'_>, token: &str) -> Result<(), String
         return Err(format!("token {token:?} is not registered"));
     }
     context
-        .core()
+        .broker
         .claim_name(context.client, token, Claim::Exclusive)
+        .await
         .map_err(|error| error.to_string())?;
     Ok(())
 }
@@ -213,7 +214,7 @@ pub async fn http_api(broker: &Broker, request: &HttpRequest) -> HttpResponse {
             Ok(Request::Send { receivers, text }) => {
                 let targets: Vec<Target<'_>> =
                     receivers.iter().map(|r| receiver_target(r)).collect();
-                let n_delivered = deliver(core, &targets, &Message::text(text)).await;
+                let n_delivered = broker.deliver(&targets, &Message::text(text)).await;
                 HttpResponse::json(200, &json!({"ok": true, "delivered": n_delivered}))
             }
             Ok(_) => HttpResponse::error(400, "broadcast needs message=receivers|text"),

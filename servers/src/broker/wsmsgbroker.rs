@@ -121,7 +121,7 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
             } else {
                 Claim::Exclusive
             };
-            match core.claim_name(context.client, &id, claim) {
+            match context.broker.claim_name(context.client, &id, claim).await {
                 Ok(displaced) => {
                     if let Some(displaced) = displaced {
                         let notice = json!({"action": "unregistered", "id": id}).to_string();
@@ -136,7 +136,7 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
                 Err(error) => reply_error(context, &error.to_string()).await,
             }
         }
-        Action::Unregister => match core.release_name(context.client) {
+        Action::Unregister => match context.broker.release_name(context.client).await {
             Some(id) => {
                 context
                     .reply_text(json!({"action": "unregistered", "id": id}).to_string())
@@ -150,17 +150,27 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
                 return Ok(());
             };
             let targets: Vec<Target<'_>> = dest.iter().map(|id| Target::Name(id)).collect();
-            let receivers = core.resolve(&targets);
-            let missing: Vec<&str> = dest
-                .iter()
-                .filter(|id| core.resolve(&[Target::Name(id)]).is_empty())
-                .map(String::as_str)
-                .collect();
+            let receivers = context.broker.resolve_everywhere(&targets).await;
+            let mut missing: Vec<&str> = Vec::new();
+            for id in &dest {
+                if context
+                    .broker
+                    .resolve_everywhere(&[Target::Name(id)])
+                    .await
+                    .is_empty()
+                {
+                    missing.push(id);
+                }
+            }
             if let Some(ack) = &ack
                 && !receivers.is_empty()
             {
                 let ttl = context.broker.options.ack_ttl;
-                if let Err(error) = core.expect_answer(ack, context.client, &receivers, ttl) {
+                if let Err(error) = context
+                    .broker
+                    .expect_answer(ack, context.client, &receivers, ttl)
+                    .await
+                {
                     reply_error(context, &error.to_string()).await;
                     return Ok(());
                 }
@@ -177,25 +187,27 @@ pub async fn on_text(context: &ClientContext<'_>, text: &str) -> Flow {
                 reply_error(context, &format!("not registered: {}", missing.join(", "))).await;
             }
         }
-        Action::Answer { ack, message } => match core.take_answer(&ack, context.client) {
-            Answer::To(asker) => {
-                let from = core.name_of(context.client);
-                let answer =
-                    json!({"action": "answer", "ack": ack, "message": message, "from": from});
-                context
-                    .send(&[Target::Client(asker)], &Message::text(answer.to_string()))
+        Action::Answer { ack, message } => {
+            match context.broker.take_answer(&ack, context.client).await {
+                Answer::To(asker) => {
+                    let from = core.name_of(context.client);
+                    let answer =
+                        json!({"action": "answer", "ack": ack, "message": message, "from": from});
+                    context
+                        .send(&[Target::Client(asker)], &Message::text(answer.to_string()))
+                        .await;
+                }
+                // The first answer won; later ones are dropped, as the issue asks.
+                Answer::AlreadyAnswered => {}
+                Answer::Unknown => {
+                    reply_error(
+                        context,
+                        &format!("no message with ack {ack:?} awaits your answer"),
+                    )
                     .await;
+                }
             }
-            // The first answer won; later ones are dropped, as the issue asks.
-            Answer::AlreadyAnswered => {}
-            Answer::Unknown => {
-                reply_error(
-                    context,
-                    &format!("no message with ack {ack:?} awaits your answer"),
-                )
-                .await;
-            }
-        },
+        }
     }
     Ok(())
 }

@@ -88,6 +88,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, room: Ar
         ending = write_outbox(&mut sink, &outbox, &mut batch) => ending,
     };
     // Leave first, so the others hear `WSLeave` without waiting for our close.
+    member.leave().await;
     drop(member);
     let (code, reason, pending) = match ending {
         Ending::Shutdown => {

@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -38,6 +38,9 @@ use tracing::debug;
 use super::command::{Command, PRIVATE_USAGE, private_line, public_line};
 use super::name::{unique_name, validate_name};
 use super::outbox::{Admission, Outbox, OutboxLimits};
+use crate::backplane::Backplane;
+
+mod shared;
 
 /// The default number of messages that may wait for one client.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
@@ -89,6 +92,8 @@ pub struct Room {
     /// Woken when an outbox a sender waits for drains, closes, or its writer
     /// blocks: the waiting senders then try again.
     changed: Arc<Notify>,
+    /// With `--redis`: the other instances of the chat (`room::shared`).
+    backplane: OnceLock<Arc<Backplane>>,
 }
 
 /// What became of a client's message.
@@ -113,6 +118,12 @@ struct RoomState {
     names: BTreeMap<String, ClientId>,
     /// Clients found too slow during the current operation.
     overflowed: Vec<ClientId>,
+    /// The names of evicted clients, until their sessions leave (and, with
+    /// `--redis`, free them in the shared state).
+    departed: HashMap<ClientId, String>,
+    /// With `--redis`: names freed while Redis was away, to announce to the
+    /// other instances when it is back (at most `shared::MAX_LISTED_NAMES`).
+    left_while_down: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -149,12 +160,20 @@ impl Member {
     /// the others. Waits, without holding the room's lock, while an outbox the
     /// message would reach is full and its writer is still taking messages out.
     pub async fn handle(&self, message: Message) {
+        if let Some(backplane) = self.room.backplane.get() {
+            return self.handle_shared(backplane, message).await;
+        }
+        self.handle_local(&message).await;
+    }
+
+    /// [`Member::handle`] within this process alone.
+    async fn handle_local(&self, message: &Message) {
         loop {
             let changed = self.room.changed.notified();
             let mut changed = std::pin::pin!(changed);
             // Registered before trying, so a change in between is not missed.
             changed.as_mut().enable();
-            match self.room.try_handle_message(self.id, &message) {
+            match self.room.try_handle_message(self.id, message) {
                 Handling::Done => return,
                 Handling::Wait { until: None } => changed.await,
                 Handling::Wait { until: Some(until) } => {
@@ -176,6 +195,7 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
+        // `Member::leave` may have left already; then this does nothing.
         self.room.leave(self.id);
     }
 }
@@ -187,7 +207,14 @@ impl Room {
             options,
             state: Mutex::new(RoomState::default()),
             changed: Arc::new(Notify::new()),
+            backplane: OnceLock::new(),
         }
+    }
+
+    /// Shares this room with the other instances on `backplane` (`--redis`);
+    /// only the first call counts, before any client joins.
+    pub fn attach_backplane(&self, backplane: Arc<Backplane>) {
+        let _ = self.backplane.set(backplane);
     }
 
     /// The room's options.
@@ -281,9 +308,14 @@ impl Room {
         Handling::Done
     }
 
-    /// Removes client `id`, freeing its name; the others get `WSLeave` if it had one.
-    pub fn leave(&self, id: ClientId) {
-        self.lock().remove(id);
+    /// Removes client `id`, freeing its name; the others get `WSLeave` if it
+    /// had one. Returns the name it had, also when it had been evicted before.
+    pub fn leave(&self, id: ClientId) -> Option<String> {
+        let mut state = self.lock();
+        match state.remove(id) {
+            Some(entry) => entry.name,
+            None => state.departed.remove(&id),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomState> {
@@ -435,6 +467,9 @@ impl RoomState {
             if let Some(entry) = self.remove(id) {
                 debug!(client = id, name = ?entry.name, "queue full, not reading; evicted");
                 entry.evicted.cancel();
+                if let Some(name) = entry.name {
+                    self.departed.insert(id, name);
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ const TOKEN: &str = "0123456789abcdef-secret";
 fn broker(dialect: Dialect) -> Broker {
     Broker {
         core: Arc::new(LocalCore::new(CoreLimits::default())),
+        backplane: std::sync::OnceLock::new(),
         options: BrokerOptions {
             dialect,
             ..BrokerOptions::default()

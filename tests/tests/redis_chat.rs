@@ -1,0 +1,369 @@
+//! `websocket_chat --redis` across instances: two (or three) chat processes
+//! on docroots of their own, each behind its own gateway, sharing one
+//! `redis-server` of the test's own. Names are unique across them, public
+//! and private messages and presence cross over, `WSWhois` and `WSUsers` see
+//! everyone; a SIGKILLed instance's clients vanish from the others' presence
+//! within the expiry while the others lose nothing; a Redis restarted during
+//! a run is reconnected to and delivery resumes.
+//!
+//! This test binary has its own harness (libtest-mimic) so that without
+//! `redis-server` each test is reported ignored with the reason, never as
+//! passed; in CI (`CI=true`) they run anyway, and fail.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, ensure};
+use harness::client::describe;
+use harness::redis::RedisServer;
+use harness::{Backend, Client, EVENT_DEADLINE, Gateway, Message};
+use libtest_mimic::{Arguments, Failed, Trial};
+use tempfile::TempDir;
+
+/// The expiry the instances run with: a killed one is gone within about
+/// this plus a third of it.
+const EXPIRY_SECONDS: &str = "3";
+
+/// One chat instance behind a gateway of its own.
+struct Instance {
+    _docroot: TempDir,
+    chat: Backend,
+    gateway: Gateway,
+}
+
+impl Instance {
+    async fn start(redis: &RedisServer) -> anyhow::Result<Instance> {
+        let docroot = tempfile::tempdir()?;
+        let url = redis.url();
+        let chat = Backend::start(
+            "websocket_chat",
+            docroot.path(),
+            "chat",
+            &[
+                "-w",
+                "--redis",
+                &url,
+                "--redis-namespace",
+                "test:chat",
+                "--redis-expiry",
+                EXPIRY_SECONDS,
+            ],
+        )
+        .await?;
+        let gateway = Gateway::start(docroot.path(), &[]).await?;
+        Ok(Instance {
+            _docroot: docroot,
+            chat,
+            gateway,
+        })
+    }
+
+    /// A client that asked for `name` and got `WSWelcome <expected>`; its
+    /// `WSUsers` line is returned.
+    async fn named(&self, name: &str, expected: &str) -> anyhow::Result<(Client, String)> {
+        let mut client = self.gateway.connect("/chat").await?;
+        client
+            .send(Message::text(format!("WSHello {name}")))
+            .await?;
+        expect_text(&mut client, &format!("WSWelcome {expected}")).await?;
+        let users = recv_text(&mut client).await?;
+        ensure!(
+            users.starts_with("WSUsers"),
+            "expected WSUsers, got {users:?}"
+        );
+        Ok((client, users))
+    }
+}
+
+async fn recv_text(client: &mut Client) -> anyhow::Result<String> {
+    match client.recv().await? {
+        Message::Text(text) => Ok(text.as_str().to_owned()),
+        other => bail!("expected a text message, got {}", describe(&other)),
+    }
+}
+
+async fn expect_text(client: &mut Client, expected: &str) -> anyhow::Result<()> {
+    let text = recv_text(client).await?;
+    ensure!(text == expected, "expected {expected:?}, got {text:?}");
+    Ok(())
+}
+
+/// Reads until the text `expected` arrives, skipping lines for which `skip` holds.
+async fn expect_text_skipping(
+    client: &mut Client,
+    expected: &str,
+    skip: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    loop {
+        let text = recv_text(client).await?;
+        if text == expected {
+            return Ok(());
+        }
+        ensure!(skip(&text), "expected {expected:?}, got {text:?}");
+    }
+}
+
+async fn names_are_unique_and_messages_and_presence_cross_instances() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let one = Instance::start(&redis).await?;
+    let two = Instance::start(&redis).await?;
+
+    let (mut alice, users) = one.named("alice", "alice").await?;
+    ensure!(users == "WSUsers", "{users:?}");
+    // The same name on the other instance is made unique, as in one process.
+    let (mut alice1, users) = two.named("alice", "alice1").await?;
+    ensure!(users == "WSUsers alice", "{users:?}");
+    expect_text(&mut alice, "WSJoin alice1").await?;
+    let (mut bob, users) = two.named("bob", "bob").await?;
+    ensure!(users == "WSUsers alice alice1", "{users:?}");
+    expect_text(&mut alice, "WSJoin bob").await?;
+    expect_text(&mut alice1, "WSJoin bob").await?;
+
+    // Public messages both ways, with the sender's name in front.
+    alice.send(Message::text("hello from one")).await?;
+    expect_text(&mut alice1, "alice: hello from one").await?;
+    expect_text(&mut bob, "alice: hello from one").await?;
+    bob.send(Message::text("hello from two")).await?;
+    expect_text(&mut alice1, "bob: hello from two").await?;
+    expect_text(&mut alice, "bob: hello from two").await?;
+    // Binary messages too, byte for byte.
+    alice.send(Message::binary(vec![0u8, 159, 255])).await?;
+    ensure!(bob.recv().await? == Message::binary(vec![0u8, 159, 255]));
+    ensure!(alice1.recv().await? == Message::binary(vec![0u8, 159, 255]));
+
+    // Private messages both ways reach only their recipient.
+    alice
+        .send(Message::text("WSPrivate bob psst from one"))
+        .await?;
+    expect_text(&mut bob, "(private) alice: psst from one").await?;
+    bob.send(Message::text("WSPrivate alice psst from two"))
+        .await?;
+    expect_text(&mut alice, "(private) bob: psst from two").await?;
+    alice.send(Message::text("WSPrivate nobody hi")).await?;
+    expect_text(&mut alice, "WSError unknown name nobody").await?;
+
+    // WSWhois sees the other instance's clients.
+    alice.send(Message::text("WSWhois bob")).await?;
+    expect_text(&mut alice, "WSIs bob 127.0.0.1").await?;
+    bob.send(Message::text("WSWhois alice")).await?;
+    expect_text(&mut bob, "WSIs alice 127.0.0.1").await?;
+    bob.send(Message::text("WSWhois nobody")).await?;
+    expect_text(&mut bob, "WSIs nobody undefined").await?;
+
+    // Nothing else reached alice1: the private lines went to one client each.
+    alice1.send(Message::text("WSWhois alice1")).await?;
+    expect_text(&mut alice1, "WSIs alice1 127.0.0.1").await?;
+
+    // A rename frees the name everywhere; leaving announces it everywhere.
+    alice1.send(Message::text("WSHello carol")).await?;
+    expect_text(&mut alice1, "WSWelcome carol").await?;
+    expect_text(&mut alice1, "WSUsers alice bob").await?;
+    expect_text(&mut alice, "WSLeave alice1").await?;
+    expect_text(&mut alice, "WSJoin carol").await?;
+    expect_text(&mut bob, "WSLeave alice1").await?;
+    expect_text(&mut bob, "WSJoin carol").await?;
+    drop(alice1);
+    expect_text(&mut alice, "WSLeave carol").await?;
+    expect_text(&mut bob, "WSLeave carol").await?;
+    let (_alice1_again, users) = one.named("alice", "alice1").await?;
+    ensure!(users == "WSUsers alice bob", "{users:?}");
+    Ok(())
+}
+
+async fn killed_instance_vanishes_from_presence_and_the_others_lose_nothing() -> anyhow::Result<()>
+{
+    /// Messages each way after the kill.
+    const N_MESSAGES: usize = 200;
+    let redis = RedisServer::start().await?;
+    let one = Instance::start(&redis).await?;
+    let two = Instance::start(&redis).await?;
+    let mut three = Instance::start(&redis).await?;
+    let (mut alice, _) = one.named("alice", "alice").await?;
+    let (mut bob, _) = two.named("bob", "bob").await?;
+    expect_text(&mut alice, "WSJoin bob").await?;
+    let (_carl, users) = three.named("carl", "carl").await?;
+    ensure!(users == "WSUsers alice bob", "{users:?}");
+    expect_text(&mut alice, "WSJoin carl").await?;
+    expect_text(&mut bob, "WSJoin carl").await?;
+
+    three.chat.kill()?;
+    let killed_at = tokio::time::Instant::now();
+    // While the others have not yet noticed, they go on talking.
+    for n in 0..N_MESSAGES {
+        alice.send(Message::text(format!("a{n}"))).await?;
+        bob.send(Message::text(format!("b{n}"))).await?;
+    }
+    let is_leave = |text: &str| text == "WSLeave carl";
+    let mut alice_saw_leave = false;
+    let mut bob_saw_leave = false;
+    for n in 0..N_MESSAGES {
+        loop {
+            let text = recv_text(&mut alice).await?;
+            if is_leave(&text) && !alice_saw_leave {
+                alice_saw_leave = true;
+                continue;
+            }
+            ensure!(
+                text == format!("bob: b{n}"),
+                "alice expected b{n}, got {text:?}"
+            );
+            break;
+        }
+        loop {
+            let text = recv_text(&mut bob).await?;
+            if is_leave(&text) && !bob_saw_leave {
+                bob_saw_leave = true;
+                continue;
+            }
+            ensure!(
+                text == format!("alice: a{n}"),
+                "bob expected a{n}, got {text:?}"
+            );
+            break;
+        }
+    }
+    if !alice_saw_leave {
+        expect_text(&mut alice, "WSLeave carl").await?;
+    }
+    if !bob_saw_leave {
+        expect_text(&mut bob, "WSLeave carl").await?;
+    }
+    let elapsed = killed_at.elapsed();
+    // The expiry (3 s) plus a heartbeat (1 s), with room for a busy machine.
+    ensure!(
+        elapsed < Duration::from_secs(8),
+        "carl vanished only after {elapsed:?}"
+    );
+    alice.send(Message::text("WSWhois carl")).await?;
+    expect_text(&mut alice, "WSIs carl undefined").await?;
+    // Its name is free again, on any instance.
+    let (_carl_again, users) = two.named("carl", "carl").await?;
+    ensure!(users == "WSUsers alice bob", "{users:?}");
+    expect_text(&mut alice, "WSJoin carl").await?;
+    Ok(())
+}
+
+async fn redis_restart_is_survived_and_delivery_resumes() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let one = Instance::start(&redis).await?;
+    let two = Instance::start(&redis).await?;
+    let (mut alice, _) = one.named("alice", "alice").await?;
+    let (mut dave, _) = one.named("dave", "dave").await?;
+    expect_text(&mut alice, "WSJoin dave").await?;
+    let (mut bob, _) = two.named("bob", "bob").await?;
+    expect_text(&mut alice, "WSJoin bob").await?;
+    expect_text(&mut dave, "WSJoin bob").await?;
+
+    redis.kill()?;
+    // The local clients of each instance are still served...
+    alice.send(Message::text("during the outage")).await?;
+    expect_text(&mut dave, "alice: during the outage").await?;
+    // ...but a name cannot be made unique without Redis.
+    dave.send(Message::text("WSHello eve")).await?;
+    let reply = recv_text(&mut dave).await?;
+    ensure!(
+        reply.starts_with("WSError unavailable"),
+        "expected WSError unavailable, got {reply:?}"
+    );
+
+    redis.restart().await?;
+    // Delivery resumes once both instances have resubscribed: alice sends
+    // until bob hears one (what was sent meanwhile is lost, as documented).
+    let mut n_sent = 0;
+    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE * 2;
+    loop {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no message crossed instances within {:?} of the restart",
+            EVENT_DEADLINE * 2
+        );
+        n_sent += 1;
+        alice
+            .send(Message::text(format!("after the restart {n_sent}")))
+            .await?;
+        // A poll with a bound, not a sleep: the loop ends on the first arrival.
+        let Ok(message) = tokio::time::timeout(Duration::from_millis(300), bob.recv()).await else {
+            continue;
+        };
+        let text = match message? {
+            Message::Text(text) => text.as_str().to_owned(),
+            other => bail!("expected text, got {}", describe(&other)),
+        };
+        if text.starts_with("alice: after the restart") {
+            break;
+        }
+        ensure!(text.starts_with("WSJoin"), "bob got {text:?}");
+    }
+    // Dave heard every one of them, locally.
+    for n in 1..=n_sent {
+        expect_text_skipping(
+            &mut dave,
+            &format!("alice: after the restart {n}"),
+            |text| text.starts_with("WSJoin") || text.starts_with("WSLeave"),
+        )
+        .await?;
+    }
+    // The names were written back: WSWhois and WSPrivate cross again, and a
+    // taken name is still taken.
+    alice.send(Message::text("WSWhois bob")).await?;
+    expect_text(&mut alice, "WSIs bob 127.0.0.1").await?;
+    bob.send(Message::text("WSPrivate alice back")).await?;
+    expect_text_skipping(&mut alice, "(private) bob: back", |text| {
+        text.starts_with("WSJoin") || text.starts_with("alice: after")
+    })
+    .await?;
+    let (_bob1, users) = one.named("bob", "bob1").await?;
+    ensure!(
+        users.contains("bob") && users.contains("alice"),
+        "{users:?}"
+    );
+    Ok(())
+}
+
+type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+type TestFn = fn() -> TestFuture;
+
+fn tests() -> Vec<(&'static str, TestFn)> {
+    vec![
+        (
+            "names_are_unique_and_messages_and_presence_cross_instances",
+            || Box::pin(names_are_unique_and_messages_and_presence_cross_instances()),
+        ),
+        (
+            "killed_instance_vanishes_from_presence_and_the_others_lose_nothing",
+            || Box::pin(killed_instance_vanishes_from_presence_and_the_others_lose_nothing()),
+        ),
+        ("redis_restart_is_survived_and_delivery_resumes", || {
+            Box::pin(redis_restart_is_survived_and_delivery_resumes())
+        }),
+    ]
+}
+
+fn main() -> ExitCode {
+    let arguments = Arguments::from_args();
+    let missing = RedisServer::missing().filter(|_| !RedisServer::required());
+    if let Some(why) = &missing {
+        println!("ignored: {why}");
+    }
+    let trials = tests()
+        .into_iter()
+        .map(|(name, test)| {
+            Trial::test(name, move || run(test())).with_ignored_flag(missing.is_some())
+        })
+        .collect();
+    libtest_mimic::run(&arguments, trials).exit_code()
+}
+
+/// Runs one test on its own runtime; an error fails it with its whole chain.
+fn run(test: TestFuture) -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| Failed::from(format!("cannot start a runtime: {error}")))?;
+    runtime
+        .block_on(test)
+        .map_err(|error| Failed::from(format!("{error:#}")))
+}
