@@ -25,6 +25,7 @@ use link::{
 };
 
 use crate::direct::{self, DirectClient, DirectOptions};
+use crate::metrics::Metrics;
 use crate::request::PendingRequest;
 
 /// Why a session failed.
@@ -53,6 +54,7 @@ pub enum SessionError {
 pub struct Connection {
     framed: Framed<UnixStream, RecordCodec>,
     direct_options: DirectOptions,
+    metrics: Metrics,
 }
 
 impl Connection {
@@ -60,6 +62,7 @@ impl Connection {
         stream: UnixStream,
         max_payload: usize,
         direct_options: DirectOptions,
+        metrics: Metrics,
     ) -> Connection {
         let mut framed = Framed::from_parts(FramedParts::new::<Record>(
             stream,
@@ -72,6 +75,7 @@ impl Connection {
         Connection {
             framed,
             direct_options,
+            metrics,
         }
     }
 
@@ -106,6 +110,7 @@ impl Connection {
             meta,
             framed: self.framed,
             direct_options: self.direct_options,
+            metrics: self.metrics,
         };
         if incoming.meta.version == LINK_VERSION {
             return Ok(LinkStart::Client(incoming));
@@ -138,6 +143,7 @@ pub struct Incoming {
     meta: OpenMeta,
     framed: Framed<UnixStream, RecordCodec>,
     direct_options: DirectOptions,
+    metrics: Metrics,
 }
 
 impl Incoming {
@@ -178,6 +184,7 @@ impl Incoming {
             unflushed: false,
             n_deferred: 0,
             defer_flushes: true,
+            metrics: self.metrics,
         })
     }
 
@@ -215,6 +222,8 @@ pub struct Session {
     n_deferred: usize,
     /// False once split, or once a close was sent: every flush is a flush.
     defer_flushes: bool,
+    /// The backend's metrics, which count this session's messages.
+    metrics: Metrics,
 }
 
 /// Flushes deferred in a row at most, so a client that never stops sending
@@ -234,6 +243,12 @@ impl Session {
     /// The OPEN metadata of this client.
     pub fn meta(&self) -> &OpenMeta {
         &self.meta
+    }
+
+    /// The backend's metrics, where a server counts its own events
+    /// ([`Metrics::counter`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Sends a close with `code` and `reason` and flushes it; the session is over.
@@ -330,6 +345,9 @@ impl Stream for Session {
                 return Poll::Pending;
             }
         }
+        if let Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) = &item {
+            this.metrics.received(message.len());
+        }
         Poll::Ready(item)
     }
 }
@@ -352,6 +370,9 @@ impl Sink<Message> for Session {
             self.defer_flushes = false;
         }
         self.unflushed = true;
+        if let Message::Text(_) | Message::Binary(_) = &message {
+            self.metrics.sent(message.len());
+        }
         match &mut self.transport {
             Transport::Link(framed) => match message_to_record(message) {
                 Some(record) => framed.start_send_unpin(record).map_err(SessionError::from),

@@ -241,6 +241,13 @@ pub struct Args {
     /// DNS rebinding. Recommended in production. [default: any host]
     #[arg(long, value_name = "NAME")]
     pub allowed_host: Vec<String>,
+
+    /// Address to serve metrics on, `ip:port`: `GET /metrics` in the
+    /// Prometheus text format (docs/metrics.md), on a listener of its own,
+    /// never on the public ones. Prints `metrics on http://<addr>/metrics`.
+    /// Keep it on loopback or a private network. [default: none]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -277,6 +284,7 @@ struct FileConfig {
     max_request_header_size: Option<usize>,
     max_connections_per_ip: Option<usize>,
     allowed_host: Option<Vec<String>>,
+    metrics_listen: Option<String>,
 }
 
 /// The file's `authorizer`: one URL for every name, or URLs per name glob.
@@ -446,6 +454,8 @@ pub struct Config {
     pub(crate) max_connections_per_ip: Option<usize>,
     /// Host names served (lower case); empty: any.
     pub(crate) allowed_hosts: Vec<String>,
+    /// Address of the metrics listener; `None`: no metrics served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the TLS certificate and keys are, and the handshake limits.
@@ -658,6 +668,11 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let metrics_listen = match (args.metrics_listen, file.metrics_listen) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(addr)) => Some(addr.parse().map_err(|_| ConfigError::Listen(addr))?),
+            (None, None) => None,
+        };
         let seconds = |secs: u64| (secs != 0).then(|| Duration::from_secs(secs));
         Ok(Config {
             listen,
@@ -686,6 +701,7 @@ impl Config {
             max_request_header_size,
             max_connections_per_ip: (max_connections_per_ip != 0).then_some(max_connections_per_ip),
             allowed_hosts,
+            metrics_listen,
         })
     }
 
@@ -873,6 +889,8 @@ mod tests {
             "5",
             "--tls-max-handshakes",
             "128",
+            "--metrics-listen",
+            "127.0.0.1:9090",
         ]))
         .expect("the flags are valid");
         assert_eq!(from_file, from_flags);
@@ -1008,6 +1026,11 @@ mod tests {
             ("raw = ['x{']", &[], "\"x{\""),
             ("raw = ['legacy-*']", &["--direct", "*"], "overlap"),
             ("listen = ['localhost']", &[], "\"localhost\""),
+            (
+                "metrics_listen = 'localhost:9090'",
+                &[],
+                "\"localhost:9090\"",
+            ),
             ("bogus_key = 1", &[], "bogus_key"),
             ("max_message_size = 'big'", &[], "max_message_size"),
             ("", &["--max-message-size", "0"], "max-message-size"),

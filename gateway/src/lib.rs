@@ -22,6 +22,7 @@
 //! - `static_files`: files from `--htdocs` through tower-http's `ServeDir`.
 //! - `response`: the response body type and plain-text responses.
 //! - `server`: the accept loops, the connection limit and graceful shutdown ([`serve`]).
+//! - `metrics`: the registry served on `--metrics-listen` (`docs/metrics.md`).
 //! - `tls`: TLS termination for `--tls-listen` ([`Tls`]): handshakes under a deadline
 //!   and a bound, client certificates, the certificate reloaded on SIGHUP.
 //! - `client_stream`: the client's transport (TCP or TLS) that everything above is generic over.
@@ -40,6 +41,7 @@ mod forward;
 mod handoff;
 mod handshake;
 mod http_connections;
+mod metrics;
 mod refusal;
 mod relay;
 mod response;

@@ -28,6 +28,7 @@ use crate::authorizer::Authorizer;
 use crate::config::Config;
 use crate::connection;
 use crate::http_connections::{HttpConnection, HttpConnections};
+use crate::metrics::Metrics;
 use crate::relay::RelaySettings;
 use crate::static_files::StaticFiles;
 use crate::tls::Tls;
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) direct_over_tls: Mutex<HashSet<String>>,
     /// The authorizer client, when some name has an authorizer.
     pub(crate) authorizer: Option<Authorizer>,
+    /// This gateway's metrics (served on `--metrics-listen`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The bound listeners, plain and TLS, and SIGHUP, caught from binding on
@@ -65,6 +68,8 @@ pub(crate) struct Shared {
 pub struct Listeners {
     plain: Vec<TcpListener>,
     tls: Vec<TcpListener>,
+    /// The `--metrics-listen` listener.
+    metrics: Option<TcpListener>,
     hangups: Signal,
 }
 
@@ -81,6 +86,19 @@ impl Listeners {
             .iter()
             .map(|listener| Ok(format!("https://{}", listener.local_addr()?)));
         plain.chain(tls).collect()
+    }
+
+    /// The line announcing the metrics listener, `metrics on
+    /// http://<addr>/metrics`, if there is one.
+    pub fn metrics_announcement(&self) -> io::Result<Option<String>> {
+        self.metrics
+            .as_ref()
+            .map(|listener| {
+                listener
+                    .local_addr()
+                    .map(lifecycle::metrics_endpoint::announcement)
+            })
+            .transpose()
     }
 }
 
@@ -110,6 +128,7 @@ pub async fn serve(
         http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
         direct_over_tls: Mutex::new(HashSet::new()),
         authorizer: Authorizer::new(&config.authorizers, config.authorizer_timeout),
+        metrics: Arc::new(Metrics::new()),
         config,
     });
     let tls = tls.map(Arc::new);
@@ -130,6 +149,13 @@ pub async fn serve(
         shared
             .tracker
             .spawn(accept_loop(listener, shared_for_loop, tls.clone()));
+    }
+    if let Some(listener) = listeners.metrics {
+        shared.tracker.spawn(lifecycle::metrics_endpoint::serve(
+            listener,
+            Arc::clone(&shared.metrics) as _,
+            shutdown.clone(),
+        ));
     }
     shared
         .tracker
@@ -228,6 +254,7 @@ async fn serve_tls(
         () = registered.shed_token().cancelled() => return,
         () = shared.shutdown.cancelled() => return,
     };
+    shared.metrics.tls_handshake(&handshake);
     match handshake {
         Ok((stream, info)) => connection::serve(stream, peer, shared, registered, Some(info)).await,
         Err(error) => tracing::info!(
@@ -239,11 +266,16 @@ async fn serve_tls(
 }
 
 /// Binds every address of `config.listen` and `config.tls_listen`, in
-/// order, and catches SIGHUP from now on.
+/// order, and `config.metrics_listen`, and catches SIGHUP from now on.
 pub async fn bind_all(config: &Config) -> io::Result<Listeners> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(lifecycle::metrics_endpoint::bind(addr).await?),
+        None => None,
+    };
     Ok(Listeners {
         plain: bind(&config.listen).await?,
         tls: bind(&config.tls_listen).await?,
+        metrics,
         hangups: signal(SignalKind::hangup())?,
     })
 }

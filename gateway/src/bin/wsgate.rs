@@ -47,6 +47,9 @@ async fn run(config: gateway::Config, tls: Option<gateway::Tls>) -> anyhow::Resu
     // (`bind_all` catches SIGHUP).
     let shutdown = lifecycle::token_cancelled_on_signal()?;
     let listeners = gateway::bind_all(&config).await?;
+    if let Some(line) = listeners.metrics_announcement()? {
+        println!("{line}");
+    }
     for url in listeners.urls()? {
         println!("listening on {url}");
     }

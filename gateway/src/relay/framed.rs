@@ -19,6 +19,7 @@ use tokio_util::codec::{Decoder, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::client_stream::ClientStream;
+use crate::metrics::{ClientMetrics, Traffic};
 
 use super::read_ahead::LinkReader;
 use super::{
@@ -36,6 +37,7 @@ pub(crate) async fn run<S: ClientStream>(
     link: FramedLink,
     settings: &RelaySettings,
     shutdown: &CancellationToken,
+    metrics: &ClientMetrics,
 ) {
     let parts = link.into_parts();
     let mut codec = parts.codec;
@@ -64,9 +66,20 @@ pub(crate) async fn run<S: ClientStream>(
     let (mut client_writer, mut client_reader) = client.split();
 
     let ending = {
-        let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
-        let downstream = backend_to_client(early, &mut link_reader, &mut client_writer, settings);
-        first_ending(upstream, downstream, shutdown).await
+        let upstream = client_to_backend(
+            &mut client_reader,
+            &mut link_writer,
+            settings,
+            &metrics.to_backend,
+        );
+        let downstream = backend_to_client(
+            early,
+            &mut link_reader,
+            &mut client_writer,
+            settings,
+            &metrics.to_client,
+        );
+        first_ending(upstream, downstream, shutdown, metrics).await
     };
 
     // The backend learns how the client left, unless it is the one that left.
@@ -115,6 +128,7 @@ async fn client_to_backend<S: ClientStream>(
     client_reader: &mut ClientReader<S>,
     link_writer: &mut LinkWriter,
     settings: &RelaySettings,
+    traffic: &Traffic,
 ) -> Ending {
     let mut idle = IdleTimer::new(settings.idle_timeout);
     loop {
@@ -135,11 +149,13 @@ async fn client_to_backend<S: ClientStream>(
                     return Ending::ClientClosed(frame);
                 }
                 Some(Ok(message)) => {
+                    let len = message.len();
                     // Pings and pongs have no record: tungstenite answers pings itself.
                     if let Some(record) = message_to_record(message) {
                         if let Err(error) = link_writer.feed(record).await {
                             return Ending::BackendGone(LinkFailure::Write(error));
                         }
+                        traffic.count(len);
                         n_batched += 1;
                     }
                 }
@@ -167,6 +183,7 @@ async fn backend_to_client<S: ClientStream>(
     link_reader: &mut LinkReader,
     client_writer: &mut ClientWriter<S>,
     settings: &RelaySettings,
+    traffic: &Traffic,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);
     loop {
@@ -199,9 +216,11 @@ async fn backend_to_client<S: ClientStream>(
                 Some(Err(error)) => return Ending::BackendGone(LinkFailure::Read(error)),
                 None => return Ending::BackendGone(LinkFailure::Eof),
             };
+            let len = message.len();
             if let Err(error) = client_writer.feed(message).await {
                 return Ending::ClientGone(ClientGone::Write(error));
             }
+            traffic.count(len);
             n_batched += 1;
             if n_batched >= MAX_BATCH {
                 break;

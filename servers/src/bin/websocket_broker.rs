@@ -231,6 +231,8 @@ fn main() -> ExitCode {
         }),
         ..ServeOptions::default()
     };
+    // Served from the start, at 0; `broker::run_session` counts into it.
+    serve_options.metrics.slow_client_evictions();
     let setup = || {
         let core = Arc::new(LocalCore::new(limits));
         if let Some(source) = args.tokens.clone() {
