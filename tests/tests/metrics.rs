@@ -15,12 +15,15 @@ use anyhow::{Context, ensure};
 use harness::http::HandshakeRequest;
 use harness::metrics::{Scrape, scrape};
 use harness::{
-    Backend, CloseCode, EVENT_DEADLINE, Gateway, Message, Mode, all_modes, both_modes, wait,
+    Backend, CloseCode, EVENT_DEADLINE, Gateway, Message, Mode, both_modes, tls_mode, wait,
 };
 use tempfile::TempDir;
 
-all_modes!(gateway_and_backend_count_a_client_from_connect_to_close);
-both_modes!(a_client_over_the_backend_limit_is_counted_on_both_sides);
+both_modes!(
+    gateway_and_backend_count_a_client_from_connect_to_close,
+    a_client_over_the_backend_limit_is_counted_on_both_sides,
+);
+tls_mode!(gateway_and_backend_count_a_client_from_connect_to_close);
 
 /// Waits until the samples `name` with `labels` at `addr` add up to `expected`.
 async fn expect_sum(
@@ -30,20 +33,18 @@ async fn expect_sum(
     expected: f64,
 ) -> anyhow::Result<Scrape> {
     let what = format!("{name} {labels:?} to be {expected} at {addr}");
-    let mut last = String::new();
-    let found = wait::until(&what, EVENT_DEADLINE, || {
-        let last = &mut last;
-        async move {
-            let scraped = scrape(addr).await?;
-            if scraped.sum(name, labels) == expected {
-                return Ok(Some(scraped));
-            }
-            *last = scraped.text;
-            Ok(None)
-        }
+    let found = wait::until(&what, EVENT_DEADLINE, || async move {
+        let scraped = scrape(addr).await?;
+        Ok((scraped.sum(name, labels) == expected).then_some(scraped))
     })
     .await;
-    found.with_context(|| format!("the last scrape:\n{last}"))
+    match found {
+        Ok(scraped) => Ok(scraped),
+        Err(error) => {
+            let last = scrape(addr).await.map(|scraped| scraped.text);
+            Err(error.context(format!("the last scrape: {last:#?}")))
+        }
+    }
 }
 
 /// The gateway's `mode` and `tls` labels for a client in `mode`.
