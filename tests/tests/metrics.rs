@@ -1,8 +1,9 @@
 //! The metrics endpoints (`--metrics-listen`) of the gateway and of a
 //! backend, scraped while clients come and go: connections open go up and
 //! down, messages and bytes are counted each way, close codes, upgrades by
-//! status (101, 404, 403), the OPEN→ACCEPT histogram, the backend's
-//! sessions and refused links; in relay, direct and TLS mode. And the
+//! status (101, 404, 403, 503), the OPEN→ACCEPT histogram, the backend's
+//! sessions and refused links, in relay, direct and TLS mode; authorizer
+//! answers and requests forwarded with `--http`. And the
 //! metrics are served on their own listener only, never on the public one.
 //!
 //! Counters change a moment after what a client sees (a relay ends after
@@ -15,7 +16,8 @@ use anyhow::{Context, ensure};
 use harness::http::HandshakeRequest;
 use harness::metrics::{Scrape, scrape};
 use harness::{
-    Backend, CloseCode, EVENT_DEADLINE, Gateway, Message, Mode, both_modes, tls_mode, wait,
+    Authorizer, AuthorizerReply, Backend, CloseCode, EVENT_DEADLINE, Gateway, Message, Mode,
+    both_modes, tls_mode, wait,
 };
 use tempfile::TempDir;
 
@@ -297,5 +299,56 @@ async fn chat_serves_its_eviction_counter_from_the_start() -> anyhow::Result<()>
         "{}",
         scraped.text
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizer_answers_and_forwarded_requests_are_counted() -> anyhow::Result<()> {
+    let docroot = TempDir::new()?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let authorizer =
+        Authorizer::start(
+            |question| match question["query"]["answer"].as_str().unwrap_or("200") {
+                "200" => AuthorizerReply::ok(),
+                "401" => AuthorizerReply::Answer(401, String::new()),
+                _ => AuthorizerReply::Answer(500, String::new()),
+            },
+        )
+        .await?;
+    let url = authorizer.url();
+    let gateway =
+        Gateway::start_with_metrics(docroot.path(), &["--authorizer", &url, "--http", "echo"])
+            .await?;
+    let metrics_addr = gateway.metrics_addr().context("metrics address")?;
+    for (answer, status) in [("200", 101), ("401", 401), ("500", 503)] {
+        let path = format!("/echo?answer={answer}");
+        let response = gateway.handshake(&HandshakeRequest::new(&path)).await?;
+        ensure!(response.status == status, "{answer}: {response}");
+    }
+    for (outcome, count) in [("allowed", 1.0), ("refused", 1.0), ("failed", 1.0)] {
+        let outcome = [("outcome", outcome)];
+        expect_sum(
+            metrics_addr,
+            "wsgate_authorizer_answers_total",
+            &outcome,
+            count,
+        )
+        .await?;
+    }
+    expect_sum(metrics_addr, "wsgate_authorizer_seconds_count", &[], 3.0).await?;
+    expect_sum(
+        metrics_addr,
+        "wsgate_upgrades_total",
+        &[("status", "503")],
+        1.0,
+    )
+    .await?;
+
+    // A plain request for an --http name: the echo server has no request
+    // handler, so the backend answers 404 itself.
+    let response = gateway.get("/echo/anything").await?;
+    ensure!(response.status == 404, "{response}");
+    let labels = [("name", "echo"), ("status", "404")];
+    expect_sum(metrics_addr, "wsgate_http_requests_total", &labels, 1.0).await?;
     Ok(())
 }
