@@ -5,8 +5,9 @@
 //!
 //! The other modules report events with one call each (`upgrade`,
 //! `backend_accepted`, `authorizer_answered`, ...). A relayed client gets a
-//! [`ClientMetrics`] whose counters are looked up once, when it connects:
-//! counting a message is then two atomic additions, no label look-up.
+//! [`ClientMetrics`] whose counters are looked up once, when it connects;
+//! a batch of messages is counted in a local [`Tally`] and added with two
+//! atomic additions, with no label look-up.
 //!
 //! Label values are bounded whatever clients send: a `name` label is only
 //! ever a name that passed the allow/deny check and has a socket, and at
@@ -411,6 +412,42 @@ impl Traffic {
     pub(crate) fn count(&self, len: usize) {
         self.messages.inc();
         self.bytes.inc_by(len as u64);
+    }
+
+    /// A local tally for one batch, added to these counters when it drops.
+    pub(crate) fn tally(&self) -> Tally<'_> {
+        Tally {
+            traffic: self,
+            n_messages: 0,
+            n_bytes: 0,
+        }
+    }
+}
+
+/// Messages of one batch counted locally: one pair of atomic additions per
+/// batch instead of per message, whichever way the batch ends.
+#[derive(Debug)]
+pub(crate) struct Tally<'a> {
+    traffic: &'a Traffic,
+    n_messages: u64,
+    n_bytes: u64,
+}
+
+impl Tally<'_> {
+    /// One message of `len` payload bytes crossed.
+    #[inline]
+    pub(crate) fn count(&mut self, len: usize) {
+        self.n_messages += 1;
+        self.n_bytes += len as u64;
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if self.n_messages != 0 {
+            self.traffic.messages.inc_by(self.n_messages);
+            self.traffic.bytes.inc_by(self.n_bytes);
+        }
     }
 }
 

@@ -138,6 +138,7 @@ async fn client_to_backend<S: ClientStream>(
         };
         let mut next = first;
         let mut n_batched = 0;
+        let mut tally = traffic.tally();
         // Feed every message that is already here, then flush once.
         loop {
             idle.heard();
@@ -155,7 +156,7 @@ async fn client_to_backend<S: ClientStream>(
                         if let Err(error) = link_writer.feed(record).await {
                             return Ending::BackendGone(LinkFailure::Write(error));
                         }
-                        traffic.count(len);
+                        tally.count(len);
                         n_batched += 1;
                     }
                 }
@@ -200,6 +201,7 @@ async fn backend_to_client<S: ClientStream>(
         };
         let mut next = first;
         let mut n_batched = 0;
+        let mut tally = traffic.tally();
         loop {
             let message = match next {
                 Some(Ok(Record::Text(text))) => Message::Text(text),
@@ -220,7 +222,7 @@ async fn backend_to_client<S: ClientStream>(
             if let Err(error) = client_writer.feed(message).await {
                 return Ending::ClientGone(ClientGone::Write(error));
             }
-            traffic.count(len);
+            tally.count(len);
             n_batched += 1;
             if n_batched >= MAX_BATCH {
                 break;

@@ -135,8 +135,9 @@ async fn backend_to_client<S: ClientStream>(
             Ok(messages) => messages,
             Err(error) => return Ending::BackendGone(error.into()),
         };
+        let mut tally = traffic.tally();
         for payload in messages {
-            traffic.count(payload.len());
+            tally.count(payload.len());
             // Cloning `Bytes` only counts a reference.
             let message = match Utf8Bytes::try_from(payload.clone()) {
                 Ok(text) => Message::Text(text),
