@@ -2,21 +2,25 @@
 //! (`-R -n -u -m -D`, and the link deadlines), raising the descriptor limit,
 //! binding the socket file under a hidden name, dropping privileges,
 //! daemonizing, running the server's set-up, publishing the socket under its
-//! name, and running [`crate::serve()`] until SIGTERM or SIGINT.
+//! name, and running [`crate::serve()`] until SIGTERM or SIGINT, with the
+//! metrics on `--metrics-listen` when given.
 //!
 //! Each server's `main` parses its own flags (flattening [`CommonArgs`]) and
 //! calls [`launch`]; what the server does with a session stays in its handler.
 
 use std::ffi::CString;
 use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::unistd::{Uid, User};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use lifecycle::{LogFormat, token_cancelled_on_signal};
+use lifecycle::{LogFormat, metrics_endpoint, token_cancelled_on_signal};
 
 use crate::serve::{
     DEFAULT_HANDOFF_TIMEOUT, DEFAULT_MAX_PENDING_LINKS, DEFAULT_OPEN_TIMEOUT, Listener,
@@ -67,6 +71,11 @@ pub struct CommonArgs {
     /// log collector).
     #[arg(long = "log-format", value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve this backend's metrics on `ip:port`: `GET /metrics` in the
+    /// Prometheus text format (docs/metrics.md). Prints `metrics on
+    /// http://<addr>/metrics` once bound. Keep it on loopback [default: none].
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CommonArgs {
@@ -146,6 +155,15 @@ pub enum LaunchError {
     /// The server's own setup failed (loading plugins, say).
     #[error(transparent)]
     Setup(Box<dyn std::error::Error + Send + Sync>),
+    /// The `--metrics-listen` address cannot be bound.
+    #[error("cannot bind the metrics address {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The runtime or the listening socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -182,6 +200,12 @@ where
         ),
     };
     let name = common.name_or(program);
+    // Bound as the starting user (a low port may need root), and announced
+    // while stdout is still the caller's (before daemonizing).
+    let metrics_listener = common
+        .metrics_listen
+        .map(|addr| bind_metrics(addr).map_err(|source| LaunchError::Metrics { addr, source }))
+        .transpose()?;
     let mut socket_file = SocketFile::bind_hidden(&common.docroot, &name)?;
     let saved_root = match &user {
         Some(user) => drop_privileges(&socket_file, user)?,
@@ -213,10 +237,28 @@ where
     runtime.block_on(async {
         let listener = Listener::new(&mut socket_file)?;
         let shutdown = token_cancelled_on_signal()?;
+        if let Some(metrics_listener) = metrics_listener {
+            let metrics_listener = tokio::net::TcpListener::from_std(metrics_listener)?;
+            tokio::spawn(metrics_endpoint::serve(
+                metrics_listener,
+                Arc::new(options.metrics.clone()),
+                shutdown.clone(),
+            ));
+        }
         serve(listener, options, shutdown, handler).await
     })?;
     drop(socket_file);
     Ok(())
+}
+
+/// Binds the metrics listener and prints its announcement on stdout.
+fn bind_metrics(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let line = metrics_endpoint::announcement(listener.local_addr()?);
+    // A closed stdout only loses the announcement.
+    let _ = writeln!(std::io::stdout(), "{line}");
+    Ok(listener)
 }
 
 /// The `-u` user's ids are in force, except the saved set-user-id, still
@@ -326,6 +368,7 @@ mod tests {
             handoff_timeout: 1.0,
             daemonize: false,
             log_format: LogFormat::Text,
+            metrics_listen: None,
         };
         let mut seen_at_setup = None;
         let result = launch(&common, "server", ServeOptions::default(), || {

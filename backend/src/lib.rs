@@ -10,12 +10,15 @@
 //!   answered by the server's [`RequestHandler`] beside its session handler.
 //! - [`serve`]: the accept loop with the client limit and graceful shutdown.
 //! - [`launch`]: the ouistiti command-line flags and process start-up.
+//! - [`metrics`]: the backend's [`Metrics`] (sessions, messages, refusals and
+//!   the server's own counters), served on `--metrics-listen`.
 //!
 //! A server (`servers`) uses this API and never sees a link record; the wire
 //! format is the `link` crate's, and logging and signals are `lifecycle`'s.
 
 pub mod direct;
 pub mod launch;
+pub mod metrics;
 pub mod request;
 pub mod serve;
 pub mod session;
@@ -25,6 +28,7 @@ pub use direct::DirectOptions;
 pub use launch::{CommonArgs, LaunchError, launch};
 pub use lifecycle::{LogFormat, init_tracing, token_cancelled_on_signal};
 pub use link::{AcceptReply, LinkMode, OpenMeta, RejectReply};
+pub use metrics::Metrics;
 pub use request::{Request, RequestHandler, Response};
 pub use serve::{Admission, Listener, ServeOptions, serve};
 pub use session::{Connection, Incoming, Session, SessionError};

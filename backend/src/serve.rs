@@ -31,6 +31,7 @@ use lifecycle::{AcceptBackoff, is_transient_accept_error};
 use link::{AcceptReply, DEFAULT_MAX_PAYLOAD, OpenMeta, RejectReply};
 
 use crate::direct::DirectOptions;
+use crate::metrics::{Metrics, Refused};
 use crate::request::{self, RequestHandler};
 use crate::session::{Connection, LinkStart, Session, SessionError};
 use crate::socket_file::SocketFile;
@@ -41,6 +42,8 @@ pub struct Listener {
     inner: UnixListener,
     max_payload: usize,
     direct_options: DirectOptions,
+    /// Given to every session; [`serve`] sets it to its options' metrics.
+    metrics: Metrics,
 }
 
 impl Listener {
@@ -54,6 +57,7 @@ impl Listener {
             inner: UnixListener::from_std(std_listener)?,
             max_payload: DEFAULT_MAX_PAYLOAD,
             direct_options: DirectOptions::default(),
+            metrics: Metrics::new(),
         })
     }
 
@@ -82,6 +86,7 @@ impl Listener {
                         stream,
                         self.max_payload,
                         self.direct_options,
+                        self.metrics.clone(),
                     ));
                 }
                 Err(error) if is_transient_accept_error(&error) => {
@@ -140,6 +145,10 @@ pub struct ServeOptions {
     /// that sends more is closed with `1009` before the message is read
     /// whole. `None` takes the gateway's.
     pub max_message_size: Option<usize>,
+    /// This backend's metrics: what [`serve`] and every session count, and
+    /// where the server registers its own counters. Served by `launch` on
+    /// `--metrics-listen`.
+    pub metrics: Metrics,
 }
 
 type AdmissionCheck = dyn Fn(&OpenMeta) -> Result<(), RejectReply> + Send + Sync;
@@ -179,6 +188,7 @@ impl Default for ServeOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             admission: None,
             max_message_size: None,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -189,7 +199,7 @@ impl Default for ServeOptions {
 ///
 /// Returns when every handler has finished or `shutdown_timeout` has passed.
 pub async fn serve<H, F>(
-    listener: Listener,
+    mut listener: Listener,
     options: ServeOptions,
     shutdown: CancellationToken,
     handler: H,
@@ -198,6 +208,7 @@ where
     H: Fn(Session, CancellationToken) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    listener.metrics = options.metrics.clone();
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(options.max_clients));
     let pending_links = Arc::new(Semaphore::new(options.max_pending_links.max(1)));
@@ -292,6 +303,7 @@ async fn run_connection<H, F>(
         .map(|check| (check.0)(incoming.meta()))
     {
         info!(status = refusal.status, reason = %refusal.reason, "client refused before ACCEPT");
+        options.metrics.link_refused(Refused::Admission);
         let rejected =
             tokio::time::timeout(options.handoff_timeout, incoming.reject(refusal)).await;
         if let Ok(Err(error)) = rejected {
@@ -327,6 +339,7 @@ async fn run_connection<H, F>(
             max_clients = options.max_clients,
             "client limit reached; closing with 1013"
         );
+        options.metrics.link_refused(Refused::ClientLimit);
         let close = session.close(CloseCode::Again, "too many clients, try again later");
         match tokio::time::timeout(options.handoff_timeout, close).await {
             Err(_) => debug!("close not taken in time"),
@@ -337,6 +350,7 @@ async fn run_connection<H, F>(
     };
     drop(pending_permit);
     info!(name = %session.meta().name, "session opened");
+    let _open = options.metrics.session_opened(incoming_mode);
     handler(session, shutdown).await;
     info!("session ended");
 }

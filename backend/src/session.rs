@@ -26,6 +26,7 @@ use link::{
 };
 
 use crate::direct::{self, DirectClient, DirectOptions};
+use crate::metrics::Metrics;
 use crate::request::PendingRequest;
 
 /// Why a session failed.
@@ -54,6 +55,7 @@ pub enum SessionError {
 pub struct Connection {
     framed: Framed<UnixStream, RecordCodec>,
     direct_options: DirectOptions,
+    metrics: Metrics,
 }
 
 impl Connection {
@@ -61,6 +63,7 @@ impl Connection {
         stream: UnixStream,
         max_payload: usize,
         direct_options: DirectOptions,
+        metrics: Metrics,
     ) -> Connection {
         let mut framed = Framed::from_parts(FramedParts::new::<Record>(
             stream,
@@ -73,6 +76,7 @@ impl Connection {
         Connection {
             framed,
             direct_options,
+            metrics,
         }
     }
 
@@ -107,6 +111,7 @@ impl Connection {
             meta,
             framed: self.framed,
             direct_options: self.direct_options,
+            metrics: self.metrics,
         };
         if incoming.meta.version == LINK_VERSION {
             return Ok(LinkStart::Client(incoming));
@@ -139,6 +144,7 @@ pub struct Incoming {
     meta: OpenMeta,
     framed: Framed<UnixStream, RecordCodec>,
     direct_options: DirectOptions,
+    metrics: Metrics,
 }
 
 impl Incoming {
@@ -182,6 +188,7 @@ impl Incoming {
             unflushed: false,
             n_deferred: 0,
             defer_flushes: true,
+            metrics: self.metrics,
         })
     }
 
@@ -225,6 +232,8 @@ pub struct Session {
     n_deferred: usize,
     /// False once split, or once a close was sent: every flush is a flush.
     defer_flushes: bool,
+    /// The backend's metrics, which count this session's messages.
+    metrics: Metrics,
 }
 
 /// Flushes deferred in a row at most, so a client that never stops sending
@@ -244,6 +253,12 @@ impl Session {
     /// The OPEN metadata of this client.
     pub fn meta(&self) -> &OpenMeta {
         &self.meta
+    }
+
+    /// The backend's metrics, where a server counts its own events
+    /// ([`Metrics::counter`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Sends a close with `code` and `reason` and flushes it; the session is over.
@@ -340,6 +355,9 @@ impl Stream for Session {
                 return Poll::Pending;
             }
         }
+        if let Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) = &item {
+            this.metrics.received(message.len());
+        }
         Poll::Ready(item)
     }
 }
@@ -362,6 +380,9 @@ impl Sink<Message> for Session {
             self.defer_flushes = false;
         }
         self.unflushed = true;
+        if let Message::Text(_) | Message::Binary(_) = &message {
+            self.metrics.sent(message.len());
+        }
         match &mut self.transport {
             Transport::Link(framed) => {
                 let record = match message {

@@ -270,6 +270,12 @@ pub struct Args {
     /// [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<lifecycle::LogFormat>,
+    /// Address to serve metrics on, `ip:port`: `GET /metrics` in the
+    /// Prometheus text format (docs/metrics.md), on a listener of its own,
+    /// never on the public ones. Prints `metrics on http://<addr>/metrics`.
+    /// Keep it on loopback or a private network. [default: none]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -310,6 +316,7 @@ struct FileConfig {
     backend: Option<Vec<BackendTable>>,
     workers: Option<usize>,
     log_format: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 /// The file's `authorizer`: one URL for every name, or URLs per name glob.
@@ -502,6 +509,8 @@ pub struct Config {
     pub workers: usize,
     /// How log lines are written.
     pub log_format: lifecycle::LogFormat,
+    /// Address of the metrics listener; `None`: no metrics served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the TLS certificate and keys are, and the handshake limits.
@@ -721,6 +730,11 @@ impl Config {
             (None, None) => lifecycle::LogFormat::Text,
         };
 
+        let metrics_listen = match (args.metrics_listen, file.metrics_listen) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(addr)) => Some(addr.parse().map_err(|_| ConfigError::Listen(addr))?),
+            (None, None) => None,
+        };
         let seconds = |secs: u64| (secs != 0).then(|| Duration::from_secs(secs));
         Ok(Config {
             listen,
@@ -749,6 +763,7 @@ impl Config {
             backends,
             workers,
             log_format,
+            metrics_listen,
         })
     }
 
@@ -782,6 +797,9 @@ impl Config {
         if wanted.log_format != running.log_format {
             needs_restart.push("log_format");
         }
+        if wanted.metrics_listen != running.metrics_listen {
+            needs_restart.push("metrics_listen");
+        }
         if needs_restart.is_empty() {
             return Ok((wanted, needs_restart));
         }
@@ -791,12 +809,14 @@ impl Config {
         file.docroot = None;
         file.workers = None;
         file.log_format = None;
+        file.metrics_listen = None;
         let pinned = Args {
             listen: running.listen.clone(),
             tls_listen: running.tls_listen.clone(),
             docroot: Some(running.docroot.clone()),
             workers: Some(running.workers),
             log_format: Some(running.log_format),
+            metrics_listen: running.metrics_listen,
             ..args.clone()
         };
         Ok((Config::from_file_and_args(file, pinned)?, needs_restart))
@@ -994,6 +1014,8 @@ mod tests {
             "4",
             "--log-format",
             "json",
+            "--metrics-listen",
+            "127.0.0.1:9090",
         ]))
         .expect("the flags are valid");
         assert_eq!(from_file, from_flags);
@@ -1161,6 +1183,11 @@ mod tests {
             ("raw = ['x{']", &[], "\"x{\""),
             ("raw = ['legacy-*']", &["--direct", "*"], "overlap"),
             ("listen = ['localhost']", &[], "\"localhost\""),
+            (
+                "metrics_listen = 'localhost:9090'",
+                &[],
+                "\"localhost:9090\"",
+            ),
             ("bogus_key = 1", &[], "bogus_key"),
             ("max_message_size = 'big'", &[], "max_message_size"),
             ("", &["--max-message-size", "0"], "max-message-size"),

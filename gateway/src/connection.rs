@@ -97,6 +97,9 @@ async fn dispatch<S: ClientStream>(
 ) -> Response<Body> {
     if let Err(refusal) = check_head(&request, shared) {
         refusal.log();
+        if handshake::is_websocket_upgrade(request.headers()) {
+            shared.metrics.upgrade(refusal.status().as_u16());
+        }
         return refusal.to_response();
     }
     if handshake::is_websocket_upgrade(request.headers()) {

@@ -191,6 +191,14 @@ pub(crate) async fn handle(
     let forwarded = forward(request, id, &target, peer, shared, tls)
         .instrument(span.clone())
         .await;
+    let status = match &forwarded {
+        Ok(response) => response.status(),
+        Err(refusal) => refusal.status(),
+    };
+    let allowed = shared.config.names.is_allowed(&target.name);
+    shared
+        .metrics
+        .http_request(&target.name, allowed, status.as_u16());
     match forwarded {
         Ok(response) => response,
         Err(refusal) => {

@@ -28,6 +28,7 @@
 //!   the connection limit, drain and graceful shutdown ([`serve`]).
 //! - `reload`: SIGHUP reads the configuration again ([`ConfigSource`]) and swaps it in.
 //! - `supervisor`: the `[[backend]]` processes, started, restarted and stopped ([`Supervisor`]).
+//! - `metrics`: the registry served on `--metrics-listen` (`docs/metrics.md`).
 //! - `tls`: TLS termination for `--tls-listen` ([`Tls`]): handshakes under a deadline
 //!   and a bound, client certificates, the certificate reloaded on SIGHUP.
 //! - `client_stream`: the client's transport (TCP or TLS) that everything above is generic over.
@@ -47,6 +48,7 @@ mod forward;
 mod handoff;
 mod handshake;
 mod http_connections;
+mod metrics;
 mod refusal;
 mod relay;
 mod reload;

@@ -39,6 +39,7 @@ use crate::authorizer::Authorizer;
 use crate::config::Config;
 use crate::connection;
 use crate::http_connections::{HttpConnection, HttpConnections};
+use crate::metrics::Metrics;
 use crate::relay::RelaySettings;
 use crate::reload::{self, ConfigSource};
 use crate::static_files::StaticFiles;
@@ -78,6 +79,8 @@ pub(crate) struct Shared {
     /// Names served in direct mode that a TLS client reached (relayed
     /// instead), so that is logged once per name.
     pub(crate) direct_over_tls: Arc<Mutex<HashSet<String>>>,
+    /// This gateway's metrics (served on `--metrics-listen`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The current snapshot; a reload stores a new one.
@@ -109,6 +112,7 @@ impl Shared {
             draining: self.draining.clone(),
             http_connections: Arc::clone(&self.http_connections),
             direct_over_tls: Arc::clone(&self.direct_over_tls),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }
@@ -149,6 +153,8 @@ impl Drop for ClientSlot {
 pub struct Listeners {
     plain: Vec<TcpListener>,
     tls: Vec<TcpListener>,
+    /// The `--metrics-listen` listener.
+    metrics: Option<TcpListener>,
     hangups: Signal,
     drains: Signal,
 }
@@ -167,6 +173,8 @@ impl Listeners {
         Ok(Listeners {
             plain: into_tokio(sockets.plain)?,
             tls: into_tokio(sockets.tls)?,
+            // Each worker would bind the same address: not served here.
+            metrics: None,
             hangups: signal(SignalKind::hangup())?,
             drains: signal(SignalKind::user_defined2())?,
         })
@@ -184,6 +192,19 @@ impl Listeners {
             .iter()
             .map(|listener| Ok(format!("https://{}", listener.local_addr()?)));
         plain.chain(tls).collect()
+    }
+
+    /// The line announcing the metrics listener, `metrics on
+    /// http://<addr>/metrics`, if there is one.
+    pub fn metrics_announcement(&self) -> io::Result<Option<String>> {
+        self.metrics
+            .as_ref()
+            .map(|listener| {
+                listener
+                    .local_addr()
+                    .map(lifecycle::metrics_endpoint::announcement)
+            })
+            .transpose()
     }
 }
 
@@ -227,6 +248,7 @@ pub async fn serve(
         draining: draining.clone(),
         http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
         direct_over_tls: Arc::new(Mutex::new(HashSet::new())),
+        metrics: Arc::new(Metrics::new()),
         config,
     };
     let live = Arc::new(ArcSwap::from_pointee(shared));
@@ -235,6 +257,14 @@ pub async fn serve(
     }
     for listener in listeners.tls {
         tracker.spawn(accept_loop(listener, Arc::clone(&live), true));
+    }
+    if let Some(listener) = listeners.metrics {
+        let metrics = Arc::clone(&live.load().metrics);
+        tracker.spawn(lifecycle::metrics_endpoint::serve(
+            listener,
+            metrics as _,
+            shutdown.clone(),
+        ));
     }
     let supervisor = Arc::new(supervisor);
     tracker.spawn(reload::reload_on_hangup(
@@ -389,6 +419,7 @@ async fn serve_tls(
         () = registered.shed_token().cancelled() => return,
         () = shutdown.cancelled() => return,
     };
+    live.load().metrics.tls_handshake(&handshake);
     match handshake {
         Ok((stream, info)) => connection::serve(stream, peer, live, registered, Some(info)).await,
         Err(error) => tracing::info!(
@@ -400,11 +431,17 @@ async fn serve_tls(
 }
 
 /// Binds every address of `config.listen` and `config.tls_listen`, in
-/// order, with `SO_REUSEPORT`, and catches SIGHUP and SIGUSR2 from now on.
+/// order, with `SO_REUSEPORT`, and `config.metrics_listen`, and catches
+/// SIGHUP and SIGUSR2 from now on.
 pub async fn bind_all(config: &Config) -> io::Result<Listeners> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(lifecycle::metrics_endpoint::bind(addr).await?),
+        None => None,
+    };
     Ok(Listeners {
         plain: bind(&config.listen)?,
         tls: bind(&config.tls_listen)?,
+        metrics,
         hangups: signal(SignalKind::hangup())?,
         drains: signal(SignalKind::user_defined2())?,
     })

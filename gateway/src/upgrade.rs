@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -29,6 +30,7 @@ use crate::backend;
 use crate::client_stream::ClientStream;
 use crate::handoff;
 use crate::handshake::{self, UpgradeRequest};
+use crate::metrics::{ClientMetrics, ClientMode};
 use crate::refusal::Refusal;
 use crate::relay::{self, RelaySettings};
 use crate::response::Body;
@@ -41,6 +43,16 @@ enum Link {
     Raw(tokio::net::UnixStream),
     /// Accepted in direct mode: the client's socket goes over this link.
     Direct(backend::FramedLink),
+}
+
+impl Link {
+    fn mode(&self) -> ClientMode {
+        match self {
+            Link::Framed(_) => ClientMode::Relay,
+            Link::Raw(_) => ClientMode::Raw,
+            Link::Direct(_) => ClientMode::Direct,
+        }
+    }
 }
 
 /// Answers an upgrade request: `101` with the relay spawned, or a refusal.
@@ -68,12 +80,22 @@ pub(crate) async fn handle<S: ClientStream>(
         }) => {
             let response =
                 handshake::switching_protocols(&upgrade.key, protocol.as_deref(), &extra_headers);
+            shared.metrics.upgrade(101);
+            let metrics = shared
+                .metrics
+                .client(&target.name, link.mode(), tls.is_some());
             let shared_for_relay = Arc::clone(shared);
             shared.tracker.spawn(
                 async move {
                     tracing::debug!(socket = %target.socket_path.display(), "relaying");
-                    relay_upgraded::<S>(on_upgrade, link, max_message_size, &shared_for_relay)
-                        .await;
+                    relay_upgraded::<S>(
+                        on_upgrade,
+                        link,
+                        max_message_size,
+                        &shared_for_relay,
+                        &metrics,
+                    )
+                    .await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -82,6 +104,7 @@ pub(crate) async fn handle<S: ClientStream>(
         }
         Err(refusal) => {
             span.in_scope(|| refusal.log());
+            shared.metrics.upgrade(refusal.status().as_u16());
             refusal.to_response()
         }
     }
@@ -136,7 +159,12 @@ async fn accept(
             Some(url) => {
                 let question =
                     ConnectQuestion::new(&target.name, request.uri(), request.headers(), peer, tls);
-                authorizer.authorize(url, &question).await?
+                let started = Instant::now();
+                let answer = authorizer.authorize(url, &question).await;
+                shared
+                    .metrics
+                    .authorizer_answered(&answer, started.elapsed());
+                answer?
             }
             None => None,
         },
@@ -189,6 +217,7 @@ async fn accept(
         tls: tls.cloned(),
         identity,
     };
+    let started = Instant::now();
     let (link, reply) = backend::open_framed(
         &target.socket_path,
         &open,
@@ -196,6 +225,9 @@ async fn accept(
         config.accept_timeout,
     )
     .await?;
+    shared
+        .metrics
+        .backend_accepted(&target.name, started.elapsed());
     // The backend's choice wins; a directory's subprotocol is the default.
     Ok(Accepted {
         upgrade,
@@ -254,6 +286,7 @@ async fn relay_upgraded<S: ClientStream>(
     link: Link,
     max_message_size: usize,
     shared: &Shared,
+    metrics: &ClientMetrics,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -276,11 +309,11 @@ async fn relay_upgraded<S: ClientStream>(
     match link {
         Link::Framed(link) => {
             let client = relay::client_websocket(stream, pending, settings).await;
-            relay::framed::run(client, link, settings, &shared.shutdown).await;
+            relay::framed::run(client, link, settings, &shared.shutdown, metrics).await;
         }
         Link::Raw(link) => {
             let client = relay::client_websocket(stream, pending, settings).await;
-            relay::raw::run(client, link, settings, &shared.shutdown).await;
+            relay::raw::run(client, link, settings, &shared.shutdown, metrics).await;
         }
         Link::Direct(link) => match stream.into_tcp() {
             Ok(tcp) => handoff::hand_over(tcp, pending, link, settings).await,

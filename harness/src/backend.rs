@@ -2,14 +2,22 @@
 //!
 //! The readiness probe connects and closes before sending OPEN, which every
 //! backend tolerates (the link protocol allows a link to end before OPEN).
+//! [`Backend::start_with_metrics`] also gives it `--metrics-listen` on an
+//! ephemeral port, read from its `metrics on` line, and waits for that
+//! endpoint to answer.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
+use anyhow::Context;
 use nix::sys::signal::Signal;
+use tokio::sync::oneshot;
 
 use crate::child::{ChildGuard, Logging};
+use crate::metrics::{self, Scrape};
 use crate::{STARTUP_DEADLINE, binaries, wait};
 
 /// A running backend; dropping it kills and reaps the process.
@@ -17,6 +25,7 @@ use crate::{STARTUP_DEADLINE, binaries, wait};
 pub struct Backend {
     process: ChildGuard,
     socket_path: PathBuf,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Backend {
@@ -50,6 +59,78 @@ impl Backend {
         Backend::start_command_with(&label, command, &docroot.join(name), logging).await
     }
 
+    /// [`Backend::start`] with `--metrics-listen 127.0.0.1:0`: ready once its
+    /// socket accepts and its metrics endpoint answers.
+    pub async fn start_with_metrics(
+        program: &str,
+        docroot: &Path,
+        name: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Backend> {
+        let mut command = Command::new(binaries::bin_path(program)?);
+        command
+            .arg("-R")
+            .arg(docroot)
+            .arg("-n")
+            .arg(name)
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
+            .args(extra_args)
+            .stdout(Stdio::piped());
+        let label = format!("{program} ({name})");
+        let mut process = ChildGuard::spawn_with(&label, command, Logging::Debug)?;
+        let stdout = process
+            .child_mut()
+            .stdout
+            .take()
+            .context("stdout is piped")?;
+        let (addr_sender, addr_receiver) = oneshot::channel();
+        // Reads stdout for the life of the process, so it never blocks on it.
+        std::thread::spawn(move || {
+            let mut addr_sender = Some(addr_sender);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = metrics::parse_announcement(&line)
+                    && let Some(sender) = addr_sender.take()
+                {
+                    let _ = sender.send(addr);
+                }
+            }
+        });
+        let what = format!("the `metrics on` line of {label}");
+        let addr = match wait::within(&what, STARTUP_DEADLINE, addr_receiver).await {
+            Ok(Ok(addr)) => addr?,
+            Ok(Err(_)) => anyhow::bail!(
+                "{label} closed its stdout without printing `metrics on`; its stderr:\n{}",
+                process.stderr_text()
+            ),
+            Err(error) => {
+                anyhow::bail!("{error}; the stderr of {label}:\n{}", process.stderr_text())
+            }
+        };
+        let mut backend = Backend {
+            process,
+            socket_path: docroot.join(name),
+            metrics_addr: Some(addr),
+        };
+        backend.wait_until_accepting(&label).await?;
+        metrics::wait_until_served(&label, addr).await?;
+        Ok(backend)
+    }
+
+    /// Scrapes the backend's metrics endpoint.
+    pub async fn scrape(&self) -> anyhow::Result<Scrape> {
+        let addr = self
+            .metrics_addr
+            .context("the backend was started without --metrics-listen")?;
+        metrics::scrape(addr).await
+    }
+
+    /// The metrics listener's address, if the backend has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Starts any `command` (a backend in another language, say) that will
     /// listen on `socket_path`, and waits until that socket accepts a connection.
     pub async fn start_command(
@@ -71,17 +152,24 @@ impl Backend {
         let mut backend = Backend {
             process: ChildGuard::spawn_with(label, command, logging)?,
             socket_path: socket_path.to_owned(),
+            metrics_addr: None,
         };
-        let what = format!("{label} to accept on {}", socket_path.display());
+        backend.wait_until_accepting(label).await?;
+        Ok(backend)
+    }
+
+    /// Waits until the socket file accepts a connection (or the process exits).
+    async fn wait_until_accepting(&mut self, label: &str) -> anyhow::Result<()> {
+        let what = format!("{label} to accept on {}", self.socket_path.display());
+        let socket_path = self.socket_path.clone();
         wait::until(&what, STARTUP_DEADLINE, || {
-            let ready = backend
+            let ready = self
                 .process
                 .check_running()
-                .map(|()| UnixStream::connect(socket_path).is_ok().then_some(()));
+                .map(|()| UnixStream::connect(&socket_path).is_ok().then_some(()));
             async move { ready }
         })
-        .await?;
-        Ok(backend)
+        .await
     }
 
     /// The socket file the backend listens on.

@@ -5,6 +5,10 @@
 //! listener); a thread reads stdout for the whole life of the process so the
 //! gateway never writes into a full or closed pipe.
 //!
+//! With `--metrics-listen` it first prints `metrics on http://<addr>/metrics`;
+//! [`Gateway::start_with_metrics`] gives it an ephemeral metrics port and
+//! waits until that endpoint answers too ([`Gateway::scrape`]).
+//!
 //! A gateway started with `--tls-listen` but no `--tls-cert` (as
 //! [`Mode::Tls`](crate::Mode::Tls) does) gets a certificate from a fresh
 //! [`TestCa`], and its [`Gateway::connect`] goes over TLS (`wss://`).
@@ -23,6 +27,7 @@ use tokio::sync::mpsc;
 use crate::child::{ChildGuard, Logging};
 use crate::client::Client;
 use crate::http::{self, HandshakeRequest, HttpResponse};
+use crate::metrics::{self, Scrape};
 use crate::mode::Mode;
 use crate::tls::{CertificateFiles, TestCa};
 use crate::{EVENT_DEADLINE, STARTUP_DEADLINE, binaries, wait};
@@ -38,6 +43,7 @@ pub struct Gateway {
     process: ChildGuard,
     addr: SocketAddr,
     tls: Option<GatewayTls>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The TLS listener of a gateway, and what the harness's clients trust.
@@ -105,8 +111,9 @@ impl Gateway {
                 .arg(files.key_path());
             made = Some((ca.client_config(None)?, files));
         }
-        let (process, addr, tls_addr) = announce("wsgate", command, logging, wants_tls).await?;
-        let tls = tls_addr.map(|addr| {
+        let announced = announce("wsgate", command, logging, wants_tls).await?;
+        let (process, addr) = (announced.process, announced.addr);
+        let tls = announced.tls_addr.map(|addr| {
             let (client_config, files) = made.unzip();
             GatewayTls {
                 addr,
@@ -114,7 +121,43 @@ impl Gateway {
                 _files: files,
             }
         });
-        Ok(Gateway { process, addr, tls })
+        Ok(Gateway {
+            process,
+            addr,
+            tls,
+            metrics_addr: announced.metrics_addr,
+        })
+    }
+
+    /// [`Gateway::start`] with `--metrics-listen 127.0.0.1:0`; ready once
+    /// the metrics endpoint answers as well.
+    pub async fn start_with_metrics(
+        docroot: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Gateway> {
+        let args: Vec<&str> = ["--metrics-listen", "127.0.0.1:0"]
+            .into_iter()
+            .chain(extra_args.iter().copied())
+            .collect();
+        let gateway = Gateway::start(docroot, &args).await?;
+        let addr = gateway
+            .metrics_addr
+            .context("wsgate printed no `metrics on` line before its `listening on` lines")?;
+        metrics::wait_until_served("wsgate", addr).await?;
+        Ok(gateway)
+    }
+
+    /// The metrics listener's address, if the gateway has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Scrapes the gateway's metrics endpoint.
+    pub async fn scrape(&self) -> anyhow::Result<Scrape> {
+        let addr = self
+            .metrics_addr
+            .context("the gateway was started without --metrics-listen")?;
+        metrics::scrape(addr).await
     }
 
     /// The address of the first TLS listener, if the gateway has one.
@@ -286,8 +329,18 @@ pub async fn start_announcing(
     command: Command,
     logging: Logging,
 ) -> anyhow::Result<(ChildGuard, SocketAddr)> {
-    let (process, addr, _) = announce(label, command, logging, false).await?;
-    Ok((process, addr))
+    let announced = announce(label, command, logging, false).await?;
+    Ok((announced.process, announced.addr))
+}
+
+/// What a server printed on stdout before it was ready.
+struct Announced {
+    process: ChildGuard,
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    /// From a `metrics on http://<addr>/metrics` line printed before the
+    /// `listening on` lines.
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Starts `command` and waits for its first `listening on http://` line and,
@@ -297,7 +350,7 @@ async fn announce(
     mut command: Command,
     logging: Logging,
     wants_tls: bool,
-) -> anyhow::Result<(ChildGuard, SocketAddr, Option<SocketAddr>)> {
+) -> anyhow::Result<Announced> {
     command.stdout(Stdio::piped());
     let mut process = ChildGuard::spawn_with(label, command, logging)?;
     let stdout = process
@@ -315,9 +368,11 @@ async fn announce(
     });
     let what = format!("the `listening on` line of {label}");
     let lines = wait::within(&what, STARTUP_DEADLINE, async {
-        let (mut plain, mut tls) = (None, None);
+        let (mut plain, mut tls, mut metrics) = (None, None, None);
         while let Some(line) = line_receiver.recv().await {
-            if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
+            if let Some(addr) = metrics::parse_announcement(&line) {
+                metrics.get_or_insert(addr);
+            } else if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
                 plain.get_or_insert_with(|| addr.trim().to_owned());
             } else if let Some(addr) = line.strip_prefix(LISTENING_TLS_PREFIX) {
                 tls.get_or_insert_with(|| addr.trim().to_owned());
@@ -325,13 +380,13 @@ async fn announce(
             if let Some(plain) = &plain
                 && (!wants_tls || tls.is_some())
             {
-                return Some((plain.clone(), tls));
+                return Some((plain.clone(), tls, metrics));
             }
         }
         None
     })
     .await;
-    let (addr, tls_addr) = match lines {
+    let (addr, tls_addr, metrics_addr) = match lines {
         Ok(Some(addrs)) => addrs,
         Ok(None) => anyhow::bail!(
             "{label} closed its stdout without printing `{LISTENING_PREFIX}<addr>`; its stderr:\n{}",
@@ -346,5 +401,10 @@ async fn announce(
     };
     let addr = parse(&addr)?;
     let tls_addr = tls_addr.as_deref().map(parse).transpose()?;
-    Ok((process, addr, tls_addr))
+    Ok(Announced {
+        process,
+        addr,
+        tls_addr,
+        metrics_addr: metrics_addr.transpose()?,
+    })
 }

@@ -13,6 +13,7 @@
 //!   (and [`gateway::start_announcing`] for any server that announces itself so).
 //! - [`client`]: [`Client`], a WebSocket client whose every read has a deadline.
 //! - [`http`]: raw HTTP/1.1 requests with exact control over headers, for refusals.
+//! - [`metrics`]: scraping a `--metrics-listen` endpoint and reading its samples.
 //! - [`fake_backend`]: [`FakeBackend`], an in-process framed backend that records its links.
 //! - [`hostile_backend`]: [`hostile_backend::HostileBackend`], a backend that breaks the link
 //!   protocol on purpose, with a byte-level encoder of its own.
@@ -42,6 +43,7 @@ pub mod fake_backend;
 pub mod gateway;
 pub mod hostile_backend;
 pub mod http;
+pub mod metrics;
 pub mod mode;
 pub mod processes;
 pub mod redis;

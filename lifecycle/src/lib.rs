@@ -1,7 +1,8 @@
 //! The process life cycle that the gateway and every backend share: logging
 //! set-up, the descriptor limit raised to its hard limit, the stop signals
 //! turned into a cancellation token, and the back-off of an accept loop that
-//! ran out of descriptors.
+//! ran out of descriptors; and [`metrics_endpoint`], the `--metrics-listen`
+//! listener that serves a process's metrics.
 //!
 //! What stopping means (closing clients with `1001`, removing socket files)
 //! and what an accept loop serves are the callers' business.
@@ -49,6 +50,7 @@ impl std::fmt::Display for LogFormat {
         })
     }
 }
+pub mod metrics_endpoint;
 
 /// Sets up logging to stderr once per process, filtered by `RUST_LOG`
 /// (default `info`), in `format`; text is in colour only on a terminal.

@@ -146,6 +146,9 @@ impl Gateway {
             gateway::Supervisor::none()
         };
         if self.announce {
+            if let Some(line) = listeners.metrics_announcement()? {
+                println!("{line}");
+            }
             for url in listeners.urls()? {
                 println!("listening on {url}");
             }

@@ -24,6 +24,7 @@ use tokio_util::codec::{Decoder, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::client_stream::ClientStream;
+use crate::metrics::{ClientMetrics, Traffic};
 
 use super::read_ahead::LinkReader;
 use super::{
@@ -41,6 +42,7 @@ pub(crate) async fn run<S: ClientStream>(
     link: FramedLink,
     settings: &RelaySettings,
     shutdown: &CancellationToken,
+    metrics: &ClientMetrics,
 ) {
     let parts = link.into_parts();
     let mut codec = parts.codec;
@@ -71,15 +73,22 @@ pub(crate) async fn run<S: ClientStream>(
     // The payload of the backend's last PING, until the client's pong to it.
     let asked = Mutex::new(None);
     let ending = {
-        let upstream = client_to_backend(&mut client_reader, &mut link_writer, &asked, settings);
+        let upstream = client_to_backend(
+            &mut client_reader,
+            &mut link_writer,
+            &asked,
+            settings,
+            &metrics.to_backend,
+        );
         let downstream = backend_to_client(
             early,
             &mut link_reader,
             &mut client_writer,
             &asked,
             settings,
+            &metrics.to_client,
         );
-        first_ending(upstream, downstream, shutdown).await
+        first_ending(upstream, downstream, shutdown, metrics).await
     };
 
     // The backend learns how the client left, unless it is the one that left.
@@ -129,6 +138,7 @@ async fn client_to_backend<S: ClientStream>(
     link_writer: &mut LinkWriter,
     asked: &Mutex<Option<Bytes>>,
     settings: &RelaySettings,
+    traffic: &Traffic,
 ) -> Ending {
     let mut idle = IdleTimer::new(settings.idle_timeout);
     loop {
@@ -138,6 +148,7 @@ async fn client_to_backend<S: ClientStream>(
         };
         let mut next = first;
         let mut n_batched = 0;
+        let mut tally = traffic.tally();
         // Feed every message that is already here, then flush once.
         loop {
             idle.heard();
@@ -155,11 +166,13 @@ async fn client_to_backend<S: ClientStream>(
                     n_batched += 1;
                 }
                 Some(Ok(message)) => {
+                    let len = message.len();
                     // Other pings and pongs have no record: tungstenite answers pings itself.
                     if let Some(record) = message_to_record(message) {
                         if let Err(error) = link_writer.feed(record).await {
                             return Ending::BackendGone(LinkFailure::Write(error));
                         }
+                        tally.count(len);
                         n_batched += 1;
                     }
                 }
@@ -188,6 +201,7 @@ async fn backend_to_client<S: ClientStream>(
     client_writer: &mut ClientWriter<S>,
     asked: &Mutex<Option<Bytes>>,
     settings: &RelaySettings,
+    traffic: &Traffic,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);
     loop {
@@ -204,6 +218,7 @@ async fn backend_to_client<S: ClientStream>(
         };
         let mut next = first;
         let mut n_batched = 0;
+        let mut tally = traffic.tally();
         loop {
             let message = match next {
                 Some(Ok(Record::Text(text))) => Message::Text(text),
@@ -226,9 +241,11 @@ async fn backend_to_client<S: ClientStream>(
                 Some(Err(error)) => return Ending::BackendGone(LinkFailure::Read(error)),
                 None => return Ending::BackendGone(LinkFailure::Eof),
             };
+            let len = message.len();
             if let Err(error) = client_writer.feed(message).await {
                 return Ending::ClientGone(ClientGone::Write(error));
             }
+            tally.count(len);
             n_batched += 1;
             if n_batched >= MAX_BATCH {
                 break;

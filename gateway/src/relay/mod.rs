@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client_stream::ClientStream;
 use crate::config::Config;
+use crate::metrics::ClientMetrics;
 use raw::RawSplitError;
 
 /// Messages forwarded in one batch before the gateway flushes.
@@ -200,13 +201,14 @@ impl Ending {
 }
 
 /// Runs both directions of a relay until the first of them, or shutdown,
-/// ends it; logs and returns how. The other direction is dropped mid-step,
+/// ends it; logs, counts and returns how. The other direction is dropped mid-step,
 /// which is safe: reads lose nothing, and a half-sent message stays buffered
 /// for the close handshake to flush.
 async fn first_ending(
     upstream: impl Future<Output = Ending>,
     downstream: impl Future<Output = Ending>,
     shutdown: &CancellationToken,
+    metrics: &ClientMetrics,
 ) -> Ending {
     let ending = tokio::select! {
         ending = upstream => ending,
@@ -214,6 +216,7 @@ async fn first_ending(
         () = shutdown.cancelled() => Ending::Shutdown,
     };
     ending.log();
+    metrics.ended(&ending);
     ending
 }
 

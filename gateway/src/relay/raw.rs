@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use link::keepalive::{IdleTimer, PingTicker};
 
 use crate::client_stream::ClientStream;
+use crate::metrics::{ClientMetrics, Traffic};
 
 use super::{
     ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, RelaySettings,
@@ -34,13 +35,24 @@ pub(crate) async fn run<S: ClientStream>(
     link: UnixStream,
     settings: &RelaySettings,
     shutdown: &CancellationToken,
+    metrics: &ClientMetrics,
 ) {
     let (mut link_reader, mut link_writer) = link.into_split();
     let (mut client_writer, mut client_reader) = client.split();
     let ending = {
-        let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
-        let downstream = backend_to_client(&mut link_reader, &mut client_writer, settings);
-        first_ending(upstream, downstream, shutdown).await
+        let upstream = client_to_backend(
+            &mut client_reader,
+            &mut link_writer,
+            settings,
+            &metrics.to_backend,
+        );
+        let downstream = backend_to_client(
+            &mut link_reader,
+            &mut client_writer,
+            settings,
+            &metrics.to_client,
+        );
+        first_ending(upstream, downstream, shutdown, metrics).await
     };
     // Raw mode has no CLOSE: the backend sees the link end.
     let _ = link_writer.shutdown().await;
@@ -57,6 +69,7 @@ async fn client_to_backend<S: ClientStream>(
     client_reader: &mut ClientReader<S>,
     link_writer: &mut OwnedWriteHalf,
     settings: &RelaySettings,
+    traffic: &Traffic,
 ) -> Ending {
     let mut idle = IdleTimer::new(settings.idle_timeout);
     loop {
@@ -84,6 +97,7 @@ async fn client_to_backend<S: ClientStream>(
         if let Err(error) = written {
             return Ending::BackendGone(LinkFailure::RawWrite(error));
         }
+        traffic.count(payload.len());
     }
 }
 
@@ -91,6 +105,7 @@ async fn backend_to_client<S: ClientStream>(
     link_reader: &mut OwnedReadHalf,
     client_writer: &mut ClientWriter<S>,
     settings: &RelaySettings,
+    traffic: &Traffic,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);
     let mut splitter = RawSplitter::new(settings.max_message_size);
@@ -120,7 +135,9 @@ async fn backend_to_client<S: ClientStream>(
             Ok(messages) => messages,
             Err(error) => return Ending::BackendGone(error.into()),
         };
+        let mut tally = traffic.tally();
         for payload in messages {
+            tally.count(payload.len());
             // Cloning `Bytes` only counts a reference.
             let message = match Utf8Bytes::try_from(payload.clone()) {
                 Ok(text) => Message::Text(text),

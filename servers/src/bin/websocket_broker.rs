@@ -242,6 +242,8 @@ fn main() -> ExitCode {
         "broker",
         args.max_message,
     );
+    // Served from the start, at 0; `broker::run_session` counts into it.
+    serve_options.metrics.slow_client_evictions();
     let setup = || {
         let core = Arc::new(match &redis {
             // Client numbers must not clash with another instance's.

@@ -68,12 +68,10 @@ fn main() -> ExitCode {
         }
         Ok(move |session, shutdown| chat::run_session(session, shutdown, Arc::clone(&room)))
     };
-    match backend::launch(
-        &args.common,
-        "websocket_chat",
-        ServeOptions::default(),
-        setup,
-    ) {
+    let serve_options = ServeOptions::default();
+    // Served from the start, at 0; `chat::run_session` counts into it.
+    serve_options.metrics.slow_client_evictions();
+    match backend::launch(&args.common, "websocket_chat", serve_options, setup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("websocket_chat: {error}");

@@ -188,6 +188,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, broker: 
     let connected = broker.core.connect(&meta.peer);
     debug!(client = connected.id, dialect = ?broker.options.dialect, "connected");
     broker.shared_connect(connected.id).await;
+    let evictions = session.metrics().slow_client_evictions();
     let (mut sink, mut stream) = session.split();
     let context = ClientContext {
         broker: &broker,
@@ -213,6 +214,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, broker: 
         Ending::Shutdown => (CloseCode::Away, "server shutting down".to_owned(), true),
         Ending::Closed(closing) => (closing.code, closing.reason, true),
         Ending::Evicted => {
+            evictions.inc();
             let (n_messages, n_bytes) = connected.outbox.n_waiting();
             warn!(
                 n_messages,

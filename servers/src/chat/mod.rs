@@ -77,6 +77,7 @@ enum Ending {
 pub async fn run_session(session: Session, shutdown: CancellationToken, room: Arc<Room>) {
     let (member, outbox) = room.join(&session.meta().peer);
     debug!(client = member.id(), "joined the room");
+    let evictions = session.metrics().slow_client_evictions();
     let (mut sink, mut stream) = session.split();
     // Taken from the outbox, not yet written: still the client's at shutdown.
     let mut batch = VecDeque::with_capacity(WRITE_BATCH);
@@ -98,6 +99,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, room: Ar
             (CloseCode::Away, "server shutting down", pending)
         }
         Ending::Evicted => {
+            evictions.inc();
             let (n_messages, n_bytes) = outbox.n_waiting();
             warn!(
                 queue_capacity = room.options().queue_capacity.get(),

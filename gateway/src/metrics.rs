@@ -1,0 +1,530 @@
+//! The gateway's metrics: one [`Metrics`] registry per `serve`, held in
+//! `Shared` (never a static), served in the Prometheus text format on the
+//! `--metrics-listen` listener by `lifecycle::metrics_endpoint`.
+//! `docs/metrics.md` lists every metric.
+//!
+//! The other modules report events with one call each (`upgrade`,
+//! `backend_accepted`, `authorizer_answered`, ...). A relayed client gets a
+//! [`ClientMetrics`] whose counters are looked up once, when it connects;
+//! a batch of messages is counted in a local [`Tally`] and added with two
+//! atomic additions, with no label look-up.
+//!
+//! Label values are bounded whatever clients send: a `name` label is only
+//! ever a name that passed the allow/deny check and has a socket, and at
+//! most [`MAX_NAME_LABELS`] distinct names get their own series (the rest
+//! are counted as `other`); close codes outside the protocol's own are
+//! counted by class (`3xxx`, `4xxx`).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use crate::refusal::Refusal;
+use crate::relay::Ending;
+use crate::tls::HandshakeError;
+
+/// Distinct backend names with series of their own; further names are `other`.
+pub(crate) const MAX_NAME_LABELS: usize = 1000;
+
+/// The `name` label of names beyond [`MAX_NAME_LABELS`] (and of plain
+/// requests for a name the allow/deny globs refuse).
+pub(crate) const OTHER_NAME: &str = "other";
+
+/// How the gateway serves an accepted client: the `mode` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientMode {
+    /// Framed link, messages relayed.
+    Relay,
+    /// ouistiti's raw mode, bytes relayed.
+    Raw,
+    /// The client's socket handed to the backend.
+    Direct,
+}
+
+impl ClientMode {
+    fn label(self) -> &'static str {
+        match self {
+            ClientMode::Relay => "relay",
+            ClientMode::Raw => "raw",
+            ClientMode::Direct => "direct",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    name: String,
+    mode: &'static str,
+    tls: bool,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabels {
+    name: String,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabels {
+    name: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    direction: &'static str,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    name: String,
+    status: u16,
+}
+
+/// Seconds buckets from 0.5 ms to about 16 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric of one gateway.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Names given a label of their own so far (at most [`MAX_NAME_LABELS`]).
+    named: Mutex<HashSet<String>>,
+    connections_open: Family<ClientLabels, Gauge>,
+    connections: Family<ClientLabels, Counter>,
+    upgrades: Family<StatusLabels, Counter>,
+    messages: Family<TrafficLabels, Counter>,
+    message_bytes: Family<TrafficLabels, Counter>,
+    close_codes: Family<CloseLabels, Counter>,
+    backend_accept: Family<NameLabels, Histogram, fn() -> Histogram>,
+    authorizer_latency: Histogram,
+    authorizer_answers: Family<OutcomeLabels, Counter>,
+    tls_handshakes: Family<OutcomeLabels, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
+    open_fds: Gauge,
+    max_fds: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// A registry with every gateway metric at zero.
+    pub(crate) fn new() -> Metrics {
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            named: Mutex::new(HashSet::new()),
+            connections_open: Family::default(),
+            connections: Family::default(),
+            upgrades: Family::default(),
+            messages: Family::default(),
+            message_bytes: Family::default(),
+            close_codes: Family::default(),
+            backend_accept: Family::new_with_constructor(latency_histogram),
+            authorizer_latency: latency_histogram(),
+            authorizer_answers: Family::default(),
+            tls_handshakes: Family::default(),
+            http_requests: Family::default(),
+            open_fds: Gauge::default(),
+            max_fds: Gauge::default(),
+        };
+        let gateway = metrics.registry.sub_registry_with_prefix("wsgate");
+        gateway.register(
+            "connections_open",
+            "WebSocket clients relayed now, by backend name, mode (relay, raw) and tls",
+            metrics.connections_open.clone(),
+        );
+        gateway.register(
+            "connections",
+            "WebSocket clients accepted (101), by backend name, mode (relay, raw, direct) and tls",
+            metrics.connections.clone(),
+        );
+        gateway.register(
+            "upgrades",
+            "WebSocket upgrade requests by the status answered (101 or the refusal's)",
+            metrics.upgrades.clone(),
+        );
+        gateway.register(
+            "messages",
+            "Messages relayed, by backend name and direction (to_backend, to_client)",
+            metrics.messages.clone(),
+        );
+        gateway.register_with_unit(
+            "message",
+            "Payload bytes of the messages relayed, by backend name and direction",
+            Unit::Bytes,
+            metrics.message_bytes.clone(),
+        );
+        gateway.register(
+            "close_codes",
+            "Close codes sent to and received from relayed clients (direction to_client, from_client); \
+             1006 received: the connection ended without a close frame",
+            metrics.close_codes.clone(),
+        );
+        gateway.register_with_unit(
+            "backend_accept",
+            "Time from connecting to a backend to its ACCEPT, by backend name",
+            Unit::Seconds,
+            metrics.backend_accept.clone(),
+        );
+        gateway.register_with_unit(
+            "authorizer",
+            "Time the authorizer took to answer (answers and timeouts)",
+            Unit::Seconds,
+            metrics.authorizer_latency.clone(),
+        );
+        gateway.register(
+            "authorizer_answers",
+            "Authorizer answers by outcome (allowed, refused, timeout, failed)",
+            metrics.authorizer_answers.clone(),
+        );
+        gateway.register(
+            "tls_handshakes",
+            "TLS handshakes by outcome (ok, failed, timeout)",
+            metrics.tls_handshakes.clone(),
+        );
+        gateway.register(
+            "http_requests",
+            "Plain HTTP requests forwarded to backends (--http), by backend name and status",
+            metrics.http_requests.clone(),
+        );
+        let process = metrics.registry.sub_registry_with_prefix("process");
+        process.register(
+            "open_fds",
+            "Open file descriptors (read from /proc/self/fd at scrape time)",
+            metrics.open_fds.clone(),
+        );
+        process.register(
+            "max_fds",
+            "The soft limit on open file descriptors (RLIMIT_NOFILE)",
+            metrics.max_fds.clone(),
+        );
+        metrics
+    }
+
+    /// The `name` label for `name`, which passed the allow/deny check: the
+    /// name itself while fewer than [`MAX_NAME_LABELS`] names have one.
+    fn name_label(&self, name: &str) -> String {
+        let mut named = self
+            .named
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if named.contains(name) {
+            return name.to_owned();
+        }
+        if named.len() < MAX_NAME_LABELS {
+            named.insert(name.to_owned());
+            return name.to_owned();
+        }
+        OTHER_NAME.to_owned()
+    }
+
+    /// An upgrade request answered with `status` (`101` or a refusal's).
+    pub(crate) fn upgrade(&self, status: u16) {
+        self.upgrades.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    /// A client of `name` got its `101`: the counters of its relay (a
+    /// direct-mode client only counts as accepted; the gateway forgets it).
+    pub(crate) fn client(&self, name: &str, mode: ClientMode, tls: bool) -> ClientMetrics {
+        let name = self.name_label(name);
+        let labels = ClientLabels {
+            name: name.clone(),
+            mode: mode.label(),
+            tls,
+        };
+        self.connections.get_or_create(&labels).inc();
+        let open = (mode != ClientMode::Direct).then(|| {
+            let open = self.connections_open.get_or_create_owned(&labels);
+            open.inc();
+            open
+        });
+        let traffic = |direction| Traffic {
+            messages: self.messages.get_or_create_owned(&TrafficLabels {
+                name: name.clone(),
+                direction,
+            }),
+            bytes: self.message_bytes.get_or_create_owned(&TrafficLabels {
+                name: name.clone(),
+                direction,
+            }),
+        };
+        ClientMetrics {
+            open,
+            to_backend: traffic("to_backend"),
+            to_client: traffic("to_client"),
+            close_codes: self.close_codes.clone(),
+        }
+    }
+
+    /// A backend of `name` accepted a client `elapsed` after the gateway
+    /// started connecting to it.
+    pub(crate) fn backend_accepted(&self, name: &str, elapsed: Duration) {
+        let labels = NameLabels {
+            name: self.name_label(name),
+        };
+        self.backend_accept
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The authorizer answered (or failed to) after `elapsed`.
+    pub(crate) fn authorizer_answered<T>(&self, answer: &Result<T, Refusal>, elapsed: Duration) {
+        let outcome = match answer {
+            Ok(_) => "allowed",
+            Err(Refusal::AuthorizerRefused { .. }) => "refused",
+            Err(Refusal::AuthorizerFailed {
+                cause: crate::authorizer::AuthorizerError::Timeout(_),
+                ..
+            }) => "timeout",
+            Err(_) => "failed",
+        };
+        self.authorizer_latency.observe(elapsed.as_secs_f64());
+        self.authorizer_answers
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A TLS handshake ended.
+    pub(crate) fn tls_handshake<T>(&self, handshake: &Result<T, HandshakeError>) {
+        let outcome = match handshake {
+            Ok(_) => "ok",
+            Err(HandshakeError::Timeout(_)) => "timeout",
+            Err(HandshakeError::Failed(_)) => "failed",
+        };
+        self.tls_handshakes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A plain request for `name` (`--http`) was answered with `status`;
+    /// `allowed` says whether the name passed the allow/deny check.
+    pub(crate) fn http_request(&self, name: &str, allowed: bool, status: u16) {
+        let name = if allowed {
+            self.name_label(name)
+        } else {
+            OTHER_NAME.to_owned()
+        };
+        self.http_requests
+            .get_or_create(&HttpLabels { name, status })
+            .inc();
+    }
+}
+
+impl lifecycle::metrics_endpoint::Render for Metrics {
+    fn render(&self) -> String {
+        let (open, limit) = lifecycle::metrics_endpoint::descriptor_usage();
+        let as_gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.open_fds.set(open.map_or(-1, as_gauge));
+        self.max_fds.set(limit.map_or(-1, as_gauge));
+        let mut text = String::new();
+        if let Err(error) = prometheus_text::encode(&mut text, &self.registry) {
+            tracing::error!(%error, "cannot encode the metrics");
+        }
+        text
+    }
+
+    fn content_type(&self) -> &'static str {
+        prometheus_text::CONTENT_TYPE
+    }
+}
+
+/// What one relayed client counts, looked up once when it connected. The
+/// open-connections gauge goes down when this is dropped.
+#[derive(Debug)]
+pub(crate) struct ClientMetrics {
+    open: Option<Gauge>,
+    /// Messages from the client to its backend.
+    pub(crate) to_backend: Traffic,
+    /// Messages from the backend to the client.
+    pub(crate) to_client: Traffic,
+    close_codes: Family<CloseLabels, Counter>,
+}
+
+impl ClientMetrics {
+    /// Counts the close codes of how the relay ended.
+    pub(crate) fn ended(&self, ending: &Ending) {
+        let count = |direction, code| {
+            self.close_codes
+                .get_or_create(&CloseLabels { direction, code })
+                .inc();
+        };
+        let frame_code = |frame: &Option<CloseFrame>| {
+            close_code_label(frame.as_ref().map(|frame| u16::from(frame.code)))
+        };
+        match ending {
+            Ending::ClientClosed(frame) => {
+                // tungstenite answers with the client's own code.
+                count("from_client", frame_code(frame));
+                count("to_client", frame_code(frame));
+            }
+            Ending::ClientGone(_) => count("from_client", "1006"),
+            Ending::ClientFailed { code, .. } => {
+                count("to_client", close_code_label(Some(u16::from(*code))));
+            }
+            Ending::Idle | Ending::Shutdown => count("to_client", "1001"),
+            Ending::BackendClosed(frame) => count("to_client", frame_code(frame)),
+            Ending::BackendGone(_) => count("to_client", "1011"),
+        }
+    }
+}
+
+impl Drop for ClientMetrics {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.dec();
+        }
+    }
+}
+
+/// The message and byte counters of one direction of one client's relay.
+#[derive(Debug, Clone)]
+pub(crate) struct Traffic {
+    messages: Counter,
+    bytes: Counter,
+}
+
+impl Traffic {
+    /// One message of `len` payload bytes crossed.
+    #[inline]
+    pub(crate) fn count(&self, len: usize) {
+        self.messages.inc();
+        self.bytes.inc_by(len as u64);
+    }
+
+    /// A local tally for one batch, added to these counters when it drops.
+    pub(crate) fn tally(&self) -> Tally<'_> {
+        Tally {
+            traffic: self,
+            n_messages: 0,
+            n_bytes: 0,
+        }
+    }
+}
+
+/// Messages of one batch counted locally: one pair of atomic additions per
+/// batch instead of per message, whichever way the batch ends.
+#[derive(Debug)]
+pub(crate) struct Tally<'a> {
+    traffic: &'a Traffic,
+    n_messages: u64,
+    n_bytes: u64,
+}
+
+impl Tally<'_> {
+    /// One message of `len` payload bytes crossed.
+    #[inline]
+    pub(crate) fn count(&mut self, len: usize) {
+        self.n_messages += 1;
+        self.n_bytes += len as u64;
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if self.n_messages != 0 {
+            self.traffic.messages.inc_by(self.n_messages);
+            self.traffic.bytes.inc_by(self.n_bytes);
+        }
+    }
+}
+
+/// The `code` label of a close code: the protocol's own codes as they are,
+/// the application ranges by class, `none` for a close without a code.
+fn close_code_label(code: Option<u16>) -> &'static str {
+    const CODES: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+        "1011", "1012", "1013", "1014", "1015",
+    ];
+    match code {
+        None => "none",
+        Some(code @ 1000..=1015) => CODES[usize::from(code - 1000)],
+        Some(3000..=3999) => "3xxx",
+        Some(4000..=4999) => "4xxx",
+        Some(_) => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lifecycle::metrics_endpoint::Render;
+
+    use super::*;
+
+    #[test]
+    fn names_beyond_the_cap_share_the_other_label() {
+        let metrics = Metrics::new();
+        for index in 0..MAX_NAME_LABELS {
+            assert_eq!(
+                metrics.name_label(&format!("n{index}")),
+                format!("n{index}")
+            );
+        }
+        assert_eq!(metrics.name_label("one-too-many"), OTHER_NAME);
+        assert_eq!(
+            metrics.name_label("n7"),
+            "n7",
+            "a known name keeps its label"
+        );
+    }
+
+    #[test]
+    fn close_codes_are_bounded_labels() {
+        assert_eq!(close_code_label(Some(1000)), "1000");
+        assert_eq!(close_code_label(Some(1015)), "1015");
+        assert_eq!(close_code_label(Some(3001)), "3xxx");
+        assert_eq!(close_code_label(Some(4999)), "4xxx");
+        assert_eq!(close_code_label(Some(2000)), "other");
+        assert_eq!(close_code_label(None), "none");
+    }
+
+    #[test]
+    fn a_relayed_client_is_open_until_its_metrics_are_dropped() {
+        let metrics = Metrics::new();
+        metrics.upgrade(101);
+        let client = metrics.client("chat", ClientMode::Relay, false);
+        client.to_backend.count(5);
+        client.to_client.count(7);
+        client.ended(&Ending::Idle);
+        let text = metrics.render();
+        for line in [
+            "wsgate_connections_open{name=\"chat\",mode=\"relay\",tls=\"false\"} 1",
+            "wsgate_connections_total{name=\"chat\",mode=\"relay\",tls=\"false\"} 1",
+            "wsgate_upgrades_total{status=\"101\"} 1",
+            "wsgate_messages_total{name=\"chat\",direction=\"to_backend\"} 1",
+            "wsgate_message_bytes_total{name=\"chat\",direction=\"to_client\"} 7",
+            "wsgate_close_codes_total{direction=\"to_client\",code=\"1001\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(text.contains("process_open_fds "), "{text}");
+        drop(client);
+        assert!(
+            metrics
+                .render()
+                .contains("wsgate_connections_open{name=\"chat\",mode=\"relay\",tls=\"false\"} 0")
+        );
+    }
+}
