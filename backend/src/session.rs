@@ -164,7 +164,8 @@ impl Incoming {
                     Some(limits) => self.direct_options.with_limits(limits),
                     None => self.direct_options,
                 };
-                let (client, peer) = direct::take_over(parts.io, options).await?;
+                let (client, peer) =
+                    direct::take_over(parts.io, options, self.meta.deflate).await?;
                 if let Some(peer) = peer {
                     self.meta.peer = peer.to_string();
                 }

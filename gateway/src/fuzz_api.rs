@@ -3,6 +3,7 @@
 //! `cargo fuzz` sets; no product code may use it (docs/fuzzing.md).
 
 pub use crate::handshake::UpgradeRequest;
+pub use crate::deflate::{ExtensionOffer, parse_extensions};
 pub use crate::route::{MAX_SOCKET_PATH, RouteError, Target, parse_name, resolve};
 
 /// `handshake::validate`, with a refusal reduced to its HTTP status.
@@ -16,7 +17,7 @@ pub fn switching_protocols_headers(
     protocol: Option<&str>,
     extra_headers: &std::collections::BTreeMap<String, String>,
 ) -> http::HeaderMap {
-    crate::handshake::switching_protocols(key, protocol, extra_headers)
+    crate::handshake::switching_protocols(key, protocol, None, extra_headers)
         .into_parts()
         .0
         .headers

@@ -21,13 +21,15 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use link::{ClientLimits, LINK_VERSION, LinkMode, OpenMeta, TlsInfo};
+use link::deflate::MessageDeflater;
+use link::{ClientLimits, DeflateParams, LINK_VERSION, LinkMode, OpenMeta, TlsInfo};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::authorizer::ConnectQuestion;
 use crate::backend;
 use crate::client_stream::ClientStream;
+use crate::deflate;
 use crate::handoff;
 use crate::handshake::{self, UpgradeRequest};
 use crate::refusal::Refusal;
@@ -64,15 +66,21 @@ pub(crate) async fn handle<S: ClientStream>(
             link,
             protocol,
             extra_headers,
+            deflate,
             permit,
         }) => {
-            let response =
-                handshake::switching_protocols(&upgrade.key, protocol.as_deref(), &extra_headers);
+            let response = handshake::switching_protocols(
+                &upgrade.key,
+                protocol.as_deref(),
+                deflate.as_ref().map(|agreement| &agreement.response),
+                &extra_headers,
+            );
+            let deflate = deflate.map(|agreement| agreement.params);
             let shared_for_relay = Arc::clone(shared);
             shared.tracker.spawn(
                 async move {
                     tracing::debug!(socket = %target.socket_path.display(), "relaying");
-                    relay_upgraded::<S>(on_upgrade, link, &shared_for_relay).await;
+                    relay_upgraded::<S>(on_upgrade, link, deflate, &shared_for_relay).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -95,6 +103,8 @@ struct Accepted {
     protocol: Option<String>,
     /// The backend's extra response headers.
     extra_headers: BTreeMap<String, String>,
+    /// permessage-deflate, if agreed.
+    deflate: Option<deflate::Agreement>,
     /// The client's connection slot, held until its relay ends.
     permit: OwnedSemaphorePermit,
 }
@@ -141,6 +151,11 @@ async fn accept(
     let permit = Arc::clone(&shared.clients)
         .try_acquire_owned()
         .map_err(|_| Refusal::ConnectionLimit(config.max_connections))?;
+    let deflate = if config.deflate.is_enabled(&target.name) {
+        deflate::negotiate(request.headers())
+    } else {
+        None
+    };
 
     let is_direct =
         config.names.is_direct(&target.name) && !relay_tls_client(&target.name, tls, shared);
@@ -157,6 +172,7 @@ async fn accept(
             target,
             link: Link::Raw(stream),
             extra_headers: BTreeMap::new(),
+            deflate,
             permit,
         });
     }
@@ -182,6 +198,12 @@ async fn accept(
         }),
         tls: tls.cloned(),
         identity,
+        // A relayed backend never sees compression; a direct one does it itself.
+        deflate: if is_direct {
+            deflate.as_ref().map(|agreement| agreement.params)
+        } else {
+            None
+        },
     };
     let (link, reply) = backend::open_framed(
         &target.socket_path,
@@ -201,6 +223,7 @@ async fn accept(
             Link::Framed(link)
         },
         extra_headers: reply.headers,
+        deflate,
         permit,
     })
 }
@@ -238,7 +261,12 @@ fn resolve(docroot: &std::path::Path, name: &str, protocols: &[String]) -> Resul
 }
 
 /// Waits for hyper to hand over the connection after the `101`, then relays.
-async fn relay_upgraded<S: ClientStream>(on_upgrade: OnUpgrade, link: Link, shared: &Shared) {
+async fn relay_upgraded<S: ClientStream>(
+    on_upgrade: OnUpgrade,
+    link: Link,
+    deflate: Option<DeflateParams>,
+    shared: &Shared,
+) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(error) => {
@@ -256,12 +284,14 @@ async fn relay_upgraded<S: ClientStream>(on_upgrade: OnUpgrade, link: Link, shar
     let settings = &shared.settings;
     match link {
         Link::Framed(link) => {
-            let client = relay::client_websocket(stream, pending, settings).await;
-            relay::framed::run(client, link, settings, &shared.shutdown).await;
+            let client = relay::client_websocket(stream, pending, settings, deflate).await;
+            let deflater = deflate.map(MessageDeflater::new);
+            relay::framed::run(client, link, settings, deflater, &shared.shutdown).await;
         }
         Link::Raw(link) => {
-            let client = relay::client_websocket(stream, pending, settings).await;
-            relay::raw::run(client, link, settings, &shared.shutdown).await;
+            let client = relay::client_websocket(stream, pending, settings, deflate).await;
+            let deflater = deflate.map(MessageDeflater::new);
+            relay::raw::run(client, link, settings, deflater, &shared.shutdown).await;
         }
         Link::Direct(link) => match stream.into_tcp() {
             Ok(tcp) => handoff::hand_over(tcp, pending, link, settings).await,

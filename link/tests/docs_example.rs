@@ -86,6 +86,7 @@ fn the_open_example_is_what_open_meta_writes() {
         limits: None,
         tls: None,
         identity: None,
+        deflate: None,
     };
     let json = open_json();
     assert_eq!(

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use link::deflate::MessageDeflater;
 use link::keepalive::{IdleTimer, PingTicker};
 use link::message::{close_frame_for_client, close_info, message_to_record};
 use link::{CloseInfo, LinkError, Record, RecordCodec};
@@ -23,7 +24,7 @@ use crate::client_stream::ClientStream;
 use super::read_ahead::LinkReader;
 use super::{
     ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, MAX_BATCH,
-    RelaySettings, client_error, close_client, first_ending,
+    RelaySettings, client_error, close_client, compressed, first_ending,
 };
 use crate::backend::FramedLink;
 
@@ -35,6 +36,7 @@ pub(crate) async fn run<S: ClientStream>(
     client: ClientWs<S>,
     link: FramedLink,
     settings: &RelaySettings,
+    deflater: Option<MessageDeflater>,
     shutdown: &CancellationToken,
 ) {
     let parts = link.into_parts();
@@ -65,7 +67,7 @@ pub(crate) async fn run<S: ClientStream>(
 
     let ending = {
         let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
-        let downstream = backend_to_client(early, &mut link_reader, &mut client_writer, settings);
+        let downstream = backend_to_client(early, &mut link_reader, &mut client_writer, settings, deflater);
         first_ending(upstream, downstream, shutdown).await
     };
 
@@ -167,6 +169,7 @@ async fn backend_to_client<S: ClientStream>(
     link_reader: &mut LinkReader,
     client_writer: &mut ClientWriter<S>,
     settings: &RelaySettings,
+    mut deflater: Option<MessageDeflater>,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);
     loop {
@@ -199,7 +202,7 @@ async fn backend_to_client<S: ClientStream>(
                 Some(Err(error)) => return Ending::BackendGone(LinkFailure::Read(error)),
                 None => return Ending::BackendGone(LinkFailure::Eof),
             };
-            if let Err(error) = client_writer.feed(message).await {
+            if let Err(error) = client_writer.feed(compressed(&mut deflater, message)).await {
                 return Ending::ClientGone(ClientGone::Write(error));
             }
             n_batched += 1;

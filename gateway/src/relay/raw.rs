@@ -15,13 +15,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use link::deflate::MessageDeflater;
 use link::keepalive::{IdleTimer, PingTicker};
 
 use crate::client_stream::ClientStream;
 
 use super::{
     ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, RelaySettings,
-    client_error, close_client, first_ending,
+    client_error, close_client, compressed, first_ending,
 };
 
 /// Bytes read from a raw backend at a time.
@@ -33,13 +34,14 @@ pub(crate) async fn run<S: ClientStream>(
     client: ClientWs<S>,
     link: UnixStream,
     settings: &RelaySettings,
+    deflater: Option<MessageDeflater>,
     shutdown: &CancellationToken,
 ) {
     let (mut link_reader, mut link_writer) = link.into_split();
     let (mut client_writer, mut client_reader) = client.split();
     let ending = {
         let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
-        let downstream = backend_to_client(&mut link_reader, &mut client_writer, settings);
+        let downstream = backend_to_client(&mut link_reader, &mut client_writer, settings, deflater);
         first_ending(upstream, downstream, shutdown).await
     };
     // Raw mode has no CLOSE: the backend sees the link end.
@@ -91,6 +93,7 @@ async fn backend_to_client<S: ClientStream>(
     link_reader: &mut OwnedReadHalf,
     client_writer: &mut ClientWriter<S>,
     settings: &RelaySettings,
+    mut deflater: Option<MessageDeflater>,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);
     let mut splitter = RawSplitter::new(settings.max_message_size);
@@ -126,7 +129,7 @@ async fn backend_to_client<S: ClientStream>(
                 Ok(text) => Message::Text(text),
                 Err(_) => Message::Binary(payload),
             };
-            if let Err(error) = client_writer.feed(message).await {
+            if let Err(error) = client_writer.feed(compressed(&mut deflater, message)).await {
                 return Ending::ClientGone(ClientGone::Write(error));
             }
         }
