@@ -10,7 +10,7 @@
 use anyhow::{Context, bail};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use harness::http::{self, HandshakeRequest, HttpResponse};
-use harness::tls::{self, ClientStream};
+use harness::tls::{self as wss, ClientStream};
 use harness::{Backend, EVENT_DEADLINE, Gateway, Mode, wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -46,10 +46,10 @@ impl RawClient {
         let (mut stream, host) = if mode == Mode::Tls {
             let addr = gateway.tls_addr().context("a TLS listener")?;
             let config = gateway.tls_client_config().context("the test CA")?;
-            let tls = tls::connect(addr, tls::SERVER_NAME, config).await?;
+            let tls = wss::connect(addr, wss::SERVER_NAME, config).await?;
             (
                 ClientStream::Tls(Box::new(tls)),
-                format!("{}:{}", tls::SERVER_NAME, addr.port()),
+                format!("{}:{}", wss::SERVER_NAME, addr.port()),
             )
         } else {
             let tcp = TcpStream::connect(gateway.addr()).await?;
@@ -362,8 +362,8 @@ async fn misplaced_rsv1_bits_are_1002(mode: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
-harness::all_modes!(compressed_messages_cross_both_ways);
-harness::both_modes!(
+harness::all_modes!(
+    compressed_messages_cross_both_ways,
     a_message_inflating_past_the_limit_is_1009_in_bounded_memory,
     misplaced_rsv1_bits_are_1002
 );
