@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use link::deflate::MessageDeflater;
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
 use link::websocket::{DIRECT_READ_BUFFER, ReadAhead, client_config};
-use link::deflate::MessageDeflater;
 use link::{ClientLimits, DeflateParams, LinkError, close_for_client_error, fd_pass};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::WebSocketStream;

@@ -12,6 +12,7 @@
 //!   batches and echoes parsed in place, fast enough not to be the bottleneck.
 //! - [`exec`]: `wsgate-bench exec`, websocket_exec against websocketd.
 //! - [`broker`]: `websocket_broker`'s channel fan-out next to the chat's, behind one gateway.
+//! - [`deflate`]: `wsgate-bench deflate`, permessage-deflate on a JSON chat workload.
 //! - [`report`]: the markdown tables with ratios to the baseline and CPU per operation.
 //!
 //! `src/main.rs` is the `wsgate-bench` command; BENCHMARKS.md says how to run it.
@@ -19,6 +20,7 @@
 
 pub mod baseline;
 pub mod broker;
+pub mod deflate;
 pub mod exec;
 pub mod pipeline;
 pub mod report;

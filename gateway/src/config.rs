@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::deflate::DeflateNames;
 use crate::access::{DirectGlobError, GlobError, NamePolicy, OriginError, OriginPolicy};
 use crate::authorizer::{AuthorizerConfigError, AuthorizerRules};
+use crate::deflate::DeflateNames;
 use crate::forward::{HttpGlobError, HttpNames};
 
 /// Default listen address.

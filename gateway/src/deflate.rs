@@ -355,13 +355,18 @@ mod tests {
         ] {
             check(&[bad], None);
             check(
-                &[&format!("{bad}, permessage-deflate; client_no_context_takeover")],
+                &[&format!(
+                    "{bad}, permessage-deflate; client_no_context_takeover"
+                )],
                 Some(BOTH),
             );
         }
         // Offers spread over two header lines count in order.
         check(
-            &["permessage-deflate; x=1", "permessage-deflate; server_max_window_bits=12"],
+            &[
+                "permessage-deflate; x=1",
+                "permessage-deflate; server_max_window_bits=12",
+            ],
             Some(&format!("{BOTH}; server_max_window_bits=12")),
         );
     }

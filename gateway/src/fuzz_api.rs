@@ -2,8 +2,8 @@
 //! fuzz targets in `fuzz/` only. Compiled under `--cfg fuzzing`, which
 //! `cargo fuzz` sets; no product code may use it (docs/fuzzing.md).
 
-pub use crate::handshake::UpgradeRequest;
 pub use crate::deflate::{ExtensionOffer, parse_extensions};
+pub use crate::handshake::UpgradeRequest;
 pub use crate::route::{MAX_SOCKET_PATH, RouteError, Target, parse_name, resolve};
 
 /// `deflate::negotiate`: the agreed parameters and the response header's value.

@@ -329,7 +329,9 @@ impl FrameInflater {
                 if input.is_empty() {
                     return Ok(Step::NeedInput);
                 }
-                let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(input.len());
+                let n = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
                 output.extend_from_slice(&input[..n]);
                 input.advance(n);
                 let remaining = remaining - n as u64;
@@ -408,9 +410,7 @@ impl FrameInflater {
         if let InMessage::Compressed { compressed, .. } = &mut self.message {
             *compressed = compressed.saturating_add(header.payload_len);
             // Deflate never grows data by more than a few bytes per 16 KiB block.
-            let bound = self.max_message_size as u64
-                + self.max_message_size as u64 / 256
-                + 1024;
+            let bound = self.max_message_size as u64 + self.max_message_size as u64 / 256 + 1024;
             if *compressed > bound {
                 return Err(DeflateError::TooBig {
                     max_message_size: self.max_message_size,
@@ -725,7 +725,11 @@ mod tests {
                 .enumerate()
                 .map(|(idx, byte)| byte ^ header.mask[idx % 4])
                 .collect();
-            frames.push((header.opcode | (u8::from(header.rsv1) << 6), header.fin, payload));
+            frames.push((
+                header.opcode | (u8::from(header.rsv1) << 6),
+                header.fin,
+                payload,
+            ));
             rest = &rest[end..];
         }
         assert!(rest.is_empty(), "output ends on a frame boundary");
@@ -733,7 +737,10 @@ mod tests {
     }
 
     fn joined(frames: &[(u8, bool, Vec<u8>)]) -> Vec<u8> {
-        frames.iter().flat_map(|(_, _, payload)| payload.clone()).collect()
+        frames
+            .iter()
+            .flat_map(|(_, _, payload)| payload.clone())
+            .collect()
     }
 
     #[test]
@@ -856,7 +863,9 @@ mod tests {
             .collect();
         let noisy = Message::binary(noise);
         assert_eq!(deflater.compress(noisy.clone()), noisy);
-        let ping = Message::Ping(bytes::Bytes::from_static(b"keepalive keepalive keepalive keepalive"));
+        let ping = Message::Ping(bytes::Bytes::from_static(
+            b"keepalive keepalive keepalive keepalive",
+        ));
         assert_eq!(deflater.compress(ping.clone()), ping);
     }
 }

@@ -343,21 +343,30 @@ mod tests {
         let params = open.deflate.expect("deflate agreed");
         assert!(params.server_no_context_takeover && params.client_no_context_takeover);
         assert_eq!(params.server_max_window_bits, 10);
-        assert_eq!(OpenMeta::from_payload(&open.to_payload()).expect("round trip"), open);
+        assert_eq!(
+            OpenMeta::from_payload(&open.to_payload()).expect("round trip"),
+            open
+        );
         // Omitted window sizes are RFC 7692's default, 15 bits.
         let text = PLAIN_OPEN.replace("}", r#","deflate":{}}"#);
         let params = OpenMeta::from_payload(text.as_bytes())
             .expect("valid OPEN")
             .deflate
             .expect("agreed");
-        assert_eq!((params.server_max_window_bits, params.client_max_window_bits), (15, 15));
+        assert_eq!(
+            (params.server_max_window_bits, params.client_max_window_bits),
+            (15, 15)
+        );
         assert!(!params.server_no_context_takeover);
         for bits in [0, 7, 16, 255] {
             let text = PLAIN_OPEN.replace(
                 "}",
                 &format!(r#","deflate":{{"server_max_window_bits":{bits}}}}}"#),
             );
-            assert!(OpenMeta::from_payload(text.as_bytes()).is_err(), "{bits} bits");
+            assert!(
+                OpenMeta::from_payload(text.as_bytes()).is_err(),
+                "{bits} bits"
+            );
         }
     }
 

@@ -199,7 +199,11 @@ fn the_direct_mode_deflate_example_holds() {
         .expect("the compressed frame is shown");
     let frame: Vec<u8> = frame_line['→'.len_utf8()..]
         .split_whitespace()
-        .map_while(|token| u8::from_str_radix(token, 16).ok().filter(|_| token.len() == 2))
+        .map_while(|token| {
+            u8::from_str_radix(token, 16)
+                .ok()
+                .filter(|_| token.len() == 2)
+        })
         .collect();
     let handoff_line = section
         .lines()

@@ -275,7 +275,8 @@ async fn echo_page_negotiates_permessage_deflate() -> anyhow::Result<()> {
     let htdocs = htdocs.to_str().expect("the repository path is UTF-8");
     let long = "a message long enough to be compressed, ".repeat(4);
     for mode in [Mode::Relay, Mode::Direct] {
-        let gateway = Gateway::start(docroot.path(), &mode.with_args(&["--htdocs", htdocs])).await?;
+        let gateway =
+            Gateway::start(docroot.path(), &mode.with_args(&["--htdocs", htdocs])).await?;
         let page = browser.page().await?;
         page.open(&gateway.http_url("/echo.html")).await?;
         page.wait_for_text("#status", "open").await?;

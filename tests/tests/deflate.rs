@@ -293,7 +293,9 @@ async fn compressed_messages_cross_both_ways(mode: Mode) -> anyhow::Result<()> {
     assert_eq!(payload, binary);
     // A large compressed message crosses in pieces of the gateway's choosing.
     let large = chat_line(3).repeat(20_000);
-    client.send_compressed(OPCODE_TEXT, large.as_bytes(), 4).await?;
+    client
+        .send_compressed(OPCODE_TEXT, large.as_bytes(), 4)
+        .await?;
     let (_, compressed, payload) = client.recv_message().await?;
     assert!(compressed);
     assert_eq!(payload, large.as_bytes());
@@ -303,7 +305,9 @@ async fn compressed_messages_cross_both_ways(mode: Mode) -> anyhow::Result<()> {
         client.recv_message().await?,
         (OPCODE_TEXT, false, b"hi".to_vec())
     );
-    client.send_frame(FIN | OPCODE_CLOSE, &1000u16.to_be_bytes()).await?;
+    client
+        .send_frame(FIN | OPCODE_CLOSE, &1000u16.to_be_bytes())
+        .await?;
     assert_eq!(client.expect_close_code().await?, 1000);
     Ok(())
 }

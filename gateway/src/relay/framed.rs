@@ -67,7 +67,13 @@ pub(crate) async fn run<S: ClientStream>(
 
     let ending = {
         let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
-        let downstream = backend_to_client(early, &mut link_reader, &mut client_writer, settings, deflater);
+        let downstream = backend_to_client(
+            early,
+            &mut link_reader,
+            &mut client_writer,
+            settings,
+            deflater,
+        );
         first_ending(upstream, downstream, shutdown).await
     };
 

@@ -41,7 +41,8 @@ pub(crate) async fn run<S: ClientStream>(
     let (mut client_writer, mut client_reader) = client.split();
     let ending = {
         let upstream = client_to_backend(&mut client_reader, &mut link_writer, settings);
-        let downstream = backend_to_client(&mut link_reader, &mut client_writer, settings, deflater);
+        let downstream =
+            backend_to_client(&mut link_reader, &mut client_writer, settings, deflater);
         first_ending(upstream, downstream, shutdown).await
     };
     // Raw mode has no CLOSE: the backend sees the link end.
