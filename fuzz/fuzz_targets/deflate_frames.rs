@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
             match inflater.step(&mut input, &mut output) {
                 Ok(Step::Progress) => {
                     // What passes through, or one inflated chunk and its header.
-                    assert!(output.len() <= before.max(16 * 1024 + 14), "one chunk per step");
+                    assert!(
+                        output.len() <= before.max(16 * 1024 + 14),
+                        "one chunk per step"
+                    );
                 }
                 Ok(Step::NeedInput) => break,
                 Err(_) => return,

@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
     for (name, value) in &offer.params {
         match (name.as_str(), value) {
             ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
-            ("server_max_window_bits", Some(bits)) => window = Some(bits.parse::<u8>().expect("digits")),
+            ("server_max_window_bits", Some(bits)) => {
+                window = Some(bits.parse::<u8>().expect("digits"))
+            }
             other => panic!("unexpected response parameter {other:?}"),
         }
     }
