@@ -118,7 +118,7 @@ thread_local! {
     /// every client with `server_no_context_takeover` on this thread.
     static COMPRESSORS: RefCell<[Option<Box<Compress>>; 8]> = RefCell::default();
     /// Inflaters between two messages of clients with `client_no_context_takeover`.
-    static INFLATERS: RefCell<Vec<Box<Decompress>>> = const { RefCell::new(Vec::new()) };
+    static INFLATERS: RefCell<Vec<Decompress>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A compressor for `window_bits`: zlib cannot make raw deflate with a
@@ -290,7 +290,7 @@ pub struct FrameInflater {
     message: InMessage,
     /// This client's inflater: while a message is inflated, or for good when
     /// the client keeps its context.
-    inflater: Option<Box<Decompress>>,
+    inflater: Option<Decompress>,
 }
 
 /// What one step over the input did.
@@ -403,7 +403,7 @@ impl FrameInflater {
                 self.inflater = Some(
                     INFLATERS
                         .with(|pool| pool.borrow_mut().pop())
-                        .unwrap_or_else(|| Box::new(Decompress::new(false))),
+                        .unwrap_or_else(|| Decompress::new(false)),
                 );
             }
         }
