@@ -299,11 +299,11 @@ async fn compressed_messages_cross_both_ways(mode: Mode) -> anyhow::Result<()> {
     let (_, compressed, payload) = client.recv_message().await?;
     assert!(compressed);
     assert_eq!(payload, large.as_bytes());
-    // Too short to be worth it: it comes back as it is.
+    // Even a short message comes back compressed.
     client.send_compressed(OPCODE_TEXT, b"hi", 1).await?;
     assert_eq!(
         client.recv_message().await?,
-        (OPCODE_TEXT, false, b"hi".to_vec())
+        (OPCODE_TEXT, true, b"hi".to_vec())
     );
     client
         .send_frame(FIN | OPCODE_CLOSE, &1000u16.to_be_bytes())
