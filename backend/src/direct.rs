@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use link::deflate::MessageDeflater;
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
 use link::websocket::{DIRECT_READ_BUFFER, ReadAhead, client_config};
-use link::{ClientLimits, LinkError, close_for_client_error, fd_pass};
+use link::{ClientLimits, DeflateParams, LinkError, close_for_client_error, fd_pass};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -59,12 +60,16 @@ impl DirectOptions {
 }
 
 /// Receives the client's socket and the bytes the gateway read past the
-/// handshake from `link`, and wraps them into a server-role WebSocket.
+/// handshake from `link`, and wraps them into a server-role WebSocket that
+/// applies the permessage-deflate the gateway agreed, if any (`deflate`
+/// from OPEN): the client's compressed messages are inflated before the
+/// server sees them, and what the server sends is compressed.
 ///
 /// Returns the client and its address as the socket reports it.
 pub(crate) async fn take_over(
     mut link: UnixStream,
     options: DirectOptions,
+    deflate: Option<DeflateParams>,
 ) -> Result<(DirectClient, Option<SocketAddr>), LinkError> {
     let (client_fd, pending) = fd_pass::recv_handoff(&mut link, options.max_message_size).await?;
     // The link has done its job; closing it tells the gateway it may let go.
@@ -75,14 +80,24 @@ pub(crate) async fn take_over(
     let tcp = TcpStream::from_std(std_stream)?;
     let _ = tcp.set_nodelay(true);
     let config = client_config(options.max_message_size, DIRECT_READ_BUFFER);
-    let ws = WebSocketStream::from_partially_read(
-        ReadAhead::new(tcp),
-        pending.to_vec(),
-        Role::Server,
-        Some(config),
-    )
-    .await;
-    Ok((DirectClient::new(ws, options), peer))
+    let ws = match deflate {
+        Some(params) => {
+            // The pending bytes are frames too: they go through the inflater.
+            let stream = ReadAhead::inflating(tcp, &pending, params, options.max_message_size);
+            WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
+        }
+        None => {
+            WebSocketStream::from_partially_read(
+                ReadAhead::new(tcp),
+                pending.to_vec(),
+                Role::Server,
+                Some(config),
+            )
+            .await
+        }
+    };
+    let deflater = deflate.map(MessageDeflater::new);
+    Ok((DirectClient::new(ws, options, deflater), peer))
 }
 
 /// A WebSocket client on its own socket, behaving like a relayed session.
@@ -96,10 +111,16 @@ pub(crate) struct DirectClient {
     closed: bool,
     /// The payload of the server's last ping, until the client's pong to it.
     asked: Option<Bytes>,
+    /// Compresses outgoing messages when permessage-deflate was agreed.
+    deflater: Option<MessageDeflater>,
 }
 
 impl DirectClient {
-    fn new(ws: WebSocketStream<ReadAhead<TcpStream>>, options: DirectOptions) -> DirectClient {
+    fn new(
+        ws: WebSocketStream<ReadAhead<TcpStream>>,
+        options: DirectOptions,
+        deflater: Option<MessageDeflater>,
+    ) -> DirectClient {
         DirectClient {
             ws,
             pings: PingTicker::new(options.ping_interval),
@@ -107,6 +128,7 @@ impl DirectClient {
             idle: IdleTimer::new(options.idle_timeout),
             closed: false,
             asked: None,
+            deflater,
         }
     }
 
@@ -225,10 +247,15 @@ impl Sink<Message> for DirectClient {
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), tungstenite::Error> {
+        let this = &mut *self;
         if let Message::Ping(payload) = &message {
-            self.asked = Some(payload.clone());
+            this.asked = Some(payload.clone());
         }
-        self.ws.start_send_unpin(message)
+        let message = match &mut this.deflater {
+            Some(deflater) => deflater.compress(message),
+            None => message,
+        };
+        this.ws.start_send_unpin(message)
     }
 
     fn poll_flush(

@@ -174,7 +174,8 @@ impl Incoming {
                 if let Some(max) = reply.max_message_size {
                     options.max_message_size = options.max_message_size.min(max);
                 }
-                let (client, peer) = direct::take_over(parts.io, options).await?;
+                let (client, peer) =
+                    direct::take_over(parts.io, options, self.meta.deflate).await?;
                 if let Some(peer) = peer {
                     self.meta.peer = peer.to_string();
                 }

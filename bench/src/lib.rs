@@ -14,6 +14,7 @@
 //! - [`broker`]: `websocket_broker`'s channel fan-out next to the chat's, behind one gateway.
 //! - [`hold`]: `wsgate-bench hold`, 30,000 idle relayed clients on one port through `wsgate --workers`.
 //! - [`redis`]: the chat's fan-out over two instances sharing one Redis, against one instance alone.
+//! - [`deflate`]: `wsgate-bench deflate`, permessage-deflate on a JSON chat workload.
 //! - [`report`]: the markdown tables with ratios to the baseline and CPU per operation.
 //!
 //! `src/main.rs` is the `wsgate-bench` command; BENCHMARKS.md says how to run it.
@@ -21,6 +22,7 @@
 
 pub mod baseline;
 pub mod broker;
+pub mod deflate;
 pub mod exec;
 pub mod hold;
 pub mod pipeline;

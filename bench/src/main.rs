@@ -50,6 +50,9 @@ enum Command {
     },
     /// websocket_exec (relay, direct) against websocketd on the same program (bench/src/exec.rs).
     Exec(bench::exec::ExecArgs),
+    /// permessage-deflate on a JSON chat workload, relay and direct: bytes on
+    /// the wire, CPU per message, idle memory (bench/src/deflate.rs).
+    Deflate(bench::deflate::DeflateArgs),
     /// websocket_broker's channel fan-out next to the chat's fan-out, behind wsgate relay and
     /// direct; prints a markdown table.
     BrokerFanout {
@@ -178,6 +181,7 @@ fn main() -> anyhow::Result<()> {
         Command::Exec(exec_args) => runtime.block_on(bench::exec::run(exec_args)),
         Command::Hold(hold_args) => runtime.block_on(bench::hold::run(hold_args)),
         Command::HoldClients(clients_args) => runtime.block_on(bench::hold::clients(clients_args)),
+        Command::Deflate(deflate_args) => runtime.block_on(bench::deflate::run(deflate_args)),
         Command::BaselineServer {
             listen,
             unix,

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::access::{DirectGlobError, GlobError, NamePolicy, OriginError, OriginPolicy};
 use crate::authorizer::{AuthorizerConfigError, AuthorizerRules};
+use crate::deflate::DeflateNames;
 use crate::forward::{HttpGlobError, HttpNames};
 use crate::supervisor::{BackendConfigError, BackendSpec, BackendTable, backend_specs};
 
@@ -167,6 +168,16 @@ pub struct Args {
     #[arg(long)]
     pub raw_nul: bool,
 
+    /// Never negotiate permessage-deflate (RFC 7692). By default a client
+    /// that offers it gets its messages compressed, relayed or direct.
+    #[arg(long)]
+    pub no_deflate: bool,
+
+    /// Glob of names that never negotiate permessage-deflate (repeatable).
+    /// [default: none]
+    #[arg(long, value_name = "GLOB")]
+    pub no_deflate_for: Vec<String>,
+
     /// Glob of names that also take plain HTTP requests (repeatable): a
     /// request for `/<name>` or a path below it that is not an upgrade goes
     /// to the backend as one REQUEST record and is answered with its
@@ -296,6 +307,8 @@ struct FileConfig {
     raw: Option<Vec<String>>,
     direct: Option<Vec<String>>,
     raw_nul: Option<bool>,
+    no_deflate: Option<bool>,
+    no_deflate_for: Option<Vec<String>>,
     http: Option<Vec<String>>,
     max_request_body: Option<usize>,
     authorizer: Option<AuthorizerSetting>,
@@ -471,6 +484,8 @@ pub struct Config {
     pub(crate) names: NamePolicy,
     /// Raw mode: end each client message with a NUL byte towards the backend.
     pub(crate) raw_nul: bool,
+    /// Which names negotiate permessage-deflate.
+    pub(crate) deflate: DeflateNames,
     /// Names that also take plain HTTP requests.
     pub(crate) http: HttpNames,
     /// Largest request body forwarded to a backend.
@@ -744,6 +759,10 @@ impl Config {
             htdocs: args.htdocs.or(file.htdocs),
             names: NamePolicy::new(&allow, &deny, &raw)?.with_direct(&direct)?,
             raw_nul: args.raw_nul || file.raw_nul.unwrap_or(false),
+            deflate: DeflateNames::new(
+                args.no_deflate || file.no_deflate.unwrap_or(false),
+                &list(args.no_deflate_for, file.no_deflate_for, &[]),
+            )?,
             http,
             max_request_body,
             authorizers,
@@ -960,6 +979,8 @@ mod tests {
             "--direct",
             "fast/*",
             "--raw-nul",
+            "--no-deflate-for",
+            "legacy-*",
             "--http",
             "api",
             "--http",

@@ -1,9 +1,17 @@
-//! The crate-private parsers of `handshake` and `route`, made public for the
+//! The crate-private parsers of `handshake`, `deflate` and `route`, made public for the
 //! fuzz targets in `fuzz/` only. Compiled under `--cfg fuzzing`, which
 //! `cargo fuzz` sets; no product code may use it (docs/fuzzing.md).
 
+pub use crate::deflate::{ExtensionOffer, parse_extensions};
 pub use crate::handshake::UpgradeRequest;
 pub use crate::route::{MAX_SOCKET_PATH, RouteError, Target, parse_name, resolve};
+
+/// `deflate::negotiate`: the agreed parameters and the response header's value.
+pub fn negotiate_deflate(headers: &http::HeaderMap) -> Option<(link::DeflateParams, String)> {
+    let agreement = crate::deflate::negotiate(headers)?;
+    let response = agreement.response.to_str().ok()?.to_owned();
+    Some((agreement.params, response))
+}
 
 /// `handshake::validate`, with a refusal reduced to its HTTP status.
 pub fn validate_handshake<B>(request: &http::Request<B>) -> Result<UpgradeRequest, u16> {
@@ -16,7 +24,7 @@ pub fn switching_protocols_headers(
     protocol: Option<&str>,
     extra_headers: &std::collections::BTreeMap<String, String>,
 ) -> http::HeaderMap {
-    crate::handshake::switching_protocols(key, protocol, extra_headers)
+    crate::handshake::switching_protocols(key, protocol, None, extra_headers)
         .into_parts()
         .0
         .headers

@@ -39,7 +39,7 @@ pub(crate) async fn hand_over(
         "the backend sent data after ACCEPT in direct mode".to_owned()
     };
     tracing::warn!("direct hand-over failed: {failure}; closing the client with 1011");
-    let mut client = relay::client_websocket(tcp, pending, settings).await;
+    let mut client = relay::client_websocket(tcp, pending, settings, None).await;
     let frame = CloseFrame {
         code: CloseCode::Error,
         reason: "backend hand-over failed".into(),

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use data_encoding::BASE64;
 use http::header::{
     CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, ORIGIN, SEC_WEBSOCKET_ACCEPT,
-    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+    SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
 };
 use http::{Method, Request, Response, StatusCode, Version};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -114,11 +115,13 @@ pub fn validate<B>(request: &Request<B>) -> Result<UpgradeRequest, Refusal> {
     })
 }
 
-/// The `101` response: accept key, the chosen subprotocol if any, and the
-/// backend's extra headers (those that are valid and not the handshake's own).
+/// The `101` response: accept key, the chosen subprotocol if any, the agreed
+/// extensions if any (`deflate::negotiate`), and the backend's extra headers
+/// (those that are valid and not the handshake's own).
 pub fn switching_protocols(
     key: &str,
     protocol: Option<&str>,
+    extensions: Option<&HeaderValue>,
     extra_headers: &BTreeMap<String, String>,
 ) -> Response<Body> {
     let mut response = Response::new(response::empty());
@@ -149,6 +152,9 @@ pub fn switching_protocols(
         && let Ok(value) = HeaderValue::from_str(protocol)
     {
         headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    if let Some(extensions) = extensions {
+        headers.insert(SEC_WEBSOCKET_EXTENSIONS, extensions.clone());
     }
     response
 }
@@ -258,7 +264,7 @@ mod tests {
         assert!(is_websocket_upgrade(parts.headers()));
         let upgrade = validate(&parts).expect("valid");
         assert_eq!(upgrade.host, "example.com");
-        let response = switching_protocols(&upgrade.key, None, &BTreeMap::new());
+        let response = switching_protocols(&upgrade.key, None, None, &BTreeMap::new());
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         // RFC 6455 section 1.3's worked example.
         assert_eq!(
@@ -423,7 +429,19 @@ mod tests {
             ("sec-websocket-accept".to_owned(), "forged".to_owned()),
             ("bad header".to_owned(), "x".to_owned()),
         ]);
-        let response = switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", Some("chat"), &extra);
+        let extensions = HeaderValue::from_static("permessage-deflate; server_no_context_takeover");
+        let extra = BTreeMap::from_iter(
+            extra
+                .into_iter()
+                .chain([("sec-websocket-extensions".to_owned(), "forged".to_owned())]),
+        );
+        let response = switching_protocols(
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            Some("chat"),
+            Some(&extensions),
+            &extra,
+        );
+        assert_eq!(response.headers()[SEC_WEBSOCKET_EXTENSIONS], extensions);
         assert_eq!(response.headers()["x-backend"], "yes");
         assert_eq!(
             response.headers()[SEC_WEBSOCKET_ACCEPT],

@@ -9,6 +9,7 @@
 //! - `access`: who may reach what: the allow/deny/raw globs on names and the Origin rule.
 //! - `route`: request path → backend name → socket path under the docroot.
 //! - `handshake`: RFC 6455 request validation and the `101` response.
+//! - `deflate`: permessage-deflate negotiation (RFC 7692) and the names it is off for.
 //! - `refusal`: every way an upgrade is refused, each with exactly one HTTP status.
 //! - `backend`: connecting to a backend and the OPEN → ACCEPT/REJECT exchange.
 //! - `authorizer`: the webhook asked before a client is connected (`--authorizer`).
@@ -44,6 +45,7 @@ mod backend;
 mod client_stream;
 mod config;
 mod connection;
+mod deflate;
 mod forward;
 mod handoff;
 mod handshake;

@@ -22,12 +22,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use link::{ClientLimits, LINK_VERSION, LinkMode, OpenMeta, TlsInfo};
+use link::deflate::MessageDeflater;
+use link::{ClientLimits, DeflateParams, LINK_VERSION, LinkMode, OpenMeta, TlsInfo};
 use tracing::Instrument;
 
 use crate::authorizer::ConnectQuestion;
 use crate::backend;
 use crate::client_stream::ClientStream;
+use crate::deflate;
 use crate::handoff;
 use crate::handshake::{self, UpgradeRequest};
 use crate::metrics::{ClientMetrics, ClientMode};
@@ -76,10 +78,16 @@ pub(crate) async fn handle<S: ClientStream>(
             protocol,
             extra_headers,
             max_message_size,
+            deflate,
             permit,
         }) => {
-            let response =
-                handshake::switching_protocols(&upgrade.key, protocol.as_deref(), &extra_headers);
+            let response = handshake::switching_protocols(
+                &upgrade.key,
+                protocol.as_deref(),
+                deflate.as_ref().map(|agreement| &agreement.response),
+                &extra_headers,
+            );
+            let deflate = deflate.map(|agreement| agreement.params);
             shared.metrics.upgrade(101);
             let metrics = shared
                 .metrics
@@ -92,6 +100,7 @@ pub(crate) async fn handle<S: ClientStream>(
                         on_upgrade,
                         link,
                         max_message_size,
+                        deflate,
                         &shared_for_relay,
                         &metrics,
                     )
@@ -122,6 +131,8 @@ struct Accepted {
     /// The largest message the client may send: the gateway's, or the
     /// backend's when it asked for less in ACCEPT.
     max_message_size: usize,
+    /// permessage-deflate, if agreed.
+    deflate: Option<deflate::Agreement>,
     /// The client's connection slot, held until its relay ends.
     permit: ClientSlot,
 }
@@ -174,6 +185,11 @@ async fn accept(
         .clients
         .try_acquire(config.max_connections)
         .ok_or(Refusal::ConnectionLimit(config.max_connections))?;
+    let deflate = if config.deflate.is_enabled(&target.name) {
+        deflate::negotiate(request.headers())
+    } else {
+        None
+    };
 
     let is_direct =
         config.names.is_direct(&target.name) && !relay_tls_client(&target.name, tls, shared);
@@ -191,6 +207,7 @@ async fn accept(
             link: Link::Raw(stream),
             extra_headers: BTreeMap::new(),
             max_message_size: config.max_message_size,
+            deflate,
             permit,
         });
     }
@@ -216,6 +233,12 @@ async fn accept(
         }),
         tls: tls.cloned(),
         identity,
+        // A relayed backend never sees compression; a direct one does it itself.
+        deflate: if is_direct {
+            deflate.as_ref().map(|agreement| agreement.params)
+        } else {
+            None
+        },
     };
     let started = Instant::now();
     let (link, reply) = backend::open_framed(
@@ -244,6 +267,7 @@ async fn accept(
             .map_or(config.max_message_size, |max| {
                 max.min(config.max_message_size)
             }),
+        deflate,
         permit,
     })
 }
@@ -285,6 +309,7 @@ async fn relay_upgraded<S: ClientStream>(
     on_upgrade: OnUpgrade,
     link: Link,
     max_message_size: usize,
+    deflate: Option<DeflateParams>,
     shared: &Shared,
     metrics: &ClientMetrics,
 ) {
@@ -308,12 +333,14 @@ async fn relay_upgraded<S: ClientStream>(
     };
     match link {
         Link::Framed(link) => {
-            let client = relay::client_websocket(stream, pending, settings).await;
-            relay::framed::run(client, link, settings, &shared.shutdown, metrics).await;
+            let client = relay::client_websocket(stream, pending, settings, deflate).await;
+            let deflater = deflate.map(MessageDeflater::new);
+            relay::framed::run(client, link, settings, deflater, &shared.shutdown, metrics).await;
         }
         Link::Raw(link) => {
-            let client = relay::client_websocket(stream, pending, settings).await;
-            relay::raw::run(client, link, settings, &shared.shutdown, metrics).await;
+            let client = relay::client_websocket(stream, pending, settings, deflate).await;
+            let deflater = deflate.map(MessageDeflater::new);
+            relay::raw::run(client, link, settings, deflater, &shared.shutdown, metrics).await;
         }
         Link::Direct(link) => match stream.into_tcp() {
             Ok(tcp) => handoff::hand_over(tcp, pending, link, settings).await,

@@ -3,6 +3,8 @@
 //! mode, so a client sees the same code in both modes.
 
 use tokio_tungstenite::tungstenite::Error;
+
+use crate::deflate::{DeflateError, deflate_error};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -15,6 +17,10 @@ pub fn close_for_client_error(error: &Error) -> Option<(CloseCode, &'static str)
         // A connection that just ends is a client gone, not a protocol error.
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         Error::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
+        Error::Io(error) => match deflate_error(error)? {
+            DeflateError::TooBig { .. } => Some((CloseCode::Size, "message too big")),
+            DeflateError::Corrupt => Some((CloseCode::Invalid, "invalid compressed data")),
+        },
         _ => None,
     }
 }

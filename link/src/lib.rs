@@ -12,6 +12,8 @@
 //! The client-facing policy both sides share:
 //! - [`message`]: WebSocket messages ⇄ records, close frames ⇄ CLOSE records.
 //! - [`client_close`]: the close code a client gets when its WebSocket fails.
+//! - [`deflate`]: permessage-deflate (RFC 7692): the agreed parameters, outgoing
+//!   compression and the inflating rewrite of a client's frames.
 //! - [`keepalive`]: the ping ticker and the idle timer, with their defaults.
 //! - [`websocket`]: the WebSocket configuration and buffer sizes of a client and a link.
 //!
@@ -19,6 +21,7 @@
 //! logging are the callers' business.
 
 pub mod client_close;
+pub mod deflate;
 pub mod fd_pass;
 pub mod keepalive;
 pub mod message;
@@ -27,6 +30,7 @@ pub mod record;
 pub mod websocket;
 
 pub use client_close::close_for_client_error;
+pub use deflate::DeflateParams;
 pub use meta::{
     AcceptReply, ClientLimits, LinkMode, OpenMeta, RejectReply, RequestHead, ResponseHead, TlsInfo,
 };

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::LinkError;
+use crate::deflate::DeflateParams;
 
 /// How the gateway and the backend exchange a client's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +73,12 @@ pub struct OpenMeta {
     /// What the gateway's authorizer answered about this client (the JSON body of its 200), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<serde_json::Value>,
+    /// Direct mode: the permessage-deflate parameters the gateway agreed with
+    /// the client, which the backend then applies on the socket. Absent when
+    /// none was agreed, and always in framed mode (the gateway inflates and
+    /// deflates itself: a relayed backend never sees compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deflate: Option<DeflateParams>,
 }
 
 /// What the gateway learnt from a client's TLS handshake (OPEN's `tls`).
@@ -226,10 +233,18 @@ impl ResponseHead {
 impl OpenMeta {
     /// Parses an OPEN payload.
     pub fn from_payload(payload: &[u8]) -> Result<OpenMeta, LinkError> {
-        serde_json::from_slice(payload).map_err(|source| LinkError::BadJson {
-            kind: "OPEN",
-            source,
-        })
+        let meta: OpenMeta =
+            serde_json::from_slice(payload).map_err(|source| LinkError::BadJson {
+                kind: "OPEN",
+                source,
+            })?;
+        if meta.deflate.is_some_and(|params| !params.is_valid()) {
+            return Err(LinkError::Malformed {
+                kind: "OPEN",
+                reason: "deflate window bits outside 8 to 15",
+            });
+        }
+        Ok(meta)
     }
 
     /// Serialises this metadata as an OPEN payload.
@@ -320,6 +335,45 @@ mod tests {
             open.identity,
             Some(serde_json::json!({"user": "alice", "roles": ["admin"]}))
         );
+    }
+
+    #[test]
+    fn deflate_is_absent_unless_agreed_and_its_windows_are_checked() {
+        let open = OpenMeta::from_payload(PLAIN_OPEN.as_bytes()).expect("valid OPEN");
+        assert_eq!(open.deflate, None);
+        let text = PLAIN_OPEN.replace(
+            "}",
+            r#","deflate":{"server_no_context_takeover":true,"client_no_context_takeover":true,"server_max_window_bits":10,"client_max_window_bits":15}}"#,
+        );
+        let open = OpenMeta::from_payload(text.as_bytes()).expect("valid OPEN");
+        let params = open.deflate.expect("deflate agreed");
+        assert!(params.server_no_context_takeover && params.client_no_context_takeover);
+        assert_eq!(params.server_max_window_bits, 10);
+        assert_eq!(
+            OpenMeta::from_payload(&open.to_payload()).expect("round trip"),
+            open
+        );
+        // Omitted window sizes are RFC 7692's default, 15 bits.
+        let text = PLAIN_OPEN.replace("}", r#","deflate":{}}"#);
+        let params = OpenMeta::from_payload(text.as_bytes())
+            .expect("valid OPEN")
+            .deflate
+            .expect("agreed");
+        assert_eq!(
+            (params.server_max_window_bits, params.client_max_window_bits),
+            (15, 15)
+        );
+        assert!(!params.server_no_context_takeover);
+        for bits in [0, 7, 16, 255] {
+            let text = PLAIN_OPEN.replace(
+                "}",
+                &format!(r#","deflate":{{"server_max_window_bits":{bits}}}}}"#),
+            );
+            assert!(
+                OpenMeta::from_payload(text.as_bytes()).is_err(),
+                "{bits} bits"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::io::poll_read_buf;
 
+use crate::deflate::{DeflateParams, FrameInflater, Step};
+
 /// WebSocket read buffer of a relayed client, and the most one read takes
 /// from its socket. With 1 KiB a relayed idle client costs the gateway about
 /// 7 KiB (4 KiB gives 64 KiB messages fewer reads, at 3 KiB more per client).
@@ -69,11 +71,27 @@ pub fn client_config(max_message_size: usize, read_buffer_size: usize) -> WebSoc
 /// A stream whose reads take up to [`READ_CHUNK`] bytes from the socket at
 /// once and hand them out in the (smaller) pieces the reader asks for.
 /// Writes pass through.
+///
+/// With permessage-deflate agreed ([`ReadAhead::inflating`]) it also turns
+/// the client's compressed messages into plain frames before tungstenite
+/// reads them (`deflate::FrameInflater`); without, that costs one branch.
 #[derive(Debug)]
 pub struct ReadAhead<S> {
     inner: S,
     /// Read from `inner`, not yet handed out; no capacity while idle.
     buffer: BytesMut,
+    /// Only with permessage-deflate.
+    inflating: Option<Box<Inflating>>,
+}
+
+/// The deflate side of a [`ReadAhead`].
+#[derive(Debug)]
+struct Inflating {
+    frames: FrameInflater,
+    /// Rewritten frames not yet handed out; no capacity while idle.
+    output: BytesMut,
+    /// A compressed message failed; every later read fails too.
+    failed: bool,
 }
 
 impl<S> ReadAhead<S> {
@@ -82,6 +100,84 @@ impl<S> ReadAhead<S> {
         ReadAhead {
             inner,
             buffer: BytesMut::new(),
+            inflating: None,
+        }
+    }
+
+    /// Reads `inner` ahead, starting with `pending` (bytes already read past
+    /// the handshake), and inflates the client's compressed messages as
+    /// `params` say, failing a read with a `deflate::DeflateError` once a
+    /// message inflates past `max_message_size` or is not valid deflate.
+    pub fn inflating(
+        inner: S,
+        pending: &[u8],
+        params: DeflateParams,
+        max_message_size: usize,
+    ) -> ReadAhead<S> {
+        ReadAhead {
+            inner,
+            buffer: BytesMut::from(pending),
+            inflating: Some(Box::new(Inflating {
+                frames: FrameInflater::new(params, max_message_size),
+                output: BytesMut::new(),
+                failed: false,
+            })),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> ReadAhead<S> {
+    /// `poll_read` with permessage-deflate: rewritten frames come from
+    /// `inflating.output`, refilled from `buffer`, refilled from the socket.
+    fn poll_read_inflating(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(inflating) = self.inflating.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if inflating.failed {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "compressed message refused",
+                )));
+            }
+            if !inflating.output.is_empty() {
+                let n = out.remaining().min(inflating.output.len());
+                out.put_slice(&inflating.output[..n]);
+                inflating.output.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match inflating
+                .frames
+                .step(&mut self.buffer, &mut inflating.output)
+            {
+                Ok(Step::Progress) => continue,
+                Ok(Step::NeedInput) => {}
+                Err(error) => {
+                    inflating.failed = true;
+                    return Poll::Ready(Err(error));
+                }
+            }
+            if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 4 {
+                self.buffer.reserve(READ_CHUNK);
+            }
+            match poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buffer) {
+                Poll::Pending => {
+                    if self.buffer.is_empty() {
+                        // Nothing held: an idle client holds no buffers.
+                        self.buffer = BytesMut::new();
+                        inflating.output = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                // The end of the stream: `out` stays empty.
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => {}
+            }
         }
     }
 }
@@ -93,6 +189,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.inflating.is_some() {
+            return this.poll_read_inflating(cx, out);
+        }
         if this.buffer.is_empty() {
             if out.remaining() >= READ_CHUNK {
                 // As large a read as ours: no need to go through the buffer.

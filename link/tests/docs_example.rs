@@ -86,6 +86,7 @@ fn the_open_example_is_what_open_meta_writes() {
         limits: None,
         tls: None,
         identity: None,
+        deflate: None,
     };
     let json = open_json();
     assert_eq!(
@@ -169,4 +170,60 @@ fn the_reject_example_has_the_length_it_shows() {
         "{header}"
     );
     assert_eq!(&payload[..5], b"{\"sta");
+}
+
+/// The compressed example of "Direct mode": its OPEN is what `OpenMeta`
+/// reads and writes, and its frame is RFC 7692's `Hello`.
+#[test]
+fn the_direct_mode_deflate_example_holds() {
+    let section = DOC
+        .split("**Compression.**")
+        .nth(1)
+        .expect("docs/link-protocol.md has the compression example");
+    let json = section
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("{\"version\""))
+        .expect("its OPEN is shown");
+    let meta = OpenMeta::from_payload(json.as_bytes()).expect("the OPEN parses");
+    assert_eq!(meta.mode, LinkMode::Direct);
+    let params = meta.deflate.expect("deflate agreed");
+    assert!(params.server_no_context_takeover && params.client_no_context_takeover);
+    assert_eq!(
+        String::from_utf8(meta.to_payload().to_vec()).expect("UTF-8"),
+        json
+    );
+    let frame_line = section
+        .lines()
+        .find(|line| line.starts_with("→ c1"))
+        .expect("the compressed frame is shown");
+    let frame: Vec<u8> = frame_line['→'.len_utf8()..]
+        .split_whitespace()
+        .map_while(|token| {
+            u8::from_str_radix(token, 16)
+                .ok()
+                .filter(|_| token.len() == 2)
+        })
+        .collect();
+    let handoff_line = section
+        .lines()
+        .find(|line| line.starts_with("→ 04"))
+        .expect("the HANDOFF header is shown");
+    assert!(handoff_line.contains(&format!("00 00 00 {:02x}", frame.len())));
+    // Unmask and inflate by hand (flate2 directly, not link's inflater).
+    let (mask, payload) = frame[2..].split_at(4);
+    assert_eq!(frame[0], 0xc1, "FIN, RSV1, text");
+    assert_eq!(usize::from(frame[1] & 0x7f), payload.len());
+    let mut compressed: Vec<u8> = payload
+        .iter()
+        .enumerate()
+        .map(|(idx, byte)| byte ^ mask[idx % 4])
+        .collect();
+    assert_eq!(compressed, [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+    compressed.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut inflated = Vec::with_capacity(64);
+    flate2::Decompress::new(false)
+        .decompress_vec(&compressed, &mut inflated, flate2::FlushDecompress::Sync)
+        .expect("inflates");
+    assert_eq!(inflated, b"Hello");
 }

@@ -265,6 +265,35 @@ async fn exec_page_counts_and_calculates() -> anyhow::Result<()> {
 }
 
 type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+/// Chromium offers permessage-deflate on every connection; the gateway
+/// agrees relayed and direct, and long messages cross compressed both ways.
+async fn echo_page_negotiates_permessage_deflate() -> anyhow::Result<()> {
+    let browser = Browser::start().await?;
+    let docroot = tempfile::tempdir()?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let htdocs = repo_root().join("www");
+    let htdocs = htdocs.to_str().expect("the repository path is UTF-8");
+    let long = "a message long enough to be compressed, ".repeat(4);
+    for mode in [Mode::Relay, Mode::Direct] {
+        let gateway =
+            Gateway::start(docroot.path(), &mode.with_args(&["--htdocs", htdocs])).await?;
+        let page = browser.page().await?;
+        page.open(&gateway.http_url("/echo.html")).await?;
+        page.wait_for_text("#status", "open").await?;
+        page.wait_for_text(
+            "#log",
+            "connected (permessage-deflate; server_no_context_takeover; client_no_context_takeover)",
+        )
+        .await?;
+        page.fill("#message", &long).await?;
+        page.click("#send").await?;
+        page.wait_for_text("#log", &format!("echo: {}", long.trim_end()))
+            .await?;
+        page.close().await?;
+    }
+    Ok(())
+}
+
 type TestFn = fn() -> TestFuture;
 
 /// Every browser test, by name.
@@ -275,6 +304,9 @@ fn tests() -> Vec<(&'static str, TestFn)> {
         }),
         ("echo_page_over_https_uses_wss", || {
             Box::pin(echo_page_over_https_uses_wss())
+        }),
+        ("echo_page_negotiates_permessage_deflate", || {
+            Box::pin(echo_page_negotiates_permessage_deflate())
         }),
         ("two_webchat_pages_talk_in_public_and_in_private", || {
             Box::pin(two_webchat_pages_talk_in_public_and_in_private())

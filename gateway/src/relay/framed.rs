@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use link::deflate::MessageDeflater;
 use link::keepalive::{IdleTimer, PingTicker};
 use link::message::{close_frame_for_client, close_info, message_to_record};
 use link::{CloseInfo, LinkError, Record, RecordCodec};
@@ -29,7 +30,7 @@ use crate::metrics::{ClientMetrics, Traffic};
 use super::read_ahead::LinkReader;
 use super::{
     ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, MAX_BATCH,
-    RelaySettings, client_error, close_client, first_ending,
+    RelaySettings, client_error, close_client, compressed, first_ending,
 };
 use crate::backend::FramedLink;
 
@@ -41,6 +42,7 @@ pub(crate) async fn run<S: ClientStream>(
     client: ClientWs<S>,
     link: FramedLink,
     settings: &RelaySettings,
+    deflater: Option<MessageDeflater>,
     shutdown: &CancellationToken,
     metrics: &ClientMetrics,
 ) {
@@ -87,6 +89,7 @@ pub(crate) async fn run<S: ClientStream>(
             &asked,
             settings,
             &metrics.to_client,
+            deflater,
         );
         first_ending(upstream, downstream, shutdown, metrics).await
     };
@@ -202,6 +205,7 @@ async fn backend_to_client<S: ClientStream>(
     asked: &Mutex<Option<Bytes>>,
     settings: &RelaySettings,
     traffic: &Traffic,
+    mut deflater: Option<MessageDeflater>,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);
     loop {
@@ -242,7 +246,7 @@ async fn backend_to_client<S: ClientStream>(
                 None => return Ending::BackendGone(LinkFailure::Eof),
             };
             let len = message.len();
-            if let Err(error) = client_writer.feed(message).await {
+            if let Err(error) = client_writer.feed(compressed(&mut deflater, message)).await {
                 return Ending::ClientGone(ClientGone::Write(error));
             }
             tally.count(len);

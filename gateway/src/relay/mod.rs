@@ -18,9 +18,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use link::LinkError;
 use link::close_for_client_error;
+use link::deflate::MessageDeflater;
 use link::websocket::{RELAY_READ_BUFFER, ReadAhead, client_config};
+use link::{DeflateParams, LinkError};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -76,18 +77,34 @@ impl RelaySettings {
 }
 
 /// Wraps the upgraded connection (and the bytes hyper read past the
-/// handshake) into a server-role WebSocket.
+/// handshake) into a server-role WebSocket, which inflates the client's
+/// compressed messages if permessage-deflate was agreed.
 pub(crate) async fn client_websocket<S: ClientStream>(
     stream: S,
     pending: Bytes,
     settings: &RelaySettings,
+    deflate: Option<DeflateParams>,
 ) -> ClientWs<S> {
     let config = Some(settings.websocket_config());
+    if let Some(params) = deflate {
+        // The pending bytes are frames too: they go through the inflater.
+        let stream = ReadAhead::inflating(stream, &pending, params, settings.max_message_size);
+        return WebSocketStream::from_raw_socket(stream, Role::Server, config).await;
+    }
     let stream = ReadAhead::new(stream);
     if pending.is_empty() {
         WebSocketStream::from_raw_socket(stream, Role::Server, config).await
     } else {
         WebSocketStream::from_partially_read(stream, pending.to_vec(), Role::Server, config).await
+    }
+}
+
+/// `message` as it goes to the client: compressed if permessage-deflate was
+/// agreed (and it is worth it), else unchanged.
+fn compressed(deflater: &mut Option<MessageDeflater>, message: Message) -> Message {
+    match deflater {
+        Some(deflater) => deflater.compress(message),
+        None => message,
     }
 }
 

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use link::deflate::MessageDeflater;
 use link::keepalive::{IdleTimer, PingTicker};
 
 use crate::client_stream::ClientStream;
@@ -22,7 +23,7 @@ use crate::metrics::{ClientMetrics, Traffic};
 
 use super::{
     ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, RelaySettings,
-    client_error, close_client, first_ending,
+    client_error, close_client, compressed, first_ending,
 };
 
 /// Bytes read from a raw backend at a time.
@@ -34,6 +35,7 @@ pub(crate) async fn run<S: ClientStream>(
     client: ClientWs<S>,
     link: UnixStream,
     settings: &RelaySettings,
+    deflater: Option<MessageDeflater>,
     shutdown: &CancellationToken,
     metrics: &ClientMetrics,
 ) {
@@ -51,6 +53,7 @@ pub(crate) async fn run<S: ClientStream>(
             &mut client_writer,
             settings,
             &metrics.to_client,
+            deflater,
         );
         first_ending(upstream, downstream, shutdown, metrics).await
     };
@@ -106,6 +109,7 @@ async fn backend_to_client<S: ClientStream>(
     client_writer: &mut ClientWriter<S>,
     settings: &RelaySettings,
     traffic: &Traffic,
+    mut deflater: Option<MessageDeflater>,
 ) -> Ending {
     let mut pings = PingTicker::new(settings.ping_interval);
     let mut splitter = RawSplitter::new(settings.max_message_size);
@@ -143,7 +147,7 @@ async fn backend_to_client<S: ClientStream>(
                 Ok(text) => Message::Text(text),
                 Err(_) => Message::Binary(payload),
             };
-            if let Err(error) = client_writer.feed(message).await {
+            if let Err(error) = client_writer.feed(compressed(&mut deflater, message)).await {
                 return Ending::ClientGone(ClientGone::Write(error));
             }
         }
