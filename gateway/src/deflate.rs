@@ -92,29 +92,27 @@ pub(crate) struct Agreement {
 /// The first permessage-deflate offer of `headers` this gateway can honour,
 /// or `None` (nothing offered, every offer declined, or a malformed header).
 pub(crate) fn negotiate(headers: &HeaderMap) -> Option<Agreement> {
-    let mut n_offers = 0;
+    // Every header line is one list (RFC 7230's `#rule`): all of them must
+    // parse before any offer is taken.
+    let mut offers = Vec::new();
     for value in headers.get_all(SEC_WEBSOCKET_EXTENSIONS) {
         let Ok(value) = value.to_str() else {
             tracing::debug!("Sec-WebSocket-Extensions is not ASCII; deflate declined");
             return None;
         };
-        let Some(offers) = parse_extensions(value) else {
+        let Some(parsed) = parse_extensions(value) else {
             tracing::debug!("malformed Sec-WebSocket-Extensions; deflate declined");
             return None;
         };
-        for offer in offers {
-            n_offers += 1;
-            if n_offers > MAX_OFFERS {
-                return None;
-            }
-            if offer.name.eq_ignore_ascii_case(PERMESSAGE_DEFLATE)
-                && let Some(agreement) = accept(&offer.params)
-            {
-                return Some(agreement);
-            }
+        offers.extend(parsed);
+        if offers.len() > MAX_OFFERS {
+            return None;
         }
     }
-    None
+    offers
+        .iter()
+        .filter(|offer| offer.name.eq_ignore_ascii_case(PERMESSAGE_DEFLATE))
+        .find_map(|offer| accept(&offer.params))
 }
 
 /// The agreement for one offer's parameters, or `None` to decline it.
@@ -180,9 +178,11 @@ fn window_bits(value: &str) -> Option<u8> {
 
 /// One extension of the list: its token and its parameters, values unquoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ExtensionOffer {
-    pub(crate) name: String,
-    pub(crate) params: Vec<(String, Option<String>)>,
+pub struct ExtensionOffer {
+    /// The extension's token, e.g. `permessage-deflate`.
+    pub name: String,
+    /// Its parameters in order, each with its value if it has one.
+    pub params: Vec<(String, Option<String>)>,
 }
 
 /// Parses RFC 6455 section 9.1's `extension-list` (comma-separated
@@ -190,7 +190,7 @@ pub(crate) struct ExtensionOffer {
 /// parameters, optional white space around separators, empty list elements
 /// skipped as RFC 7230's `#rule` allows). `None` if it does not parse.
 /// Linear in the input.
-pub(crate) fn parse_extensions(value: &str) -> Option<Vec<ExtensionOffer>> {
+pub fn parse_extensions(value: &str) -> Option<Vec<ExtensionOffer>> {
     let mut parser = Parser {
         bytes: value.as_bytes(),
         at: 0,
@@ -319,6 +319,15 @@ mod tests {
         check(&["permessage-deflate"], Some(BOTH));
         check(&["x-webkit-deflate-frame, permessage-deflate"], Some(BOTH));
         check(&[], None);
+    }
+
+    #[test]
+    fn one_malformed_header_line_declines_the_offers_of_every_line() {
+        // Found by the deflate_offer fuzz target: a good first line used to
+        // be taken before a malformed second one was read.
+        check(&["permessage-deflate", "foo;=bar"], None);
+        check(&["foo;=bar", "permessage-deflate"], None);
+        check(&["x-other", "permessage-deflate"], Some(BOTH));
     }
 
     #[test]
