@@ -24,6 +24,7 @@
 //! - [`mode`]: [`Mode`], relay, direct or TLS, and [`all_modes!`] to run a suite in each.
 //! - [`processes`]: the children of a process through `/proc` (a gateway's supervised backends).
 //! - [`tls`]: a test CA (rcgen), client configurations trusting it, the plain-or-TLS client stream.
+//! - [`trials`]: [`trials::run_trials`], the libtest-mimic runner of the tests that report themselves ignored.
 //! - [`wait`]: waiting on a fact under a deadline, the only way these tests wait.
 //! - [`wire`]: link records read and written byte by byte, independent of the `link` codec.
 //!
@@ -48,6 +49,7 @@ pub mod mode;
 pub mod processes;
 pub mod redis;
 pub mod tls;
+pub mod trials;
 pub mod wait;
 pub mod wire;
 

@@ -7,12 +7,11 @@
 //! as passed; `WSGATE_REQUIRE_BROWSER=1` (set by `.ci/run`) runs them anyway,
 //! so that they fail.
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::process::ExitCode;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use harness::trials::{NamedTest, run_trials};
+use libtest_mimic::Arguments;
 
 use harness::binaries::repo_root;
 use harness::browser::Browser;
@@ -264,7 +263,6 @@ async fn exec_page_counts_and_calculates() -> anyhow::Result<()> {
     page.close().await
 }
 
-type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// Chromium offers permessage-deflate on every connection; the gateway
 /// agrees relayed and direct, and long messages cross compressed both ways.
 async fn echo_page_negotiates_permessage_deflate() -> anyhow::Result<()> {
@@ -294,10 +292,8 @@ async fn echo_page_negotiates_permessage_deflate() -> anyhow::Result<()> {
     Ok(())
 }
 
-type TestFn = fn() -> TestFuture;
-
 /// Every browser test, by name.
-fn tests() -> Vec<(&'static str, TestFn)> {
+fn tests() -> Vec<NamedTest> {
     vec![
         ("echo_page_echoes_and_shows_the_close_code", || {
             Box::pin(echo_page_echoes_and_shows_the_close_code())
@@ -331,26 +327,9 @@ fn main() -> ExitCode {
     // chromiums, and two such sets at once on 2 cores only race each other.
     arguments.test_threads.get_or_insert(1);
     let missing = Browser::missing().filter(|_| !Browser::required());
-    if let Some(why) = &missing {
-        println!("browser tests ignored: {why}");
-    }
-    let trials = tests()
-        .into_iter()
-        .map(|(name, test)| {
-            Trial::test(name, move || run(test())).with_ignored_flag(missing.is_some())
-        })
-        .collect();
-    libtest_mimic::run(&arguments, trials).exit_code()
-}
-
-/// Runs one test on its own runtime; an error fails it with its whole chain.
-fn run(test: TestFuture) -> Result<(), Failed> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|error| Failed::from(format!("cannot start a runtime: {error}")))?;
-    runtime
-        .block_on(test)
-        .map_err(|error| Failed::from(format!("{error:#}")))
+    run_trials(
+        &arguments,
+        tests(),
+        missing.map(|why| format!("browser tests: {why}")),
+    )
 }

@@ -10,16 +10,15 @@
 //! Own harness (libtest-mimic), as `redis_chat.rs`: without `redis-server`
 //! each test is reported ignored outside CI and fails in CI.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use harness::client::describe;
 use harness::redis::RedisServer;
+use harness::trials::{NamedTest, run_trials};
 use harness::{Backend, Client, EVENT_DEADLINE, Gateway, Message};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Arguments;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -448,10 +447,7 @@ async fn redis_restart_is_survived_by_the_broker() -> anyhow::Result<()> {
     Ok(())
 }
 
-type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
-type TestFn = fn() -> TestFuture;
-
-fn tests() -> Vec<(&'static str, TestFn)> {
+fn tests() -> Vec<NamedTest> {
     vec![
         ("tokens_and_prefixes_reach_the_other_instance", || {
             Box::pin(tokens_and_prefixes_reach_the_other_instance())
@@ -476,28 +472,6 @@ fn tests() -> Vec<(&'static str, TestFn)> {
 }
 
 fn main() -> ExitCode {
-    let arguments = Arguments::from_args();
     let missing = RedisServer::missing().filter(|_| !RedisServer::required());
-    if let Some(why) = &missing {
-        println!("ignored: {why}");
-    }
-    let trials = tests()
-        .into_iter()
-        .map(|(name, test)| {
-            Trial::test(name, move || run(test())).with_ignored_flag(missing.is_some())
-        })
-        .collect();
-    libtest_mimic::run(&arguments, trials).exit_code()
-}
-
-/// Runs one test on its own runtime; an error fails it with its whole chain.
-fn run(test: TestFuture) -> Result<(), Failed> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|error| Failed::from(format!("cannot start a runtime: {error}")))?;
-    runtime
-        .block_on(test)
-        .map_err(|error| Failed::from(format!("{error:#}")))
+    run_trials(&Arguments::from_args(), tests(), missing)
 }

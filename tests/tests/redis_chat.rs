@@ -10,16 +10,15 @@
 //! `redis-server` each test is reported ignored with the reason, never as
 //! passed; in CI (`CI=true`) they run anyway, and fail.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
 use harness::client::describe;
 use harness::redis::RedisServer;
+use harness::trials::{NamedTest, run_trials};
 use harness::{Backend, Client, EVENT_DEADLINE, Gateway, Message};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Arguments;
 use tempfile::TempDir;
 
 /// The expiry the instances run with: a killed one is gone within about
@@ -322,10 +321,7 @@ async fn redis_restart_is_survived_and_delivery_resumes() -> anyhow::Result<()> 
     Ok(())
 }
 
-type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
-type TestFn = fn() -> TestFuture;
-
-fn tests() -> Vec<(&'static str, TestFn)> {
+fn tests() -> Vec<NamedTest> {
     vec![
         (
             "names_are_unique_and_messages_and_presence_cross_instances",
@@ -342,28 +338,6 @@ fn tests() -> Vec<(&'static str, TestFn)> {
 }
 
 fn main() -> ExitCode {
-    let arguments = Arguments::from_args();
     let missing = RedisServer::missing().filter(|_| !RedisServer::required());
-    if let Some(why) = &missing {
-        println!("ignored: {why}");
-    }
-    let trials = tests()
-        .into_iter()
-        .map(|(name, test)| {
-            Trial::test(name, move || run(test())).with_ignored_flag(missing.is_some())
-        })
-        .collect();
-    libtest_mimic::run(&arguments, trials).exit_code()
-}
-
-/// Runs one test on its own runtime; an error fails it with its whole chain.
-fn run(test: TestFuture) -> Result<(), Failed> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|error| Failed::from(format!("cannot start a runtime: {error}")))?;
-    runtime
-        .block_on(test)
-        .map_err(|error| Failed::from(format!("{error:#}")))
+    run_trials(&Arguments::from_args(), tests(), missing)
 }
