@@ -60,13 +60,19 @@ impl Instance {
     }
 
     /// A client that asked for `name` and got `WSWelcome <expected>`; its
-    /// `WSUsers` line is returned.
+    /// `WSUsers` line is returned. A `WSJoin` may come first: a client on
+    /// another instance that named itself just before this one connected
+    /// is announced through Redis, which may reach this instance after the
+    /// connection (the `WSUsers` line, read from Redis, has it either way).
     async fn named(&self, name: &str, expected: &str) -> anyhow::Result<(Client, String)> {
         let mut client = self.gateway.connect("/chat").await?;
         client
             .send(Message::text(format!("WSHello {name}")))
             .await?;
-        expect_text(&mut client, &format!("WSWelcome {expected}")).await?;
+        expect_text_skipping(&mut client, &format!("WSWelcome {expected}"), |text| {
+            text.starts_with("WSJoin ")
+        })
+        .await?;
         let users = recv_text(&mut client).await?;
         ensure!(
             users.starts_with("WSUsers"),
