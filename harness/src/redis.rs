@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -128,6 +128,34 @@ impl RedisServer {
     /// Sends `PING` and checks for `+PONG`.
     pub async fn ping(&self) -> anyhow::Result<()> {
         ping(self.address()).await
+    }
+
+    /// Runs one command whose reply is a single line (a status, an integer
+    /// or an error, e.g. `EVAL` of a script returning a number) and returns
+    /// that line without its type byte; an error reply is an error.
+    pub async fn command(&self, arguments: &[&str]) -> anyhow::Result<String> {
+        let mut request = format!("*{}\r\n", arguments.len());
+        for argument in arguments {
+            request.push_str(&format!("${}\r\n{argument}\r\n", argument.len()));
+        }
+        let mut stream = TcpStream::connect(self.address()).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            ensure!(reply.len() < 4096, "Redis's reply line is too long");
+            stream.read_exact(&mut byte).await?;
+            reply.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&reply[1..reply.len() - 2]).into_owned();
+        match reply[0] {
+            b'+' | b':' => Ok(line),
+            b'-' => bail!("Redis refused {:?}: {line}", arguments.first()),
+            other => bail!(
+                "Redis answered with a reply of type {:?}, not one line",
+                other as char
+            ),
+        }
     }
 }
 

@@ -238,6 +238,13 @@ impl Backplane {
         self.up.load(Ordering::Acquire)
     }
 
+    /// Asks for the peer's state to be written back to Redis at the next
+    /// heartbeat (a peer that found its own state missing calls this, and
+    /// may also write it back at once with [`Peer::resync`]).
+    pub fn request_resync(&self) {
+        self.needs_resync.store(true, Ordering::Release);
+    }
+
     /// `<namespace>:<suffix>`.
     pub fn key(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.options.namespace)

@@ -34,6 +34,10 @@ struct Instance {
 
 impl Instance {
     async fn start(redis: &RedisServer) -> anyhow::Result<Instance> {
+        Instance::start_with_expiry(redis, EXPIRY_SECONDS).await
+    }
+
+    async fn start_with_expiry(redis: &RedisServer, expiry: &str) -> anyhow::Result<Instance> {
         let docroot = tempfile::tempdir()?;
         let url = redis.url();
         let chat = Backend::start(
@@ -47,7 +51,7 @@ impl Instance {
                 "--redis-namespace",
                 "test:chat",
                 "--redis-expiry",
-                EXPIRY_SECONDS,
+                expiry,
             ],
         )
         .await?;
@@ -250,6 +254,38 @@ async fn killed_instance_vanishes_from_presence_and_the_others_lose_nothing() ->
     Ok(())
 }
 
+/// An instance the others took for dead (it missed its heartbeats, as a
+/// starved process does) has its names freed in Redis until its next beat
+/// writes them back; meanwhile Redis would hand a name one of its own
+/// clients holds to another of its clients. It must not: the instance
+/// writes its names back first. The reaping is done by hand here, and the
+/// expiry is long so that the heartbeat does not repair it first.
+async fn a_reaped_instance_never_gives_a_local_clients_name_twice() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let one = Instance::start_with_expiry(&redis, "120").await?;
+    let (mut alice, _) = one.named("alice", "alice").await?;
+    // What another instance's REAP does: the instance is no longer listed
+    // as alive and its names are gone.
+    let freed = redis
+        .command(&[
+            "EVAL",
+            "redis.call('DEL', KEYS[1]); return redis.call('DEL', KEYS[2])",
+            "2",
+            "test:chat:instances",
+            "test:chat:names",
+        ])
+        .await?;
+    ensure!(freed == "1", "the names hash was not there: {freed:?}");
+    let (_second, users) = one.named("alice", "alice1").await?;
+    ensure!(users == "WSUsers alice", "{users:?}");
+    expect_text(&mut alice, "WSJoin alice1").await?;
+    // The names are back in Redis: a new instance sees both.
+    let two = Instance::start_with_expiry(&redis, "120").await?;
+    let (_third, users) = two.named("alice", "alice2").await?;
+    ensure!(users == "WSUsers alice alice1", "{users:?}");
+    Ok(())
+}
+
 async fn redis_restart_is_survived_and_delivery_resumes() -> anyhow::Result<()> {
     let mut redis = RedisServer::start().await?;
     let one = Instance::start(&redis).await?;
@@ -336,6 +372,10 @@ fn tests() -> Vec<NamedTest> {
         (
             "killed_instance_vanishes_from_presence_and_the_others_lose_nothing",
             || Box::pin(killed_instance_vanishes_from_presence_and_the_others_lose_nothing()),
+        ),
+        (
+            "a_reaped_instance_never_gives_a_local_clients_name_twice",
+            || Box::pin(a_reaped_instance_never_gives_a_local_clients_name_twice()),
         ),
         ("redis_restart_is_survived_and_delivery_resumes", || {
             Box::pin(redis_restart_is_survived_and_delivery_resumes())

@@ -392,31 +392,42 @@ impl Room {
             };
             (entry.name.clone(), entry.address.clone())
         };
-        let keys = Keys::of(backplane);
-        let claimed: redis::RedisResult<Option<Vec<Value>>> = script(CLAIM, true)
-            .key(&keys.instances)
-            .key(&keys.names)
-            .key(&keys.mine)
-            .arg(owner_prefix(backplane, from))
-            .arg(&address)
-            .arg(requested)
-            .arg(old.as_deref().unwrap_or(""))
-            .arg(MAX_NAME_LEN)
-            .arg(MAX_LISTED_NAMES)
-            .invoke_async(&mut backplane.connection())
-            .await;
-        let mut names = match claimed {
-            Ok(Some(values)) => names_in(values, MAX_LISTED_NAMES + 1),
-            Ok(None) => Vec::new(),
-            Err(error) => {
-                backplane.failed(&error);
+        // A name Redis hands out may still be held here by another client:
+        // the others reaped this instance (it missed its heartbeats, e.g. on
+        // a starved machine) and its names vanished from Redis until its
+        // next beat writes them back. Then the claim is undone, this
+        // instance's names are written back now, and the claim is tried once more.
+        let mut names = Vec::new();
+        for attempt in 0..2 {
+            names = match self
+                .claim(backplane, from, &address, requested, old.as_deref())
+                .await
+            {
+                Ok(names) => names,
+                Err(error) => {
+                    backplane.failed(&error);
+                    self.reply(from, error_line(UNAVAILABLE));
+                    return;
+                }
+            };
+            let Some(name) = names.first() else {
+                self.reply(from, error_line("no free name left for that one"));
+                return;
+            };
+            let held_here = {
+                let state = self.lock();
+                state.names.get(name).is_some_and(|&holder| holder != from)
+            };
+            if !held_here {
+                break;
+            }
+            warn!(%name, "Redis handed out a name a local client holds: this instance was taken for dead; writing its names back");
+            release(backplane, from, name).await;
+            backplane.request_resync();
+            if attempt == 1 || !self.resync().await {
                 self.reply(from, error_line(UNAVAILABLE));
                 return;
             }
-        };
-        if names.is_empty() {
-            self.reply(from, error_line("no free name left for that one"));
-            return;
         }
         let name = names.remove(0);
         names.sort_unstable();
@@ -460,6 +471,32 @@ impl Room {
             }
             Some(_) => {}
         }
+    }
+
+    /// Runs [`CLAIM`] for client `from`: the name it got first, then the
+    /// other live names; empty when no name was free.
+    async fn claim(
+        &self,
+        backplane: &Backplane,
+        from: ClientId,
+        address: &str,
+        requested: &str,
+        old: Option<&str>,
+    ) -> redis::RedisResult<Vec<String>> {
+        let keys = Keys::of(backplane);
+        let claimed: Option<Vec<Value>> = script(CLAIM, true)
+            .key(&keys.instances)
+            .key(&keys.names)
+            .key(&keys.mine)
+            .arg(owner_prefix(backplane, from))
+            .arg(address)
+            .arg(requested)
+            .arg(old.unwrap_or(""))
+            .arg(MAX_NAME_LEN)
+            .arg(MAX_LISTED_NAMES)
+            .invoke_async(&mut backplane.connection())
+            .await?;
+        Ok(claimed.map_or_else(Vec::new, |values| names_in(values, MAX_LISTED_NAMES + 1)))
     }
 
     /// Who holds `name` on a live instance, per Redis.
