@@ -1,5 +1,6 @@
 //! `websocket_broker --redis` across instances: two broker processes of the
-//! same dialect on docroots of their own, each behind its own gateway,
+//! same dialect on docroots of their own, each behind its own gateway (the
+//! first relaying its clients, the second in direct mode),
 //! sharing one `redis-server` of the test's own. Every dialect addresses the
 //! other instance's clients (tokens and prefixes, channels, wsmsgbroker ids
 //! with send and answer, Achex `to` and `toS`), exclusive names are unique
@@ -30,7 +31,22 @@ struct Instance {
 }
 
 impl Instance {
+    /// An instance whose gateway relays its clients.
     async fn start(redis: &RedisServer, args: &[&str]) -> anyhow::Result<Instance> {
+        Instance::start_behind(redis, args, &[]).await
+    }
+
+    /// An instance whose gateway hands its clients' sockets over (direct
+    /// mode), so every test crosses a relayed and a direct instance.
+    async fn start_direct(redis: &RedisServer, args: &[&str]) -> anyhow::Result<Instance> {
+        Instance::start_behind(redis, args, &["--direct", "*"]).await
+    }
+
+    async fn start_behind(
+        redis: &RedisServer,
+        args: &[&str],
+        gateway_args: &[&str],
+    ) -> anyhow::Result<Instance> {
         let docroot = tempfile::tempdir()?;
         let url = redis.url();
         let mut all_args = vec![
@@ -44,7 +60,7 @@ impl Instance {
         all_args.extend_from_slice(args);
         let broker =
             Backend::start("websocket_broker", docroot.path(), "broker", &all_args).await?;
-        let gateway = Gateway::start(docroot.path(), &[]).await?;
+        let gateway = Gateway::start(docroot.path(), gateway_args).await?;
         Ok(Instance {
             _docroot: docroot,
             broker,
@@ -100,7 +116,7 @@ async fn token_client(instance: &Instance, token: &str) -> anyhow::Result<Client
 async fn tokens_and_prefixes_reach_the_other_instance() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let one = Instance::start(&redis, &["--dialect", "tokens"]).await?;
-    let two = Instance::start(&redis, &["--dialect", "tokens"]).await?;
+    let two = Instance::start_direct(&redis, &["--dialect", "tokens"]).await?;
     let mut abc1 = token_client(&one, "abc1").await?;
     let mut item1 = token_client(&two, "group/item1").await?;
     let mut item2 = token_client(&one, "group/item2").await?;
@@ -146,7 +162,7 @@ async fn tokens_and_prefixes_reach_the_other_instance() -> anyhow::Result<()> {
 async fn channels_reach_members_on_both_instances() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let one = Instance::start(&redis, &["--dialect", "channels"]).await?;
-    let two = Instance::start(&redis, &["--dialect", "channels"]).await?;
+    let two = Instance::start_direct(&redis, &["--dialect", "channels"]).await?;
     let mut members = Vec::new();
     for instance in [&one, &two, &two] {
         let mut client = instance.connect("").await?;
@@ -202,7 +218,7 @@ async fn register(client: &mut Client, id: &str) -> anyhow::Result<()> {
 async fn wsmsgbroker_ids_sends_and_first_answer_cross_instances() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let one = Instance::start(&redis, &["--dialect", "wsmsgbroker"]).await?;
-    let two = Instance::start(&redis, &["--dialect", "wsmsgbroker"]).await?;
+    let two = Instance::start_direct(&redis, &["--dialect", "wsmsgbroker"]).await?;
     let mut alice = one.connect("").await?;
     register(&mut alice, "alice").await?;
     let mut carol = one.connect("").await?;
@@ -321,7 +337,7 @@ async fn achex_to_and_to_session_cross_instances() -> anyhow::Result<()> {
     let accounts = accounts.to_str().context("temp path is UTF-8")?.to_owned();
     let args = ["--dialect", "achex", "-C", accounts.as_str()];
     let one = Instance::start(&redis, &args).await?;
-    let two = Instance::start(&redis, &args).await?;
+    let two = Instance::start_direct(&redis, &args).await?;
     let (mut alex1, alex1_sid) = achex_login(&one, "alex", "pw-alex").await?;
     let (mut alex2, alex2_sid) = achex_login(&two, "alex", "pw-alex").await?;
     let (mut bob, bob_sid) = achex_login(&two, "bob", "pw-bob").await?;
@@ -376,7 +392,7 @@ async fn achex_to_and_to_session_cross_instances() -> anyhow::Result<()> {
 async fn killed_instance_clients_are_gone_within_the_expiry() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let one = Instance::start(&redis, &["--dialect", "tokens"]).await?;
-    let mut two = Instance::start(&redis, &["--dialect", "tokens"]).await?;
+    let mut two = Instance::start_direct(&redis, &["--dialect", "tokens"]).await?;
     let mut here = token_client(&one, "here").await?;
     let mut other_here = token_client(&one, "other").await?;
     let _there = token_client(&two, "there").await?;
@@ -411,7 +427,7 @@ async fn killed_instance_clients_are_gone_within_the_expiry() -> anyhow::Result<
 async fn redis_restart_is_survived_by_the_broker() -> anyhow::Result<()> {
     let mut redis = RedisServer::start().await?;
     let one = Instance::start(&redis, &["--dialect", "tokens"]).await?;
-    let two = Instance::start(&redis, &["--dialect", "tokens"]).await?;
+    let two = Instance::start_direct(&redis, &["--dialect", "tokens"]).await?;
     let mut a = token_client(&one, "a").await?;
     let mut b = token_client(&two, "b").await?;
     let mut a2 = token_client(&one, "a2").await?;

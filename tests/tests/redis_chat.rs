@@ -1,5 +1,6 @@
 //! `websocket_chat --redis` across instances: two (or three) chat processes
-//! on docroots of their own, each behind its own gateway, sharing one
+//! on docroots of their own, each behind its own gateway (the second of
+//! each test in direct mode), sharing one
 //! `redis-server` of the test's own. Names are unique across them, public
 //! and private messages and presence cross over, `WSWhois` and `WSUsers` see
 //! everyone; a SIGKILLed instance's clients vanish from the others' presence
@@ -37,7 +38,20 @@ impl Instance {
         Instance::start_with_expiry(redis, EXPIRY_SECONDS).await
     }
 
+    /// An instance whose gateway hands its clients' sockets over (direct mode).
+    async fn start_direct(redis: &RedisServer) -> anyhow::Result<Instance> {
+        Instance::start_behind(redis, EXPIRY_SECONDS, &["--direct", "*"]).await
+    }
+
     async fn start_with_expiry(redis: &RedisServer, expiry: &str) -> anyhow::Result<Instance> {
+        Instance::start_behind(redis, expiry, &[]).await
+    }
+
+    async fn start_behind(
+        redis: &RedisServer,
+        expiry: &str,
+        gateway_args: &[&str],
+    ) -> anyhow::Result<Instance> {
         let docroot = tempfile::tempdir()?;
         let url = redis.url();
         let chat = Backend::start(
@@ -55,7 +69,7 @@ impl Instance {
             ],
         )
         .await?;
-        let gateway = Gateway::start(docroot.path(), &[]).await?;
+        let gateway = Gateway::start(docroot.path(), gateway_args).await?;
         Ok(Instance {
             _docroot: docroot,
             chat,
@@ -117,7 +131,7 @@ async fn expect_text_skipping(
 async fn names_are_unique_and_messages_and_presence_cross_instances() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let one = Instance::start(&redis).await?;
-    let two = Instance::start(&redis).await?;
+    let two = Instance::start_direct(&redis).await?;
 
     let (mut alice, users) = one.named("alice", "alice").await?;
     ensure!(users == "WSUsers", "{users:?}");
@@ -187,7 +201,7 @@ async fn killed_instance_vanishes_from_presence_and_the_others_lose_nothing() ->
     const N_MESSAGES: usize = 200;
     let redis = RedisServer::start().await?;
     let one = Instance::start(&redis).await?;
-    let two = Instance::start(&redis).await?;
+    let two = Instance::start_direct(&redis).await?;
     let mut three = Instance::start(&redis).await?;
     let (mut alice, _) = one.named("alice", "alice").await?;
     let (mut bob, _) = two.named("bob", "bob").await?;
@@ -289,7 +303,7 @@ async fn a_reaped_instance_never_gives_a_local_clients_name_twice() -> anyhow::R
 async fn redis_restart_is_survived_and_delivery_resumes() -> anyhow::Result<()> {
     let mut redis = RedisServer::start().await?;
     let one = Instance::start(&redis).await?;
-    let two = Instance::start(&redis).await?;
+    let two = Instance::start_direct(&redis).await?;
     let (mut alice, _) = one.named("alice", "alice").await?;
     let (mut dave, _) = one.named("dave", "dave").await?;
     expect_text(&mut alice, "WSJoin dave").await?;
