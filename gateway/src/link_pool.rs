@@ -13,11 +13,13 @@
 //! and everything is closed when the gateway drains or stops.
 
 use std::collections::HashMap;
-use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, recv};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
@@ -125,10 +127,15 @@ impl LinkPool {
 }
 
 /// Whether the backend still holds `stream` open and has sent nothing on it
-/// (a backend sends nothing on an idle link; anything read would be lost).
+/// (a backend sends nothing on an idle link). Asks the kernel, with a
+/// peek that never blocks: the reactor may not have seen the end yet.
 fn is_open(stream: &UnixStream) -> bool {
     let mut byte = [0u8; 1];
-    matches!(stream.try_read(&mut byte), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    matches!(
+        recv(stream.as_raw_fd(), &mut byte, flags),
+        Err(Errno::EAGAIN)
+    )
 }
 
 /// Closes expired links every second until `draining`, then closes them all.
