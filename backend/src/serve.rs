@@ -9,7 +9,8 @@
 //! wait in the kernel's backlog and hold no descriptor of this process.
 //!
 //! Direct mode reuses links: ACCEPT offers the gateway the link for another
-//! client (`reuse_ms`, the open timeout). After the HANDOFF the session runs
+//! client (`reuse_ms`, the open timeout) while at least half the pending-link
+//! slots are free. After the HANDOFF the session runs
 //! in a task of its own and the link's task, still holding its pending-link
 //! slot, waits for the next OPEN as long as a new link would; an idle link
 //! is closed at shutdown.
@@ -238,6 +239,7 @@ where
             pending_permit,
             options: options.clone(),
             slots: slots.clone(),
+            pending_links: pending_links.clone(),
             shutdown: shutdown.child_token(),
             tracker: tracker.clone(),
         };
@@ -267,6 +269,8 @@ struct PendingLink {
     pending_permit: OwnedSemaphorePermit,
     options: Arc<ServeOptions>,
     slots: Arc<Semaphore>,
+    /// Every pending-link slot: idle reused links may hold at most half of them.
+    pending_links: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -285,15 +289,23 @@ where
         pending_permit,
         options,
         slots,
+        pending_links,
         shutdown,
         tracker,
     } = link;
     let mut reused = false;
     loop {
         let span = info_span!("session", id = field::Empty, peer = field::Empty);
-        let Some(client) = open_client(connection, reused, &options, &slots, &shutdown)
-            .instrument(span.clone())
-            .await
+        let Some(client) = open_client(
+            connection,
+            reused,
+            &options,
+            &slots,
+            &pending_links,
+            &shutdown,
+        )
+        .instrument(span.clone())
+        .await
         else {
             return;
         };
@@ -351,6 +363,7 @@ async fn open_client(
     reused: bool,
     options: &ServeOptions,
     slots: &Arc<Semaphore>,
+    pending_links: &Semaphore,
     shutdown: &CancellationToken,
 ) -> Option<AcceptedClient> {
     let opened = tokio::select! {
@@ -424,12 +437,17 @@ async fn open_client(
         .iter()
         .find(|ours| incoming.meta().protocols.contains(ours))
         .cloned();
+    // Idle links hold pending-link slots: offer reuse only while at least
+    // half of them are free, so idle links (several gateways may each keep
+    // some) never keep new links waiting in the backlog.
+    let offer_reuse = pending_links.available_permits() * 2 >= options.max_pending_links;
     let reply = AcceptReply {
         protocol,
         max_message_size: options.max_message_size,
         // Direct mode only (ignored otherwise): the gateway may send the
         // next client's OPEN on this link, within the open timeout.
-        reuse_ms: Some(u64::try_from(options.open_timeout.as_millis()).unwrap_or(u64::MAX)),
+        reuse_ms: offer_reuse
+            .then(|| u64::try_from(options.open_timeout.as_millis()).unwrap_or(u64::MAX)),
         ..AcceptReply::default()
     };
     let permit = slots.clone().try_acquire_owned();
