@@ -65,15 +65,19 @@ impl DirectOptions {
 /// from OPEN): the client's compressed messages are inflated before the
 /// server sees them, and what the server sends is compressed.
 ///
-/// Returns the client and its address as the socket reports it.
+/// Returns the client, its address as the socket reports it, and, when
+/// `keep_link` (this backend offered the link for reuse in ACCEPT), the link,
+/// whose next record starts another client; otherwise the link is closed.
 pub(crate) async fn take_over(
     mut link: UnixStream,
     options: DirectOptions,
     deflate: Option<DeflateParams>,
-) -> Result<(DirectClient, Option<SocketAddr>), LinkError> {
+    keep_link: bool,
+) -> Result<(DirectClient, Option<SocketAddr>, Option<UnixStream>), LinkError> {
     let (client_fd, pending) = fd_pass::recv_handoff(&mut link, options.max_message_size).await?;
-    // The link has done its job; closing it tells the gateway it may let go.
-    drop(link);
+    // The link has done its job for this client; closing it tells the
+    // gateway it may let go, keeping it lets the gateway send the next OPEN.
+    let link = keep_link.then_some(link);
     let std_stream = std::net::TcpStream::from(client_fd);
     std_stream.set_nonblocking(true)?;
     let peer = std_stream.peer_addr().ok();
@@ -97,7 +101,7 @@ pub(crate) async fn take_over(
         }
     };
     let deflater = deflate.map(MessageDeflater::new);
-    Ok((DirectClient::new(ws, options, deflater), peer))
+    Ok((DirectClient::new(ws, options, deflater), peer, link))
 }
 
 /// A WebSocket client on its own socket, behaving like a relayed session.

@@ -57,7 +57,9 @@ pub struct CommonArgs {
     /// at once; further links wait in the socket's backlog.
     #[arg(long = "max-pending", value_name = "N", default_value_t = DEFAULT_MAX_PENDING_LINKS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pending_links: u32,
-    /// Seconds a new link may take to send OPEN before it is closed (fractions allowed).
+    /// Seconds a new link may take to send OPEN before it is closed (fractions
+    /// allowed); also how long a direct-mode link offered for reuse waits for
+    /// its next client's OPEN.
     #[arg(long = "open-timeout", value_name = "SECS", default_value_t = DEFAULT_OPEN_TIMEOUT.as_secs_f64(), value_parser = parse_seconds)]
     pub open_timeout: f64,
     /// Seconds the gateway may take after OPEN to read ACCEPT and, in direct mode,

@@ -8,6 +8,13 @@
 //! `max_pending_links`: past it the loop stops accepting, so further links
 //! wait in the kernel's backlog and hold no descriptor of this process.
 //!
+//! Direct mode reuses links: ACCEPT offers the gateway the link for another
+//! client (`reuse_ms`, the open timeout) while at least half the pending-link
+//! slots are free. After the HANDOFF the session runs
+//! in a task of its own and the link's task, still holding its pending-link
+//! slot, waits for the next OPEN as long as a new link would; an idle link
+//! is closed at shutdown.
+//!
 //! A link whose first record is a REQUEST (a plain HTTP request, `wsgate
 //! --http`) goes to [`ServeOptions::request_handler`] instead, within
 //! `request_timeout`; it holds its pending-link slot, not a client slot.
@@ -28,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use lifecycle::{AcceptBackoff, is_transient_accept_error};
-use link::{AcceptReply, DEFAULT_MAX_PAYLOAD, OpenMeta, RejectReply};
+use link::{AcceptReply, DEFAULT_MAX_PAYLOAD, LinkMode, OpenMeta, RejectReply};
 
 use crate::direct::DirectOptions;
 use crate::metrics::{Metrics, Refused};
@@ -227,18 +234,16 @@ where
                 Err(error) => break Err(error),
             },
         };
-        let span = info_span!("session", id = field::Empty, peer = field::Empty);
-        tracker.spawn(
-            run_connection(
-                connection,
-                pending_permit,
-                options.clone(),
-                slots.clone(),
-                shutdown.child_token(),
-                handler.clone(),
-            )
-            .instrument(span),
-        );
+        let link = PendingLink {
+            connection,
+            pending_permit,
+            options: options.clone(),
+            slots: slots.clone(),
+            pending_links: pending_links.clone(),
+            shutdown: shutdown.child_token(),
+            tracker: tracker.clone(),
+        };
+        tracker.spawn(run_link(link, handler.clone()));
     };
     info!(
         n_sessions = tracker.len(),
@@ -257,27 +262,140 @@ where
     result
 }
 
-async fn run_connection<H, F>(
+/// A link that has not become a session yet, with its pending-link slot
+/// and what its sessions need.
+struct PendingLink {
     connection: Connection,
     pending_permit: OwnedSemaphorePermit,
     options: Arc<ServeOptions>,
     slots: Arc<Semaphore>,
+    /// Every pending-link slot: idle reused links may hold at most half of them.
+    pending_links: Arc<Semaphore>,
     shutdown: CancellationToken,
-    handler: H,
-) where
-    H: Fn(Session, CancellationToken) -> F,
-    F: Future<Output = ()>,
+    tracker: TaskTracker,
+}
+
+/// Serves the clients of one link: usually one, then the link ends. A
+/// direct-mode link that comes back after its HANDOFF (offered for reuse in
+/// ACCEPT) waits here for the next OPEN, while the session it carried runs
+/// in a task of its own; the link keeps its pending-link slot meanwhile.
+async fn run_link<H, F>(link: PendingLink, handler: H)
+where
+    H: Fn(Session, CancellationToken) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
 {
-    let opened = tokio::time::timeout(options.open_timeout, connection.open_or_request()).await;
+    let PendingLink {
+        mut connection,
+        pending_permit,
+        options,
+        slots,
+        pending_links,
+        shutdown,
+        tracker,
+    } = link;
+    let mut reused = false;
+    loop {
+        let span = info_span!("session", id = field::Empty, peer = field::Empty);
+        let Some(client) = open_client(
+            connection,
+            reused,
+            &options,
+            &slots,
+            &pending_links,
+            &shutdown,
+        )
+        .instrument(span.clone())
+        .await
+        else {
+            return;
+        };
+        let Some(next) = client.next_link else {
+            drop(pending_permit);
+            return run_session(
+                client.session,
+                client.permit,
+                client.mode,
+                &options,
+                shutdown,
+                handler,
+            )
+            .instrument(span)
+            .await;
+        };
+        tracker.spawn(
+            {
+                let (options, shutdown, handler) =
+                    (options.clone(), shutdown.clone(), handler.clone());
+                async move {
+                    run_session(
+                        client.session,
+                        client.permit,
+                        client.mode,
+                        &options,
+                        shutdown,
+                        handler,
+                    )
+                    .await;
+                }
+            }
+            .instrument(span),
+        );
+        connection = next;
+        reused = true;
+    }
+}
+
+/// A client accepted on a link, not yet counted against the client limit.
+struct AcceptedClient {
+    session: Session,
+    /// Its client slot, or why there is none (the limit is reached).
+    permit: Result<OwnedSemaphorePermit, tokio::sync::TryAcquireError>,
+    mode: LinkMode,
+    /// The link, back after the HANDOFF for another client.
+    next_link: Option<Connection>,
+}
+
+/// Reads the link's first record and answers it: a REQUEST is answered
+/// here, an OPEN refused by the server's admission check gets REJECT, any
+/// other OPEN gets ACCEPT. `None` when no session came of it (logged).
+async fn open_client(
+    connection: Connection,
+    reused: bool,
+    options: &ServeOptions,
+    slots: &Arc<Semaphore>,
+    pending_links: &Semaphore,
+    shutdown: &CancellationToken,
+) -> Option<AcceptedClient> {
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(options.open_timeout, connection.open_or_request()) => opened,
+        // An idle reused link holds nothing the gateway waits for: close it.
+        () = shutdown.cancelled(), if reused => {
+            debug!("shutdown: idle link closed");
+            return None;
+        }
+    };
     let incoming = match opened {
+        // The gateway keeps an idle link for half this time; a reused link
+        // that runs out is one the gateway no longer needed.
+        Err(_) if reused => {
+            debug!("idle link not used; closed");
+            return None;
+        }
         Err(_) => {
-            return warn!(
+            warn!(
                 "no OPEN within {:?}; dropping the link",
                 options.open_timeout
             );
+            return None;
         }
-        Ok(Err(SessionError::ClosedBeforeOpen)) => return debug!("link closed before OPEN"),
-        Ok(Err(error)) => return warn!(%error, "cannot open session"),
+        Ok(Err(SessionError::ClosedBeforeOpen)) => {
+            debug!("link closed before OPEN");
+            return None;
+        }
+        Ok(Err(error)) => {
+            warn!(%error, "cannot open session");
+            return None;
+        }
         Ok(Ok(LinkStart::Client(incoming))) => incoming,
         Ok(Ok(LinkStart::Request(pending))) => {
             tracing::Span::current().record("id", pending.request.id);
@@ -287,16 +405,19 @@ async fn run_connection<H, F>(
                 options.request_handler.as_ref(),
                 options.request_timeout,
                 options.handoff_timeout,
-                &shutdown,
+                shutdown,
             )
             .await;
-            return drop(pending_permit);
+            return None;
         }
     };
-    let incoming_mode = incoming.meta().mode;
+    let mode = incoming.meta().mode;
     let span = tracing::Span::current();
     span.record("id", incoming.meta().id);
     span.record("peer", incoming.meta().peer.as_str());
+    if reused {
+        debug!("OPEN on a reused link");
+    }
     if let Some(Err(refusal)) = options
         .admission
         .as_ref()
@@ -309,31 +430,63 @@ async fn run_connection<H, F>(
         if let Ok(Err(error)) = rejected {
             debug!(%error, "cannot send REJECT");
         }
-        return;
+        return None;
     }
     let protocol = options
         .subprotocols
         .iter()
         .find(|ours| incoming.meta().protocols.contains(ours))
         .cloned();
+    // Idle links hold pending-link slots: offer reuse only while at least
+    // half of them are free, so idle links (several gateways may each keep
+    // some) never keep new links waiting in the backlog.
+    let offer_reuse = pending_links.available_permits() * 2 >= options.max_pending_links;
     let reply = AcceptReply {
         protocol,
         max_message_size: options.max_message_size,
+        // Direct mode only (ignored otherwise): the gateway may send the
+        // next client's OPEN on this link, within the open timeout.
+        reuse_ms: offer_reuse
+            .then(|| u64::try_from(options.open_timeout.as_millis()).unwrap_or(u64::MAX)),
         ..AcceptReply::default()
     };
-    let permit = slots.try_acquire_owned();
-    let accepted = tokio::time::timeout(options.handoff_timeout, incoming.accept(reply)).await;
-    let mut session = match accepted {
+    let permit = slots.clone().try_acquire_owned();
+    let accepted =
+        tokio::time::timeout(options.handoff_timeout, incoming.accept_keeping_link(reply)).await;
+    match accepted {
         Err(_) => {
-            return warn!(
-                mode = ?incoming_mode,
+            warn!(
+                ?mode,
                 "gateway did not complete the session within {:?}; dropping the link",
                 options.handoff_timeout
             );
+            None
         }
-        Ok(Err(error)) => return warn!(%error, "cannot accept session"),
-        Ok(Ok(session)) => session,
-    };
+        Ok(Err(error)) => {
+            warn!(%error, "cannot accept session");
+            None
+        }
+        Ok(Ok((session, next_link))) => Some(AcceptedClient {
+            session,
+            permit,
+            mode,
+            next_link,
+        }),
+    }
+}
+
+/// Runs `handler` on `session` if it has a client slot; otherwise closes it with 1013.
+async fn run_session<H, F>(
+    mut session: Session,
+    permit: Result<OwnedSemaphorePermit, tokio::sync::TryAcquireError>,
+    mode: LinkMode,
+    options: &ServeOptions,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Session, CancellationToken) -> F,
+    F: Future<Output = ()>,
+{
     let Ok(_permit) = permit else {
         warn!(
             max_clients = options.max_clients,
@@ -348,9 +501,8 @@ async fn run_connection<H, F>(
         }
         return;
     };
-    drop(pending_permit);
     info!(name = %session.meta().name, "session opened");
-    let _open = options.metrics.session_opened(incoming_mode);
+    let _open = options.metrics.session_opened(mode);
     handler(session, shutdown).await;
     info!("session ended");
 }

@@ -65,10 +65,21 @@ impl Connection {
         direct_options: DirectOptions,
         metrics: Metrics,
     ) -> Connection {
-        let mut framed = Framed::from_parts(FramedParts::new::<Record>(
+        Connection::with_codec(
             stream,
             RecordCodec::new(max_payload),
-        ));
+            direct_options,
+            metrics,
+        )
+    }
+
+    fn with_codec(
+        stream: UnixStream,
+        codec: RecordCodec,
+        direct_options: DirectOptions,
+        metrics: Metrics,
+    ) -> Connection {
+        let mut framed = Framed::from_parts(FramedParts::new::<Record>(stream, codec));
         // Framed starts with 8 KiB each way; most sessions idle, so start small.
         // Both buffers grow to fit the records that actually come and go.
         *framed.read_buffer_mut() = BytesMut::with_capacity(LINK_READ_BUFFER);
@@ -157,8 +168,26 @@ impl Incoming {
     ///
     /// In direct mode this also takes over the client's socket, which the
     /// gateway hands over right after its `101`.
-    pub async fn accept(mut self, reply: AcceptReply) -> Result<Session, SessionError> {
+    pub async fn accept(self, reply: AcceptReply) -> Result<Session, SessionError> {
+        // Only `serve` can take a link back for the next client.
+        let reply = AcceptReply {
+            reuse_ms: None,
+            ..reply
+        };
+        Ok(self.accept_keeping_link(reply).await?.0)
+    }
+
+    /// [`Incoming::accept`]; in direct mode with `reply.reuse_ms`, also the
+    /// link after the HANDOFF, whose next record starts another client.
+    pub(crate) async fn accept_keeping_link(
+        mut self,
+        mut reply: AcceptReply,
+    ) -> Result<(Session, Option<Connection>), SessionError> {
+        if self.meta.mode != LinkMode::Direct {
+            reply.reuse_ms = None;
+        }
         self.framed.send(Record::Accept(reply.to_payload())).await?;
+        let mut next_link = None;
         let transport = match self.meta.mode {
             LinkMode::Framed => Transport::Link(self.framed),
             LinkMode::Direct => {
@@ -174,15 +203,24 @@ impl Incoming {
                 if let Some(max) = reply.max_message_size {
                     options.max_message_size = options.max_message_size.min(max);
                 }
-                let (client, peer) =
-                    direct::take_over(parts.io, options, self.meta.deflate).await?;
+                let keep_link = reply.reuse_ms.is_some();
+                let (client, peer, link) =
+                    direct::take_over(parts.io, options, self.meta.deflate, keep_link).await?;
                 if let Some(peer) = peer {
                     self.meta.peer = peer.to_string();
                 }
+                next_link = link.map(|stream| {
+                    Connection::with_codec(
+                        stream,
+                        parts.codec,
+                        self.direct_options,
+                        self.metrics.clone(),
+                    )
+                });
                 Transport::Direct(Box::new(client))
             }
         };
-        Ok(Session {
+        let session = Session {
             meta: self.meta,
             transport,
             peeked: None,
@@ -190,7 +228,8 @@ impl Incoming {
             n_deferred: 0,
             defer_flushes: true,
             metrics: self.metrics,
-        })
+        };
+        Ok((session, next_link))
     }
 
     /// Refuses the client: the gateway answers its handshake with `reply.status`.

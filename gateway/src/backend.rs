@@ -15,6 +15,7 @@ use link::{AcceptReply, LinkError, OpenMeta, Record, RecordCodec, RejectReply};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
+use crate::link_pool::LinkPool;
 use crate::refusal::Refusal;
 
 /// Most response headers a backend's ACCEPT may add to the `101`.
@@ -64,70 +65,122 @@ pub(crate) type FramedLink = Framed<UnixStream, RecordCodec>;
 /// Connects to `socket_path`, sends `open` and waits for the backend's answer,
 /// all within `accept_timeout`.
 ///
+/// With `pool` (direct mode), an idle link the backend offered for reuse is
+/// tried first; if it turns out closed before any answer (the backend's wait
+/// ran out, or it stopped), the OPEN goes on a fresh connection instead, so
+/// the client never notices.
+///
 /// The chosen subprotocol must be one of those offered in `open`.
 pub(crate) async fn open_framed(
     socket_path: &Path,
     open: &OpenMeta,
     max_payload: usize,
     accept_timeout: Duration,
+    pool: Option<&LinkPool>,
 ) -> Result<(FramedLink, AcceptReply), Refusal> {
     let name = &open.name;
-    let exchange = async {
-        let stream = connect(socket_path, name).await?;
-        let mut link =
-            Framed::with_capacity(stream, RecordCodec::new(max_payload), LINK_READ_BUFFER);
-        let failed = |cause: BackendFailure| Refusal::BackendFailed {
+    let refusal = |answer: Answer| match answer {
+        Answer::Rejected { status, reason } => Refusal::BackendRejected {
+            name: name.clone(),
+            status,
+            reason,
+        },
+        Answer::Failed(cause) => Refusal::BackendFailed {
             name: name.clone(),
             cause,
-        };
-        link.send(Record::Open(open.to_payload()))
-            .await
-            .map_err(|error| failed(BackendFailure::WriteOpen(error)))?;
-        match link.next().await {
-            Some(Ok(Record::Accept(payload))) => {
-                let reply = AcceptReply::from_payload(&payload)
-                    .map_err(|error| failed(BackendFailure::BadAnswer(error)))?;
-                if let Some(protocol) = &reply.protocol
-                    && !open.protocols.contains(protocol)
-                {
-                    return Err(failed(BackendFailure::UnofferedProtocol(protocol.clone())));
+        },
+    };
+    let exchange = async {
+        if let Some(stream) = pool.and_then(|pool| pool.take(socket_path)) {
+            match exchange(stream, open, max_payload).await {
+                Ok(accepted) => return Ok(accepted),
+                Err(Answer::Failed(cause)) if cause.is_link_gone() => {
+                    tracing::debug!(
+                        error = &cause as &dyn std::error::Error,
+                        "idle link ended before answering; connecting afresh"
+                    );
                 }
-                if reply.headers.len() > MAX_ACCEPT_HEADERS {
-                    return Err(failed(BackendFailure::TooManyHeaders(reply.headers.len())));
-                }
-                if let Some(longest) = reply
-                    .headers
-                    .iter()
-                    .map(|(name, value)| name.len() + value.len())
-                    .max()
-                    .filter(|len| *len > MAX_ACCEPT_HEADER_SIZE)
-                {
-                    return Err(failed(BackendFailure::HeaderTooLong(longest)));
-                }
-                Ok((link, reply))
+                Err(answer) => return Err(refusal(answer)),
             }
-            Some(Ok(Record::Reject(payload))) => {
-                let reply = RejectReply::from_payload(&payload)
-                    .map_err(|error| failed(BackendFailure::BadAnswer(error)))?;
-                match StatusCode::from_u16(reply.status) {
-                    Ok(status) if (400..=599).contains(&reply.status) => {
-                        Err(Refusal::BackendRejected {
-                            name: name.clone(),
-                            status,
-                            reason: truncate(reply.reason, MAX_REJECT_REASON),
-                        })
-                    }
-                    _ => Err(failed(BackendFailure::RejectStatus(reply.status))),
-                }
-            }
-            Some(Ok(other)) => Err(failed(BackendFailure::UnexpectedRecord(other.name()))),
-            Some(Err(error)) => Err(failed(BackendFailure::ReadAnswer(error))),
-            None => Err(failed(BackendFailure::ClosedBeforeAnswer)),
         }
+        let stream = connect(socket_path, name).await?;
+        exchange(stream, open, max_payload).await.map_err(refusal)
     };
     tokio::time::timeout(accept_timeout, exchange)
         .await
         .map_err(|_| Refusal::BackendTimeout(name.clone()))?
+}
+
+/// What a backend answered other than an acceptable ACCEPT.
+enum Answer {
+    /// REJECT with a valid status.
+    Rejected { status: StatusCode, reason: String },
+    /// No answer, or not a valid one.
+    Failed(BackendFailure),
+}
+
+/// Sends `open` on `stream` and reads the backend's answer.
+async fn exchange(
+    stream: UnixStream,
+    open: &OpenMeta,
+    max_payload: usize,
+) -> Result<(FramedLink, AcceptReply), Answer> {
+    let mut link = Framed::with_capacity(stream, RecordCodec::new(max_payload), LINK_READ_BUFFER);
+    let failed = Answer::Failed;
+    link.send(Record::Open(open.to_payload()))
+        .await
+        .map_err(|error| failed(BackendFailure::WriteOpen(error)))?;
+    match link.next().await {
+        Some(Ok(Record::Accept(payload))) => {
+            let reply = AcceptReply::from_payload(&payload)
+                .map_err(|error| failed(BackendFailure::BadAnswer(error)))?;
+            if let Some(protocol) = &reply.protocol
+                && !open.protocols.contains(protocol)
+            {
+                return Err(failed(BackendFailure::UnofferedProtocol(protocol.clone())));
+            }
+            if reply.headers.len() > MAX_ACCEPT_HEADERS {
+                return Err(failed(BackendFailure::TooManyHeaders(reply.headers.len())));
+            }
+            if let Some(longest) = reply
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .max()
+                .filter(|len| *len > MAX_ACCEPT_HEADER_SIZE)
+            {
+                return Err(failed(BackendFailure::HeaderTooLong(longest)));
+            }
+            Ok((link, reply))
+        }
+        Some(Ok(Record::Reject(payload))) => {
+            let reply = RejectReply::from_payload(&payload)
+                .map_err(|error| failed(BackendFailure::BadAnswer(error)))?;
+            match StatusCode::from_u16(reply.status) {
+                Ok(status) if (400..=599).contains(&reply.status) => Err(Answer::Rejected {
+                    status,
+                    reason: truncate(reply.reason, MAX_REJECT_REASON),
+                }),
+                _ => Err(failed(BackendFailure::RejectStatus(reply.status))),
+            }
+        }
+        Some(Ok(other)) => Err(failed(BackendFailure::UnexpectedRecord(other.name()))),
+        Some(Err(error)) => Err(failed(BackendFailure::ReadAnswer(error))),
+        None => Err(failed(BackendFailure::ClosedBeforeAnswer)),
+    }
+}
+
+impl BackendFailure {
+    /// Whether the link ended (or broke) before any answer: for an idle link
+    /// taken from the pool, the backend closed it, and a fresh one may work.
+    fn is_link_gone(&self) -> bool {
+        matches!(
+            self,
+            BackendFailure::WriteOpen(LinkError::Io(_))
+                | BackendFailure::ReadAnswer(LinkError::Io(_))
+                | BackendFailure::ClosedBeforeAnswer
+        )
+    }
 }
 
 /// `text` cut to at most `max` bytes on a character boundary.

@@ -3,9 +3,13 @@
 //! (SCM_RIGHTS through `link::fd_pass`), then forget the client.
 //!
 //! From then on the backend speaks WebSocket on the socket itself; the
-//! gateway holds no descriptor, no task and no connection slot for it.
+//! gateway holds no descriptor, no task and no connection slot for it. When
+//! the backend offered to reuse the link (ACCEPT's `reuse_ms`), the link goes
+//! to the `link_pool` for the next client instead of being closed.
 
 use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use link::fd_pass;
@@ -14,15 +18,26 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::backend::FramedLink;
+use crate::link_pool::LinkPool;
 use crate::relay::{self, RelaySettings};
 
-/// Hands `tcp` and `pending` over on `link`. If that fails, the client (who
-/// already has its `101`) is closed with `1011` and the reason is logged.
+/// Where a link the backend offered for reuse goes after the HANDOFF.
+pub(crate) struct LinkReuse<'a> {
+    pub(crate) pool: &'a LinkPool,
+    pub(crate) socket_path: &'a Path,
+    /// How long the backend waits for the next OPEN (ACCEPT's `reuse_ms`).
+    pub(crate) backend_wait: Duration,
+}
+
+/// Hands `tcp` and `pending` over on `link`, then gives the link to `reuse`
+/// or closes it. If the hand-over fails, the client (who already has its
+/// `101`) is closed with `1011` and the reason is logged.
 pub(crate) async fn hand_over(
     tcp: TcpStream,
     pending: Bytes,
     link: FramedLink,
     settings: &RelaySettings,
+    reuse: Option<LinkReuse<'_>>,
 ) {
     let parts = link.into_parts();
     let failure = if parts.read_buf.is_empty() {
@@ -30,6 +45,13 @@ pub(crate) async fn hand_over(
         match fd_pass::send_handoff(&mut stream, tcp.as_fd(), &pending).await {
             Ok(()) => {
                 tracing::debug!(n_pending = pending.len(), "client handed over");
+                // Our copy of the client's socket closes here, before the link may be reused.
+                drop(tcp);
+                if let Some(reuse) = reuse {
+                    reuse
+                        .pool
+                        .put(reuse.socket_path, stream, reuse.backend_wait);
+                }
                 return;
             }
             Err(error) => format!("sending HANDOFF: {error}"),

@@ -17,6 +17,7 @@
 //! - `relay`: messages between a client and its backend until one side closes
 //!   (`relay::framed` for the link protocol, `relay::raw` for ouistiti's raw mode).
 //! - `handoff`: direct mode, the client's socket handed to the backend after the `101`.
+//! - `link_pool`: direct mode's idle links that backends offered for the next client.
 //! - `upgrade`: one upgrade request from handshake to the spawned relay.
 //! - `connection`: one TCP connection served by hyper; dispatches each request.
 //! - `http_connections`: connections not yet upgraded, per address, and which to shed first.
@@ -50,6 +51,7 @@ mod forward;
 mod handoff;
 mod handshake;
 mod http_connections;
+mod link_pool;
 mod metrics;
 mod refusal;
 mod relay;

@@ -39,6 +39,7 @@ use crate::authorizer::Authorizer;
 use crate::config::Config;
 use crate::connection;
 use crate::http_connections::{HttpConnection, HttpConnections};
+use crate::link_pool::{self, LinkPool};
 use crate::metrics::Metrics;
 use crate::relay::RelaySettings;
 use crate::reload::{self, ConfigSource};
@@ -81,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) direct_over_tls: Arc<Mutex<HashSet<String>>>,
     /// This gateway's metrics (served on `--metrics-listen`).
     pub(crate) metrics: Arc<Metrics>,
+    /// Direct mode's idle links, offered by their backends for the next client.
+    pub(crate) link_pool: Arc<LinkPool>,
 }
 
 /// The current snapshot; a reload stores a new one.
@@ -113,6 +116,7 @@ impl Shared {
             http_connections: Arc::clone(&self.http_connections),
             direct_over_tls: Arc::clone(&self.direct_over_tls),
             metrics: Arc::clone(&self.metrics),
+            link_pool: Arc::clone(&self.link_pool),
         }
     }
 }
@@ -249,8 +253,14 @@ pub async fn serve(
         http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
         direct_over_tls: Arc::new(Mutex::new(HashSet::new())),
         metrics: Arc::new(Metrics::new()),
+        link_pool: Arc::new(LinkPool::default()),
         config,
     };
+    // Idle links are closed when they expire, and all of them at drain.
+    tracker.spawn(link_pool::sweep(
+        Arc::clone(&shared.link_pool),
+        draining.clone(),
+    ));
     let live = Arc::new(ArcSwap::from_pointee(shared));
     for listener in listeners.plain {
         tracker.spawn(accept_loop(listener, Arc::clone(&live), false));

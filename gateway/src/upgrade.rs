@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -30,7 +30,7 @@ use crate::authorizer::ConnectQuestion;
 use crate::backend;
 use crate::client_stream::ClientStream;
 use crate::deflate;
-use crate::handoff;
+use crate::handoff::{self, LinkReuse};
 use crate::handshake::{self, UpgradeRequest};
 use crate::metrics::{ClientMetrics, ClientMode};
 use crate::refusal::Refusal;
@@ -43,8 +43,9 @@ use crate::server::{ClientSlot, Shared};
 enum Link {
     Framed(backend::FramedLink),
     Raw(tokio::net::UnixStream),
-    /// Accepted in direct mode: the client's socket goes over this link.
-    Direct(backend::FramedLink),
+    /// Accepted in direct mode: the client's socket goes over this link,
+    /// which the backend keeps for another client this long, if it said so.
+    Direct(backend::FramedLink, Option<Duration>),
 }
 
 impl Link {
@@ -52,7 +53,7 @@ impl Link {
         match self {
             Link::Framed(_) => ClientMode::Relay,
             Link::Raw(_) => ClientMode::Raw,
-            Link::Direct(_) => ClientMode::Direct,
+            Link::Direct(..) => ClientMode::Direct,
         }
     }
 }
@@ -98,6 +99,7 @@ pub(crate) async fn handle<S: ClientStream>(
                     tracing::debug!(socket = %target.socket_path.display(), "relaying");
                     relay_upgraded::<S>(
                         on_upgrade,
+                        &target.socket_path,
                         link,
                         max_message_size,
                         deflate,
@@ -246,6 +248,7 @@ async fn accept(
         &open,
         config.max_message_size,
         config.accept_timeout,
+        is_direct.then_some(&*shared.link_pool),
     )
     .await?;
     shared
@@ -257,7 +260,7 @@ async fn accept(
         protocol: reply.protocol.or_else(|| target.protocol.clone()),
         target,
         link: if is_direct {
-            Link::Direct(link)
+            Link::Direct(link, reply.reuse_ms.map(Duration::from_millis))
         } else {
             Link::Framed(link)
         },
@@ -307,6 +310,7 @@ fn resolve(docroot: &std::path::Path, name: &str, protocols: &[String]) -> Resul
 /// Waits for hyper to hand over the connection after the `101`, then relays.
 async fn relay_upgraded<S: ClientStream>(
     on_upgrade: OnUpgrade,
+    socket_path: &std::path::Path,
     link: Link,
     max_message_size: usize,
     deflate: Option<DeflateParams>,
@@ -342,8 +346,15 @@ async fn relay_upgraded<S: ClientStream>(
             let deflater = deflate.map(MessageDeflater::new);
             relay::raw::run(client, link, settings, deflater, &shared.shutdown, metrics).await;
         }
-        Link::Direct(link) => match stream.into_tcp() {
-            Ok(tcp) => handoff::hand_over(tcp, pending, link, settings).await,
+        Link::Direct(link, backend_wait) => match stream.into_tcp() {
+            Ok(tcp) => {
+                let reuse = backend_wait.map(|backend_wait| LinkReuse {
+                    pool: &shared.link_pool,
+                    socket_path,
+                    backend_wait,
+                });
+                handoff::hand_over(tcp, pending, link, settings, reuse).await;
+            }
             Err(_) => {
                 // `accept` never chooses direct mode for a TLS client.
                 tracing::error!("direct mode chosen for a TLS client; closing");

@@ -108,6 +108,12 @@ pub struct AcceptReply {
     /// relays, by the backend library in direct mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_size: Option<usize>,
+    /// Direct mode only: after the HANDOFF this backend keeps the link open
+    /// and reads it as a new link, for another client's OPEN, for this many
+    /// milliseconds (docs/link-protocol.md, *Link reuse*). `None`: the
+    /// backend closes the link after the HANDOFF, and so does the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse_ms: Option<u64>,
 }
 
 /// The backend's REJECT answer: the HTTP status and one-line reason the client gets.
@@ -417,5 +423,29 @@ mod tests {
         let error = ResponseHead::from_payload(join_head(b"{\"status\":\"x\"}", b""))
             .expect_err("bad JSON");
         assert!(matches!(error, LinkError::BadJson { .. }), "{error}");
+    }
+
+    #[test]
+    fn accept_reuse_is_optional_both_ways() {
+        // An older backend's ACCEPT: no reuse.
+        let old = AcceptReply::from_payload(br#"{"protocol":"chat"}"#).expect("valid ACCEPT");
+        assert_eq!(old.reuse_ms, None);
+        assert_eq!(
+            AcceptReply::from_payload(b"").expect("empty").reuse_ms,
+            None
+        );
+        let reply = AcceptReply {
+            reuse_ms: Some(3000),
+            ..AcceptReply::default()
+        };
+        assert_eq!(&reply.to_payload()[..], br#"{"reuse_ms":3000}"#);
+        assert_eq!(
+            AcceptReply::from_payload(&reply.to_payload()).expect("round trip"),
+            reply
+        );
+        // A negative or fractional value is malformed, not a silent default.
+        for bad in [&br#"{"reuse_ms":-1}"#[..], br#"{"reuse_ms":1.5}"#] {
+            assert!(AcceptReply::from_payload(bad).is_err());
+        }
     }
 }

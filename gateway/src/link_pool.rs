@@ -1,0 +1,221 @@
+//! Direct mode's idle links, kept per backend socket for the next client.
+//!
+//! A backend that answers ACCEPT with `reuse_ms` keeps reading its link after
+//! the HANDOFF, for the next client's OPEN, for that long. `handoff` puts such
+//! a link here once the client's socket went over it; `backend::open_framed`
+//! takes the newest one instead of connecting again, which saves both sides a
+//! connect, an accept and a socket per client (docs/link-protocol.md, *Link
+//! reuse*). A link is kept for at most half the backend's wait (so it is
+//! never the backend that closes a link the gateway is about to use) and at
+//! most [`MAX_IDLE`]; at most [`MAX_IDLE_LINKS_PER_BACKEND`] per socket and
+//! [`MAX_POOLED_BACKENDS`] sockets. A dead backend's links read as ended
+//! and are dropped when taken; [`sweep`] closes expired ones every second,
+//! and everything is closed when the gateway drains or stops.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, recv};
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+/// Idle links kept per backend socket; more are closed when handed back.
+pub(crate) const MAX_IDLE_LINKS_PER_BACKEND: usize = 16;
+
+/// Backend sockets with idle links at once; a link to another one is closed.
+pub(crate) const MAX_POOLED_BACKENDS: usize = 256;
+
+/// The longest a link stays idle here, whatever the backend offers.
+pub(crate) const MAX_IDLE: Duration = Duration::from_secs(10);
+
+/// How often [`sweep`] closes expired links.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Idle direct-mode links by socket path (newest last).
+#[derive(Debug, Default)]
+pub(crate) struct LinkPool {
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    idle: HashMap<PathBuf, Vec<IdleLink>>,
+    /// Set at drain and shutdown: links handed back are closed.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct IdleLink {
+    stream: UnixStream,
+    expires: Instant,
+}
+
+impl LinkPool {
+    /// The newest idle link to `socket_path` that is still open, if any.
+    /// Expired links and links the backend closed are closed on the way.
+    pub(crate) fn take(&self, socket_path: &Path) -> Option<UnixStream> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let links = state.idle.get_mut(socket_path)?;
+        let mut found = None;
+        while let Some(link) = links.pop() {
+            if link.expires > now && is_open(&link.stream) {
+                found = Some(link.stream);
+                break;
+            }
+        }
+        if links.is_empty() {
+            state.idle.remove(socket_path);
+        }
+        found
+    }
+
+    /// Keeps `stream`, a link to `socket_path` whose backend waits
+    /// `backend_wait` for the next OPEN, unless the pool is full or closed.
+    pub(crate) fn put(&self, socket_path: &Path, stream: UnixStream, backend_wait: Duration) {
+        let expires = Instant::now() + (backend_wait / 2).min(MAX_IDLE);
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        let n_backends = state.idle.len();
+        let links = match state.idle.get_mut(socket_path) {
+            Some(links) => links,
+            None if n_backends < MAX_POOLED_BACKENDS => {
+                state.idle.entry(socket_path.to_owned()).or_default()
+            }
+            // Dropping the stream closes it.
+            None => return,
+        };
+        if links.len() < MAX_IDLE_LINKS_PER_BACKEND {
+            links.push(IdleLink { stream, expires });
+        }
+    }
+
+    /// Closes the expired links; returns how many links are left.
+    pub(crate) fn close_expired(&self) -> usize {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.idle.retain(|_, links| {
+            links.retain(|link| link.expires > now);
+            !links.is_empty()
+        });
+        state.idle.values().map(Vec::len).sum()
+    }
+
+    /// Closes every idle link and every link handed back from now on.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.idle.clear();
+    }
+
+    /// Idle links held now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().idle.values().map(Vec::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A panic elsewhere cannot leave the map inconsistent: every update is one call.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether the backend still holds `stream` open and has sent nothing on it
+/// (a backend sends nothing on an idle link). Asks the kernel, with a
+/// peek that never blocks: the reactor may not have seen the end yet.
+fn is_open(stream: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    matches!(
+        recv(stream.as_raw_fd(), &mut byte, flags),
+        Err(Errno::EAGAIN)
+    )
+}
+
+/// Closes expired links every second until `draining`, then closes them all.
+pub(crate) async fn sweep(pool: std::sync::Arc<LinkPool>, draining: CancellationToken) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = draining.cancelled() => break,
+            _ = ticks.tick() => {
+                pool.close_expired();
+            }
+        }
+    }
+    pool.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(3);
+
+    #[tokio::test]
+    async fn takes_the_newest_open_link_and_skips_closed_ones() {
+        let pool = LinkPool::default();
+        let path = Path::new("/run/ws/echo");
+        let (first, _first_peer) = UnixStream::pair().expect("pair");
+        let (second, second_peer) = UnixStream::pair().expect("pair");
+        pool.put(path, first, WAIT);
+        pool.put(path, second, WAIT);
+        drop(second_peer);
+        // The newest is closed at the backend's end: the older one comes out.
+        assert!(pool.take(path).is_some());
+        assert!(pool.take(path).is_none());
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_link_the_backend_wrote_on_is_not_taken() {
+        let pool = LinkPool::default();
+        let path = Path::new("/run/ws/echo");
+        let (link, mut peer) = UnixStream::pair().expect("pair");
+        pool.put(path, link, WAIT);
+        peer.write_all(b"x").await.expect("write");
+        assert!(pool.take(path).is_none());
+    }
+
+    #[tokio::test]
+    async fn links_expire_at_half_the_backends_wait() {
+        let pool = LinkPool::default();
+        let path = Path::new("/run/ws/echo");
+        let (link, _peer) = UnixStream::pair().expect("pair");
+        pool.put(path, link, Duration::ZERO);
+        assert_eq!(pool.close_expired(), 0);
+        let (link, _peer) = UnixStream::pair().expect("pair");
+        pool.put(path, link, WAIT);
+        assert_eq!(pool.close_expired(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_pool_is_bounded_and_closes_at_drain() {
+        let pool = LinkPool::default();
+        let mut peers = Vec::new();
+        for link_idx in 0..MAX_IDLE_LINKS_PER_BACKEND + 3 {
+            let (link, peer) = UnixStream::pair().expect("pair");
+            peers.push(peer);
+            pool.put(Path::new("/run/ws/echo"), link, WAIT);
+            let other = PathBuf::from(format!("/run/ws/n{link_idx}"));
+            let (link, peer) = UnixStream::pair().expect("pair");
+            peers.push(peer);
+            pool.put(&other, link, WAIT);
+        }
+        assert_eq!(pool.len(), 2 * MAX_IDLE_LINKS_PER_BACKEND + 3);
+        pool.close();
+        assert_eq!(pool.len(), 0);
+        let (link, _peer) = UnixStream::pair().expect("pair");
+        pool.put(Path::new("/run/ws/echo"), link, WAIT);
+        assert_eq!(pool.len(), 0);
+    }
+}

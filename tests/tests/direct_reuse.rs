@@ -1,0 +1,169 @@
+//! Direct mode's link reuse (docs/link-protocol.md, *Link reuse*): a backend
+//! offers its link for the next client in ACCEPT, the gateway keeps it idle
+//! and sends the next OPEN on it. Clients must not notice: each still gets
+//! its own socket handed over, a refusal still reaches its client as the
+//! backend's status, a backend that dies with idle links open is `502` and
+//! then served again once restarted, and the gateway ends up holding no
+//! descriptor once the idle links expire.
+
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+use harness::http::HandshakeRequest;
+use harness::{Backend, EVENT_DEADLINE, Gateway, Message, Mode, wait};
+
+/// What the backend logs when an OPEN arrives on a link it offered for reuse.
+const REUSED: &str = "OPEN on a reused link";
+
+fn n_descriptors(pid: u32) -> anyhow::Result<usize> {
+    let dir = Path::new("/proc").join(pid.to_string()).join("fd");
+    Ok(std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .count())
+}
+
+/// Waits until the gateway holds at most `limit` descriptors.
+async fn gateway_back_to(gateway: &Gateway, limit: usize) -> anyhow::Result<usize> {
+    let pid = gateway.pid();
+    wait::until(
+        &format!("the gateway back at {limit} descriptors"),
+        EVENT_DEADLINE,
+        || async move {
+            let now = n_descriptors(pid)?;
+            Ok((now <= limit).then_some(now))
+        },
+    )
+    .await
+}
+
+/// Waits until `backend` logged at least `n` OPENs on reused links.
+async fn reused_at_least(backend: &Backend, n: usize) -> anyhow::Result<usize> {
+    wait::until(
+        &format!("{n} OPENs on reused links"),
+        EVENT_DEADLINE,
+        || async {
+            let seen = backend.stderr_text().matches(REUSED).count();
+            Ok((seen >= n).then_some(seen))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn consecutive_direct_clients_reuse_one_link_which_expires() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    // The gateway keeps an idle link for half the backend's wait: 250 ms here.
+    let echo = Backend::start(
+        "websocket_echo",
+        docroot.path(),
+        "echo",
+        &["--open-timeout", "0.5"],
+    )
+    .await?;
+    let gateway = Gateway::start(docroot.path(), Mode::Direct.gateway_args()).await?;
+    // The gateway's own descriptors once its listener and runtime exist, with
+    // no client and no link.
+    let before = n_descriptors(gateway.pid())?;
+    let mut clients = Vec::new();
+    for client_idx in 0..5 {
+        let mut client = gateway.connect("/echo").await?;
+        let message = Message::text(format!("client {client_idx}"));
+        assert_eq!(client.round_trip(message.clone()).await?, message);
+        clients.push(client);
+    }
+    // Each client after the first came over the link of the one before.
+    reused_at_least(&echo, 4).await?;
+    // Every client has its own socket, the links carry nothing more.
+    for client in &mut clients {
+        let message = Message::binary(vec![1, 2, 3]);
+        assert_eq!(client.round_trip(message.clone()).await?, message);
+    }
+    // The idle link expires and is closed: nothing is left per client or per link.
+    gateway_back_to(&gateway, before).await?;
+    // After expiry a new link is connected, and works.
+    let mut late = gateway.connect("/echo").await?;
+    assert_eq!(
+        late.round_trip(Message::text("late")).await?,
+        Message::text("late")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refusal_on_a_reused_link_reaches_its_client() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let list = docroot.path().join("tokens.json");
+    std::fs::write(&list, r#"{"abc1": true, "abc2": true}"#)?;
+    let list_arg = list.to_str().context("temp path is UTF-8")?.to_owned();
+    let broker = Backend::start(
+        "websocket_broker",
+        docroot.path(),
+        "broker",
+        &[
+            "--dialect",
+            "tokens",
+            "--allow-unregistered",
+            "false",
+            "--tokens",
+            &list_arg,
+        ],
+    )
+    .await?;
+    let gateway = Gateway::start(docroot.path(), Mode::Direct.gateway_args()).await?;
+    let mut first = gateway.connect("/broker?RegisterToken=abc1").await?;
+    first.send(Message::text("Echo:ready")).await?;
+    assert_eq!(first.recv().await?, Message::text("Echo:ready"));
+    // The next OPEN goes on the first client's link; the broker refuses it there.
+    let response = gateway.handshake(&HandshakeRequest::new("/broker")).await?;
+    ensure!(response.status == 403, "{response}");
+    ensure!(
+        response
+            .body_text()
+            .contains("a registered token is required"),
+        "{response}"
+    );
+    reused_at_least(&broker, 1).await?;
+    // A refused client costs the link; the next client gets a new one and is served.
+    let mut second = gateway.connect("/broker?RegisterToken=abc2").await?;
+    second.send(Message::text("Echo:again")).await?;
+    assert_eq!(second.recv().await?, Message::text("Echo:again"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_that_dies_with_idle_links_is_502_then_served_again() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let mut echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let gateway = Gateway::start(docroot.path(), Mode::Direct.gateway_args()).await?;
+    let before = n_descriptors(gateway.pid())?;
+    // Clients at once: several links, each offered for reuse and kept idle.
+    let (first, second, third) = tokio::try_join!(
+        gateway.connect("/echo"),
+        gateway.connect("/echo"),
+        gateway.connect("/echo"),
+    )?;
+    let mut clients = [first, second, third];
+    for client in &mut clients {
+        assert_eq!(
+            client.round_trip(Message::text("hi")).await?,
+            Message::text("hi")
+        );
+    }
+    // SIGKILL: the socket file stays, nobody listens on it, the idle links end.
+    echo.kill()?;
+    let response = gateway.handshake(&HandshakeRequest::new("/echo")).await?;
+    ensure!(response.status == 502, "{response}");
+    // The dead backend's links are all closed.
+    gateway_back_to(&gateway, before).await?;
+    // A new backend on the same name: served at once, over new links.
+    std::fs::remove_file(docroot.path().join("echo"))?;
+    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    for _ in 0..3 {
+        let mut client = gateway.connect("/echo").await?;
+        assert_eq!(
+            client.round_trip(Message::text("again")).await?,
+            Message::text("again")
+        );
+    }
+    Ok(())
+}
