@@ -309,37 +309,22 @@ where
         else {
             return;
         };
-        let Some(next) = client.next_link else {
+        let AcceptedClient {
+            session,
+            permit,
+            mode,
+            next_link,
+        } = client;
+        let serve_session = {
+            let (options, shutdown, handler) = (options.clone(), shutdown.clone(), handler.clone());
+            async move { run_session(session, permit, mode, &options, shutdown, handler).await }
+        }
+        .instrument(span);
+        let Some(next) = next_link else {
             drop(pending_permit);
-            return run_session(
-                client.session,
-                client.permit,
-                client.mode,
-                &options,
-                shutdown,
-                handler,
-            )
-            .instrument(span)
-            .await;
+            return serve_session.await;
         };
-        tracker.spawn(
-            {
-                let (options, shutdown, handler) =
-                    (options.clone(), shutdown.clone(), handler.clone());
-                async move {
-                    run_session(
-                        client.session,
-                        client.permit,
-                        client.mode,
-                        &options,
-                        shutdown,
-                        handler,
-                    )
-                    .await;
-                }
-            }
-            .instrument(span),
-        );
+        tracker.spawn(serve_session);
         connection = next;
         reused = true;
     }
