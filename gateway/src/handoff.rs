@@ -44,14 +44,16 @@ pub(crate) async fn hand_over(
         let mut stream = parts.io;
         match fd_pass::send_handoff(&mut stream, tcp.as_fd(), &pending).await {
             Ok(()) => {
-                tracing::debug!(n_pending = pending.len(), "client handed over");
                 // Our copy of the client's socket closes here, before the link may be reused.
                 drop(tcp);
+                let kept = reuse.is_some();
                 if let Some(reuse) = reuse {
                     reuse
                         .pool
                         .put(reuse.socket_path, stream, reuse.backend_wait);
                 }
+                // Logged once the link is back for the next client (tests wait on it).
+                tracing::debug!(n_pending = pending.len(), kept, "client handed over");
                 return;
             }
             Err(error) => format!("sending HANDOFF: {error}"),

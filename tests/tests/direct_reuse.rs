@@ -36,6 +36,21 @@ async fn gateway_back_to(gateway: &Gateway, limit: usize) -> anyhow::Result<usiz
     .await
 }
 
+/// Waits until the gateway logged at least `n` hand-overs: each client's
+/// link is then back in its pool, ready for the next client (the client
+/// itself may be served by the backend before that).
+async fn handed_over_at_least(gateway: &Gateway, n: usize) -> anyhow::Result<usize> {
+    wait::until(
+        &format!("{n} clients handed over"),
+        EVENT_DEADLINE,
+        || async {
+            let seen = gateway.stderr_text().matches("client handed over").count();
+            Ok((seen >= n).then_some(seen))
+        },
+    )
+    .await
+}
+
 /// Waits until `backend` logged at least `n` OPENs on reused links.
 async fn reused_at_least(backend: &Backend, n: usize) -> anyhow::Result<usize> {
     wait::until(
@@ -52,12 +67,13 @@ async fn reused_at_least(backend: &Backend, n: usize) -> anyhow::Result<usize> {
 #[tokio::test]
 async fn consecutive_direct_clients_reuse_one_link_which_expires() -> anyhow::Result<()> {
     let docroot = tempfile::tempdir()?;
-    // The gateway keeps an idle link for half the backend's wait: 250 ms here.
+    // The gateway keeps an idle link for half the backend's wait: 2 s here,
+    // long enough for the next client even on a starved machine.
     let echo = Backend::start(
         "websocket_echo",
         docroot.path(),
         "echo",
-        &["--open-timeout", "0.5"],
+        &["--open-timeout", "4"],
     )
     .await?;
     let gateway = Gateway::start(docroot.path(), Mode::Direct.gateway_args()).await?;
@@ -70,6 +86,7 @@ async fn consecutive_direct_clients_reuse_one_link_which_expires() -> anyhow::Re
         let message = Message::text(format!("client {client_idx}"));
         assert_eq!(client.round_trip(message.clone()).await?, message);
         clients.push(client);
+        handed_over_at_least(&gateway, client_idx + 1).await?;
     }
     // Each client after the first came over the link of the one before.
     reused_at_least(&echo, 4).await?;
@@ -113,6 +130,7 @@ async fn a_refusal_on_a_reused_link_reaches_its_client() -> anyhow::Result<()> {
     let mut first = gateway.connect("/broker?RegisterToken=abc1").await?;
     first.send(Message::text("Echo:ready")).await?;
     assert_eq!(first.recv().await?, Message::text("Echo:ready"));
+    handed_over_at_least(&gateway, 1).await?;
     // The next OPEN goes on the first client's link; the broker refuses it there.
     let response = gateway.handshake(&HandshakeRequest::new("/broker")).await?;
     ensure!(response.status == 403, "{response}");
