@@ -207,21 +207,14 @@ fn main() -> anyhow::Result<()> {
             receivers,
             rate,
         } => {
-            let dir = match bin_dir {
-                Some(dir) => dir,
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("the executable has a directory")?
-                    .to_owned(),
-            };
-            let (duration, default_receivers, default_rate) = if smoke {
-                (Duration::from_millis(300), 20, 200)
-            } else {
-                (Duration::from_secs(5), 1_000, 1_000)
-            };
-            let receivers = receivers.unwrap_or(default_receivers).max(1);
-            let rate = rate.unwrap_or(default_rate).max(1);
-            runtime.block_on(broker_fanout(&dir, receivers, rate, duration))
+            let dir = bin_dir_or_own(bin_dir)?;
+            let load = FanoutLoad::new(smoke, receivers, rate, 1);
+            runtime.block_on(broker_fanout(
+                &dir,
+                load.receivers,
+                load.rate,
+                load.duration,
+            ))
         }
         Command::RedisFanout {
             smoke,
@@ -229,21 +222,10 @@ fn main() -> anyhow::Result<()> {
             receivers,
             rate,
         } => {
-            let dir = match bin_dir {
-                Some(dir) => dir,
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("the executable has a directory")?
-                    .to_owned(),
-            };
-            let (duration, default_receivers, default_rate) = if smoke {
-                (Duration::from_millis(300), 20, 200)
-            } else {
-                (Duration::from_secs(5), 1_000, 1_000)
-            };
-            let receivers = receivers.unwrap_or(default_receivers).max(2);
-            let rate = rate.unwrap_or(default_rate).max(1);
-            runtime.block_on(redis_fanout(&dir, receivers, rate, duration))
+            let dir = bin_dir_or_own(bin_dir)?;
+            // Receivers are spread over two instances: at least one on each.
+            let load = FanoutLoad::new(smoke, receivers, rate, 2);
+            runtime.block_on(redis_fanout(&dir, load.receivers, load.rate, load.duration))
         }
         Command::All {
             smoke,
@@ -255,13 +237,7 @@ fn main() -> anyhow::Result<()> {
             fanout_rate,
         } => {
             let bench = std::env::current_exe()?;
-            let dir = match bin_dir {
-                Some(dir) => dir,
-                None => bench
-                    .parent()
-                    .context("the executable has a directory")?
-                    .to_owned(),
-            };
+            let dir = bin_dir_or_own(bin_dir)?;
             let mut settings = if smoke {
                 Settings {
                     duration: Duration::from_millis(300),
@@ -297,6 +273,48 @@ fn main() -> anyhow::Result<()> {
                 .filter(|kind| !(no_nginx && matches!(kind, Kind::Nginx | Kind::NginxTls)))
                 .collect();
             runtime.block_on(run_all(&Binaries { dir, bench }, &kinds, &settings))
+        }
+    }
+}
+
+/// `--bin-dir`, or the directory of this executable (where cargo put the
+/// binaries it built with it).
+fn bin_dir_or_own(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match bin_dir {
+        Some(dir) => Ok(dir),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("the executable has a directory")?
+            .to_owned()),
+    }
+}
+
+/// The load of the standalone fan-out commands (`broker-fanout`, `redis-fanout`).
+struct FanoutLoad {
+    duration: Duration,
+    receivers: usize,
+    rate: u32,
+}
+
+impl FanoutLoad {
+    /// The given receivers and rate or the defaults (1,000 receivers at
+    /// 1,000 messages/s for 5 s; smoke: 20 at 200 for 300 ms), with at
+    /// least `min_receivers` receivers and one message per second.
+    fn new(
+        smoke: bool,
+        receivers: Option<usize>,
+        rate: Option<u32>,
+        min_receivers: usize,
+    ) -> FanoutLoad {
+        let (duration, default_receivers, default_rate) = if smoke {
+            (Duration::from_millis(300), 20, 200)
+        } else {
+            (Duration::from_secs(5), 1_000, 1_000)
+        };
+        FanoutLoad {
+            duration,
+            receivers: receivers.unwrap_or(default_receivers).max(min_receivers),
+            rate: rate.unwrap_or(default_rate).max(1),
         }
     }
 }
