@@ -168,6 +168,21 @@ impl Client {
         }
     }
 
+    /// The next message, which must be a text; its text.
+    pub async fn recv_text(&mut self) -> anyhow::Result<String> {
+        match self.recv().await? {
+            Message::Text(text) => Ok(text.as_str().to_owned()),
+            other => anyhow::bail!("expected a text message, got {}", describe(&other)),
+        }
+    }
+
+    /// The next message, which must be the text `expected`.
+    pub async fn expect_text(&mut self, expected: &str) -> anyhow::Result<()> {
+        let text = self.recv_text().await?;
+        anyhow::ensure!(text == expected, "expected {expected:?}, got {text:?}");
+        Ok(())
+    }
+
     /// Sends `message` and returns the next data message, for echo round trips.
     pub async fn round_trip(&mut self, message: Message) -> anyhow::Result<Message> {
         self.send(message).await?;

@@ -135,16 +135,9 @@ async fn expect_refusal(
 }
 
 /// The next message, which must be text.
-async fn recv_text(client: &mut Client) -> anyhow::Result<String> {
-    match client.recv().await? {
-        Message::Text(text) => Ok(text.as_str().to_owned()),
-        other => bail!("expected text, got {}", describe(&other)),
-    }
-}
-
 /// The next message, which must be a JSON text.
 async fn recv_json(client: &mut Client) -> anyhow::Result<Value> {
-    let text = recv_text(client).await?;
+    let text = client.recv_text().await?;
     serde_json::from_str(&text).with_context(|| format!("not JSON: {text:?}"))
 }
 
@@ -154,12 +147,6 @@ async fn send(client: &mut Client, text: &str) -> anyhow::Result<()> {
 
 async fn send_json(client: &mut Client, value: Value) -> anyhow::Result<()> {
     client.send(Message::text(value.to_string())).await
-}
-
-async fn expect_text(client: &mut Client, expected: &str) -> anyhow::Result<()> {
-    let text = recv_text(client).await?;
-    ensure!(text == expected, "expected {expected:?}, got {text:?}");
-    Ok(())
 }
 
 async fn expect_json(client: &mut Client, expected: Value) -> anyhow::Result<()> {
@@ -177,7 +164,7 @@ async fn tokens_client(gateway: &Gateway, token: Option<&str>) -> anyhow::Result
     let mut client = gateway.connect(&path).await?;
     if token.is_some() {
         send(&mut client, "Echo:ready").await?;
-        expect_text(&mut client, "Echo:ready").await?;
+        client.expect_text("Echo:ready").await?;
     }
     Ok(client)
 }
@@ -188,28 +175,27 @@ async fn tokens_reach_exact_tokens_and_prefix_groups(mode: Mode) -> anyhow::Resu
     let mut item1 = tokens_client(&gateway, Some("group/item1")).await?;
     let mut item2 = tokens_client(&gateway, None).await?;
     send(&mut item2, "RegisterToken:group/item2").await?;
-    expect_text(&mut item2, "RegisteredToken:group/item2").await?;
+    item2.expect_text("RegisteredToken:group/item2").await?;
     let mut abc = tokens_client(&gateway, Some("abc")).await?;
 
     send(&mut sender, "abc1,group/|Hello").await?;
-    expect_text(&mut sender, "Hello").await?;
-    expect_text(&mut item1, "Hello").await?;
-    expect_text(&mut item2, "Hello").await?;
+    sender.expect_text("Hello").await?;
+    item1.expect_text("Hello").await?;
+    item2.expect_text("Hello").await?;
     // `abc` matches only the token `abc`: its first message is the next one.
     send(&mut sender, "abc|second").await?;
-    expect_text(&mut abc, "second").await?;
+    abc.expect_text("second").await?;
     // Nobody matches: an error reply, not a silent drop.
     send(&mut sender, "nobody|x").await?;
-    expect_text(
-        &mut sender,
-        "Error:no connected client matches the receivers",
-    )
-    .await?;
+    sender
+        .expect_text("Error:no connected client matches the receivers")
+        .await?;
     // A token held by a live client cannot be claimed by another.
     send(&mut abc, "RegisterToken:abc1").await?;
-    expect_text(&mut abc, "Error:\"abc1\" is taken by another client").await?;
+    abc.expect_text("Error:\"abc1\" is taken by another client")
+        .await?;
     send(&mut sender, "abc|third").await?;
-    expect_text(&mut abc, "third").await?;
+    abc.expect_text("third").await?;
     Ok(())
 }
 
@@ -217,38 +203,34 @@ async fn tokens_unregistered_client_may_only_register(mode: Mode) -> anyhow::Res
     let (_docroot, _broker, gateway) = start_broker(mode, &["--dialect", "tokens"]).await?;
     let mut client = tokens_client(&gateway, None).await?;
     send(&mut client, "abc1|x").await?;
-    expect_text(
-        &mut client,
-        "Error:register a token first (RegisterToken:token)",
-    )
-    .await?;
+    client
+        .expect_text("Error:register a token first (RegisterToken:token)")
+        .await?;
     send(&mut client, "Echo:x").await?;
-    expect_text(
-        &mut client,
-        "Error:register a token first (RegisterToken:token)",
-    )
-    .await?;
+    client
+        .expect_text("Error:register a token first (RegisterToken:token)")
+        .await?;
     send(&mut client, "hello").await?;
-    expect_text(
-        &mut client,
-        "Error:unknown service message (expected receivers|text, RegisterToken:token or Echo:text)",
+    client.expect_text("Error:unknown service message (expected receivers|text, RegisterToken:token or Echo:text)",
     )
     .await?;
     send(&mut client, "RegisterToken:a,b").await?;
-    expect_text(&mut client, "Error:a token may not hold ',' or '|'").await?;
+    client
+        .expect_text("Error:a token may not hold ',' or '|'")
+        .await?;
     let long = "t".repeat(129);
     send(&mut client, &format!("RegisterToken:{long}")).await?;
-    expect_text(&mut client, "Error:invalid name: longer than 128 bytes").await?;
+    client
+        .expect_text("Error:invalid name: longer than 128 bytes")
+        .await?;
     client.send(Message::binary(vec![1, 2, 3])).await?;
-    expect_text(
-        &mut client,
-        "Error:binary messages are not part of this protocol",
-    )
-    .await?;
+    client
+        .expect_text("Error:binary messages are not part of this protocol")
+        .await?;
     send(&mut client, "RegisterToken:me").await?;
-    expect_text(&mut client, "RegisteredToken:me").await?;
+    client.expect_text("RegisteredToken:me").await?;
     send(&mut client, "Echo:now").await?;
-    expect_text(&mut client, "Echo:now").await?;
+    client.expect_text("Echo:now").await?;
     Ok(())
 }
 
@@ -289,7 +271,9 @@ async fn tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_s
     .await?;
     let mut known = tokens_client(&gateway, Some("abc1")).await?;
     send(&mut known, "RegisterToken:zzz").await?;
-    expect_text(&mut known, "Error:token \"zzz\" is not registered").await?;
+    known
+        .expect_text("Error:token \"zzz\" is not registered")
+        .await?;
 
     std::fs::write(&list, r#"{"zzz": true, "yyy": true}"#)?;
     let pid = Pid::from_raw(i32::try_from(broker.pid())?);
@@ -302,7 +286,7 @@ async fn tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_s
     })
     .await?;
     send(&mut known, "RegisterToken:zzz").await?;
-    expect_text(&mut known, "RegisteredToken:zzz").await?;
+    known.expect_text("RegisteredToken:zzz").await?;
     // abc1 left the list: a new client cannot bring it any more.
     expect_refusal(
         &gateway,
@@ -330,7 +314,7 @@ async fn oversized_message_closes_with_1009(mode: Mode) -> anyhow::Result<()> {
         start_broker(mode, &["--dialect", "tokens", "--max-message", "1000"]).await?;
     let mut client = tokens_client(&gateway, Some("abc1")).await?;
     send(&mut client, &format!("abc1|{}", "x".repeat(995))).await?;
-    expect_text(&mut client, &"x".repeat(995)).await?;
+    client.expect_text(&"x".repeat(995)).await?;
     // The broker's limit travels in ACCEPT: the gateway (relayed) or the
     // library (direct) closes the client before the broker reads the message.
     send(&mut client, &format!("abc1|{}", "x".repeat(996))).await?;
@@ -387,8 +371,8 @@ async fn tokens_http_api_through_the_gateway_needs_the_bearer_token(
     ensure!(sent.status == 200, "{sent}");
     let answer: Value = serde_json::from_slice(&sent.body)?;
     ensure!(answer == json!({"ok": true, "delivered": 2}), "{answer}");
-    expect_text(&mut abc1, "from the API").await?;
-    expect_text(&mut item, "from the API").await?;
+    abc1.expect_text("from the API").await?;
+    item.expect_text("from the API").await?;
 
     let listed = post(
         &gateway,

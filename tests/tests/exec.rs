@@ -62,13 +62,6 @@ fn python3() -> anyhow::Result<String> {
 }
 
 /// The next message, which must be text; its text.
-async fn recv_text(client: &mut harness::Client) -> anyhow::Result<String> {
-    match client.recv().await? {
-        Message::Text(text) => Ok(text.as_str().to_owned()),
-        other => bail!("expected text, got {}", harness::client::describe(&other)),
-    }
-}
-
 /// One child process of `parent_pid`, from /proc: its pid and state letter.
 #[derive(Debug, Clone, Copy)]
 struct ChildProcess {
@@ -162,14 +155,14 @@ async fn each_message_is_a_line_and_each_line_a_message(mode: Mode) -> anyhow::R
     let mut client = gateway.connect("/exec").await?;
     for text in ["hello", "", "  spaced  out  ", "ünïcödé ✓", "tab\there"] {
         client.send(Message::text(text)).await?;
-        assert_eq!(recv_text(&mut client).await?, format!("got {text}"));
+        assert_eq!(client.recv_text().await?, format!("got {text}"));
     }
     // A burst arrives whole and in order.
     for idx in 0..200 {
         client.send(Message::text(format!("line {idx}"))).await?;
     }
     for idx in 0..200 {
-        assert_eq!(recv_text(&mut client).await?, format!("got line {idx}"));
+        assert_eq!(client.recv_text().await?, format!("got line {idx}"));
     }
     client.close(CloseCode::Normal, "").await?;
     wait_for_programs(&backend, 0).await?;
@@ -183,10 +176,10 @@ async fn program_exiting_0_closes_with_1000_after_its_output(mode: Mode) -> anyh
     )
     .await?;
     let mut client = gateway.connect("/exec").await?;
-    assert_eq!(recv_text(&mut client).await?, "one");
-    assert_eq!(recv_text(&mut client).await?, "two");
+    assert_eq!(client.recv_text().await?, "one");
+    assert_eq!(client.recv_text().await?, "two");
     assert_eq!(
-        recv_text(&mut client).await?,
+        client.recv_text().await?,
         "three",
         "the last line needs no newline"
     );
@@ -204,7 +197,7 @@ async fn program_failing_or_killed_closes_with_1011_and_the_reason(
     )
     .await?;
     let mut client = gateway.connect("/exec?failing").await?;
-    assert_eq!(recv_text(&mut client).await?, "failing");
+    assert_eq!(client.recv_text().await?, "failing");
     client.send(Message::text("exit")).await?;
     client
         .expect_close_with(CloseCode::Error, "program exited with status 3")
@@ -212,7 +205,7 @@ async fn program_failing_or_killed_closes_with_1011_and_the_reason(
     wait_for_log(&backend, "program exited with status 3; closing with 1011").await?;
 
     let mut client = gateway.connect("/exec?killed").await?;
-    assert_eq!(recv_text(&mut client).await?, "killed");
+    assert_eq!(client.recv_text().await?, "killed");
     client.send(Message::text("kill")).await?;
     client
         .expect_close_with(CloseCode::Error, "program killed by SIGKILL")
@@ -286,7 +279,7 @@ async fn bad_output_closes_with_1011(mode: Mode) -> anyhow::Result<()> {
         .await?;
     let mut client = gateway.connect("/exec").await?;
     client.send(Message::text("utf8")).await?;
-    assert_eq!(recv_text(&mut client).await?, "ok");
+    assert_eq!(client.recv_text().await?, "ok");
     client
         .expect_close_with(
             CloseCode::Error,
@@ -400,7 +393,7 @@ async fn stderr_goes_to_the_log_with_the_client_id(mode: Mode) -> anyhow::Result
     let script = r#"echo "warning for $UNIQUE_ID" >&2; echo "$UNIQUE_ID""#;
     let (_docroot, backend, gateway) = start_exec(mode, &["--", "sh", "-c", script]).await?;
     let mut client = gateway.connect("/exec").await?;
-    let client_id = recv_text(&mut client).await?;
+    let client_id = client.recv_text().await?;
     client.expect_close_code(CloseCode::Normal).await?;
     wait_for_log(
         &backend,
@@ -453,7 +446,7 @@ while True:
     .await?;
     for how in ["eof", "term", "kill"] {
         let mut client = gateway.connect(&format!("/exec?{how}")).await?;
-        assert_eq!(recv_text(&mut client).await?, "ready");
+        assert_eq!(client.recv_text().await?, "ready");
         wait_for_programs(&backend, 1).await?;
         if how == "kill" {
             // Vanish without a close handshake: the same as leaving.
@@ -494,7 +487,7 @@ async fn client_leaving_while_its_program_does_not_read_ends_the_program(
     let (_docroot, backend, gateway) =
         start_deaf_program(mode, &["--stdin-timeout", "3600"]).await?;
     let mut client = gateway.connect("/exec").await?;
-    assert_eq!(recv_text(&mut client).await?, "ready");
+    assert_eq!(client.recv_text().await?, "ready");
     wait_for_programs(&backend, 1).await?;
     // More than a pipe holds: the backend waits for room in stdin, and the
     // close comes behind the message.
@@ -511,7 +504,7 @@ async fn program_not_reading_its_input_closes_with_1011_after_the_stdin_timeout(
     let (_docroot, backend, gateway) =
         start_deaf_program(mode, &["--stdin-timeout", "0.5"]).await?;
     let mut client = gateway.connect("/exec").await?;
-    assert_eq!(recv_text(&mut client).await?, "ready");
+    assert_eq!(client.recv_text().await?, "ready");
     for _ in 0..100 {
         client.send(Message::text("y".repeat(1024))).await?;
     }
@@ -583,7 +576,7 @@ for idx in range(1 << 20):
 "#;
     let (_docroot, backend, gateway) = start_exec(mode, &["--", &python3()?, "-c", script]).await?;
     let mut client = gateway.connect("/exec").await?;
-    assert_eq!(recv_text(&mut client).await?, numbered_line(0));
+    assert_eq!(client.recv_text().await?, numbered_line(0));
     // The client reads nothing more: the program must end up blocked writing
     // to its full stdout pipe, and the backend must not have buffered it all.
     let program = wait_for_programs(&backend, 1).await?[0];
@@ -609,7 +602,7 @@ for idx in range(1 << 20):
     );
     // Everything arrives, in order, once the client reads again.
     for idx in 1..3000 {
-        assert_eq!(recv_text(&mut client).await?, numbered_line(idx));
+        assert_eq!(client.recv_text().await?, numbered_line(idx));
     }
     drop(client);
     wait_for_programs(&backend, 0).await?;
@@ -660,7 +653,7 @@ async fn example_counter_counts_and_closes_with_1000(mode: Mode) -> anyhow::Resu
     let (_docroot, backend, gateway) = start_exec(mode, &["--", &counter, "5", "0"]).await?;
     let mut client = gateway.connect("/exec").await?;
     for number in 1..=5 {
-        assert_eq!(recv_text(&mut client).await?, number.to_string());
+        assert_eq!(client.recv_text().await?, number.to_string());
     }
     client.expect_close_code(CloseCode::Normal).await?;
     wait_for_programs(&backend, 0).await?;
@@ -672,7 +665,7 @@ async fn example_calculator_answers_each_line(mode: Mode) -> anyhow::Result<()> 
     let (_docroot, backend, gateway) = start_exec(mode, &["--", &python3()?, &calc]).await?;
     let mut client = gateway.connect("/exec").await?;
     assert_eq!(
-        recv_text(&mut client).await?,
+        client.recv_text().await?,
         "calculator ready for 127.0.0.1: type an expression, or quit"
     );
     for (question, answer) in [
@@ -688,10 +681,10 @@ async fn example_calculator_answers_each_line(mode: Mode) -> anyhow::Result<()> 
         ("1 +", "error: not an expression"),
     ] {
         client.send(Message::text(question)).await?;
-        assert_eq!(recv_text(&mut client).await?, answer, "{question}");
+        assert_eq!(client.recv_text().await?, answer, "{question}");
     }
     client.send(Message::text("quit")).await?;
-    assert_eq!(recv_text(&mut client).await?, "bye");
+    assert_eq!(client.recv_text().await?, "bye");
     client.expect_close_code(CloseCode::Normal).await?;
     wait_for_programs(&backend, 0).await?;
     Ok(())

@@ -15,7 +15,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use harness::client::describe;
 use harness::redis::RedisServer;
 use harness::trials::{NamedTest, run_trials};
 use harness::{Backend, Client, EVENT_DEADLINE, Gateway, Message};
@@ -73,19 +72,6 @@ impl Instance {
     }
 }
 
-async fn recv_text(client: &mut Client) -> anyhow::Result<String> {
-    match client.recv().await? {
-        Message::Text(text) => Ok(text.as_str().to_owned()),
-        other => bail!("expected a text message, got {}", describe(&other)),
-    }
-}
-
-async fn expect_text(client: &mut Client, expected: &str) -> anyhow::Result<()> {
-    let text = recv_text(client).await?;
-    ensure!(text == expected, "expected {expected:?}, got {text:?}");
-    Ok(())
-}
-
 async fn send(client: &mut Client, text: &str) -> anyhow::Result<()> {
     client.send(Message::text(text)).await
 }
@@ -95,7 +81,7 @@ async fn send_json(client: &mut Client, value: Value) -> anyhow::Result<()> {
 }
 
 async fn recv_json(client: &mut Client) -> anyhow::Result<Value> {
-    let text = recv_text(client).await?;
+    let text = client.recv_text().await?;
     serde_json::from_str(&text).with_context(|| format!("not JSON: {text:?}"))
 }
 
@@ -109,7 +95,7 @@ async fn expect_json(client: &mut Client, expected: Value) -> anyhow::Result<()>
 async fn token_client(instance: &Instance, token: &str) -> anyhow::Result<Client> {
     let mut client = instance.connect(&format!("?RegisterToken={token}")).await?;
     send(&mut client, "Echo:ready").await?;
-    expect_text(&mut client, "Echo:ready").await?;
+    client.expect_text("Echo:ready").await?;
     Ok(client)
 }
 
@@ -122,29 +108,29 @@ async fn tokens_and_prefixes_reach_the_other_instance() -> anyhow::Result<()> {
     let mut item2 = token_client(&one, "group/item2").await?;
 
     send(&mut abc1, "group/|to the group").await?;
-    expect_text(&mut item1, "to the group").await?;
-    expect_text(&mut item2, "to the group").await?;
+    item1.expect_text("to the group").await?;
+    item2.expect_text("to the group").await?;
     send(&mut item1, "abc1,group/item2|from two").await?;
-    expect_text(&mut abc1, "from two").await?;
-    expect_text(&mut item2, "from two").await?;
+    abc1.expect_text("from two").await?;
+    item2.expect_text("from two").await?;
     // `abc` is not a prefix receiver; nobody anywhere holds it.
     send(&mut item1, "abc|nobody").await?;
-    expect_text(
-        &mut item1,
-        "Error:no connected client matches the receivers",
-    )
-    .await?;
+    item1
+        .expect_text("Error:no connected client matches the receivers")
+        .await?;
 
     // A token is one client's, across instances.
     let mut thief = two.connect("").await?;
     send(&mut thief, "RegisterToken:abc1").await?;
-    expect_text(&mut thief, "Error:\"abc1\" is taken by another client").await?;
+    thief
+        .expect_text("Error:\"abc1\" is taken by another client")
+        .await?;
     // Freed when its holder leaves.
     drop(abc1);
     let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
     loop {
         send(&mut thief, "RegisterToken:abc1").await?;
-        let reply = recv_text(&mut thief).await?;
+        let reply = thief.recv_text().await?;
         if reply == "RegisteredToken:abc1" {
             break;
         }
@@ -155,7 +141,7 @@ async fn tokens_and_prefixes_reach_the_other_instance() -> anyhow::Result<()> {
         );
     }
     send(&mut item2, "abc1|to the new holder").await?;
-    expect_text(&mut thief, "to the new holder").await?;
+    thief.expect_text("to the new holder").await?;
     Ok(())
 }
 
@@ -404,12 +390,12 @@ async fn killed_instance_clients_are_gone_within_the_expiry() -> anyhow::Result<
         send(&mut here, &format!("other|{n}")).await?;
     }
     for n in 0..100 {
-        expect_text(&mut other_here, &n.to_string()).await?;
+        other_here.expect_text(&n.to_string()).await?;
     }
     // `there` is free again once the killed instance is reaped.
     loop {
         send(&mut here, "RegisterToken:there").await?;
-        let reply = recv_text(&mut here).await?;
+        let reply = here.recv_text().await?;
         if reply == "RegisteredToken:there" {
             break;
         }
@@ -435,7 +421,7 @@ async fn redis_restart_is_survived_by_the_broker() -> anyhow::Result<()> {
     redis.kill()?;
     // Local delivery goes on.
     send(&mut a, "a2|local").await?;
-    expect_text(&mut a2, "local").await?;
+    a2.expect_text("local").await?;
     redis.restart().await?;
     // Delivery across instances resumes, and the tokens were written back.
     let deadline = tokio::time::Instant::now() + EVENT_DEADLINE * 2;
@@ -459,7 +445,9 @@ async fn redis_restart_is_survived_by_the_broker() -> anyhow::Result<()> {
     }
     let mut thief = one.connect("").await?;
     send(&mut thief, "RegisterToken:b").await?;
-    expect_text(&mut thief, "Error:\"b\" is taken by another client").await?;
+    thief
+        .expect_text("Error:\"b\" is taken by another client")
+        .await?;
     Ok(())
 }
 

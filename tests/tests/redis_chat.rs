@@ -91,26 +91,13 @@ impl Instance {
             text.starts_with("WSJoin ")
         })
         .await?;
-        let users = recv_text(&mut client).await?;
+        let users = client.recv_text().await?;
         ensure!(
             users.starts_with("WSUsers"),
             "expected WSUsers, got {users:?}"
         );
         Ok((client, users))
     }
-}
-
-async fn recv_text(client: &mut Client) -> anyhow::Result<String> {
-    match client.recv().await? {
-        Message::Text(text) => Ok(text.as_str().to_owned()),
-        other => bail!("expected a text message, got {}", describe(&other)),
-    }
-}
-
-async fn expect_text(client: &mut Client, expected: &str) -> anyhow::Result<()> {
-    let text = recv_text(client).await?;
-    ensure!(text == expected, "expected {expected:?}, got {text:?}");
-    Ok(())
 }
 
 /// Reads until the text `expected` arrives, skipping lines for which `skip` holds.
@@ -120,7 +107,7 @@ async fn expect_text_skipping(
     skip: impl Fn(&str) -> bool,
 ) -> anyhow::Result<()> {
     loop {
-        let text = recv_text(client).await?;
+        let text = client.recv_text().await?;
         if text == expected {
             return Ok(());
         }
@@ -138,19 +125,19 @@ async fn names_are_unique_and_messages_and_presence_cross_instances() -> anyhow:
     // The same name on the other instance is made unique, as in one process.
     let (mut alice1, users) = two.named("alice", "alice1").await?;
     ensure!(users == "WSUsers alice", "{users:?}");
-    expect_text(&mut alice, "WSJoin alice1").await?;
+    alice.expect_text("WSJoin alice1").await?;
     let (mut bob, users) = two.named("bob", "bob").await?;
     ensure!(users == "WSUsers alice alice1", "{users:?}");
-    expect_text(&mut alice, "WSJoin bob").await?;
-    expect_text(&mut alice1, "WSJoin bob").await?;
+    alice.expect_text("WSJoin bob").await?;
+    alice1.expect_text("WSJoin bob").await?;
 
     // Public messages both ways, with the sender's name in front.
     alice.send(Message::text("hello from one")).await?;
-    expect_text(&mut alice1, "alice: hello from one").await?;
-    expect_text(&mut bob, "alice: hello from one").await?;
+    alice1.expect_text("alice: hello from one").await?;
+    bob.expect_text("alice: hello from one").await?;
     bob.send(Message::text("hello from two")).await?;
-    expect_text(&mut alice1, "bob: hello from two").await?;
-    expect_text(&mut alice, "bob: hello from two").await?;
+    alice1.expect_text("bob: hello from two").await?;
+    alice.expect_text("bob: hello from two").await?;
     // Binary messages too, byte for byte.
     alice.send(Message::binary(vec![0u8, 159, 255])).await?;
     ensure!(bob.recv().await? == Message::binary(vec![0u8, 159, 255]));
@@ -160,36 +147,36 @@ async fn names_are_unique_and_messages_and_presence_cross_instances() -> anyhow:
     alice
         .send(Message::text("WSPrivate bob psst from one"))
         .await?;
-    expect_text(&mut bob, "(private) alice: psst from one").await?;
+    bob.expect_text("(private) alice: psst from one").await?;
     bob.send(Message::text("WSPrivate alice psst from two"))
         .await?;
-    expect_text(&mut alice, "(private) bob: psst from two").await?;
+    alice.expect_text("(private) bob: psst from two").await?;
     alice.send(Message::text("WSPrivate nobody hi")).await?;
-    expect_text(&mut alice, "WSError unknown name nobody").await?;
+    alice.expect_text("WSError unknown name nobody").await?;
 
     // WSWhois sees the other instance's clients.
     alice.send(Message::text("WSWhois bob")).await?;
-    expect_text(&mut alice, "WSIs bob 127.0.0.1").await?;
+    alice.expect_text("WSIs bob 127.0.0.1").await?;
     bob.send(Message::text("WSWhois alice")).await?;
-    expect_text(&mut bob, "WSIs alice 127.0.0.1").await?;
+    bob.expect_text("WSIs alice 127.0.0.1").await?;
     bob.send(Message::text("WSWhois nobody")).await?;
-    expect_text(&mut bob, "WSIs nobody undefined").await?;
+    bob.expect_text("WSIs nobody undefined").await?;
 
     // Nothing else reached alice1: the private lines went to one client each.
     alice1.send(Message::text("WSWhois alice1")).await?;
-    expect_text(&mut alice1, "WSIs alice1 127.0.0.1").await?;
+    alice1.expect_text("WSIs alice1 127.0.0.1").await?;
 
     // A rename frees the name everywhere; leaving announces it everywhere.
     alice1.send(Message::text("WSHello carol")).await?;
-    expect_text(&mut alice1, "WSWelcome carol").await?;
-    expect_text(&mut alice1, "WSUsers alice bob").await?;
-    expect_text(&mut alice, "WSLeave alice1").await?;
-    expect_text(&mut alice, "WSJoin carol").await?;
-    expect_text(&mut bob, "WSLeave alice1").await?;
-    expect_text(&mut bob, "WSJoin carol").await?;
+    alice1.expect_text("WSWelcome carol").await?;
+    alice1.expect_text("WSUsers alice bob").await?;
+    alice.expect_text("WSLeave alice1").await?;
+    alice.expect_text("WSJoin carol").await?;
+    bob.expect_text("WSLeave alice1").await?;
+    bob.expect_text("WSJoin carol").await?;
     drop(alice1);
-    expect_text(&mut alice, "WSLeave carol").await?;
-    expect_text(&mut bob, "WSLeave carol").await?;
+    alice.expect_text("WSLeave carol").await?;
+    bob.expect_text("WSLeave carol").await?;
     let (_alice1_again, users) = one.named("alice", "alice1").await?;
     ensure!(users == "WSUsers alice bob", "{users:?}");
     Ok(())
@@ -205,11 +192,11 @@ async fn killed_instance_vanishes_from_presence_and_the_others_lose_nothing() ->
     let mut three = Instance::start(&redis).await?;
     let (mut alice, _) = one.named("alice", "alice").await?;
     let (mut bob, _) = two.named("bob", "bob").await?;
-    expect_text(&mut alice, "WSJoin bob").await?;
+    alice.expect_text("WSJoin bob").await?;
     let (_carl, users) = three.named("carl", "carl").await?;
     ensure!(users == "WSUsers alice bob", "{users:?}");
-    expect_text(&mut alice, "WSJoin carl").await?;
-    expect_text(&mut bob, "WSJoin carl").await?;
+    alice.expect_text("WSJoin carl").await?;
+    bob.expect_text("WSJoin carl").await?;
 
     three.chat.kill()?;
     let killed_at = tokio::time::Instant::now();
@@ -223,7 +210,7 @@ async fn killed_instance_vanishes_from_presence_and_the_others_lose_nothing() ->
     let mut bob_saw_leave = false;
     for n in 0..N_MESSAGES {
         loop {
-            let text = recv_text(&mut alice).await?;
+            let text = alice.recv_text().await?;
             if is_leave(&text) && !alice_saw_leave {
                 alice_saw_leave = true;
                 continue;
@@ -235,7 +222,7 @@ async fn killed_instance_vanishes_from_presence_and_the_others_lose_nothing() ->
             break;
         }
         loop {
-            let text = recv_text(&mut bob).await?;
+            let text = bob.recv_text().await?;
             if is_leave(&text) && !bob_saw_leave {
                 bob_saw_leave = true;
                 continue;
@@ -248,10 +235,10 @@ async fn killed_instance_vanishes_from_presence_and_the_others_lose_nothing() ->
         }
     }
     if !alice_saw_leave {
-        expect_text(&mut alice, "WSLeave carl").await?;
+        alice.expect_text("WSLeave carl").await?;
     }
     if !bob_saw_leave {
-        expect_text(&mut bob, "WSLeave carl").await?;
+        bob.expect_text("WSLeave carl").await?;
     }
     let elapsed = killed_at.elapsed();
     // The expiry (3 s) plus a heartbeat (1 s), with room for a busy machine.
@@ -260,11 +247,11 @@ async fn killed_instance_vanishes_from_presence_and_the_others_lose_nothing() ->
         "carl vanished only after {elapsed:?}"
     );
     alice.send(Message::text("WSWhois carl")).await?;
-    expect_text(&mut alice, "WSIs carl undefined").await?;
+    alice.expect_text("WSIs carl undefined").await?;
     // Its name is free again, on any instance.
     let (_carl_again, users) = two.named("carl", "carl").await?;
     ensure!(users == "WSUsers alice bob", "{users:?}");
-    expect_text(&mut alice, "WSJoin carl").await?;
+    alice.expect_text("WSJoin carl").await?;
     Ok(())
 }
 
@@ -292,7 +279,7 @@ async fn a_reaped_instance_never_gives_a_local_clients_name_twice() -> anyhow::R
     ensure!(freed == "1", "the names hash was not there: {freed:?}");
     let (_second, users) = one.named("alice", "alice1").await?;
     ensure!(users == "WSUsers alice", "{users:?}");
-    expect_text(&mut alice, "WSJoin alice1").await?;
+    alice.expect_text("WSJoin alice1").await?;
     // The names are back in Redis: a new instance sees both.
     let two = Instance::start_with_expiry(&redis, "120").await?;
     let (_third, users) = two.named("alice", "alice2").await?;
@@ -306,18 +293,18 @@ async fn redis_restart_is_survived_and_delivery_resumes() -> anyhow::Result<()> 
     let two = Instance::start_direct(&redis).await?;
     let (mut alice, _) = one.named("alice", "alice").await?;
     let (mut dave, _) = one.named("dave", "dave").await?;
-    expect_text(&mut alice, "WSJoin dave").await?;
+    alice.expect_text("WSJoin dave").await?;
     let (mut bob, _) = two.named("bob", "bob").await?;
-    expect_text(&mut alice, "WSJoin bob").await?;
-    expect_text(&mut dave, "WSJoin bob").await?;
+    alice.expect_text("WSJoin bob").await?;
+    dave.expect_text("WSJoin bob").await?;
 
     redis.kill()?;
     // The local clients of each instance are still served...
     alice.send(Message::text("during the outage")).await?;
-    expect_text(&mut dave, "alice: during the outage").await?;
+    dave.expect_text("alice: during the outage").await?;
     // ...but a name cannot be made unique without Redis.
     dave.send(Message::text("WSHello eve")).await?;
-    let reply = recv_text(&mut dave).await?;
+    let reply = dave.recv_text().await?;
     ensure!(
         reply.starts_with("WSError unavailable"),
         "expected WSError unavailable, got {reply:?}"
@@ -363,7 +350,7 @@ async fn redis_restart_is_survived_and_delivery_resumes() -> anyhow::Result<()> 
     // The names were written back: WSWhois and WSPrivate cross again, and a
     // taken name is still taken.
     alice.send(Message::text("WSWhois bob")).await?;
-    expect_text(&mut alice, "WSIs bob 127.0.0.1").await?;
+    alice.expect_text("WSIs bob 127.0.0.1").await?;
     bob.send(Message::text("WSPrivate alice back")).await?;
     expect_text_skipping(&mut alice, "(private) bob: back", |text| {
         text.starts_with("WSJoin") || text.starts_with("alice: after")
