@@ -337,9 +337,16 @@ async fn relay_upgraded<S: ClientStream>(
     };
     match link {
         Link::Framed(link) => {
-            let client = relay::client_websocket(stream, pending, settings, deflate).await;
-            let deflater = deflate.map(MessageDeflater::new);
-            relay::framed::run(client, link, settings, deflater, &shared.shutdown, metrics).await;
+            relay::framed::run(
+                stream,
+                pending,
+                deflate,
+                link,
+                settings,
+                &shared.shutdown,
+                metrics,
+            )
+            .await;
         }
         Link::Raw(link) => {
             let client = relay::client_websocket(stream, pending, settings, deflate).await;

@@ -247,6 +247,11 @@ impl RecordCodec {
     pub fn new(max_payload: usize) -> RecordCodec {
         RecordCodec { max_payload }
     }
+
+    /// The largest payload this codec reads or writes.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
 }
 
 impl Default for RecordCodec {

@@ -2,281 +2,551 @@
 //! record on the link and each record one message to the client; closes cross
 //! as CLOSE records with their code and reason.
 //!
-//! The gateway never looks inside a payload: `Bytes` move from one side to the
-//! other without a copy.
+//! One poll function moves both directions in the client's one task
+//! ([`Relay::poll_relay`]), reading each socket into a buffer, turning every
+//! whole frame or record in it into the other side's form directly in that
+//! side's output buffer (the client's frames are unmasked in place,
+//! `frames::FrameReader`), and writing each output with one syscall per
+//! burst. Nothing is allocated per message, and there is no second task, no
+//! split halves and no WebSocket library between the sockets: the per-message
+//! cost is a header parse and one copy of the payload (BENCHMARKS.md).
+//!
+//! Backpressure: a side whose output holds [`OUTPUT_HIGH_WATER`] bytes stops
+//! the reading of the other side, so a client that does not read stops the
+//! gateway reading its backend's link, and a backend that does not read stops
+//! the gateway reading that client, and no one else. Idle, a client holds no
+//! buffer at all: each one is dropped when empty and nothing is ready.
 //!
 //! A backend's PING record becomes a ping to the client, and the client's
 //! pong with that payload a PONG record back (a backend measuring a round
 //! trip); every other ping and pong stays between the gateway and the client.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use bytes::{Buf, Bytes, BytesMut};
 use link::deflate::MessageDeflater;
 use link::keepalive::{IdleTimer, PingTicker};
-use link::message::{close_frame_for_client, close_info, message_to_record};
-use link::{CloseInfo, LinkError, Record, RecordCodec};
-use tokio::net::unix::OwnedWriteHalf;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::codec::{Decoder, FramedWrite};
+use link::message::{close_frame_for_client, close_info};
+use link::record::{HEADER_LEN, decode_header, encode_header};
+use link::websocket::{READ_CHUNK, ReadAhead};
+use link::{CloseInfo, DeflateParams, LinkError, Record, RecordCodec, RecordKind};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
-use crate::client_stream::ClientStream;
-use crate::metrics::{ClientMetrics, Traffic};
-
-use super::read_ahead::LinkReader;
-use super::{
-    ClientGone, ClientReader, ClientWriter, ClientWs, Ending, LinkFailure, MAX_BATCH,
-    RelaySettings, client_error, close_client, compressed, first_ending,
-};
 use crate::backend::FramedLink;
+use crate::client_stream::ClientStream;
+use crate::metrics::ClientMetrics;
 
-type LinkWriter = FramedWrite<OwnedWriteHalf, RecordCodec>;
+use super::frames::{FrameError, FrameReader, Inbound, Parsed, put_frame, put_prepared};
+use super::{ClientGone, Ending, LinkFailure, RelaySettings};
 
-/// Relays between `client` and the accepted `link` until one side closes or
-/// `shutdown` fires, then completes the close handshakes on both sides.
+/// Bytes waiting in one side's output at which the gateway stops reading
+/// the other side until they are written.
+const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// Relays between the upgraded client connection (`stream`, with the bytes
+/// hyper read past the handshake in `pending`) and the accepted `link`
+/// until one side closes or `shutdown` fires, then completes the close
+/// handshakes on both sides.
 pub(crate) async fn run<S: ClientStream>(
-    client: ClientWs<S>,
+    stream: S,
+    pending: Bytes,
+    deflate: Option<DeflateParams>,
     link: FramedLink,
     settings: &RelaySettings,
-    deflater: Option<MessageDeflater>,
     shutdown: &CancellationToken,
     metrics: &ClientMetrics,
 ) {
-    let parts = link.into_parts();
-    let mut codec = parts.codec;
-    let (read_half, write_half) = parts.io.into_split();
-    // Records the backend sent right behind its ACCEPT are already buffered.
-    // FramedRead decodes only after its next read from the socket, which may
-    // never come, so the whole ones are decoded here and relayed first.
-    let mut behind_accept = parts.read_buf;
-    let mut early = VecDeque::new();
-    loop {
-        match codec.decode(&mut behind_accept) {
-            Ok(Some(record)) => early.push_back(Ok(record)),
-            Ok(None) => break,
-            Err(error) => {
-                early.push_back(Err(error));
-                behind_accept.clear();
-                break;
-            }
-        }
-    }
-    // What is left is the start of a record; the next read completes it.
-    let mut link_reader = LinkReader::new(read_half, codec.clone(), behind_accept);
-    let mut link_writer = FramedWrite::new(write_half, codec);
-    // FramedWrite starts with 8 KiB; an idle client should not pay for it.
-    *link_writer.write_buffer_mut() = BytesMut::new();
-    let (mut client_writer, mut client_reader) = client.split();
-
-    // The payload of the backend's last PING, until the client's pong to it.
-    let asked = Mutex::new(None);
+    let mut relay = Relay::new(stream, pending, deflate, link, settings);
     let ending = {
-        let upstream = client_to_backend(
-            &mut client_reader,
-            &mut link_writer,
-            &asked,
-            settings,
-            &metrics.to_backend,
-        );
-        let downstream = backend_to_client(
-            early,
-            &mut link_reader,
-            &mut client_writer,
-            &asked,
-            settings,
-            &metrics.to_client,
-            deflater,
-        );
-        first_ending(upstream, downstream, shutdown, metrics).await
-    };
-
-    // The backend learns how the client left, unless it is the one that left.
-    let close_record = match &ending {
-        Ending::ClientClosed(frame) => Some(Record::Close(frame.as_ref().map(close_info))),
-        Ending::ClientGone(_) => Some(Record::Close(None)),
-        Ending::ClientFailed { code, reason, .. } => Some(Record::Close(Some(CloseInfo {
-            code: u16::from(*code),
-            reason: (*reason).to_owned(),
-        }))),
-        Ending::Idle => Some(Record::Close(Some(CloseInfo {
-            code: u16::from(CloseCode::Away),
-            reason: "idle timeout".to_owned(),
-        }))),
-        Ending::Shutdown => Some(Record::Close(Some(CloseInfo {
-            code: u16::from(CloseCode::Away),
-            reason: "gateway shutting down".to_owned(),
-        }))),
-        Ending::BackendClosed(_) | Ending::BackendGone(_) => None,
-    };
-    // Half-close the link, then read it to its end: closing a UNIX socket with
-    // unread data in it would reset the backend's side instead of ending it.
-    let close_link = async {
-        if let Some(record) = close_record {
-            let _ = link_writer.send(record).await;
-        }
-        let _ = link_writer.close().await;
-        while let Some(Ok(_)) = link_reader.next().await {}
-    };
-    let close_client = close_client(
-        &ending,
-        client_writer,
-        client_reader,
-        settings.close_timeout,
-    );
-    // Both closes at once, each bounded: a stuck backend cannot delay the client's.
-    let close_link = async {
-        let _ = tokio::time::timeout(settings.close_timeout, close_link).await;
-    };
-    tokio::join!(close_link, close_client);
-}
-
-/// Client messages to the link, until the client closes, fails or idles out,
-/// or the link cannot be written.
-async fn client_to_backend<S: ClientStream>(
-    client_reader: &mut ClientReader<S>,
-    link_writer: &mut LinkWriter,
-    asked: &Mutex<Option<Bytes>>,
-    settings: &RelaySettings,
-    traffic: &Traffic,
-) -> Ending {
-    let mut idle = IdleTimer::new(settings.idle_timeout);
-    loop {
-        let first = tokio::select! {
-            next = client_reader.next() => next,
-            () = idle.expired() => return Ending::Idle,
-        };
-        let mut next = first;
-        let mut n_batched = 0;
-        let mut tally = traffic.tally();
-        // Feed every message that is already here, then flush once.
-        loop {
-            idle.heard();
-            match next {
-                Some(Ok(Message::Close(frame))) => {
-                    if let Err(error) = link_writer.flush().await {
-                        return Ending::BackendGone(LinkFailure::Write(error));
-                    }
-                    return Ending::ClientClosed(frame);
-                }
-                Some(Ok(Message::Pong(payload))) if is_asked_for(asked, &payload) => {
-                    if let Err(error) = link_writer.feed(Record::Pong(payload)).await {
-                        return Ending::BackendGone(LinkFailure::Write(error));
-                    }
-                    n_batched += 1;
-                }
-                Some(Ok(message)) => {
-                    let len = message.len();
-                    // Other pings and pongs have no record: tungstenite answers pings itself.
-                    if let Some(record) = message_to_record(message) {
-                        if let Err(error) = link_writer.feed(record).await {
-                            return Ending::BackendGone(LinkFailure::Write(error));
-                        }
-                        tally.count(len);
-                        n_batched += 1;
-                    }
-                }
-                Some(Err(error)) => return client_error(error),
-                None => return Ending::ClientGone(ClientGone::Vanished),
-            }
-            if n_batched >= MAX_BATCH {
-                break;
-            }
-            match client_reader.next().now_or_never() {
-                Some(ready) => next = ready,
-                None => break,
-            }
-        }
-        if let Err(error) = link_writer.flush().await {
-            return Ending::BackendGone(LinkFailure::Write(error));
-        }
-    }
-}
-
-/// Link records to the client, and keepalive pings, until the backend closes
-/// or fails, or the client cannot be written.
-async fn backend_to_client<S: ClientStream>(
-    mut early: VecDeque<Result<Record, LinkError>>,
-    link_reader: &mut LinkReader,
-    client_writer: &mut ClientWriter<S>,
-    asked: &Mutex<Option<Bytes>>,
-    settings: &RelaySettings,
-    traffic: &Traffic,
-    mut deflater: Option<MessageDeflater>,
-) -> Ending {
-    let mut pings = PingTicker::new(settings.ping_interval);
-    loop {
-        let first = tokio::select! {
+        let relaying = poll_fn(|cx| relay.poll_relay(cx, metrics));
+        tokio::select! {
             biased;
-            next = std::future::ready(early.pop_front()), if !early.is_empty() => next,
-            next = link_reader.next() => next,
-            () = pings.tick() => {
-                if let Err(error) = client_writer.send(Message::Ping(Bytes::new())).await {
-                    return Ending::ClientGone(ClientGone::Write(error));
-                }
-                continue;
-            }
+            () = shutdown.cancelled() => Ending::Shutdown,
+            ending = relaying => ending,
+        }
+    };
+    ending.log();
+    metrics.ended(&ending);
+    relay.close(&ending, settings).await;
+}
+
+/// The client's side: its connection, what was read from it and not yet
+/// relayed, and the frames waiting to be written to it.
+struct ClientSide<S> {
+    io: ReadAhead<S>,
+    input: BytesMut,
+    output: BytesMut,
+    frames: FrameReader,
+    deflater: Option<MessageDeflater>,
+}
+
+/// The backend's side: the link, its unread records and the records waiting for it.
+struct LinkSide {
+    io: UnixStream,
+    input: BytesMut,
+    output: BytesMut,
+    codec: RecordCodec,
+    max_payload: usize,
+}
+
+/// One client's relay.
+struct Relay<S> {
+    client: ClientSide<S>,
+    link: LinkSide,
+    idle: IdleTimer,
+    pings: PingTicker,
+    /// The payload of the backend's last PING, until the client's pong to it.
+    asked: Option<Bytes>,
+}
+
+impl<S: ClientStream> Relay<S> {
+    fn new(
+        stream: S,
+        pending: Bytes,
+        deflate: Option<DeflateParams>,
+        link: FramedLink,
+        settings: &RelaySettings,
+    ) -> Relay<S> {
+        let (io, input) = match deflate {
+            // The pending bytes are frames too: they go through the inflater.
+            Some(params) => (
+                ReadAhead::inflating(stream, &pending, params, settings.max_message_size),
+                BytesMut::new(),
+            ),
+            None => (ReadAhead::new(stream), BytesMut::from(&pending[..])),
         };
-        let mut next = first;
-        let mut n_batched = 0;
-        let mut tally = traffic.tally();
+        let parts = link.into_parts();
+        let max_payload = parts.codec.max_payload();
+        Relay {
+            client: ClientSide {
+                io,
+                input,
+                output: BytesMut::new(),
+                frames: FrameReader::new(settings.max_message_size),
+                deflater: deflate.map(MessageDeflater::new),
+            },
+            link: LinkSide {
+                io: parts.io,
+                // Records the backend sent right behind its ACCEPT are already here.
+                input: parts.read_buf,
+                output: BytesMut::new(),
+                codec: parts.codec,
+                max_payload,
+            },
+            idle: IdleTimer::new(settings.idle_timeout),
+            pings: PingTicker::new(settings.ping_interval),
+            asked: None,
+        }
+    }
+
+    /// Moves messages both ways until one side ends the relay.
+    fn poll_relay(&mut self, cx: &mut Context<'_>, metrics: &ClientMetrics) -> Poll<Ending> {
         loop {
-            let message = match next {
-                Some(Ok(Record::Text(text))) => Message::Text(text),
-                Some(Ok(Record::Binary(payload))) => Message::Binary(payload),
-                Some(Ok(Record::Ping(payload))) => {
-                    *asked
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(payload.clone());
-                    Message::Ping(payload)
-                }
-                Some(Ok(Record::Close(info))) => {
-                    if let Err(error) = client_writer.flush().await {
-                        return Ending::ClientGone(ClientGone::Write(error));
-                    }
-                    return Ending::BackendClosed(info.map(close_frame_for_client));
-                }
-                Some(Ok(other)) => {
-                    return Ending::BackendGone(LinkFailure::Unexpected(other.name()));
-                }
-                Some(Err(error)) => return Ending::BackendGone(LinkFailure::Read(error)),
-                None => return Ending::BackendGone(LinkFailure::Eof),
+            if self.idle.poll_expired(cx).is_ready() {
+                return Poll::Ready(Ending::Idle);
+            }
+            while self.pings.poll_tick(cx).is_ready() {
+                put_frame(&mut self.client.output, OpCode::Control(Control::Ping), &[]);
+            }
+            let upstream = match self.upstream(cx, metrics) {
+                Ok(step) => step,
+                Err(ending) => return Poll::Ready(ending),
             };
-            let len = message.len();
-            if let Err(error) = client_writer.feed(compressed(&mut deflater, message)).await {
-                return Ending::ClientGone(ClientGone::Write(error));
+            let downstream = match self.downstream(cx, metrics) {
+                Ok(step) => step,
+                Err(ending) => return Poll::Ready(ending),
+            };
+            if let Poll::Ready(Err(error)) =
+                poll_write_out(&mut self.link.io, &mut self.link.output, cx)
+            {
+                return Poll::Ready(Ending::BackendGone(LinkFailure::Write(error.into())));
             }
-            tally.count(len);
-            n_batched += 1;
-            if n_batched >= MAX_BATCH {
-                break;
+            if let Poll::Ready(Err(error)) =
+                poll_write_out(&mut self.client.io, &mut self.client.output, cx)
+            {
+                return Poll::Ready(Ending::ClientGone(ClientGone::Write(error)));
             }
-            if let Some(record) = early.pop_front() {
-                next = Some(record);
+            // Go round again while a read made progress (it has not yet
+            // waited, so no wake-up is due), or a full output drained.
+            let again = |step: Step, output: &BytesMut| match step {
+                Step::Read => true,
+                Step::Full => output.len() < OUTPUT_HIGH_WATER,
+                Step::Waiting => false,
+            };
+            if again(upstream, &self.link.output) || again(downstream, &self.client.output) {
                 continue;
             }
-            match link_reader.next().now_or_never() {
-                Some(ready) => next = ready,
-                None => break,
+            self.release_idle_buffers();
+            return Poll::Pending;
+        }
+    }
+
+    /// Reads the client and turns its whole frames into records in the
+    /// link's output, until that output is full or the client has nothing more now.
+    fn upstream(&mut self, cx: &mut Context<'_>, metrics: &ClientMetrics) -> Result<Step, Ending> {
+        let client = &mut self.client;
+        let link = &mut self.link;
+        let mut tally = metrics.to_backend.tally();
+        let mut step = Step::Waiting;
+        loop {
+            let need = loop {
+                if link.output.len() >= OUTPUT_HIGH_WATER {
+                    return Ok(Step::Full);
+                }
+                let (inbound, used) = match client.frames.read(&mut client.input) {
+                    Ok(Parsed::Frame(inbound, used)) => (inbound, used),
+                    Ok(Parsed::Need(need)) => break need,
+                    Err(error) => return Err(client_failed(error)),
+                };
+                self.idle.heard();
+                match inbound {
+                    Inbound::Text(payload) => {
+                        put_record(&mut link.output, RecordKind::Text, payload);
+                        tally.count(payload.len());
+                    }
+                    Inbound::Binary(payload) => {
+                        put_record(&mut link.output, RecordKind::Binary, payload);
+                        tally.count(payload.len());
+                    }
+                    // A ping is answered here; it does not cross the link.
+                    Inbound::Ping(payload) => {
+                        put_frame(&mut client.output, OpCode::Control(Control::Pong), payload);
+                    }
+                    Inbound::Pong(payload) => {
+                        if self.asked.as_deref() == Some(payload) {
+                            self.asked = None;
+                            put_record(&mut link.output, RecordKind::Pong, payload);
+                        }
+                    }
+                    Inbound::Close(frame) => {
+                        // The reply echoes the client's code, as tungstenite's did.
+                        put_prepared(&mut client.output, Frame::close(frame.clone()));
+                        return Err(Ending::ClientClosed(frame));
+                    }
+                    Inbound::Fragment => {}
+                }
+                client.input.advance(used);
+                client.frames.finish();
+            };
+            reserve_for(&mut client.input, need);
+            match poll_read_buf(Pin::new(&mut client.io), cx, &mut client.input) {
+                Poll::Pending => return Ok(step),
+                Poll::Ready(Ok(0)) => return Err(Ending::ClientGone(ClientGone::Vanished)),
+                Poll::Ready(Ok(_)) => step = Step::Read,
+                Poll::Ready(Err(error)) => return Err(client_read_error(error)),
             }
         }
-        if let Err(error) = client_writer.flush().await {
-            return Ending::ClientGone(ClientGone::Write(error));
+    }
+
+    /// Reads the link and turns its whole records into frames in the
+    /// client's output, until that output is full or the link has nothing more now.
+    fn downstream(
+        &mut self,
+        cx: &mut Context<'_>,
+        metrics: &ClientMetrics,
+    ) -> Result<Step, Ending> {
+        let client = &mut self.client;
+        let link = &mut self.link;
+        let mut tally = metrics.to_client.tally();
+        let mut step = Step::Waiting;
+        let gone = |error: LinkError| Ending::BackendGone(LinkFailure::Read(error));
+        loop {
+            let need = loop {
+                if client.output.len() >= OUTPUT_HIGH_WATER {
+                    return Ok(Step::Full);
+                }
+                let Some(&header) = link.input.first_chunk::<HEADER_LEN>() else {
+                    break HEADER_LEN - link.input.len();
+                };
+                let (kind, len) = decode_header(header, link.max_payload).map_err(gone)?;
+                let total = HEADER_LEN + len;
+                if link.input.len() < total {
+                    break total - link.input.len();
+                }
+                let payload = &link.input[HEADER_LEN..total];
+                match kind {
+                    RecordKind::Text => {
+                        let text = std::str::from_utf8(payload)
+                            .map_err(|_| gone(LinkError::InvalidUtf8))?;
+                        send_data(client, Data::Text, text.as_bytes());
+                        tally.count(len);
+                    }
+                    RecordKind::Binary => {
+                        send_data(client, Data::Binary, payload);
+                        tally.count(len);
+                    }
+                    _ => {
+                        // Rare records go through the codec, which checks them.
+                        let record = link
+                            .codec
+                            .decode(&mut link.input)
+                            .map_err(gone)?
+                            .expect("the whole record is buffered");
+                        match record {
+                            Record::Ping(payload) => {
+                                put_frame(
+                                    &mut client.output,
+                                    OpCode::Control(Control::Ping),
+                                    &payload,
+                                );
+                                self.asked = Some(payload);
+                            }
+                            Record::Close(info) => {
+                                return Err(Ending::BackendClosed(
+                                    info.map(close_frame_for_client),
+                                ));
+                            }
+                            other => {
+                                return Err(Ending::BackendGone(LinkFailure::Unexpected(
+                                    other.name(),
+                                )));
+                            }
+                        }
+                        continue;
+                    }
+                }
+                link.input.advance(total);
+            };
+            reserve_for(&mut link.input, need);
+            match poll_read_buf(Pin::new(&mut link.io), cx, &mut link.input) {
+                Poll::Pending => return Ok(step),
+                Poll::Ready(Ok(0)) => {
+                    return Err(Ending::BackendGone(if link.input.is_empty() {
+                        LinkFailure::Eof
+                    } else {
+                        LinkFailure::Read(LinkError::Truncated)
+                    }));
+                }
+                Poll::Ready(Ok(_)) => step = Step::Read,
+                Poll::Ready(Err(error)) => return Err(gone(error.into())),
+            }
         }
+    }
+
+    /// Drops every buffer that holds nothing, so an idle client costs none.
+    fn release_idle_buffers(&mut self) {
+        for buffer in [
+            &mut self.client.input,
+            &mut self.client.output,
+            &mut self.link.input,
+            &mut self.link.output,
+        ] {
+            if buffer.is_empty() && buffer.capacity() != 0 {
+                *buffer = BytesMut::new();
+            }
+        }
+    }
+
+    /// Finishes both close handshakes for `ending`, at once, each within the close timeout.
+    async fn close(mut self, ending: &Ending, settings: &RelaySettings) {
+        let timeout = settings.close_timeout;
+        let Relay { client, link, .. } = &mut self;
+        // The backend learns how the client left, unless it is the one that left.
+        let close_record = match ending {
+            Ending::ClientClosed(frame) => Some(Record::Close(frame.as_ref().map(close_info))),
+            Ending::ClientGone(_) => Some(Record::Close(None)),
+            Ending::ClientFailed { code, reason, .. } => Some(Record::Close(Some(CloseInfo {
+                code: u16::from(*code),
+                reason: (*reason).to_owned(),
+            }))),
+            Ending::Idle => Some(Record::Close(Some(CloseInfo {
+                code: u16::from(CloseCode::Away),
+                reason: "idle timeout".to_owned(),
+            }))),
+            Ending::Shutdown => Some(Record::Close(Some(CloseInfo {
+                code: u16::from(CloseCode::Away),
+                reason: "gateway shutting down".to_owned(),
+            }))),
+            Ending::BackendClosed(_) | Ending::BackendGone(_) => None,
+        };
+        // Half-close the link, then read it to its end: closing a UNIX socket with
+        // unread data in it would reset the backend's side instead of ending it.
+        let close_link = async {
+            if let Some(record) = close_record {
+                let _ = link.codec.encode(record, &mut link.output);
+            }
+            if poll_fn(|cx| poll_write_out(&mut link.io, &mut link.output, cx))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let _ = link.io.shutdown().await;
+            link.input.clear();
+            while let Ok(1..) = poll_fn(|cx| {
+                link.input.clear();
+                reserve_for(&mut link.input, 1);
+                poll_read_buf(Pin::new(&mut link.io), cx, &mut link.input)
+            })
+            .await
+            {}
+        };
+        let close_client = async {
+            let handshake = async {
+                if let Some(frame) = ending.close_for_client() {
+                    put_prepared(&mut client.output, Frame::close(frame));
+                }
+                if poll_fn(|cx| poll_write_out(&mut client.io, &mut client.output, cx))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // The gateway started the close: read (and drop) what the client
+                // still sends until its reply. After a protocol error there is
+                // nothing more to read.
+                if matches!(
+                    ending,
+                    Ending::ClientClosed(_) | Ending::ClientGone(_) | Ending::ClientFailed { .. }
+                ) {
+                    return;
+                }
+                loop {
+                    match client.frames.read(&mut client.input) {
+                        Ok(Parsed::Frame(Inbound::Close(_), _)) | Err(_) => return,
+                        Ok(Parsed::Frame(_, used)) => {
+                            client.input.advance(used);
+                            client.frames.finish();
+                        }
+                        Ok(Parsed::Need(need)) => {
+                            reserve_for(&mut client.input, need);
+                            match poll_fn(|cx| {
+                                poll_read_buf(Pin::new(&mut client.io), cx, &mut client.input)
+                            })
+                            .await
+                            {
+                                Ok(1..) => {}
+                                Ok(0) | Err(_) => return,
+                            }
+                        }
+                    }
+                }
+            };
+            if tokio::time::timeout(timeout, handshake).await.is_err() {
+                tracing::debug!("client did not finish the close handshake in time");
+            }
+            // A TLS client gets its close_notify, a plain one its FIN.
+            let _ = tokio::time::timeout(timeout, client.io.shutdown()).await;
+        };
+        // Both closes at once, each bounded: a stuck backend cannot delay the client's.
+        let close_link = async {
+            let _ = tokio::time::timeout(timeout, close_link).await;
+        };
+        tokio::join!(close_link, close_client);
     }
 }
 
-/// Whether `payload` answers the backend's last PING; if so, that PING is answered.
-fn is_asked_for(asked: &Mutex<Option<Bytes>>, payload: &Bytes) -> bool {
-    let mut asked = asked
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if asked.as_ref() == Some(payload) {
-        *asked = None;
-        return true;
+/// How far one direction got in one pass.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// It read something and has not yet waited: go round again.
+    Read,
+    /// It stopped because the other side's output is full.
+    Full,
+    /// Its read is waiting (a wake-up is due when data comes).
+    Waiting,
+}
+
+/// A text or binary message to the client: one frame, compressed if
+/// permessage-deflate was agreed.
+fn send_data<S>(client: &mut ClientSide<S>, data: Data, payload: &[u8]) {
+    let Some(deflater) = client.deflater.as_mut() else {
+        put_frame(&mut client.output, OpCode::Data(data), payload);
+        return;
+    };
+    let payload = Bytes::copy_from_slice(payload);
+    let message = match data {
+        Data::Text => match Utf8Bytes::try_from(payload) {
+            Ok(text) => Message::Text(text),
+            Err(_) => unreachable!("text records are checked before they are sent"),
+        },
+        _ => Message::Binary(payload),
+    };
+    match deflater.compress(message) {
+        Message::Frame(frame) => put_prepared(&mut client.output, frame),
+        Message::Text(text) => put_frame(
+            &mut client.output,
+            OpCode::Data(Data::Text),
+            text.as_bytes(),
+        ),
+        Message::Binary(payload) => {
+            put_frame(&mut client.output, OpCode::Data(Data::Binary), &payload)
+        }
+        _ => unreachable!("compress returns a data message or a frame"),
     }
-    false
+}
+
+/// Appends one record of `kind` carrying `payload` (within the limit, checked by the reader).
+fn put_record(out: &mut BytesMut, kind: RecordKind, payload: &[u8]) {
+    out.reserve(HEADER_LEN + payload.len());
+    let len = u32::try_from(payload.len()).expect("messages are bounded far below 4 GiB");
+    out.extend_from_slice(&encode_header(kind, len));
+    out.extend_from_slice(payload);
+}
+
+/// Makes room in `buffer` for at least `need` more bytes, and a whole
+/// chunk's worth whenever it reads at all.
+fn reserve_for(buffer: &mut BytesMut, need: usize) {
+    let spare = buffer.capacity() - buffer.len();
+    if spare < need.max(READ_CHUNK / 4) {
+        buffer.reserve(need.max(READ_CHUNK));
+    }
+}
+
+/// Writes `output` to `io` until it is empty (then flushes, for TLS) or the
+/// socket is full.
+fn poll_write_out<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    output: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    if output.is_empty() {
+        return Poll::Ready(Ok(()));
+    }
+    while !output.is_empty() {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, output))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        output.advance(n);
+    }
+    Pin::new(io).poll_flush(cx)
+}
+
+/// The ending for frames the client got wrong.
+fn client_failed(error: FrameError) -> Ending {
+    let (code, reason) = error.close();
+    Ending::ClientFailed {
+        code,
+        reason,
+        error: Box::new(error),
+    }
+}
+
+/// The ending for a failed read of the client: a compressed message that
+/// broke a limit gets its close code, anything else means the client is gone.
+fn client_read_error(error: io::Error) -> Ending {
+    match link::deflate::deflate_error(&error) {
+        Some(link::deflate::DeflateError::TooBig { .. }) => Ending::ClientFailed {
+            code: CloseCode::Size,
+            reason: "message too big",
+            error: Box::new(error),
+        },
+        Some(link::deflate::DeflateError::Corrupt) => Ending::ClientFailed {
+            code: CloseCode::Invalid,
+            reason: "invalid compressed data",
+            error: Box::new(error),
+        },
+        None => Ending::ClientGone(ClientGone::Read(error)),
+    }
 }

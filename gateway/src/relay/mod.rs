@@ -9,8 +9,8 @@
 //! close handshake that follows.
 
 pub(crate) mod framed;
+mod frames;
 pub(crate) mod raw;
-mod read_ahead;
 
 use std::io;
 use std::time::Duration;
@@ -33,9 +33,6 @@ use crate::client_stream::ClientStream;
 use crate::config::Config;
 use crate::metrics::ClientMetrics;
 use raw::RawSplitError;
-
-/// Messages forwarded in one batch before the gateway flushes.
-const MAX_BATCH: usize = 64;
 
 /// A client's WebSocket on its connection (TCP or TLS), read in large chunks.
 pub(crate) type ClientWs<S> = WebSocketStream<ReadAhead<S>>;
@@ -116,10 +113,10 @@ pub(crate) enum ClientGone {
     Vanished,
     /// Reading the client failed in a way that needs no close code (a reset).
     #[error("reading the client")]
-    Read(#[source] tungstenite::Error),
+    Read(#[source] io::Error),
     /// Writing a message or a ping to the client failed.
     #[error("writing to the client")]
-    Write(#[source] tungstenite::Error),
+    Write(#[source] io::Error),
 }
 
 /// How the link to the backend failed during a relay.
@@ -151,7 +148,7 @@ pub(crate) enum LinkFailure {
 /// How a relay ended, which decides the close handshake that follows.
 #[derive(Debug)]
 pub(crate) enum Ending {
-    /// The client sent a close frame (tungstenite has queued the reply).
+    /// The client sent a close frame (the reply is queued).
     ClientClosed(Option<CloseFrame>),
     /// The client's connection ended or failed without a close frame.
     ClientGone(ClientGone),
@@ -162,7 +159,7 @@ pub(crate) enum Ending {
         /// The close reason for the client.
         reason: &'static str,
         /// The error, for the log.
-        error: tungstenite::Error,
+        error: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Nothing came from the client for the idle timeout.
     Idle,
@@ -176,7 +173,7 @@ pub(crate) enum Ending {
 
 impl Ending {
     /// The close frame the gateway sends the client, when it starts the close.
-    fn close_for_client(&self) -> Option<Option<CloseFrame>> {
+    pub(super) fn close_for_client(&self) -> Option<Option<CloseFrame>> {
         let frame = |code, reason: &'static str| {
             Some(Some(CloseFrame {
                 code,
@@ -194,7 +191,7 @@ impl Ending {
     }
 
     /// Logs how the client's relay ended, once, with the cause as a field.
-    fn log(&self) {
+    pub(super) fn log(&self) {
         let code = |frame: &Option<CloseFrame>| frame.as_ref().map(|f| u16::from(f.code));
         match self {
             Ending::ClientClosed(frame) => tracing::debug!(code = ?code(frame), "client closed"),
@@ -203,7 +200,7 @@ impl Ending {
             }
             Ending::ClientFailed { code, error, .. } => tracing::info!(
                 code = u16::from(*code),
-                error = error as &dyn std::error::Error,
+                error = &**error as &dyn std::error::Error,
                 "client failed"
             ),
             Ending::Idle => tracing::info!("client idle, closing"),
@@ -244,9 +241,9 @@ fn client_error(error: tungstenite::Error) -> Ending {
         Some((code, reason)) => Ending::ClientFailed {
             code,
             reason,
-            error,
+            error: Box::new(error),
         },
-        None => Ending::ClientGone(ClientGone::Read(error)),
+        None => Ending::ClientGone(ClientGone::Read(io::Error::other(error))),
     }
 }
 

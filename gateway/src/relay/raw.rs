@@ -123,7 +123,7 @@ async fn backend_to_client<S: ClientStream>(
             },
             () = pings.tick() => {
                 if let Err(error) = client_writer.send(Message::Ping(Bytes::new())).await {
-                    return Ending::ClientGone(ClientGone::Write(error));
+                    return Ending::ClientGone(ClientGone::Write(std::io::Error::other(error)));
                 }
                 continue;
             }
@@ -148,11 +148,11 @@ async fn backend_to_client<S: ClientStream>(
                 Err(_) => Message::Binary(payload),
             };
             if let Err(error) = client_writer.feed(compressed(&mut deflater, message)).await {
-                return Ending::ClientGone(ClientGone::Write(error));
+                return Ending::ClientGone(ClientGone::Write(std::io::Error::other(error)));
             }
         }
         if let Err(error) = client_writer.flush().await {
-            return Ending::ClientGone(ClientGone::Write(error));
+            return Ending::ClientGone(ClientGone::Write(std::io::Error::other(error)));
         }
     }
 }

@@ -1,0 +1,269 @@
+//! The client's side of the WebSocket protocol for the framed relay, without
+//! I/O: [`FrameReader`] turns the bytes a client sent into whole messages,
+//! pings, pongs and its close, in place in the read buffer; [`put_frame`]
+//! writes a server frame. tungstenite's `FrameHeader` parses and formats the
+//! headers; the rules around them (RFC 6455 sections 5 and 7) are here.
+//!
+//! A message that fits in one frame is handed out as a slice of the read
+//! buffer, unmasked in place: relaying it costs one copy, into the link's
+//! output. Only a fragmented message is gathered, into a buffer bounded by
+//! the largest message.
+
+use std::io::Cursor;
+
+use bytes::{BufMut, BytesMut};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+/// The most payload a control frame carries (RFC 6455 section 5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
+
+/// Why a client's frames were refused, and the close code it gets for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FrameError {
+    /// The frames broke RFC 6455: `1002`.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// A frame or a message over the limit: `1009`.
+    #[error("message over {0} bytes")]
+    TooBig(usize),
+    /// A text message or close reason that is not UTF-8: `1007`.
+    #[error("text is not UTF-8")]
+    Utf8,
+}
+
+impl FrameError {
+    /// The close code and reason the client gets.
+    pub(crate) fn close(self) -> (CloseCode, &'static str) {
+        match self {
+            FrameError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+            FrameError::TooBig(_) => (CloseCode::Size, "message too big"),
+            FrameError::Utf8 => (CloseCode::Invalid, "text message is not UTF-8"),
+        }
+    }
+}
+
+/// What one frame from the client meant.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Inbound<'a> {
+    /// A whole text message, valid UTF-8.
+    Text(&'a [u8]),
+    /// A whole binary message.
+    Binary(&'a [u8]),
+    /// A ping with its payload.
+    Ping(&'a [u8]),
+    /// A pong with its payload.
+    Pong(&'a [u8]),
+    /// The client's close frame (already checked: an allowed code, a UTF-8 reason).
+    Close(Option<CloseFrame>),
+    /// A frame of a fragmented message that is not its last.
+    Fragment,
+}
+
+/// The outcome of [`FrameReader::read`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed<'a> {
+    /// One frame, which took this many bytes from the front of the input.
+    Frame(Inbound<'a>, usize),
+    /// No whole frame yet: at least this many more bytes are needed.
+    Need(usize),
+}
+
+/// A fragmented message being gathered.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    payload: BytesMut,
+}
+
+/// Reads a client's frames, checking them as a server must.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    max_message_size: usize,
+    partial: Option<Partial>,
+    /// The last fragmented message handed out whole, until the next read or [`Self::finish`].
+    complete: Option<BytesMut>,
+}
+
+impl FrameReader {
+    /// Messages (and so frames) up to `max_message_size` bytes.
+    pub(crate) fn new(max_message_size: usize) -> FrameReader {
+        FrameReader {
+            max_message_size,
+            partial: None,
+            complete: None,
+        }
+    }
+
+    /// Whether a fragmented message is being gathered (its buffer is held).
+    #[cfg(test)]
+    pub(crate) fn is_mid_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Reads the frame at the front of `input`, unmasking its payload in
+    /// place. The caller advances `input` by the length returned once it is
+    /// done with the slice. Linear in the frame's length; after an error the
+    /// reader must not be used again.
+    pub(crate) fn read<'a>(
+        &'a mut self,
+        input: &'a mut BytesMut,
+    ) -> Result<Parsed<'a>, FrameError> {
+        self.complete = None;
+        let mut cursor = Cursor::new(&input[..]);
+        let (header, length) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(parsed)) => parsed,
+            // At most 14 header bytes; ask for the largest header's worth.
+            Ok(None) => return Ok(Parsed::Need(14usize.saturating_sub(input.len()).max(1))),
+            Err(_) => return Err(FrameError::Protocol("reserved opcode")),
+        };
+        let header_len = cursor.position() as usize;
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(FrameError::Protocol("reserved bits set"));
+        }
+        let Some(mask) = header.mask else {
+            return Err(FrameError::Protocol("unmasked client frame"));
+        };
+        let is_control = matches!(header.opcode, OpCode::Control(_));
+        if is_control && (length > MAX_CONTROL_PAYLOAD || !header.is_final) {
+            return Err(FrameError::Protocol(
+                "oversized or fragmented control frame",
+            ));
+        }
+        let gathered = self
+            .partial
+            .as_ref()
+            .map_or(0, |partial| partial.payload.len());
+        if length > (self.max_message_size - gathered) as u64 {
+            return Err(FrameError::TooBig(self.max_message_size));
+        }
+        let length = length as usize;
+        let total = header_len + length;
+        if input.len() < total {
+            return Ok(Parsed::Need(total - input.len()));
+        }
+        let payload = &mut input[header_len..total];
+        unmask(payload, mask);
+        let payload = &input[header_len..total];
+        let inbound = match header.opcode {
+            OpCode::Control(Control::Close) => Inbound::Close(close_frame(payload)?),
+            OpCode::Control(Control::Ping) => Inbound::Ping(payload),
+            OpCode::Control(Control::Pong) => Inbound::Pong(payload),
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                return Err(FrameError::Protocol("reserved opcode"));
+            }
+            OpCode::Data(data) => {
+                let start = match data {
+                    Data::Text => Some(true),
+                    Data::Binary => Some(false),
+                    _ => None,
+                };
+                match (start, header.is_final, self.partial.take()) {
+                    (Some(text), true, None) => whole(text, payload)?,
+                    (Some(text), false, None) => {
+                        let mut gathered = BytesMut::with_capacity(length.max(64));
+                        gathered.extend_from_slice(payload);
+                        self.partial = Some(Partial {
+                            text,
+                            payload: gathered,
+                        });
+                        Inbound::Fragment
+                    }
+                    (None, is_final, Some(mut partial)) => {
+                        partial.payload.extend_from_slice(payload);
+                        if !is_final {
+                            self.partial = Some(partial);
+                            Inbound::Fragment
+                        } else {
+                            let text = partial.text;
+                            let gathered = self.complete.insert(partial.payload);
+                            whole(text, gathered)?
+                        }
+                    }
+                    (Some(_), _, Some(_)) => {
+                        return Err(FrameError::Protocol("new message inside a fragmented one"));
+                    }
+                    (None, _, None) => {
+                        return Err(FrameError::Protocol("continuation with no message"));
+                    }
+                }
+            }
+        };
+        Ok(Parsed::Frame(inbound, total))
+    }
+
+    /// Drops the buffer of a fragmented message handed out whole, so an idle
+    /// client holds none; the next [`Self::read`] would drop it too.
+    pub(crate) fn finish(&mut self) {
+        self.complete = None;
+    }
+}
+
+/// A whole message's payload, checked.
+fn whole(text: bool, payload: &[u8]) -> Result<Inbound<'_>, FrameError> {
+    if text {
+        std::str::from_utf8(payload).map_err(|_| FrameError::Utf8)?;
+        Ok(Inbound::Text(payload))
+    } else {
+        Ok(Inbound::Binary(payload))
+    }
+}
+
+/// A close frame's payload: nothing, or a code that may be sent and a UTF-8 reason.
+fn close_frame(payload: &[u8]) -> Result<Option<CloseFrame>, FrameError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(FrameError::Protocol("close frame of one byte")),
+        [hi, lo, reason @ ..] => {
+            let code = CloseCode::from(u16::from_be_bytes([*hi, *lo]));
+            if !link::message::is_sendable(code) {
+                return Err(FrameError::Protocol("close code not allowed"));
+            }
+            let reason = std::str::from_utf8(reason).map_err(|_| FrameError::Utf8)?;
+            Ok(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }))
+        }
+    }
+}
+
+/// XORs `payload` with the client's 4-byte mask.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let (words, rest) = payload.as_chunks_mut::<8>();
+    let mask8 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    for word in words {
+        *word = (u64::from_ne_bytes(*word) ^ mask8).to_ne_bytes();
+    }
+    for (byte, mask) in rest.iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= mask;
+    }
+}
+
+/// Appends one unmasked server frame (FIN set) of `opcode` carrying `payload` to `out`.
+pub(crate) fn put_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let length = payload.len() as u64;
+    out.reserve(header.len(length) + payload.len());
+    header
+        .format(length, &mut out.writer())
+        .expect("writing to memory cannot fail");
+    out.put_slice(payload);
+}
+
+/// Appends a whole prepared frame (a compressed message, a close) to `out`.
+pub(crate) fn put_prepared(out: &mut BytesMut, frame: Frame) {
+    out.reserve(frame.len());
+    frame
+        .format(&mut out.writer())
+        .expect("writing to memory cannot fail");
+}
+
+#[cfg(test)]
+mod tests;
