@@ -21,7 +21,7 @@ const MAX_CONTROL_PAYLOAD: u64 = 125;
 
 /// Why a client's frames were refused, and the close code it gets for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// The frames broke RFC 6455: `1002`.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
@@ -35,7 +35,7 @@ pub(crate) enum FrameError {
 
 impl FrameError {
     /// The close code and reason the client gets.
-    pub(crate) fn close(self) -> (CloseCode, &'static str) {
+    pub fn close(self) -> (CloseCode, &'static str) {
         match self {
             FrameError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
             FrameError::TooBig(_) => (CloseCode::Size, "message too big"),
@@ -46,7 +46,7 @@ impl FrameError {
 
 /// What one frame from the client meant.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Inbound<'a> {
+pub enum Inbound<'a> {
     /// A whole text message, valid UTF-8.
     Text(&'a [u8]),
     /// A whole binary message.
@@ -63,7 +63,7 @@ pub(crate) enum Inbound<'a> {
 
 /// The outcome of [`FrameReader::read`].
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Parsed<'a> {
+pub enum Parsed<'a> {
     /// One frame, which took this many bytes from the front of the input.
     Frame(Inbound<'a>, usize),
     /// No whole frame yet: at least this many more bytes are needed.
@@ -79,7 +79,7 @@ struct Partial {
 
 /// Reads a client's frames, checking them as a server must.
 #[derive(Debug)]
-pub(crate) struct FrameReader {
+pub struct FrameReader {
     max_message_size: usize,
     partial: Option<Partial>,
     /// The last fragmented message handed out whole, until the next read or [`Self::finish`].
@@ -88,7 +88,7 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     /// Messages (and so frames) up to `max_message_size` bytes.
-    pub(crate) fn new(max_message_size: usize) -> FrameReader {
+    pub fn new(max_message_size: usize) -> FrameReader {
         FrameReader {
             max_message_size,
             partial: None,
@@ -106,10 +106,7 @@ impl FrameReader {
     /// place. The caller advances `input` by the length returned once it is
     /// done with the slice. Linear in the frame's length; after an error the
     /// reader must not be used again.
-    pub(crate) fn read<'a>(
-        &'a mut self,
-        input: &'a mut BytesMut,
-    ) -> Result<Parsed<'a>, FrameError> {
+    pub fn read<'a>(&'a mut self, input: &'a mut BytesMut) -> Result<Parsed<'a>, FrameError> {
         self.complete = None;
         let mut cursor = Cursor::new(&input[..]);
         let (header, length) = match FrameHeader::parse(&mut cursor) {
@@ -195,7 +192,7 @@ impl FrameReader {
 
     /// Drops the buffer of a fragmented message handed out whole, so an idle
     /// client holds none; the next [`Self::read`] would drop it too.
-    pub(crate) fn finish(&mut self) {
+    pub fn finish(&mut self) {
         self.complete = None;
     }
 }

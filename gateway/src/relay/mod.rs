@@ -9,7 +9,7 @@
 //! close handshake that follows.
 
 pub(crate) mod framed;
-mod frames;
+pub(crate) mod frames;
 pub(crate) mod raw;
 
 use std::io;
