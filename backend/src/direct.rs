@@ -10,20 +10,23 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Sink, Stream};
 use link::deflate::MessageDeflater;
+use link::frames::{FrameReader, Inbound, Parsed, put_frame, put_prepared};
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
-use link::websocket::{DIRECT_READ_BUFFER, ReadAhead, client_config};
+use link::websocket::{ReadAhead, WRITE_BUFFER, poll_write_out, reserve_for};
 use link::{ClientLimits, DeflateParams, LinkError, close_for_client_error, fd_pass};
 use tokio::net::{TcpStream, UnixStream};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_util::io::poll_read_buf;
 
 /// Keepalive and limits of direct clients: the gateway's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,36 +86,31 @@ pub(crate) async fn take_over(
     let peer = std_stream.peer_addr().ok();
     let tcp = TcpStream::from_std(std_stream)?;
     let _ = tcp.set_nodelay(true);
-    let config = client_config(options.max_message_size, DIRECT_READ_BUFFER);
-    let ws = match deflate {
-        Some(params) => {
-            // The pending bytes are frames too: they go through the inflater.
-            let stream = ReadAhead::inflating(tcp, &pending, params, options.max_message_size);
-            WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
-        }
-        None => {
-            WebSocketStream::from_partially_read(
-                ReadAhead::new(tcp),
-                pending.to_vec(),
-                Role::Server,
-                Some(config),
-            )
-            .await
-        }
-    };
-    let deflater = deflate.map(MessageDeflater::new);
-    Ok((DirectClient::new(ws, options, deflater), peer, link))
+    let client = DirectClient::new(tcp, pending, options, deflate);
+    Ok((client, peer, link))
 }
 
 /// A WebSocket client on its own socket, behaving like a relayed session.
+///
+/// It speaks WebSocket itself, as the gateway's relay does (`link::frames`):
+/// the client's frames are parsed and unmasked in place in one read buffer,
+/// what the server sends is formatted into one output buffer written once
+/// per flush, and both buffers are dropped whenever they are empty, so an
+/// idle client holds none.
 #[derive(Debug)]
 pub(crate) struct DirectClient {
-    ws: WebSocketStream<ReadAhead<TcpStream>>,
+    io: ReadAhead<TcpStream>,
+    /// Read from the client, not yet handed out.
+    input: BytesMut,
+    /// Frames for the client, not yet written.
+    output: BytesMut,
+    frames: FrameReader,
     pings: PingTicker,
-    ping_due: bool,
     idle: IdleTimer,
     /// The one `Close` was yielded; the stream ends now.
     closed: bool,
+    /// A close frame went into `output`: nothing more may be sent.
+    close_sent: bool,
     /// The payload of the server's last ping, until the client's pong to it.
     asked: Option<Bytes>,
     /// Compresses outgoing messages when permessage-deflate was agreed.
@@ -120,43 +118,66 @@ pub(crate) struct DirectClient {
 }
 
 impl DirectClient {
+    /// The client on `tcp`, starting with the bytes the gateway read past the
+    /// handshake (`pending`), inflating its compressed messages and
+    /// compressing the server's if `deflate` was agreed.
     fn new(
-        ws: WebSocketStream<ReadAhead<TcpStream>>,
+        tcp: TcpStream,
+        pending: Bytes,
         options: DirectOptions,
-        deflater: Option<MessageDeflater>,
+        deflate: Option<DeflateParams>,
     ) -> DirectClient {
+        let (io, input) = match deflate {
+            // The pending bytes are frames too: they go through the inflater.
+            Some(params) => (
+                ReadAhead::inflating(tcp, &pending, params, options.max_message_size),
+                BytesMut::new(),
+            ),
+            None => (ReadAhead::new(tcp), BytesMut::from(&pending[..])),
+        };
         DirectClient {
-            ws,
+            io,
+            input,
+            output: BytesMut::new(),
+            frames: FrameReader::new(options.max_message_size),
             pings: PingTicker::new(options.ping_interval),
-            ping_due: false,
             idle: IdleTimer::new(options.idle_timeout),
             closed: false,
+            close_sent: false,
             asked: None,
-            deflater,
+            deflater: deflate.map(MessageDeflater::new),
         }
     }
 
-    /// Sends a ping when one is due and the socket can take it; never waits.
+    /// Writes what is buffered as far as the socket takes it now.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), tungstenite::Error>> {
+        let written = poll_write_out(&mut self.io, &mut self.output, cx);
+        if self.output.is_empty() && self.output.capacity() != 0 {
+            self.output = BytesMut::new();
+        }
+        written.map_err(tungstenite::Error::Io)
+    }
+
+    /// Sends a ping when one is due; never waits.
     fn poll_keepalive(&mut self, cx: &mut Context<'_>) {
+        let mut due = false;
         while self.pings.poll_tick(cx).is_ready() {
-            self.ping_due = true;
+            due = true;
         }
-        if self.ping_due {
-            match self.ws.poll_ready_unpin(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.ping_due = false;
-                    if self
-                        .ws
-                        .start_send_unpin(Message::Ping(Bytes::new()))
-                        .is_ok()
-                    {
-                        let _ = self.ws.poll_flush_unpin(cx);
-                    }
-                }
-                Poll::Ready(Err(_)) => self.ping_due = false,
-                Poll::Pending => {}
-            }
+        if due && !self.close_sent {
+            put_frame(&mut self.output, OpCode::Control(Control::Ping), &[]);
+            let _ = self.poll_write(cx);
         }
+    }
+
+    /// Queues a close frame (unless one went already) and writes what the
+    /// socket takes now.
+    fn send_close(&mut self, cx: &mut Context<'_>, frame: Option<CloseFrame>) {
+        if !self.close_sent {
+            self.close_sent = true;
+            put_prepared(&mut self.output, Frame::close(frame));
+        }
+        let _ = self.poll_write(cx);
     }
 
     /// Sends the client a close frame if the socket takes it now, and returns
@@ -171,14 +192,7 @@ impl DirectClient {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        if let Poll::Ready(Ok(())) = self.ws.poll_ready_unpin(cx)
-            && self
-                .ws
-                .start_send_unpin(Message::Close(Some(frame.clone())))
-                .is_ok()
-        {
-            let _ = self.ws.poll_flush_unpin(cx);
-        }
+        self.send_close(cx, Some(frame.clone()));
         self.closed = true;
         Message::Close(Some(frame))
     }
@@ -200,41 +214,85 @@ impl Stream for DirectClient {
             return Poll::Ready(Some(close));
         }
         loop {
-            let message = match this.ws.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(message))) => message,
-                Poll::Ready(Some(Err(error))) => {
-                    let close = match close_for_client_error(&error) {
-                        Some((code, reason)) => this.close_with(cx, code, reason),
-                        None => {
-                            this.closed = true;
-                            Message::Close(None)
-                        }
-                    };
-                    return Poll::Ready(Some(close));
+            let (message, used) = match this.frames.read(&mut this.input) {
+                Err(error) => {
+                    let (code, reason) = error.close();
+                    return Poll::Ready(Some(this.close_with(cx, code, reason)));
                 }
-                Poll::Ready(None) => {
-                    // Gone without a close frame: as the gateway reports it in relay mode.
-                    this.closed = true;
-                    return Poll::Ready(Some(Message::Close(None)));
+                Ok(Parsed::Need(need)) => {
+                    reserve_for(&mut this.input, need);
+                    match poll_read_buf(Pin::new(&mut this.io), cx, &mut this.input) {
+                        Poll::Pending => {
+                            if this.input.is_empty() {
+                                // Nothing held: an idle client holds no buffer.
+                                this.input = BytesMut::new();
+                            }
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Ok(0)) => {
+                            // Gone without a close frame: as the gateway reports it in relay mode.
+                            this.closed = true;
+                            return Poll::Ready(Some(Message::Close(None)));
+                        }
+                        Poll::Ready(Ok(_)) => continue,
+                        Poll::Ready(Err(error)) => {
+                            let close = match close_for_client_error(&tungstenite::Error::Io(error))
+                            {
+                                Some((code, reason)) => this.close_with(cx, code, reason),
+                                None => {
+                                    this.closed = true;
+                                    Message::Close(None)
+                                }
+                            };
+                            return Poll::Ready(Some(close));
+                        }
+                    }
+                }
+                Ok(Parsed::Frame(inbound, used)) => {
+                    let message = match inbound {
+                        Inbound::Text(text) => Some(Message::Text(Utf8Bytes::from(text))),
+                        Inbound::Binary(payload) => {
+                            Some(Message::Binary(Bytes::copy_from_slice(payload)))
+                        }
+                        // Pings are answered here, as the gateway does.
+                        Inbound::Ping(payload) => {
+                            if !this.close_sent {
+                                put_frame(
+                                    &mut this.output,
+                                    OpCode::Control(Control::Pong),
+                                    payload,
+                                );
+                            }
+                            None
+                        }
+                        // The answer to the server's own ping, as a relayed session yields it.
+                        Inbound::Pong(payload) if this.asked.as_deref() == Some(payload) => {
+                            this.asked = None;
+                            Some(Message::Pong(Bytes::copy_from_slice(payload)))
+                        }
+                        // Other pongs are keepalive.
+                        Inbound::Pong(_) | Inbound::Fragment => None,
+                        Inbound::Close(frame) => Some(Message::Close(frame)),
+                    };
+                    (message, used)
                 }
             };
+            this.input.advance(used);
+            this.frames.finish();
             this.idle.heard();
             match message {
-                Message::Text(_) | Message::Binary(_) => return Poll::Ready(Some(message)),
-                Message::Close(frame) => {
-                    // tungstenite queued the reply; send it now.
-                    let _ = this.ws.poll_flush_unpin(cx);
+                None => {
+                    if !this.output.is_empty() {
+                        let _ = this.poll_write(cx);
+                    }
+                }
+                Some(Message::Close(frame)) => {
+                    // The reply echoes the client's code; it goes now.
+                    this.send_close(cx, frame.clone());
                     this.closed = true;
                     return Poll::Ready(Some(Message::Close(frame)));
                 }
-                // The answer to the server's own ping, as a relayed session yields it.
-                Message::Pong(payload) if this.asked.as_ref() == Some(&payload) => {
-                    this.asked = None;
-                    return Poll::Ready(Some(Message::Pong(payload)));
-                }
-                // tungstenite answers pings itself; other pongs are keepalive.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Some(message) => return Poll::Ready(Some(message)),
             }
         }
     }
@@ -243,42 +301,83 @@ impl Stream for DirectClient {
 impl Sink<Message> for DirectClient {
     type Error = tungstenite::Error;
 
+    /// Ready while fewer than [`WRITE_BUFFER`] bytes wait for the client.
     fn poll_ready(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), tungstenite::Error>> {
-        self.ws.poll_ready_unpin(cx)
+        if self.output.len() >= WRITE_BUFFER {
+            ready!(self.poll_write(cx))?;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), tungstenite::Error> {
         let this = &mut *self;
-        if let Message::Ping(payload) = &message {
-            this.asked = Some(payload.clone());
+        if this.close_sent {
+            return Err(tungstenite::Error::Protocol(
+                ProtocolError::SendAfterClosing,
+            ));
         }
-        let message = match &mut this.deflater {
-            Some(deflater) => deflater.compress(message),
-            None => message,
+        let message = match (&mut this.deflater, message) {
+            (Some(deflater), message @ (Message::Text(_) | Message::Binary(_))) => {
+                deflater.compress(message)
+            }
+            (_, message) => message,
         };
-        this.ws.start_send_unpin(message)
+        match message {
+            Message::Text(text) => {
+                put_frame(&mut this.output, OpCode::Data(Data::Text), text.as_bytes())
+            }
+            Message::Binary(payload) => {
+                put_frame(&mut this.output, OpCode::Data(Data::Binary), &payload)
+            }
+            Message::Ping(payload) => {
+                put_frame(&mut this.output, OpCode::Control(Control::Ping), &payload);
+                this.asked = Some(payload);
+            }
+            Message::Pong(payload) => {
+                put_frame(&mut this.output, OpCode::Control(Control::Pong), &payload)
+            }
+            Message::Close(frame) => {
+                this.close_sent = true;
+                put_prepared(&mut this.output, Frame::close(frame));
+            }
+            Message::Frame(frame) => put_prepared(&mut this.output, frame),
+        }
+        Ok(())
     }
 
     fn poll_flush(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), tungstenite::Error>> {
-        self.ws.poll_flush_unpin(cx)
+        self.poll_write(cx)
     }
 
+    /// Sends a close frame unless one went already, and writes everything.
     fn poll_close(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), tungstenite::Error>> {
-        match self.ws.poll_close_unpin(cx) {
+        let this = &mut *self;
+        if !this.close_sent {
+            this.close_sent = true;
+            put_prepared(&mut this.output, Frame::close(None));
+        }
+        match ready!(this.poll_write(cx)) {
             // Closing a socket the client already closed is not a failure.
-            Poll::Ready(Err(
-                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-            )) => Poll::Ready(Ok(())),
-            other => other,
+            Err(tungstenite::Error::Io(error))
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::NotConnected
+                ) =>
+            {
+                Poll::Ready(Ok(()))
+            }
+            other => Poll::Ready(other),
         }
     }
 }

@@ -1,10 +1,9 @@
-//! The crate-private parsers of `handshake`, `deflate`, `route` and the relay's client frames, made public for the
+//! The crate-private parsers of `handshake`, `deflate` and `route`, made public for the
 //! fuzz targets in `fuzz/` only. Compiled under `--cfg fuzzing`, which
 //! `cargo fuzz` sets; no product code may use it (docs/fuzzing.md).
 
 pub use crate::deflate::{ExtensionOffer, parse_extensions};
 pub use crate::handshake::UpgradeRequest;
-pub use crate::relay::frames::{FrameError, FrameReader, Inbound, Parsed};
 pub use crate::route::{MAX_SOCKET_PATH, RouteError, Target, parse_name, resolve};
 
 /// `deflate::negotiate`: the agreed parameters and the response header's value.

@@ -23,6 +23,7 @@
 pub mod client_close;
 pub mod deflate;
 pub mod fd_pass;
+pub mod frames;
 pub mod keepalive;
 pub mod message;
 pub mod meta;

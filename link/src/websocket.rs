@@ -9,7 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,12 +23,6 @@ use crate::deflate::{DeflateParams, FrameInflater, Step};
 /// 7 KiB (4 KiB gives 64 KiB messages fewer reads, at 3 KiB more per client).
 /// tungstenite grows it to hold larger frames.
 pub const RELAY_READ_BUFFER: usize = 1024;
-
-/// WebSocket read buffer of a client handed over in direct mode: the most
-/// tungstenite takes from [`ReadAhead`] at a time. tungstenite zero-fills
-/// this much before every read, so 16 KiB cost more CPU per message than
-/// the socket reads they saved; the socket is read in [`READ_CHUNK`]s anyway.
-pub const DIRECT_READ_BUFFER: usize = 4 * 1024;
 
 /// Initial read buffer of a link during the handshake (OPEN to ACCEPT); it
 /// grows only for larger records.
@@ -66,6 +60,35 @@ pub fn client_config(max_message_size: usize, read_buffer_size: usize) -> WebSoc
         )
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
+}
+
+/// Makes room in `buffer` for at least `need` more bytes, and a whole
+/// chunk's worth whenever it reads at all.
+pub fn reserve_for(buffer: &mut BytesMut, need: usize) {
+    let spare = buffer.capacity() - buffer.len();
+    if spare < need.max(READ_CHUNK / 4) {
+        buffer.reserve(need.max(READ_CHUNK));
+    }
+}
+
+/// Writes `output` to `io` until it is empty (then flushes, for TLS) or the
+/// socket is full.
+pub fn poll_write_out<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    output: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    if output.is_empty() {
+        return Poll::Ready(Ok(()));
+    }
+    while !output.is_empty() {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, output))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        output.advance(n);
+    }
+    Pin::new(io).poll_flush(cx)
 }
 
 /// A stream whose reads take up to [`READ_CHUNK`] bytes from the socket at

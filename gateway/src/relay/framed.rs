@@ -6,7 +6,7 @@
 //! ([`Relay::poll_relay`]), reading each socket into a buffer, turning every
 //! whole frame or record in it into the other side's form directly in that
 //! side's output buffer (the client's frames are unmasked in place,
-//! `frames::FrameReader`), and writing each output with one syscall per
+//! `link::frames::FrameReader`), and writing each output with one syscall per
 //! burst. Nothing is allocated per message, and there is no second task, no
 //! split halves and no WebSocket library between the sockets: the per-message
 //! cost is a header parse and one copy of the payload (BENCHMARKS.md).
@@ -24,16 +24,16 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use link::deflate::MessageDeflater;
 use link::keepalive::{IdleTimer, PingTicker};
 use link::message::{close_frame_for_client, close_info};
 use link::record::{HEADER_LEN, decode_header, encode_header};
-use link::websocket::{READ_CHUNK, ReadAhead};
+use link::websocket::{ReadAhead, poll_write_out, reserve_for};
 use link::{CloseInfo, DeflateParams, LinkError, Record, RecordCodec, RecordKind};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
@@ -46,8 +46,8 @@ use crate::backend::FramedLink;
 use crate::client_stream::ClientStream;
 use crate::metrics::ClientMetrics;
 
-use super::frames::{FrameError, FrameReader, Inbound, Parsed, put_frame, put_prepared};
 use super::{ClientGone, Ending, LinkFailure, RelaySettings};
+use link::frames::{FrameError, FrameReader, Inbound, Parsed, put_frame, put_prepared};
 
 /// Bytes waiting in one side's output at which the gateway stops reading
 /// the other side until they are written.
@@ -210,9 +210,9 @@ impl<S: ClientStream> Relay<S> {
                 };
                 self.idle.heard();
                 match inbound {
-                    Inbound::Text(payload) => {
-                        put_record(&mut link.output, RecordKind::Text, payload);
-                        tally.count(payload.len());
+                    Inbound::Text(text) => {
+                        put_record(&mut link.output, RecordKind::Text, text.as_bytes());
+                        tally.count(text.len());
                     }
                     Inbound::Binary(payload) => {
                         put_record(&mut link.output, RecordKind::Binary, payload);
@@ -492,35 +492,6 @@ fn put_record(out: &mut BytesMut, kind: RecordKind, payload: &[u8]) {
     let len = u32::try_from(payload.len()).expect("messages are bounded far below 4 GiB");
     out.extend_from_slice(&encode_header(kind, len));
     out.extend_from_slice(payload);
-}
-
-/// Makes room in `buffer` for at least `need` more bytes, and a whole
-/// chunk's worth whenever it reads at all.
-fn reserve_for(buffer: &mut BytesMut, need: usize) {
-    let spare = buffer.capacity() - buffer.len();
-    if spare < need.max(READ_CHUNK / 4) {
-        buffer.reserve(need.max(READ_CHUNK));
-    }
-}
-
-/// Writes `output` to `io` until it is empty (then flushes, for TLS) or the
-/// socket is full.
-fn poll_write_out<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    output: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<()>> {
-    if output.is_empty() {
-        return Poll::Ready(Ok(()));
-    }
-    while !output.is_empty() {
-        let n = ready!(Pin::new(&mut *io).poll_write(cx, output))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        output.advance(n);
-    }
-    Pin::new(io).poll_flush(cx)
 }
 
 /// The ending for frames the client got wrong.

@@ -9,7 +9,6 @@
 //! close handshake that follows.
 
 pub(crate) mod framed;
-pub(crate) mod frames;
 pub(crate) mod raw;
 
 use std::io;

@@ -31,7 +31,7 @@ fn read_all(reader: &mut FrameReader, bytes: &[u8]) -> Result<Vec<String>, Frame
             Parsed::Need(_) => return Ok(seen),
             Parsed::Frame(inbound, n) => (
                 match inbound {
-                    Inbound::Text(t) => format!("text {}", String::from_utf8_lossy(t)),
+                    Inbound::Text(t) => format!("text {t}"),
                     Inbound::Binary(b) => format!("binary {}", b.len()),
                     Inbound::Ping(p) => format!("ping {}", p.len()),
                     Inbound::Pong(p) => format!("pong {}", p.len()),

@@ -1,5 +1,5 @@
-//! The client's side of the WebSocket protocol for the framed relay, without
-//! I/O: [`FrameReader`] turns the bytes a client sent into whole messages,
+//! The server's side of the WebSocket protocol without I/O, for the
+//! gateway's framed relay and a backend's direct client alike: [`FrameReader`] turns the bytes a client sent into whole messages,
 //! pings, pongs and its close, in place in the read buffer; [`put_frame`]
 //! writes a server frame. tungstenite's `FrameHeader` parses and formats the
 //! headers; the rules around them (RFC 6455 sections 5 and 7) are here.
@@ -47,8 +47,8 @@ impl FrameError {
 /// What one frame from the client meant.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound<'a> {
-    /// A whole text message, valid UTF-8.
-    Text(&'a [u8]),
+    /// A whole text message.
+    Text(&'a str),
     /// A whole binary message.
     Binary(&'a [u8]),
     /// A ping with its payload.
@@ -200,8 +200,8 @@ impl FrameReader {
 /// A whole message's payload, checked.
 fn whole(text: bool, payload: &[u8]) -> Result<Inbound<'_>, FrameError> {
     if text {
-        std::str::from_utf8(payload).map_err(|_| FrameError::Utf8)?;
-        Ok(Inbound::Text(payload))
+        let text = std::str::from_utf8(payload).map_err(|_| FrameError::Utf8)?;
+        Ok(Inbound::Text(text))
     } else {
         Ok(Inbound::Binary(payload))
     }
@@ -214,7 +214,7 @@ fn close_frame(payload: &[u8]) -> Result<Option<CloseFrame>, FrameError> {
         [_] => Err(FrameError::Protocol("close frame of one byte")),
         [hi, lo, reason @ ..] => {
             let code = CloseCode::from(u16::from_be_bytes([*hi, *lo]));
-            if !link::message::is_sendable(code) {
+            if !crate::message::is_sendable(code) {
                 return Err(FrameError::Protocol("close code not allowed"));
             }
             let reason = std::str::from_utf8(reason).map_err(|_| FrameError::Utf8)?;
@@ -241,7 +241,7 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 }
 
 /// Appends one unmasked server frame (FIN set) of `opcode` carrying `payload` to `out`.
-pub(crate) fn put_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+pub fn put_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
     let header = FrameHeader {
         opcode,
         ..FrameHeader::default()
@@ -255,7 +255,7 @@ pub(crate) fn put_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
 }
 
 /// Appends a whole prepared frame (a compressed message, a close) to `out`.
-pub(crate) fn put_prepared(out: &mut BytesMut, frame: Frame) {
+pub fn put_prepared(out: &mut BytesMut, frame: Frame) {
     out.reserve(frame.len());
     frame
         .format(&mut out.writer())
