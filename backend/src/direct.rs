@@ -90,6 +90,10 @@ pub(crate) async fn take_over(
     Ok((client, peer, link))
 }
 
+/// Bytes waiting for the client at which it is no longer read (its pongs
+/// would otherwise pile up); a server's sends wait at [`WRITE_BUFFER`].
+const OUTPUT_LIMIT: usize = 64 * 1024;
+
 /// A WebSocket client on its own socket, behaving like a relayed session.
 ///
 /// It speaks WebSocket itself, as the gateway's relay does (`link::frames`):
@@ -220,6 +224,11 @@ impl Stream for DirectClient {
                     return Poll::Ready(Some(this.close_with(cx, code, reason)));
                 }
                 Ok(Parsed::Need(need)) => {
+                    // The pongs to its pings wait in the output: a client that
+                    // pings and never reads is not read either.
+                    if this.output.len() >= OUTPUT_LIMIT && this.poll_write(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                     reserve_for(&mut this.input, need);
                     match poll_read_buf(Pin::new(&mut this.io), cx, &mut this.input) {
                         Poll::Pending => {

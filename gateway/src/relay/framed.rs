@@ -12,7 +12,8 @@
 //! cost is a header parse and one copy of the payload (BENCHMARKS.md).
 //!
 //! Backpressure: a side whose output holds [`OUTPUT_HIGH_WATER`] bytes stops
-//! the reading of the other side, so a client that does not read stops the
+//! the reading of the other side (and the client's own output, which holds
+//! the pongs to its pings, stops the reading of the client too), so a client that does not read stops the
 //! gateway reading its backend's link, and a backend that does not read stops
 //! the gateway reading that client, and no one else. Idle, a client holds no
 //! buffer at all: each one is dropped when empty and nothing is ready.
@@ -178,12 +179,12 @@ impl<S: ClientStream> Relay<S> {
             }
             // Go round again while a read made progress (it has not yet
             // waited, so no wake-up is due), or a full output drained.
-            let again = |step: Step, output: &BytesMut| match step {
+            let again = |step: Step, full: bool| match step {
                 Step::Read => true,
-                Step::Full => output.len() < OUTPUT_HIGH_WATER,
+                Step::Full => !full,
                 Step::Waiting => false,
             };
-            if again(upstream, &self.link.output) || again(downstream, &self.client.output) {
+            if again(upstream, self.upstream_full()) || again(downstream, self.downstream_full()) {
                 continue;
             }
             self.release_idle_buffers();
@@ -200,7 +201,9 @@ impl<S: ClientStream> Relay<S> {
         let mut step = Step::Waiting;
         loop {
             let need = loop {
-                if link.output.len() >= OUTPUT_HIGH_WATER {
+                // Its pongs wait in the client's own output: a client that
+                // pings and never reads is not read either.
+                if link.output.len() >= OUTPUT_HIGH_WATER || client.output.len() >= OUTPUT_HIGH_WATER {
                     return Ok(Step::Full);
                 }
                 let (inbound, used) = match client.frames.read(&mut client.input) {
@@ -331,6 +334,16 @@ impl<S: ClientStream> Relay<S> {
                 Poll::Ready(Err(error)) => return Err(gone(error.into())),
             }
         }
+    }
+
+    /// Reading the client must wait for an output to drain.
+    fn upstream_full(&self) -> bool {
+        self.link.output.len() >= OUTPUT_HIGH_WATER || self.client.output.len() >= OUTPUT_HIGH_WATER
+    }
+
+    /// Reading the link must wait for the client's output to drain.
+    fn downstream_full(&self) -> bool {
+        self.client.output.len() >= OUTPUT_HIGH_WATER
     }
 
     /// Drops every buffer that holds nothing, so an idle client costs none.
