@@ -175,6 +175,16 @@ local function alive(id)
 end
 ";
 
+/// A script of the chat's or the broker's, behind [`LUA_PRELUDE`] if it
+/// uses `now` or `alive`.
+pub fn script(body: &str, needs_prelude: bool) -> redis::Script {
+    if needs_prelude {
+        redis::Script::new(&format!("{LUA_PRELUDE}{body}"))
+    } else {
+        redis::Script::new(body)
+    }
+}
+
 impl Backplane {
     /// Connects to Redis (failing if it does not answer within [`REDIS_TIMEOUT`])
     /// and registers a fresh instance id. Must run inside the tokio runtime
@@ -322,6 +332,21 @@ impl Backplane {
             }
             // Their permits return to the budget here.
             batch.clear();
+        }
+    }
+
+    /// Runs a script on the command connection; a failure is logged
+    /// ([`Backplane::failed`]) and comes back as `None`.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        match invocation.invoke_async(&mut self.connection()).await {
+            Ok(reply) => Some(reply),
+            Err(error) => {
+                self.failed(&error);
+                None
+            }
         }
     }
 
