@@ -151,20 +151,30 @@ end
 return reply
 ";
 
+/// The Lua function `drop_clients(labels, clients, namespace)` that
+/// [`REAP`] and [`SYNC`] start with: removes every client in the set
+/// `clients` (one instance's), their members from `labels`, their own sets
+/// and `clients` itself; returns how many clients there were.
+const DROP_CLIENTS: &str = r"
+local function drop_clients(labels, clients, namespace)
+  local ids = redis.call('SMEMBERS', clients)
+  for _, client in ipairs(ids) do
+    local key = namespace .. ':client:' .. client
+    for _, member in ipairs(redis.call('SMEMBERS', key)) do
+      redis.call('ZREM', labels, member)
+    end
+    redis.call('DEL', key)
+  end
+  redis.call('DEL', clients)
+  return #ids
+end
+";
+
 /// Removes a dead instance's clients, once. KEYS: instances, labels, the
 /// dead instance's clients. ARGV: dead instance, namespace. Returns how many.
 const REAP: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local clients = redis.call('SMEMBERS', KEYS[3])
-for _, client in ipairs(clients) do
-  local key = ARGV[2] .. ':client:' .. client
-  for _, member in ipairs(redis.call('SMEMBERS', key)) do
-    redis.call('ZREM', KEYS[2], member)
-  end
-  redis.call('DEL', key)
-end
-redis.call('DEL', KEYS[3])
-return #clients
+return drop_clients(KEYS[2], KEYS[3], ARGV[2])
 ";
 
 /// Writes one instance's clients back (after an outage, or when Redis lost
@@ -181,14 +191,7 @@ while i <= #ARGV do
   for j = 1, n do wanted[client][j] = ARGV[i + 1 + j] end
   i = i + 2 + n
 end
-for _, client in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  local key = ARGV[3] .. ':client:' .. client
-  for _, member in ipairs(redis.call('SMEMBERS', key)) do
-    redis.call('ZREM', KEYS[2], member)
-  end
-  redis.call('DEL', key)
-end
-redis.call('DEL', KEYS[3])
+drop_clients(KEYS[2], KEYS[3], ARGV[3])
 for client, members in pairs(wanted) do
   local key = ARGV[3] .. ':client:' .. client
   for _, member in ipairs(members) do
@@ -701,7 +704,7 @@ impl Peer for Broker {
         let clients = self.core.clients();
         let expiry_ms = u64::try_from(backplane.options().expiry.as_millis()).unwrap_or(u64::MAX);
         let keys = Keys { backplane };
-        let sync = script(SYNC, true);
+        let sync = script(&format!("{DROP_CLIENTS}{SYNC}"), true);
         let mut invocation = sync.prepare_invoke();
         invocation
             .key(backplane.instances_key())
@@ -731,7 +734,7 @@ impl Peer for Broker {
         let keys = Keys { backplane };
         let reaped: Option<Value> = backplane
             .invoke(
-                script(REAP, false)
+                script(&format!("{DROP_CLIENTS}{REAP}"), false)
                     .key(backplane.instances_key())
                     .key(keys.labels())
                     .key(keys.instance_clients(dead))

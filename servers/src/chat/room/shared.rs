@@ -546,21 +546,8 @@ impl Room {
     /// Delivers a message from another instance to every local client
     /// (`to: None`) or to one, waiting as a local sender would.
     async fn deliver_remote(&self, to: Option<ClientId>, message: &Message) {
-        loop {
-            let changed = self.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            match self.try_deliver_remote(to, message) {
-                Handling::Done => return,
-                Handling::Wait { until: None } => changed.await,
-                Handling::Wait { until: Some(until) } => {
-                    tokio::select! {
-                        () = changed => {}
-                        () = tokio::time::sleep_until(until) => {}
-                    }
-                }
-            }
-        }
+        self.until_done(|| self.try_deliver_remote(to, message))
+            .await;
     }
 
     fn try_deliver_remote(&self, to: Option<ClientId>, message: &Message) -> Handling {
