@@ -19,6 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
+use lifecycle::metrics_registry::{ProcessMetrics, registered};
 use link::LinkMode;
 
 /// The prefix of every backend metric.
@@ -85,8 +86,7 @@ struct Inner {
     links_refused: Family<ReasonLabels, prometheus_client::metrics::counter::Counter>,
     received: Traffic,
     sent: Traffic,
-    open_fds: Gauge,
-    max_fds: Gauge,
+    process: ProcessMetrics,
 }
 
 /// The message and byte counters of one direction.
@@ -111,72 +111,60 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with the library's metrics at zero.
     pub fn new() -> Metrics {
-        let traffic = || Traffic {
-            messages: Default::default(),
-            bytes: Default::default(),
-        };
-        let inner = Inner {
-            registry: Mutex::new(Registry::default()),
-            server_counters: Mutex::new(HashMap::new()),
-            sessions_open: Family::default(),
-            sessions: Family::default(),
-            links_refused: Family::default(),
-            received: traffic(),
-            sent: traffic(),
-            open_fds: Gauge::default(),
-            max_fds: Gauge::default(),
-        };
-        {
-            let mut registry = inner
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let backend = registry.sub_registry_with_prefix(PREFIX);
-            backend.register(
-                "sessions_open",
-                "Sessions (clients) open now, by mode (relay, direct)",
-                inner.sessions_open.clone(),
-            );
-            backend.register(
-                "sessions",
-                "Sessions opened since start, by mode (relay, direct)",
-                inner.sessions.clone(),
-            );
-            backend.register(
-                "links_refused",
-                "Clients refused before becoming sessions, by reason (client_limit: closed with 1013; admission: REJECT)",
-                inner.links_refused.clone(),
-            );
-            for (direction, traffic, what) in [
-                ("received", &inner.received, "from clients"),
-                ("sent", &inner.sent, "to clients"),
-            ] {
-                backend.register(
-                    format!("messages_{direction}"),
-                    format!("Text and binary messages {what}"),
-                    traffic.messages.clone(),
-                );
-                backend.register_with_unit(
-                    format!("message_{direction}"),
-                    format!("Payload bytes of the messages {what}"),
-                    Unit::Bytes,
-                    traffic.bytes.clone(),
-                );
-            }
-            let process = registry.sub_registry_with_prefix("process");
-            process.register(
-                "open_fds",
-                "Open file descriptors (read from /proc/self/fd at scrape time)",
-                inner.open_fds.clone(),
-            );
-            process.register(
-                "max_fds",
-                "The soft limit on open file descriptors (RLIMIT_NOFILE)",
-                inner.max_fds.clone(),
-            );
-        }
+        let mut registry = Registry::default();
+        let backend = registry.sub_registry_with_prefix(PREFIX);
+        let sessions_open = registered(
+            backend,
+            "sessions_open",
+            "Sessions (clients) open now, by mode (relay, direct)",
+            None,
+            Family::default(),
+        );
+        let sessions = registered(
+            backend,
+            "sessions",
+            "Sessions opened since start, by mode (relay, direct)",
+            None,
+            Family::default(),
+        );
+        let links_refused = registered(
+            backend,
+            "links_refused",
+            "Clients refused before becoming sessions, by reason (client_limit: closed with 1013; admission: REJECT)",
+            None,
+            Family::default(),
+        );
+        let [received, sent] =
+            [("received", "from clients"), ("sent", "to clients")].map(|(direction, what)| {
+                Traffic {
+                    messages: registered(
+                        backend,
+                        format!("messages_{direction}"),
+                        format!("Text and binary messages {what}"),
+                        None,
+                        Default::default(),
+                    ),
+                    bytes: registered(
+                        backend,
+                        format!("message_{direction}"),
+                        format!("Payload bytes of the messages {what}"),
+                        Some(Unit::Bytes),
+                        Default::default(),
+                    ),
+                }
+            });
+        let process = ProcessMetrics::register(&mut registry);
         Metrics {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                registry: Mutex::new(registry),
+                server_counters: Mutex::new(HashMap::new()),
+                sessions_open,
+                sessions,
+                links_refused,
+                received,
+                sent,
+                process,
+            }),
         }
     }
 
@@ -270,20 +258,13 @@ impl Metrics {
 
 impl lifecycle::metrics_endpoint::Render for Metrics {
     fn render(&self) -> String {
-        let (open, limit) = lifecycle::metrics_endpoint::descriptor_usage();
-        let as_gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        self.inner.open_fds.set(open.map_or(-1, as_gauge));
-        self.inner.max_fds.set(limit.map_or(-1, as_gauge));
+        self.inner.process.update();
         let registry = self
             .inner
             .registry
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut text = String::new();
-        if let Err(error) = prometheus_text::encode(&mut text, &registry) {
-            tracing::error!(%error, "cannot encode the metrics");
-        }
-        text
+        lifecycle::metrics_registry::encode(&registry)
     }
 
     fn content_type(&self) -> &'static str {

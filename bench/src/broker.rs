@@ -66,13 +66,7 @@ impl BrokerSystem {
                     .await?,
             );
         }
-        let mut command = Command::new(dir.join("wsgate"));
-        command
-            .args(["--listen", "127.0.0.1:0", "--max-connections", &max])
-            .args(["--ping-interval", "0", "--idle-timeout", "0"])
-            .args(["--max-connections-per-ip", "0"])
-            .arg("-R")
-            .arg(&docroot);
+        let mut command = crate::system::gateway_command(dir, &docroot, &max);
         if direct {
             command.args(["--direct", "*"]);
         }

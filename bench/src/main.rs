@@ -55,20 +55,7 @@ enum Command {
     Deflate(bench::deflate::DeflateArgs),
     /// websocket_broker's channel fan-out next to the chat's fan-out, behind wsgate relay and
     /// direct; prints a markdown table.
-    BrokerFanout {
-        /// A short run that only proves everything works.
-        #[arg(long)]
-        smoke: bool,
-        /// Directory of wsgate, websocket_chat and websocket_broker [default: this executable's].
-        #[arg(long, value_name = "DIR")]
-        bin_dir: Option<PathBuf>,
-        /// Receivers [default: 1000; smoke: 20].
-        #[arg(long, value_name = "N")]
-        receivers: Option<usize>,
-        /// Messages per second the sender sends [default: 1000; smoke: 200].
-        #[arg(long, value_name = "N")]
-        rate: Option<u32>,
-    },
+    BrokerFanout(FanoutArgs),
     /// Idle relayed clients on one port through `wsgate --workers`, with each
     /// process's descriptors and memory (bench/src/hold.rs).
     Hold(bench::hold::HoldArgs),
@@ -76,20 +63,7 @@ enum Command {
     HoldClients(bench::hold::HoldClientsArgs),
     /// The chat's fan-out over two instances sharing one Redis (websocket_chat --redis), against
     /// one instance without it; prints a markdown table.
-    RedisFanout {
-        /// A short run that only proves everything works.
-        #[arg(long)]
-        smoke: bool,
-        /// Directory of wsgate and websocket_chat [default: this executable's].
-        #[arg(long, value_name = "DIR")]
-        bin_dir: Option<PathBuf>,
-        /// Receivers [default: 1000; smoke: 20].
-        #[arg(long, value_name = "N")]
-        receivers: Option<usize>,
-        /// Messages per second the sender sends [default: 1000; smoke: 200].
-        #[arg(long, value_name = "N")]
-        rate: Option<u32>,
-    },
+    RedisFanout(FanoutArgs),
     /// The baseline server: WebSocket echo (/echo) and chat (/chat) with no gateway.
     BaselineServer {
         /// TCP address; prints `listening on http://ADDR` when ready.
@@ -201,14 +175,9 @@ fn main() -> anyhow::Result<()> {
             println!("listening on {scheme}://{}", listener.local_addr()?);
             bench::baseline::serve_tcp(listener, tls).await
         }),
-        Command::BrokerFanout {
-            smoke,
-            bin_dir,
-            receivers,
-            rate,
-        } => {
-            let dir = bin_dir_or_own(bin_dir)?;
-            let load = FanoutLoad::new(smoke, receivers, rate, 1);
+        Command::BrokerFanout(args) => {
+            let dir = bin_dir_or_own(args.bin_dir.clone())?;
+            let load = FanoutLoad::new(&args, 1);
             runtime.block_on(broker_fanout(
                 &dir,
                 load.receivers,
@@ -216,15 +185,10 @@ fn main() -> anyhow::Result<()> {
                 load.duration,
             ))
         }
-        Command::RedisFanout {
-            smoke,
-            bin_dir,
-            receivers,
-            rate,
-        } => {
-            let dir = bin_dir_or_own(bin_dir)?;
+        Command::RedisFanout(args) => {
+            let dir = bin_dir_or_own(args.bin_dir.clone())?;
             // Receivers are spread over two instances: at least one on each.
-            let load = FanoutLoad::new(smoke, receivers, rate, 2);
+            let load = FanoutLoad::new(&args, 2);
             runtime.block_on(redis_fanout(&dir, load.receivers, load.rate, load.duration))
         }
         Command::All {
@@ -289,7 +253,24 @@ fn bin_dir_or_own(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The load of the standalone fan-out commands (`broker-fanout`, `redis-fanout`).
+/// The flags of the standalone fan-out commands (`broker-fanout`, `redis-fanout`).
+#[derive(Debug, clap::Args)]
+struct FanoutArgs {
+    /// A short run that only proves everything works.
+    #[arg(long)]
+    smoke: bool,
+    /// Directory of wsgate and the backends the command runs [default: this executable's].
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Receivers [default: 1000; smoke: 20].
+    #[arg(long, value_name = "N")]
+    receivers: Option<usize>,
+    /// Messages per second the sender sends [default: 1000; smoke: 200].
+    #[arg(long, value_name = "N")]
+    rate: Option<u32>,
+}
+
+/// The load of the standalone fan-out commands.
 struct FanoutLoad {
     duration: Duration,
     receivers: usize,
@@ -300,21 +281,19 @@ impl FanoutLoad {
     /// The given receivers and rate or the defaults (1,000 receivers at
     /// 1,000 messages/s for 5 s; smoke: 20 at 200 for 300 ms), with at
     /// least `min_receivers` receivers and one message per second.
-    fn new(
-        smoke: bool,
-        receivers: Option<usize>,
-        rate: Option<u32>,
-        min_receivers: usize,
-    ) -> FanoutLoad {
-        let (duration, default_receivers, default_rate) = if smoke {
+    fn new(args: &FanoutArgs, min_receivers: usize) -> FanoutLoad {
+        let (duration, default_receivers, default_rate) = if args.smoke {
             (Duration::from_millis(300), 20, 200)
         } else {
             (Duration::from_secs(5), 1_000, 1_000)
         };
         FanoutLoad {
             duration,
-            receivers: receivers.unwrap_or(default_receivers).max(min_receivers),
-            rate: rate.unwrap_or(default_rate).max(1),
+            receivers: args
+                .receivers
+                .unwrap_or(default_receivers)
+                .max(min_receivers),
+            rate: args.rate.unwrap_or(default_rate).max(1),
         }
     }
 }

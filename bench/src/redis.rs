@@ -51,13 +51,7 @@ impl ChatInstance {
             Logging::Quiet,
         )
         .await?;
-        let mut command = Command::new(dir.join("wsgate"));
-        command
-            .args(["--listen", "127.0.0.1:0", "--max-connections", &max])
-            .args(["--ping-interval", "0", "--idle-timeout", "0"])
-            .args(["--max-connections-per-ip", "0"])
-            .arg("-R")
-            .arg(&docroot);
+        let command = crate::system::gateway_command(dir, &docroot, &max);
         let (gateway, addr) = start_announcing("wsgate", command, Logging::Quiet).await?;
         Ok(ChatInstance {
             addr,

@@ -186,14 +186,7 @@ impl System {
                 )
                 .await?;
                 backends.push(chat);
-                let mut command = Command::new(binaries.dir.join("wsgate"));
-                command
-                    .args(["--listen", "127.0.0.1:0", "--max-connections", &max])
-                    .args(["--ping-interval", "0", "--idle-timeout", "0"])
-                    // Every load-generator connection comes from 127.0.0.1.
-                    .args(["--max-connections-per-ip", "0"])
-                    .arg("-R")
-                    .arg(&docroot);
+                let mut command = gateway_command(&binaries.dir, &docroot, &max);
                 if kind == Kind::Direct {
                     command.args(["--direct", "*"]);
                 }
@@ -342,6 +335,21 @@ impl System {
         }
         Ok(())
     }
+}
+
+/// `<dir>/wsgate` as every benchmark runs it over `docroot`: on an
+/// ephemeral loopback port (printed when ready), at most `max` clients, no
+/// pings and no idle timeout, and no limit per address (every
+/// load-generator connection comes from 127.0.0.1).
+pub fn gateway_command(dir: &Path, docroot: &Path, max: &str) -> Command {
+    let mut command = Command::new(dir.join("wsgate"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--max-connections", max])
+        .args(["--ping-interval", "0", "--idle-timeout", "0"])
+        .args(["--max-connections-per-ip", "0"])
+        .arg("-R")
+        .arg(docroot);
+    command
 }
 
 /// Starts `<dir>/<program> -R <docroot> -n <name> -m MAX_CLIENTS <extra_args>`,

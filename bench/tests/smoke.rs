@@ -5,18 +5,25 @@
 
 use std::process::Command;
 
-#[test]
-fn every_scenario_runs_without_errors_against_every_system() {
+/// `wsgate-bench <args>`'s stdout, once it exited with success.
+fn run_bench(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
-        .args(["all", "--smoke"])
+        .args(args)
         .output()
         .expect("wsgate-bench starts");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "wsgate-bench all --smoke failed (build the workspace first: cargo build --workspace)\n{stdout}\n{stderr}"
+        "wsgate-bench {} failed (build the workspace first: cargo build --workspace)\n{stdout}\n{stderr}",
+        args.join(" ")
     );
+    stdout.into_owned()
+}
+
+#[test]
+fn every_scenario_runs_without_errors_against_every_system() {
+    let stdout = run_bench(&["all", "--smoke"]);
     for system in [
         "baseline (no gateway)",
         "wsgate relay",
@@ -49,16 +56,7 @@ fn every_scenario_runs_without_errors_against_every_system() {
 
 #[test]
 fn hold_keeps_idle_clients_through_workers() {
-    let output = Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
-        .args(["hold", "--smoke"])
-        .output()
-        .expect("wsgate-bench starts");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "wsgate-bench hold --smoke failed (build the workspace first: cargo build --workspace)\n{stdout}\n{stderr}"
-    );
+    let stdout = run_bench(&["hold", "--smoke"]);
     assert!(
         stdout.contains("400 idle relayed clients held") && stdout.contains("(0 failed)"),
         "{stdout}"

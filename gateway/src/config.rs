@@ -800,25 +800,20 @@ impl Config {
             None => FileConfig::default(),
         };
         let wanted = Config::from_file_and_args(file.clone(), args.clone())?;
-        let mut needs_restart = Vec::new();
-        if wanted.listen != running.listen {
-            needs_restart.push("listen");
-        }
-        if wanted.tls_listen != running.tls_listen {
-            needs_restart.push("tls_listen");
-        }
-        if wanted.docroot != running.docroot {
-            needs_restart.push("docroot");
-        }
-        if wanted.workers != running.workers {
-            needs_restart.push("workers");
-        }
-        if wanted.log_format != running.log_format {
-            needs_restart.push("log_format");
-        }
-        if wanted.metrics_listen != running.metrics_listen {
-            needs_restart.push("metrics_listen");
-        }
+        let needs_restart: Vec<&'static str> = [
+            ("listen", wanted.listen != running.listen),
+            ("tls_listen", wanted.tls_listen != running.tls_listen),
+            ("docroot", wanted.docroot != running.docroot),
+            ("workers", wanted.workers != running.workers),
+            ("log_format", wanted.log_format != running.log_format),
+            (
+                "metrics_listen",
+                wanted.metrics_listen != running.metrics_listen,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
         if needs_restart.is_empty() {
             return Ok((wanted, needs_restart));
         }

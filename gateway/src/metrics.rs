@@ -19,6 +19,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use lifecycle::metrics_registry::{ProcessMetrics, registered};
 use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -120,8 +121,7 @@ pub(crate) struct Metrics {
     authorizer_answers: Family<OutcomeLabels, Counter>,
     tls_handshakes: Family<OutcomeLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
-    open_fds: Gauge,
-    max_fds: Gauge,
+    process: ProcessMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,95 +133,103 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// A registry with every gateway metric at zero.
     pub(crate) fn new() -> Metrics {
-        let mut metrics = Metrics {
-            registry: Registry::default(),
-            named: Mutex::new(HashSet::new()),
-            connections_open: Family::default(),
-            connections: Family::default(),
-            upgrades: Family::default(),
-            messages: Family::default(),
-            message_bytes: Family::default(),
-            close_codes: Family::default(),
-            backend_accept: Family::new_with_constructor(latency_histogram),
-            authorizer_latency: latency_histogram(),
-            authorizer_answers: Family::default(),
-            tls_handshakes: Family::default(),
-            http_requests: Family::default(),
-            open_fds: Gauge::default(),
-            max_fds: Gauge::default(),
-        };
-        let gateway = metrics.registry.sub_registry_with_prefix("wsgate");
-        gateway.register(
+        let mut registry = Registry::default();
+        let gateway = registry.sub_registry_with_prefix("wsgate");
+        let connections_open = registered(
+            gateway,
             "connections_open",
             "WebSocket clients relayed now, by backend name, mode (relay, raw) and tls",
-            metrics.connections_open.clone(),
+            None,
+            Family::default(),
         );
-        gateway.register(
+        let connections = registered(
+            gateway,
             "connections",
             "WebSocket clients accepted (101), by backend name, mode (relay, raw, direct) and tls",
-            metrics.connections.clone(),
+            None,
+            Family::default(),
         );
-        gateway.register(
+        let upgrades = registered(
+            gateway,
             "upgrades",
             "WebSocket upgrade requests by the status answered (101 or the refusal's)",
-            metrics.upgrades.clone(),
+            None,
+            Family::default(),
         );
-        gateway.register(
+        let messages = registered(
+            gateway,
             "messages",
             "Messages relayed, by backend name and direction (to_backend, to_client)",
-            metrics.messages.clone(),
+            None,
+            Family::default(),
         );
-        gateway.register_with_unit(
+        let message_bytes = registered(
+            gateway,
             "message",
             "Payload bytes of the messages relayed, by backend name and direction",
-            Unit::Bytes,
-            metrics.message_bytes.clone(),
+            Some(Unit::Bytes),
+            Family::default(),
         );
-        gateway.register(
+        let close_codes = registered(
+            gateway,
             "close_codes",
             "Close codes sent to and received from relayed clients (direction to_client, from_client); \
              1006 received: the connection ended without a close frame",
-            metrics.close_codes.clone(),
+            None,
+            Family::default(),
         );
-        gateway.register_with_unit(
+        let backend_accept = registered(
+            gateway,
             "backend_accept",
             "Time from connecting to a backend to its ACCEPT, by backend name",
-            Unit::Seconds,
-            metrics.backend_accept.clone(),
+            Some(Unit::Seconds),
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         );
-        gateway.register_with_unit(
+        let authorizer_latency = registered(
+            gateway,
             "authorizer",
             "Time the authorizer took to answer (answers and timeouts)",
-            Unit::Seconds,
-            metrics.authorizer_latency.clone(),
+            Some(Unit::Seconds),
+            latency_histogram(),
         );
-        gateway.register(
+        let authorizer_answers = registered(
+            gateway,
             "authorizer_answers",
             "Authorizer answers by outcome (allowed, refused, timeout, failed)",
-            metrics.authorizer_answers.clone(),
+            None,
+            Family::default(),
         );
-        gateway.register(
+        let tls_handshakes = registered(
+            gateway,
             "tls_handshakes",
             "TLS handshakes by outcome (ok, failed, timeout)",
-            metrics.tls_handshakes.clone(),
+            None,
+            Family::default(),
         );
-        gateway.register(
+        let http_requests = registered(
+            gateway,
             "http_requests",
             "Plain HTTP requests forwarded to backends (--http), by backend name and status",
-            metrics.http_requests.clone(),
+            None,
+            Family::default(),
         );
-        let process = metrics.registry.sub_registry_with_prefix("process");
-        process.register(
-            "open_fds",
-            "Open file descriptors (read from /proc/self/fd at scrape time)",
-            metrics.open_fds.clone(),
-        );
-        process.register(
-            "max_fds",
-            "The soft limit on open file descriptors (RLIMIT_NOFILE)",
-            metrics.max_fds.clone(),
-        );
-        metrics
+        let process = ProcessMetrics::register(&mut registry);
+        Metrics {
+            registry,
+            named: Mutex::new(HashSet::new()),
+            connections_open,
+            connections,
+            upgrades,
+            messages,
+            message_bytes,
+            close_codes,
+            backend_accept,
+            authorizer_latency,
+            authorizer_answers,
+            tls_handshakes,
+            http_requests,
+            process,
+        }
     }
 
     /// The `name` label for `name`, which passed the allow/deny check: the
@@ -335,15 +343,8 @@ impl Metrics {
 
 impl lifecycle::metrics_endpoint::Render for Metrics {
     fn render(&self) -> String {
-        let (open, limit) = lifecycle::metrics_endpoint::descriptor_usage();
-        let as_gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        self.open_fds.set(open.map_or(-1, as_gauge));
-        self.max_fds.set(limit.map_or(-1, as_gauge));
-        let mut text = String::new();
-        if let Err(error) = prometheus_text::encode(&mut text, &self.registry) {
-            tracing::error!(%error, "cannot encode the metrics");
-        }
-        text
+        self.process.update();
+        lifecycle::metrics_registry::encode(&self.registry)
     }
 
     fn content_type(&self) -> &'static str {

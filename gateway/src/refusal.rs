@@ -200,8 +200,9 @@ impl Refusal {
     }
 }
 
-/// An error and its causes, joined with `: `, for the one-line response body.
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes, joined with `: `, for the one-line response body
+/// (and `reload`'s log line).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut line = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

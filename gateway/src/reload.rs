@@ -134,14 +134,10 @@ fn apply(prepared: Prepared, live: &Live, supervisor: &Supervisor) {
 
 /// The error and its causes on one line (a TOML error spans several).
 fn one_line(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::refusal::error_chain(error)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

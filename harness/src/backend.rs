@@ -4,7 +4,8 @@
 //! backend tolerates (the link protocol allows a link to end before OPEN).
 //! [`Backend::start_with_metrics`] also gives it `--metrics-listen` on an
 //! ephemeral port, read from its `metrics on` line, and waits for that
-//! endpoint to answer.
+//! endpoint to answer. [`Backend::start_token_list_broker`] is the
+//! `websocket_broker` that admits only the tokens of a list file.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -48,15 +49,38 @@ impl Backend {
         extra_args: &[&str],
         logging: Logging,
     ) -> anyhow::Result<Backend> {
-        let mut command = Command::new(binaries::bin_path(program)?);
-        command
-            .arg("-R")
-            .arg(docroot)
-            .arg("-n")
-            .arg(name)
-            .args(extra_args);
+        let mut command = backend_command(program, docroot, name)?;
+        command.args(extra_args);
         let label = format!("{program} ({name})");
         Backend::start_command_with(&label, command, &docroot.join(name), logging).await
+    }
+
+    /// `websocket_broker` on `broker` in `docroot`, in the tokens dialect,
+    /// admitting only registered tokens: those marked `true` in the JSON
+    /// object `tokens`, written to `<docroot>/tokens.json` (rewrite that
+    /// file and send SIGHUP to reload it). Returns the broker and the file.
+    pub async fn start_token_list_broker(
+        docroot: &Path,
+        tokens: &str,
+    ) -> anyhow::Result<(Backend, PathBuf)> {
+        let list = docroot.join("tokens.json");
+        std::fs::write(&list, tokens).with_context(|| format!("writing {}", list.display()))?;
+        let list_arg = list.to_str().context("temp path is UTF-8")?;
+        let broker = Backend::start(
+            "websocket_broker",
+            docroot,
+            "broker",
+            &[
+                "--dialect",
+                "tokens",
+                "--allow-unregistered",
+                "false",
+                "--tokens",
+                list_arg,
+            ],
+        )
+        .await?;
+        Ok((broker, list))
     }
 
     /// [`Backend::start`] with `--metrics-listen 127.0.0.1:0`: ready once its
@@ -67,12 +91,8 @@ impl Backend {
         name: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Backend> {
-        let mut command = Command::new(binaries::bin_path(program)?);
+        let mut command = backend_command(program, docroot, name)?;
         command
-            .arg("-R")
-            .arg(docroot)
-            .arg("-n")
-            .arg(name)
             .arg("--metrics-listen")
             .arg("127.0.0.1:0")
             .args(extra_args)
@@ -206,4 +226,11 @@ impl Backend {
     pub fn stderr_text(&self) -> String {
         self.process.stderr_text()
     }
+}
+
+/// `program -R <docroot> -n <name>`, the workspace binary `program`.
+fn backend_command(program: &str, docroot: &Path, name: &str) -> anyhow::Result<Command> {
+    let mut command = Command::new(binaries::bin_path(program)?);
+    command.arg("-R").arg(docroot).arg("-n").arg(name);
+    Ok(command)
 }

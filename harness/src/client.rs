@@ -189,6 +189,16 @@ impl Client {
         self.recv().await
     }
 
+    /// Sends the text `text` and expects it back (an echo backend's answer).
+    pub async fn expect_echo(&mut self, text: &str) -> anyhow::Result<()> {
+        let echoed = self.round_trip(Message::text(text)).await?;
+        anyhow::ensure!(
+            echoed == Message::text(text),
+            "echo of {text:?}: {echoed:?}"
+        );
+        Ok(())
+    }
+
     /// Reads until the close frame and returns it; a data message first, or an
     /// end without a close frame, is an error.
     pub async fn expect_close(&mut self) -> anyhow::Result<Option<CloseFrame>> {

@@ -22,7 +22,8 @@
 //! - [`redis`]: [`redis::RedisServer`], a `redis-server` of a test's own on a free loopback port,
 //!   killed and restarted on the same port at will.
 //! - [`mode`]: [`Mode`], relay, direct or TLS, and [`all_modes!`] to run a suite in each.
-//! - [`processes`]: the children of a process through `/proc` (a gateway's supervised backends).
+//! - [`processes`]: the children of a process through `/proc` (a gateway's supervised backends
+//!   and workers, `websocket_exec`'s programs), with their state.
 //! - [`tls`]: a test CA (rcgen), client configurations trusting it, the plain-or-TLS client stream.
 //! - [`trials`]: [`trials::run_trials`], the libtest-mimic runner of the tests that report themselves ignored.
 //! - [`wait`]: waiting on a fact under a deadline, the only way these tests wait.

@@ -1,9 +1,11 @@
 //! Other processes seen through `/proc`: the children of a process (the
-//! backends a gateway supervises), their command lines and users.
+//! backends a gateway supervises, its `--workers`, the programs of
+//! `websocket_exec`), their state, command lines and users.
 //!
 //! [`crate::child::ChildGuard`] uses [`children`] to take a gateway's
 //! supervised backends along when it kills the gateway (each runs in a
-//! process group of its own); tests use it to find a backend to kill.
+//! process group of its own); tests use it to find a process to kill or to
+//! count a process's children and zombies.
 
 use std::path::Path;
 
@@ -16,11 +18,18 @@ pub struct ProcessInfo {
     pub pid: u32,
     /// Its process group.
     pub pgid: u32,
+    /// Its state letter (`R`, `S`, `Z` for a zombie, ...).
+    pub state: char,
     /// Its arguments, the program first.
     pub args: Vec<String>,
 }
 
 impl ProcessInfo {
+    /// Whether it exited and its parent has not reaped it yet.
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z'
+    }
+
     /// The file name of its program (`websocket_echo`), or "".
     pub fn program(&self) -> &str {
         self.args
@@ -59,34 +68,41 @@ impl ProcessInfo {
     }
 }
 
-/// The living children of `parent` (processes that exit meanwhile are skipped).
+/// The children of `parent`, zombies included (processes that are reaped
+/// meanwhile are skipped; none if `/proc` cannot be read).
 pub fn children(parent: u32) -> Vec<ProcessInfo> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
+    try_children(parent).unwrap_or_default()
+}
+
+/// [`children`], failing if `/proc` cannot be read (for a test that counts
+/// children and must not count none by mistake).
+pub fn try_children(parent: u32) -> anyhow::Result<Vec<ProcessInfo>> {
+    let entries = std::fs::read_dir("/proc").context("reading /proc")?;
+    Ok(entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
-            let (ppid, pgid) = parent_and_group(pid)?;
+            let (state, ppid, pgid) = state_parent_and_group(pid)?;
             (ppid == parent).then(|| ProcessInfo {
                 pid,
                 pgid,
+                state,
                 args: arguments(pid),
             })
         })
-        .collect()
+        .collect())
 }
 
-/// The parent and process group of `pid`, from `/proc/<pid>/stat`.
-fn parent_and_group(pid: u32) -> Option<(u32, u32)> {
+/// The state, parent and process group of `pid`, from `/proc/<pid>/stat`.
+fn state_parent_and_group(pid: u32) -> Option<(char, u32, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_comm.split_whitespace().skip(1);
+    let after_comm = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = after_comm.split_whitespace();
+    let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgid = fields.next()?.parse().ok()?;
-    Some((ppid, pgid))
+    Some((state, ppid, pgid))
 }
 
 fn arguments(pid: u32) -> Vec<String> {

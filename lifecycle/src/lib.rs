@@ -1,8 +1,9 @@
 //! The process life cycle that the gateway and every backend share: logging
 //! set-up, the descriptor limit raised to its hard limit, the stop signals
 //! turned into a cancellation token, and the back-off of an accept loop that
-//! ran out of descriptors; and [`metrics_endpoint`], the `--metrics-listen`
-//! listener that serves a process's metrics.
+//! ran out of descriptors; [`metrics_endpoint`], the `--metrics-listen`
+//! listener that serves a process's metrics; and [`metrics_registry`], what
+//! each process does alike with its own registry.
 //!
 //! What stopping means (closing clients with `1001`, removing socket files)
 //! and what an accept loop serves are the callers' business.
@@ -51,6 +52,7 @@ impl std::fmt::Display for LogFormat {
     }
 }
 pub mod metrics_endpoint;
+pub mod metrics_registry;
 
 /// Sets up logging to stderr once per process, filtered by `RUST_LOG`
 /// (default `info`), in `format`; text is in colour only on a terminal.

@@ -96,6 +96,16 @@ pub enum BackplaneError {
     Expiry,
 }
 
+impl BackplaneError {
+    /// [`BackplaneError::Unreachable`] for `url`, without its password.
+    fn unreachable(url: &str, source: impl Into<redis::RedisError>) -> BackplaneError {
+        BackplaneError::Unreachable {
+            url: redacted(url),
+            source: source.into(),
+        }
+    }
+}
+
 /// What an instance does with the backplane's events; the chat's room and
 /// the broker implement it.
 pub trait Peer: Send + Sync + 'static {
@@ -175,6 +185,16 @@ local function alive(id)
 end
 ";
 
+/// A script of the chat's or the broker's, behind [`LUA_PRELUDE`] if it
+/// uses `now` or `alive`.
+pub fn script(body: &str, needs_prelude: bool) -> redis::Script {
+    if needs_prelude {
+        redis::Script::new(&format!("{LUA_PRELUDE}{body}"))
+    } else {
+        redis::Script::new(body)
+    }
+}
+
 impl Backplane {
     /// Connects to Redis (failing if it does not answer within [`REDIS_TIMEOUT`])
     /// and registers a fresh instance id. Must run inside the tokio runtime
@@ -191,10 +211,7 @@ impl Backplane {
             .set_number_of_retries(2);
         let manager = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(|source| BackplaneError::Unreachable {
-                url: redacted(&options.url),
-                source,
-            })?;
+            .map_err(|source| BackplaneError::unreachable(&options.url, source))?;
         let (outgoing, outgoing_receiver) = mpsc::unbounded_channel();
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).expect("the system's random source works");
@@ -214,10 +231,7 @@ impl Backplane {
         backplane
             .heartbeat()
             .await
-            .map_err(|source| BackplaneError::Unreachable {
-                url: redacted(&backplane.options.url),
-                source,
-            })?;
+            .map_err(|source| BackplaneError::unreachable(&backplane.options.url, source))?;
         info!(instance = %backplane.instance, namespace = %backplane.options.namespace, "joined the Redis backplane");
         Ok(backplane)
     }
@@ -322,6 +336,21 @@ impl Backplane {
             }
             // Their permits return to the budget here.
             batch.clear();
+        }
+    }
+
+    /// Runs a script on the command connection; a failure is logged
+    /// ([`Backplane::failed`]) and comes back as `None`.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        match invocation.invoke_async(&mut self.connection()).await {
+            Ok(reply) => Some(reply),
+            Err(error) => {
+                self.failed(&error);
+                None
+            }
         }
     }
 
@@ -521,22 +550,15 @@ where
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|error| BackplaneError::Unreachable {
-            url: redacted(&options.url),
-            source: redis::RedisError::from(error),
-        })?;
+        .map_err(|error| BackplaneError::unreachable(&options.url, error))?;
     let (backplane, subscribed) = runtime.block_on(async {
         let backplane = Backplane::connect(options).await?;
         // Subscribed before the socket is published, so no client's message
         // from another instance is missed for want of a subscription.
-        let subscribed =
-            backplane
-                .subscribe()
-                .await
-                .map_err(|source| BackplaneError::Unreachable {
-                    url: redacted(&backplane.options.url),
-                    source,
-                })?;
+        let subscribed = backplane
+            .subscribe()
+            .await
+            .map_err(|source| BackplaneError::unreachable(&backplane.options.url, source))?;
         Ok::<_, BackplaneError>((backplane, subscribed))
     })?;
     let peer = attach(Arc::clone(&backplane));
@@ -547,10 +569,7 @@ where
             runtime.block_on(running.run(peer, Some(subscribed), CancellationToken::new()));
         });
     if let Err(error) = spawned {
-        return Err(BackplaneError::Unreachable {
-            url: redacted(&backplane.options.url),
-            source: redis::RedisError::from(error),
-        });
+        return Err(BackplaneError::unreachable(&backplane.options.url, error));
     }
     Ok(backplane)
 }

@@ -134,7 +134,6 @@ async fn expect_refusal(
     Ok(())
 }
 
-/// The next message, which must be text.
 /// The next message, which must be a JSON text.
 async fn recv_json(client: &mut Client) -> anyhow::Result<Value> {
     let text = client.recv_text().await?;
@@ -238,22 +237,10 @@ async fn tokens_without_allow_unregistered_need_a_registered_token_reloaded_on_s
     mode: Mode,
 ) -> anyhow::Result<()> {
     let docroot = tempfile::tempdir()?;
-    let list = docroot.path().join("tokens.json");
-    std::fs::write(&list, r#"{"abc1": true, "abc2": false}"#)?;
-    let list_arg = list.to_str().context("temp path is UTF-8")?.to_owned();
-    let (_docroot, broker, gateway) = start_broker_in(
-        docroot,
-        mode,
-        &[
-            "--dialect",
-            "tokens",
-            "--allow-unregistered",
-            "false",
-            "--tokens",
-            &list_arg,
-        ],
-    )
-    .await?;
+    let (broker, list) =
+        Backend::start_token_list_broker(docroot.path(), r#"{"abc1": true, "abc2": false}"#)
+            .await?;
+    let gateway = Gateway::start(docroot.path(), mode.gateway_args()).await?;
     // Refused in the handshake, with the broker's reason: never a WebSocket.
     expect_refusal(
         &gateway,

@@ -109,23 +109,8 @@ async fn consecutive_direct_clients_reuse_one_link_which_expires() -> anyhow::Re
 #[tokio::test]
 async fn a_refusal_on_a_reused_link_reaches_its_client() -> anyhow::Result<()> {
     let docroot = tempfile::tempdir()?;
-    let list = docroot.path().join("tokens.json");
-    std::fs::write(&list, r#"{"abc1": true, "abc2": true}"#)?;
-    let list_arg = list.to_str().context("temp path is UTF-8")?.to_owned();
-    let broker = Backend::start(
-        "websocket_broker",
-        docroot.path(),
-        "broker",
-        &[
-            "--dialect",
-            "tokens",
-            "--allow-unregistered",
-            "false",
-            "--tokens",
-            &list_arg,
-        ],
-    )
-    .await?;
+    let (broker, _list) =
+        Backend::start_token_list_broker(docroot.path(), r#"{"abc1": true, "abc2": true}"#).await?;
     let gateway = Gateway::start(docroot.path(), Mode::Direct.gateway_args()).await?;
     let mut first = gateway.connect("/broker?RegisterToken=abc1").await?;
     first.send(Message::text("Echo:ready")).await?;

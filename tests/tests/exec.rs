@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
+use harness::processes::{self, ProcessInfo};
 use harness::{
     Backend, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, Mode, Record, all_modes,
     bin_path, wait, wire,
@@ -61,67 +62,23 @@ fn python3() -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
-/// The next message, which must be text; its text.
-/// One child process of `parent_pid`, from /proc: its pid and state letter.
-#[derive(Debug, Clone, Copy)]
-struct ChildProcess {
-    pid: u32,
-    state: char,
-}
-
-/// The children of `parent_pid` now (zombies included).
-fn children_of(parent_pid: u32) -> anyhow::Result<Vec<ChildProcess>> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // The process may be gone between read_dir and here.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-        let Some(after_comm) = stat.rfind(')').and_then(|end| stat.get(end + 1..)) else {
-            continue;
-        };
-        let mut fields = after_comm.split_whitespace();
-        let state = fields
-            .next()
-            .and_then(|state| state.chars().next())
-            .unwrap_or('?');
-        let ppid: u32 = fields
-            .next()
-            .and_then(|ppid| ppid.parse().ok())
-            .unwrap_or(0);
-        if ppid == parent_pid {
-            children.push(ChildProcess { pid, state });
-        }
-    }
-    Ok(children)
-}
-
 /// How many children of `parent_pid` are zombies (exited, not reaped).
 fn n_zombies(parent_pid: u32) -> anyhow::Result<usize> {
-    Ok(children_of(parent_pid)?
+    Ok(processes::try_children(parent_pid)?
         .iter()
-        .filter(|child| child.state == 'Z')
+        .filter(|child| child.is_zombie())
         .count())
 }
 
 /// Waits until `backend` has exactly `n` children, none of them a zombie, and returns them.
-async fn wait_for_programs(backend: &Backend, n: usize) -> anyhow::Result<Vec<ChildProcess>> {
+async fn wait_for_programs(backend: &Backend, n: usize) -> anyhow::Result<Vec<ProcessInfo>> {
     let pid = backend.pid();
     wait::until(
         &format!("{n} live programs of the backend"),
         EVENT_DEADLINE,
         || async move {
-            let children = children_of(pid)?;
-            let all_alive = children.iter().all(|child| child.state != 'Z');
+            let children = processes::try_children(pid)?;
+            let all_alive = children.iter().all(|child| !child.is_zombie());
             Ok((children.len() == n && all_alive).then_some(children))
         },
     )
@@ -540,7 +497,7 @@ async fn programs_beyond_m_are_refused_with_1013_until_one_ends(mode: Mode) -> a
     let mut third = gateway.connect("/exec").await?;
     third.expect_close_code(CloseCode::Again).await?;
     assert_eq!(
-        children_of(backend.pid())?.len(),
+        processes::try_children(backend.pid())?.len(),
         2,
         "no program for the refused client"
     );
@@ -579,7 +536,7 @@ for idx in range(1 << 20):
     assert_eq!(client.recv_text().await?, numbered_line(0));
     // The client reads nothing more: the program must end up blocked writing
     // to its full stdout pipe, and the backend must not have buffered it all.
-    let program = wait_for_programs(&backend, 1).await?[0];
+    let program = wait_for_programs(&backend, 1).await?.remove(0);
     let wchan_path = format!("/proc/{}/wchan", program.pid);
     wait::until(
         "the program to block writing to its pipe",
@@ -620,7 +577,7 @@ async fn sigterm_closes_clients_with_1001_and_ends_every_program(mode: Mode) -> 
         clients.push(client);
     }
     wait_for_programs(&backend, 3).await?;
-    let program_pids: Vec<u32> = children_of(backend.pid())?
+    let program_pids: Vec<u32> = processes::try_children(backend.pid())?
         .iter()
         .map(|child| child.pid)
         .collect();

@@ -22,15 +22,6 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str().context("temporary paths are UTF-8")
 }
 
-async fn echoes(client: &mut harness::Client, text: &str) -> anyhow::Result<()> {
-    let echoed = client.round_trip(Message::text(text)).await?;
-    ensure!(
-        echoed == Message::text(text),
-        "echo of {text:?}: {echoed:?}"
-    );
-    Ok(())
-}
-
 async fn status_of(gateway: &Gateway, path: &str) -> anyhow::Result<u16> {
     Ok(gateway
         .handshake(&HandshakeRequest::new(path))
@@ -47,7 +38,7 @@ async fn a_new_deny_glob_refuses_new_clients_and_open_ones_keep_talking() -> any
     std::fs::write(&config, "deny = []\n")?;
     let mut gateway = Gateway::start(docroot.path(), &["--config", path_str(&config)?]).await?;
     let mut open_client = gateway.connect("/secret").await?;
-    echoes(&mut open_client, "before").await?;
+    open_client.expect_echo("before").await?;
 
     std::fs::write(&config, "deny = [\"secret*\"]\nmax_message_size = 1024\n")?;
     gateway.signal(Signal::SIGHUP)?;
@@ -55,7 +46,7 @@ async fn a_new_deny_glob_refuses_new_clients_and_open_ones_keep_talking() -> any
 
     assert_eq!(status_of(&gateway, "/secret").await?, 403, "denied now");
     // The open client keeps its configuration: still talking, old limit.
-    echoes(&mut open_client, "after").await?;
+    open_client.expect_echo("after").await?;
     let big = Message::binary(vec![7u8; 2048]);
     assert_eq!(open_client.round_trip(big.clone()).await?, big);
     // A new client gets the new limit.
@@ -68,7 +59,7 @@ async fn a_new_deny_glob_refuses_new_clients_and_open_ones_keep_talking() -> any
     gateway.signal(Signal::SIGHUP)?;
     gateway.wait_for_log(RELOADED, 2).await?;
     let mut again = gateway.connect("/secret").await?;
-    echoes(&mut again, "allowed again").await?;
+    again.expect_echo("allowed again").await?;
     gateway.check_running()?;
     Ok(())
 }
@@ -114,8 +105,8 @@ async fn an_invalid_file_keeps_the_running_configuration_and_the_log_says_why() 
         // The running configuration stays: /secret denied, /echo served.
         assert_eq!(status_of(&gateway, "/secret").await?, 403, "{text:?}");
         let mut client = gateway.connect("/echo").await?;
-        echoes(&mut client, text).await?;
-        echoes(&mut open_client, text).await?;
+        client.expect_echo(text).await?;
+        open_client.expect_echo(text).await?;
     }
     ensure!(
         !gateway.stderr_text().contains(RELOADED),
@@ -152,7 +143,7 @@ async fn settings_that_need_a_restart_are_named_and_keep_their_values() -> anyho
     gateway.signal(Signal::SIGHUP)?;
     gateway.wait_for_log(RELOADED, 2).await?;
     let mut client = gateway.connect("/echo").await?;
-    echoes(&mut client, "still the first docroot").await?;
+    client.expect_echo("still the first docroot").await?;
     gateway.check_running()?;
     Ok(())
 }

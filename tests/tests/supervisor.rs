@@ -79,15 +79,6 @@ async fn connect_when_ready(gateway: &Gateway, path: &str) -> anyhow::Result<har
     .await
 }
 
-async fn echoes(client: &mut harness::Client, text: &str) -> anyhow::Result<()> {
-    let echoed = client.round_trip(Message::text(text)).await?;
-    ensure!(
-        echoed == Message::text(text),
-        "echo of {text:?}: {echoed:?}"
-    );
-    Ok(())
-}
-
 /// The first line of `log` holding every one of `parts`, and its index.
 fn find_line(log: &str, parts: &[&str]) -> Option<(usize, String)> {
     log.lines()
@@ -109,7 +100,7 @@ async fn backends_accept_before_the_gateway_announces_itself() -> anyhow::Result
     let gateway = Gateway::start_with_config(&config, &[]).await?;
     // No waiting: `listening on` comes only once every backend accepts.
     let mut echo = gateway.connect("/echo").await?;
-    echoes(&mut echo, "first").await?;
+    echo.expect_echo("first").await?;
     let mut chat = gateway.connect("/chat").await?;
     chat.send(Message::text("WSHello ann")).await?;
     assert_eq!(chat.recv().await?, Message::text("WSWelcome ann"));
@@ -144,7 +135,7 @@ async fn a_killed_backend_is_restarted_and_its_relayed_client_gets_1011() -> any
     let config = write_config(dir.path(), &[table("echo", "websocket_echo", &[])?])?;
     let gateway = Gateway::start_with_config(&config, &[]).await?;
     let mut client = gateway.connect("/echo").await?;
-    echoes(&mut client, "before").await?;
+    client.expect_echo("before").await?;
     let first = backend_process(&gateway, "websocket_echo", "echo").context("the echo process")?;
     ensure!(
         first.pgid == first.pid,
@@ -161,7 +152,7 @@ async fn a_killed_backend_is_restarted_and_its_relayed_client_gets_1011() -> any
         .await?;
     let second = wait_for_new_process(&gateway, "websocket_echo", "echo", Some(first.pid)).await?;
     let mut again = connect_when_ready(&gateway, "/echo").await?;
-    echoes(&mut again, "after the restart").await?;
+    again.expect_echo("after the restart").await?;
     ensure!(
         backend_process(&gateway, "websocket_echo", "echo").map(|child| child.pid)
             == Some(second.pid),
@@ -176,7 +167,7 @@ async fn shutdown_closes_the_clients_before_it_stops_the_backends() -> anyhow::R
     let config = write_config(dir.path(), &[table("echo", "websocket_echo", &[])?])?;
     let mut gateway = Gateway::start_with_config(&config, &[]).await?;
     let mut client = gateway.connect("/echo").await?;
-    echoes(&mut client, "hello").await?;
+    client.expect_echo("hello").await?;
     let echo = backend_process(&gateway, "websocket_echo", "echo").context("the echo process")?;
 
     gateway.sigterm()?;
@@ -233,7 +224,7 @@ async fn reload_adds_changes_and_removes_backends() -> anyhow::Result<()> {
     let mut chat = connect_when_ready(&gateway, "/chat").await?;
     chat.send(Message::text("WSHello bob")).await?;
     assert_eq!(chat.recv().await?, Message::text("WSWelcome bob"));
-    echoes(&mut echo_client, "still the same echo").await?;
+    echo_client.expect_echo("still the same echo").await?;
     assert_eq!(
         backend_process(&gateway, "websocket_echo", "echo").map(|child| child.pid),
         Some(first_echo.pid),
@@ -250,7 +241,7 @@ async fn reload_adds_changes_and_removes_backends() -> anyhow::Result<()> {
     gateway.wait_for_log("configuration reloaded", 2).await?;
     wait_for_new_process(&gateway, "websocket_echo", "echo", Some(first_echo.pid)).await?;
     let mut new_echo = connect_when_ready(&gateway, "/echo").await?;
-    echoes(&mut new_echo, "the new echo").await?;
+    new_echo.expect_echo("the new echo").await?;
 
     // Removed: chat stops and its name leads nowhere.
     write_config(
@@ -341,7 +332,7 @@ async fn a_backend_runs_as_its_user() -> anyhow::Result<()> {
     }
     let gateway = Gateway::start_with_config(&config, &[]).await?;
     let mut client = gateway.connect("/echo").await?;
-    echoes(&mut client, "as nobody").await?;
+    client.expect_echo("as nobody").await?;
     let process = backend_process(&gateway, "websocket_echo", "echo").context("echo")?;
     assert_eq!(process.uid()?, nobody.uid.as_raw());
     // Root's supplementary groups are gone, not kept by the new user.

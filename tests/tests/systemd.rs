@@ -2,13 +2,14 @@
 //! socket activation (`LISTEN_FDS`, `LISTEN_FDNAMES`, descriptors from 3),
 //! and `--log-format json` for the journal or a log collector.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::process::Command;
 
 use command_fds::{CommandFdExt, FdMapping};
-use harness::child::Logging;
+use harness::child::{ChildGuard, Logging};
 use harness::{Backend, Client, EXIT_DEADLINE, Gateway, Message};
+use tempfile::TempDir;
 
 /// `wsgate -R <docroot> <args>` with `socket` as descriptor 3 and the
 /// socket activation variables `env`.
@@ -34,48 +35,62 @@ fn activated_gateway(
     Ok(command)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_serves_the_socket_systemd_passed() -> anyhow::Result<()> {
+/// An echo backend and `wsgate` serving a loopback socket passed to it as
+/// systemd passes one ([`activated_gateway`]); dropped gateway first.
+struct ActivatedEcho {
+    gateway: ChildGuard,
+    /// The passed socket's address, which the gateway announced.
+    addr: SocketAddr,
+    _echo: Backend,
+    _docroot: TempDir,
+}
+
+/// Starts an [`ActivatedEcho`] with the socket activation variables `env`
+/// and `args`, once the gateway announced the passed socket's address.
+async fn start_activated_echo(
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> anyhow::Result<ActivatedEcho> {
     let docroot = tempfile::tempdir()?;
-    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
     let socket = TcpListener::bind("127.0.0.1:0")?;
     let addr = socket.local_addr()?;
-    let command = activated_gateway(
-        docroot.path(),
-        socket.into(),
+    let command = activated_gateway(docroot.path(), socket.into(), env, args)?;
+    let (gateway, announced) =
+        harness::gateway::start_announcing("wsgate", command, Logging::Debug).await?;
+    assert_eq!(announced, addr);
+    Ok(ActivatedEcho {
+        gateway,
+        addr,
+        _echo: echo,
+        _docroot: docroot,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_serves_the_socket_systemd_passed() -> anyhow::Result<()> {
+    let mut activated = start_activated_echo(
         &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "http")],
         // The configured address is not bound: the passed socket replaces it.
         &["--listen", "127.0.0.1:1"],
-    )?;
-    let (mut gateway, announced) =
-        harness::gateway::start_announcing("wsgate", command, Logging::Debug).await?;
-    assert_eq!(announced, addr);
-    let mut client = Client::connect(addr, "/echo", &[]).await?;
+    )
+    .await?;
+    let mut client = Client::connect(activated.addr, "/echo", &[]).await?;
     let message = Message::text("activated");
     assert_eq!(client.round_trip(message.clone()).await?, message);
-    gateway.signal(nix::sys::signal::Signal::SIGTERM)?;
-    let status = gateway.wait_exit(EXIT_DEADLINE).await?;
+    activated
+        .gateway
+        .signal(nix::sys::signal::Signal::SIGTERM)?;
+    let status = activated.gateway.wait_exit(EXIT_DEADLINE).await?;
     assert_eq!(status.code(), Some(0), "exit status {status}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_share_the_socket_systemd_passed() -> anyhow::Result<()> {
-    let docroot = tempfile::tempdir()?;
-    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
-    let socket = TcpListener::bind("127.0.0.1:0")?;
-    let addr = socket.local_addr()?;
-    let command = activated_gateway(
-        docroot.path(),
-        socket.into(),
-        &[("LISTEN_FDS", "1")],
-        &["--workers", "2"],
-    )?;
-    let (_gateway, announced) =
-        harness::gateway::start_announcing("wsgate", command, Logging::Debug).await?;
-    assert_eq!(announced, addr);
+    let activated = start_activated_echo(&[("LISTEN_FDS", "1")], &["--workers", "2"]).await?;
     for client_idx in 0..8 {
-        let mut client = Client::connect(addr, "/echo", &[]).await?;
+        let mut client = Client::connect(activated.addr, "/echo", &[]).await?;
         let message = Message::binary(vec![client_idx; 5]);
         assert_eq!(client.round_trip(message.clone()).await?, message);
     }

@@ -223,20 +223,11 @@ impl ReloadFixture {
     }
 }
 
-async fn echoes(client: &mut harness::Client, text: &str) -> anyhow::Result<()> {
-    let echoed = client.round_trip(Message::text(text)).await?;
-    ensure!(
-        echoed == Message::text(text),
-        "echo of {text:?}: {echoed:?}"
-    );
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_takes_a_new_pair_and_open_clients_carry_on() -> anyhow::Result<()> {
     let mut fixture = ReloadFixture::start().await?;
     let mut open_client = fixture.connect(&fixture.ca).await?;
-    echoes(&mut open_client, "before").await?;
+    open_client.expect_echo("before").await?;
 
     let second_ca = TestCa::new("second CA")?;
     fixture.write(&second_ca.server_pair()?)?;
@@ -244,12 +235,12 @@ async fn sighup_takes_a_new_pair_and_open_clients_carry_on() -> anyhow::Result<(
     wait_for_log(&fixture.gateway, RELOADED, 1).await?;
 
     let mut new_client = fixture.connect(&second_ca).await?;
-    echoes(&mut new_client, "new pair").await?;
+    new_client.expect_echo("new pair").await?;
     ensure!(
         fixture.connect(&fixture.ca).await.is_err(),
         "a new handshake still got the old certificate"
     );
-    echoes(&mut open_client, "after").await?;
+    open_client.expect_echo("after").await?;
     fixture.gateway.check_running()?;
     Ok(())
 }
@@ -307,8 +298,8 @@ async fn sighup_refuses_a_bad_pair_and_keeps_the_old_one() -> anyhow::Result<()>
             .connect(&fixture.ca)
             .await
             .with_context(|| format!("connecting after {what}"))?;
-        echoes(&mut client, what).await?;
-        echoes(&mut open_client, what).await?;
+        client.expect_echo(what).await?;
+        open_client.expect_echo(what).await?;
         fixture.write(&good)?;
     }
     ensure!(
@@ -338,7 +329,7 @@ async fn silent_handshakes_time_out_without_touching_other_clients() -> anyhow::
     }
     // Meanwhile the plain listener serves as usual.
     let mut plain = harness::Client::connect(gateway.addr(), "/echo", &[]).await?;
-    echoes(&mut plain, "unaffected").await?;
+    plain.expect_echo("unaffected").await?;
     // The gateway drops them after the handshake timeout.
     for stream in &mut silent {
         let mut buffer = [0; 16];
@@ -357,7 +348,7 @@ async fn silent_handshakes_time_out_without_touching_other_clients() -> anyhow::
     );
     // Then TLS clients get in again.
     let mut secure = gateway.connect("/echo").await?;
-    echoes(&mut secure, "after the silence").await?;
+    secure.expect_echo("after the silence").await?;
     ensure!(
         gateway.stderr_text().contains("no TLS handshake within"),
         "the timeout is logged"
@@ -406,7 +397,7 @@ async fn plain_http_on_the_tls_port_and_tls_on_the_plain_port_end_at_once() -> a
         "a TLS handshake succeeded on the plain port"
     );
 
-    echoes(&mut bystander, "unaffected").await?;
+    bystander.expect_echo("unaffected").await?;
     Ok(())
 }
 
@@ -480,7 +471,7 @@ async fn mutual_tls_admits_only_the_cas_clients_and_tells_their_subject() -> any
             client_subject: Some("CN=alice".to_owned()),
         })
     );
-    echoes(&mut member, "welcome").await?;
+    member.expect_echo("welcome").await?;
 
     // No certificate, or one from another CA: no WebSocket (with TLS 1.3 the
     // refusal may come as an alert after the client's side of the handshake).
@@ -492,7 +483,7 @@ async fn mutual_tls_admits_only_the_cas_clients_and_tells_their_subject() -> any
         let refused = gateway.connect_tls("/members", &[], config).await;
         ensure!(refused.is_err(), "a client with {who} got in");
     }
-    echoes(&mut member, "still here").await?;
+    member.expect_echo("still here").await?;
     Ok(())
 }
 

@@ -5,39 +5,19 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use harness::{Backend, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, wait};
+use harness::{
+    Backend, CloseCode, EVENT_DEADLINE, EXIT_DEADLINE, Gateway, Message, processes, wait,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tempfile::TempDir;
 
 /// The process ids whose parent is `parent`, from /proc.
 fn children_of(parent: u32) -> anyhow::Result<BTreeSet<u32>> {
-    let mut children = BTreeSet::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // A process may exit while we look: skip what cannot be read.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The command may hold spaces and parentheses: fields follow the last ')'.
-        let Some((_, fields)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let ppid = fields
-            .split_whitespace()
-            .nth(1)
-            .and_then(|ppid| ppid.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            children.insert(pid);
-        }
-    }
-    Ok(children)
+    Ok(processes::try_children(parent)?
+        .into_iter()
+        .map(|child| child.pid)
+        .collect())
 }
 
 /// Waits until `parent` has exactly `n` children, and returns them.
@@ -48,6 +28,16 @@ async fn wait_for_workers(gateway: &mut Gateway, n: usize) -> anyhow::Result<BTr
         Ok((children.len() == n).then_some(children))
     })
     .await
+}
+
+/// An echo backend and a gateway with `--workers 2`, once both workers
+/// run; their process ids.
+async fn start_two_workers() -> anyhow::Result<(TempDir, Backend, Gateway, BTreeSet<u32>)> {
+    let docroot = tempfile::tempdir()?;
+    let echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
+    let mut gateway = Gateway::start(docroot.path(), &["--workers", "2"]).await?;
+    let workers = wait_for_workers(&mut gateway, 2).await?;
+    Ok((docroot, echo, gateway, workers))
 }
 
 /// The TCP and UNIX sockets `pid` holds.
@@ -65,13 +55,8 @@ fn n_sockets(pid: u32) -> anyhow::Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_share_one_port_and_each_serves_clients() -> anyhow::Result<()> {
-    let docroot = tempfile::tempdir()?;
-    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
-    let mut gateway = Gateway::start(docroot.path(), &["--workers", "2"]).await?;
-    let workers: Vec<u32> = wait_for_workers(&mut gateway, 2)
-        .await?
-        .into_iter()
-        .collect();
+    let (_docroot, _echo, mut gateway, workers) = start_two_workers().await?;
+    let workers: Vec<u32> = workers.into_iter().collect();
     let before: Vec<usize> = workers
         .iter()
         .map(|pid| n_sockets(*pid))
@@ -120,10 +105,7 @@ async fn workers_share_one_port_and_each_serves_clients() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_dies_is_restarted_and_the_port_keeps_serving() -> anyhow::Result<()> {
-    let docroot = tempfile::tempdir()?;
-    let _echo = Backend::start("websocket_echo", docroot.path(), "echo", &[]).await?;
-    let mut gateway = Gateway::start(docroot.path(), &["--workers", "2"]).await?;
-    let workers = wait_for_workers(&mut gateway, 2).await?;
+    let (_docroot, _echo, mut gateway, workers) = start_two_workers().await?;
     let victim = *workers.iter().next().expect("two workers");
     kill(Pid::from_raw(i32::try_from(victim)?), Signal::SIGKILL)?;
 

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use super::Broker;
 use super::core::{Answer, Claim, ClientId, ClientInfo, CoreError, Target, deliver};
-use crate::backplane::{Backplane, Incoming, LUA_PRELUDE, Peer};
+use crate::backplane::{Backplane, Incoming, Peer, script};
 
 /// The separator inside a `labels` member.
 const SEP: char = '\u{1f}';
@@ -151,20 +151,30 @@ end
 return reply
 ";
 
+/// The Lua function `drop_clients(labels, clients, namespace)` that
+/// [`REAP`] and [`SYNC`] start with: removes every client in the set
+/// `clients` (one instance's), their members from `labels`, their own sets
+/// and `clients` itself; returns how many clients there were.
+const DROP_CLIENTS: &str = r"
+local function drop_clients(labels, clients, namespace)
+  local ids = redis.call('SMEMBERS', clients)
+  for _, client in ipairs(ids) do
+    local key = namespace .. ':client:' .. client
+    for _, member in ipairs(redis.call('SMEMBERS', key)) do
+      redis.call('ZREM', labels, member)
+    end
+    redis.call('DEL', key)
+  end
+  redis.call('DEL', clients)
+  return #ids
+end
+";
+
 /// Removes a dead instance's clients, once. KEYS: instances, labels, the
 /// dead instance's clients. ARGV: dead instance, namespace. Returns how many.
 const REAP: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local clients = redis.call('SMEMBERS', KEYS[3])
-for _, client in ipairs(clients) do
-  local key = ARGV[2] .. ':client:' .. client
-  for _, member in ipairs(redis.call('SMEMBERS', key)) do
-    redis.call('ZREM', KEYS[2], member)
-  end
-  redis.call('DEL', key)
-end
-redis.call('DEL', KEYS[3])
-return #clients
+return drop_clients(KEYS[2], KEYS[3], ARGV[2])
 ";
 
 /// Writes one instance's clients back (after an outage, or when Redis lost
@@ -181,14 +191,7 @@ while i <= #ARGV do
   for j = 1, n do wanted[client][j] = ARGV[i + 1 + j] end
   i = i + 2 + n
 end
-for _, client in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  local key = ARGV[3] .. ':client:' .. client
-  for _, member in ipairs(redis.call('SMEMBERS', key)) do
-    redis.call('ZREM', KEYS[2], member)
-  end
-  redis.call('DEL', key)
-end
-redis.call('DEL', KEYS[3])
+drop_clients(KEYS[2], KEYS[3], ARGV[3])
 for client, members in pairs(wanted) do
   local key = ARGV[3] .. ':client:' .. client
   for _, member in ipairs(members) do
@@ -298,14 +301,6 @@ fn ranges(target: &Target<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
     }
 }
 
-fn script(body: &str, prelude: bool) -> redis::Script {
-    if prelude {
-        redis::Script::new(&format!("{LUA_PRELUDE}{body}"))
-    } else {
-        redis::Script::new(body)
-    }
-}
-
 /// The broker's keys in Redis.
 struct Keys<'a> {
     backplane: &'a Backplane,
@@ -394,19 +389,13 @@ impl Broker {
                 invocation.arg(low).arg(high);
             }
         }
-        let resolved: redis::RedisResult<Vec<String>> =
-            invocation.invoke_async(&mut backplane.connection()).await;
-        match resolved {
-            Ok(ids) => ids
-                .iter()
-                .filter_map(|id| id.parse().ok())
-                .take(MAX_RANGE)
-                .collect(),
-            Err(error) => {
-                backplane.failed(&error);
-                Vec::new()
-            }
-        }
+        let resolved: Option<Vec<String>> = backplane.invoke(&invocation).await;
+        resolved
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .take(MAX_RANGE)
+            .collect()
     }
 
     /// Every client `targets` reach, here and on the other instances.
@@ -423,18 +412,12 @@ impl Broker {
         let Some(backplane) = self.shared().filter(|backplane| backplane.is_up()) else {
             return;
         };
-        let keys = Keys { backplane };
-        let added: redis::RedisResult<i64> = script(ADD, false)
-            .key(keys.labels())
-            .key(keys.client(client))
-            .key(keys.instance_clients(backplane.instance()))
-            .arg(client)
-            .arg(client_member(client, backplane.instance()))
-            .invoke_async(&mut backplane.connection())
-            .await;
-        if let Err(error) = added {
-            backplane.failed(&error);
-        }
+        Broker::add_member(
+            backplane,
+            client,
+            &client_member(client, backplane.instance()),
+        )
+        .await;
     }
 
     /// Removes a client that left from Redis.
@@ -443,16 +426,15 @@ impl Broker {
             return;
         };
         let keys = Keys { backplane };
-        let dropped: redis::RedisResult<i64> = script(DROP_CLIENT, false)
-            .key(keys.labels())
-            .key(keys.client(client))
-            .key(keys.instance_clients(backplane.instance()))
-            .arg(client)
-            .invoke_async(&mut backplane.connection())
+        backplane
+            .invoke::<i64>(
+                script(DROP_CLIENT, false)
+                    .key(keys.labels())
+                    .key(keys.client(client))
+                    .key(keys.instance_clients(backplane.instance()))
+                    .arg(client),
+            )
             .await;
-        if let Err(error) = dropped {
-            backplane.failed(&error);
-        }
     }
 
     /// [`Core::claim_name`] across instances: an exclusive claim fails if a
@@ -490,28 +472,26 @@ impl Broker {
             .map(|old| name_member(&old, backplane.instance(), client))
             .unwrap_or_default();
         let (low, high) = ranges(&Target::Name(name)).remove(0);
-        let claimed: redis::RedisResult<Vec<String>> = script(CLAIM, true)
-            .key(backplane.instances_key())
-            .key(keys.labels())
-            .key(keys.client(client))
-            .key(keys.instance_clients(backplane.instance()))
-            .arg(low)
-            .arg(high)
-            .arg(backplane.instance())
-            .arg(client)
-            .arg(u8::from(claim != Claim::Shared))
-            .arg(u8::from(claim == Claim::TakeOver))
-            .arg(name_member(name, backplane.instance(), client))
-            .arg(old)
-            .arg(&backplane.options().namespace)
-            .invoke_async(&mut backplane.connection())
+        let claimed: Option<Vec<String>> = backplane
+            .invoke(
+                script(CLAIM, true)
+                    .key(backplane.instances_key())
+                    .key(keys.labels())
+                    .key(keys.client(client))
+                    .key(keys.instance_clients(backplane.instance()))
+                    .arg(low)
+                    .arg(high)
+                    .arg(backplane.instance())
+                    .arg(client)
+                    .arg(u8::from(claim != Claim::Shared))
+                    .arg(u8::from(claim == Claim::TakeOver))
+                    .arg(name_member(name, backplane.instance(), client))
+                    .arg(old)
+                    .arg(&backplane.options().namespace),
+            )
             .await;
-        let reply = match claimed {
-            Ok(reply) => reply,
-            Err(error) => {
-                backplane.failed(&error);
-                return Err(unavailable());
-            }
+        let Some(reply) = claimed else {
+            return Err(unavailable());
         };
         match reply.first().map(String::as_str) {
             Some("ok") => {}
@@ -544,7 +524,7 @@ impl Broker {
     pub async fn release_name(&self, client: ClientId) -> Option<String> {
         let name = self.core.release_name(client)?;
         if let Some(backplane) = self.shared().filter(|backplane| backplane.is_up()) {
-            self.remove_member(
+            Broker::remove_member(
                 backplane,
                 client,
                 &name_member(&name, backplane.instance(), client),
@@ -558,18 +538,12 @@ impl Broker {
     pub async fn join(&self, client: ClientId, group: &str) -> Result<bool, CoreError> {
         let joined = self.core.join(client, group)?;
         if joined && let Some(backplane) = self.shared().filter(|backplane| backplane.is_up()) {
-            let keys = Keys { backplane };
-            let added: redis::RedisResult<i64> = script(ADD, false)
-                .key(keys.labels())
-                .key(keys.client(client))
-                .key(keys.instance_clients(backplane.instance()))
-                .arg(client)
-                .arg(group_member(group, backplane.instance(), client))
-                .invoke_async(&mut backplane.connection())
-                .await;
-            if let Err(error) = added {
-                backplane.failed(&error);
-            }
+            Broker::add_member(
+                backplane,
+                client,
+                &group_member(group, backplane.instance(), client),
+            )
+            .await;
         }
         Ok(joined)
     }
@@ -578,7 +552,7 @@ impl Broker {
     pub async fn leave(&self, client: ClientId, group: &str) -> bool {
         let left = self.core.leave(client, group);
         if left && let Some(backplane) = self.shared().filter(|backplane| backplane.is_up()) {
-            self.remove_member(
+            Broker::remove_member(
                 backplane,
                 client,
                 &group_member(group, backplane.instance(), client),
@@ -588,17 +562,32 @@ impl Broker {
         left
     }
 
-    async fn remove_member(&self, backplane: &Backplane, client: ClientId, member: &str) {
+    /// Adds one member of a local client (connected, a name, a group) to Redis.
+    async fn add_member(backplane: &Backplane, client: ClientId, member: &str) {
         let keys = Keys { backplane };
-        let removed: redis::RedisResult<i64> = script(REMOVE, false)
-            .key(keys.labels())
-            .key(keys.client(client))
-            .arg(member)
-            .invoke_async(&mut backplane.connection())
+        backplane
+            .invoke::<i64>(
+                script(ADD, false)
+                    .key(keys.labels())
+                    .key(keys.client(client))
+                    .key(keys.instance_clients(backplane.instance()))
+                    .arg(client)
+                    .arg(member),
+            )
             .await;
-        if let Err(error) = removed {
-            backplane.failed(&error);
-        }
+    }
+
+    /// Removes one member of a local client from Redis.
+    async fn remove_member(backplane: &Backplane, client: ClientId, member: &str) {
+        let keys = Keys { backplane };
+        backplane
+            .invoke::<i64>(
+                script(REMOVE, false)
+                    .key(keys.labels())
+                    .key(keys.client(client))
+                    .arg(member),
+            )
+            .await;
     }
 
     /// [`Core::expect_answer`] across instances (the pending answer lives in Redis).
@@ -622,20 +611,19 @@ impl Broker {
             .collect::<String>()
             + " ";
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let expected: redis::RedisResult<String> = script(EXPECT, false)
-            .key(Keys { backplane }.ack(key))
-            .arg(asker)
-            .arg(answerers)
-            .arg(ttl_ms)
-            .invoke_async(&mut backplane.connection())
+        let expected: Option<String> = backplane
+            .invoke(
+                script(EXPECT, false)
+                    .key(Keys { backplane }.ack(key))
+                    .arg(asker)
+                    .arg(answerers)
+                    .arg(ttl_ms),
+            )
             .await;
         match expected.as_deref() {
-            Ok("ok") => Ok(()),
-            Ok(_) => Err(CoreError::KeyInUse(key.to_owned())),
-            Err(error) => {
-                backplane.failed(error);
-                Err(unavailable())
-            }
+            Some("ok") => Ok(()),
+            Some(_) => Err(CoreError::KeyInUse(key.to_owned())),
+            None => Err(unavailable()),
         }
     }
 
@@ -647,18 +635,17 @@ impl Broker {
         if !backplane.is_up() || key.len() > self.core.limits().max_name_len {
             return Answer::Unknown;
         }
-        let taken: redis::RedisResult<String> = script(TAKE, false)
-            .key(Keys { backplane }.ack(key))
-            .arg(answerer)
-            .invoke_async(&mut backplane.connection())
+        let taken: Option<String> = backplane
+            .invoke(
+                script(TAKE, false)
+                    .key(Keys { backplane }.ack(key))
+                    .arg(answerer),
+            )
             .await;
         match taken.as_deref() {
-            Ok("answered") => Answer::AlreadyAnswered,
-            Ok(asker) => asker.parse().map_or(Answer::Unknown, Answer::To),
-            Err(error) => {
-                backplane.failed(error);
-                Answer::Unknown
-            }
+            Some("answered") => Answer::AlreadyAnswered,
+            Some(asker) => asker.parse().map_or(Answer::Unknown, Answer::To),
+            None => Answer::Unknown,
         }
     }
 
@@ -717,7 +704,7 @@ impl Peer for Broker {
         let clients = self.core.clients();
         let expiry_ms = u64::try_from(backplane.options().expiry.as_millis()).unwrap_or(u64::MAX);
         let keys = Keys { backplane };
-        let sync = script(SYNC, true);
+        let sync = script(&format!("{DROP_CLIENTS}{SYNC}"), true);
         let mut invocation = sync.prepare_invoke();
         invocation
             .key(backplane.instances_key())
@@ -733,18 +720,11 @@ impl Peer for Broker {
                 invocation.arg(member);
             }
         }
-        let synced: redis::RedisResult<i64> =
-            invocation.invoke_async(&mut backplane.connection()).await;
-        match synced {
-            Ok(_) => {
-                info!(n_clients = clients.len(), "clients written back to Redis");
-                true
-            }
-            Err(error) => {
-                backplane.failed(&error);
-                false
-            }
+        let synced: Option<i64> = backplane.invoke(&invocation).await;
+        if synced.is_some() {
+            info!(n_clients = clients.len(), "clients written back to Redis");
         }
+        synced.is_some()
     }
 
     async fn reap(&self, dead: &str) {
@@ -752,20 +732,20 @@ impl Peer for Broker {
             return;
         };
         let keys = Keys { backplane };
-        let reaped: redis::RedisResult<Value> = script(REAP, false)
-            .key(backplane.instances_key())
-            .key(keys.labels())
-            .key(keys.instance_clients(dead))
-            .arg(dead)
-            .arg(&backplane.options().namespace)
-            .invoke_async(&mut backplane.connection())
+        let reaped: Option<Value> = backplane
+            .invoke(
+                script(&format!("{DROP_CLIENTS}{REAP}"), false)
+                    .key(backplane.instances_key())
+                    .key(keys.labels())
+                    .key(keys.instance_clients(dead))
+                    .arg(dead)
+                    .arg(&backplane.options().namespace),
+            )
             .await;
-        match reaped {
-            Ok(Value::Int(n_clients)) if n_clients > 0 => {
-                info!(instance = %dead, n_clients, "an instance stopped beating; its clients are gone");
-            }
-            Ok(_) => {}
-            Err(error) => backplane.failed(&error),
+        if let Some(Value::Int(n_clients)) = reaped
+            && n_clients > 0
+        {
+            info!(instance = %dead, n_clients, "an instance stopped beating; its clients are gone");
         }
     }
 }

@@ -168,22 +168,9 @@ impl Member {
 
     /// [`Member::handle`] within this process alone.
     async fn handle_local(&self, message: &Message) {
-        loop {
-            let changed = self.room.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            // Registered before trying, so a change in between is not missed.
-            changed.as_mut().enable();
-            match self.room.try_handle_message(self.id, message) {
-                Handling::Done => return,
-                Handling::Wait { until: None } => changed.await,
-                Handling::Wait { until: Some(until) } => {
-                    tokio::select! {
-                        () = changed => {}
-                        () = tokio::time::sleep_until(until) => {}
-                    }
-                }
-            }
-        }
+        self.room
+            .until_done(|| self.room.try_handle_message(self.id, message))
+            .await;
     }
 
     /// Handles a message from this client if every outbox it reaches has room
@@ -220,6 +207,28 @@ impl Room {
     /// The room's options.
     pub fn options(&self) -> RoomOptions {
         self.options
+    }
+
+    /// Calls `attempt` until it is [`Handling::Done`]; after a
+    /// [`Handling::Wait`], waits for a change in the room (an outbox drained,
+    /// a client gone) or for the deadline it names before the next attempt.
+    async fn until_done(&self, mut attempt: impl FnMut() -> Handling) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before trying, so a change in between is not missed.
+            changed.as_mut().enable();
+            match attempt() {
+                Handling::Done => return,
+                Handling::Wait { until: None } => changed.await,
+                Handling::Wait { until: Some(until) } => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(until) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Adds an unnamed client whose address (`ip:port`, from OPEN) is `peer`.

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::super::command::{Command, public_line};
 use super::super::name::{MAX_NAME_LEN, validate_name};
 use super::{ClientId, Handling, Member, Room, error_line};
-use crate::backplane::{Backplane, Incoming, LUA_PRELUDE, Peer};
+use crate::backplane::{Backplane, Incoming, Peer, script};
 
 /// The most names a `WSUsers` line lists when they come from Redis.
 pub const MAX_LISTED_NAMES: usize = 10_000;
@@ -173,14 +173,6 @@ end
 redis.call('DEL', KEYS[3])
 return gone
 ";
-
-fn script(body: &str, needs_prelude: bool) -> redis::Script {
-    if needs_prelude {
-        redis::Script::new(&format!("{LUA_PRELUDE}{body}"))
-    } else {
-        redis::Script::new(body)
-    }
-}
 
 /// The keys of the chat in Redis.
 struct Keys {
@@ -345,16 +337,15 @@ async fn release(backplane: &Backplane, client: ClientId, name: &str) {
         return;
     }
     let keys = Keys::of(backplane);
-    let released: redis::RedisResult<i64> = script(RELEASE, false)
-        .key(&keys.names)
-        .key(&keys.mine)
-        .arg(owner_prefix(backplane, client))
-        .arg(name)
-        .invoke_async(&mut backplane.connection())
+    backplane
+        .invoke::<i64>(
+            script(RELEASE, false)
+                .key(&keys.names)
+                .key(&keys.mine)
+                .arg(owner_prefix(backplane, client))
+                .arg(name),
+        )
         .await;
-    if let Err(error) = released {
-        backplane.failed(&error);
-    }
 }
 
 /// Sends a presence line to the clients of the other instances.
@@ -555,21 +546,8 @@ impl Room {
     /// Delivers a message from another instance to every local client
     /// (`to: None`) or to one, waiting as a local sender would.
     async fn deliver_remote(&self, to: Option<ClientId>, message: &Message) {
-        loop {
-            let changed = self.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            match self.try_deliver_remote(to, message) {
-                Handling::Done => return,
-                Handling::Wait { until: None } => changed.await,
-                Handling::Wait { until: Some(until) } => {
-                    tokio::select! {
-                        () = changed => {}
-                        () = tokio::time::sleep_until(until) => {}
-                    }
-                }
-            }
-        }
+        self.until_done(|| self.try_deliver_remote(to, message))
+            .await;
     }
 
     fn try_deliver_remote(&self, to: Option<ClientId>, message: &Message) -> Handling {
@@ -665,15 +643,11 @@ impl Peer for Room {
         for (owner, name) in &local {
             invocation.arg(owner).arg(name);
         }
-        let synced: redis::RedisResult<Vec<Value>> =
-            invocation.invoke_async(&mut backplane.connection()).await;
-        let mut parts = match synced {
-            Ok(parts) => parts.into_iter(),
-            Err(error) => {
-                backplane.failed(&error);
-                return false;
-            }
+        let synced: Option<Vec<Value>> = backplane.invoke(&invocation).await;
+        let Some(parts) = synced else {
+            return false;
         };
+        let mut parts = parts.into_iter();
         let conflicts = nested_names(parts.next());
         let added = nested_names(parts.next());
         let mut removed = nested_names(parts.next());
@@ -709,18 +683,20 @@ impl Peer for Room {
             return;
         };
         let keys = Keys::of(backplane);
-        let reaped: redis::RedisResult<Vec<Value>> = script(REAP, false)
-            .key(&keys.instances)
-            .key(&keys.names)
-            .key(names_of_instance(backplane, dead))
-            .key(tombstone_of(backplane, dead))
-            .arg(dead)
-            .invoke_async(&mut backplane.connection())
+        let reaped: Option<Vec<Value>> = backplane
+            .invoke(
+                script(REAP, false)
+                    .key(&keys.instances)
+                    .key(&keys.names)
+                    .key(names_of_instance(backplane, dead))
+                    .key(tombstone_of(backplane, dead))
+                    .arg(dead),
+            )
             .await;
-        let gone = match reaped {
-            Ok(values) => names_in(values, usize::MAX),
-            Err(error) => return backplane.failed(&error),
+        let Some(reaped) = reaped else {
+            return;
         };
+        let gone = names_in(reaped, usize::MAX);
         if !gone.is_empty() {
             info!(instance = %dead, n_names = gone.len(), "an instance stopped beating; its names are free");
         }
