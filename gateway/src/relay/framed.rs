@@ -203,7 +203,9 @@ impl<S: ClientStream> Relay<S> {
             let need = loop {
                 // Its pongs wait in the client's own output: a client that
                 // pings and never reads is not read either.
-                if link.output.len() >= OUTPUT_HIGH_WATER || client.output.len() >= OUTPUT_HIGH_WATER {
+                if link.output.len() >= OUTPUT_HIGH_WATER
+                    || client.output.len() >= OUTPUT_HIGH_WATER
+                {
                     return Ok(Step::Full);
                 }
                 let (inbound, used) = match client.frames.read(&mut client.input) {
