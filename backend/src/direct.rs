@@ -18,7 +18,7 @@ use futures_util::{Sink, Stream};
 use link::deflate::MessageDeflater;
 use link::frames::{FrameReader, Inbound, Parsed, put_frame, put_prepared};
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
-use link::websocket::{ReadAhead, WRITE_BUFFER, poll_write_out, reserve_for};
+use link::websocket::{ReadAhead, WRITE_BUFFER, poll_write_out, release, reserve_for};
 use link::{ClientLimits, DeflateParams, LinkError, close_for_client_error, fd_pass};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -156,9 +156,7 @@ impl DirectClient {
     /// Writes what is buffered as far as the socket takes it now.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), tungstenite::Error>> {
         let written = poll_write_out(&mut self.io, &mut self.output, cx);
-        if self.output.is_empty() && self.output.capacity() != 0 {
-            self.output = BytesMut::new();
-        }
+        release(&mut self.output);
         written.map_err(tungstenite::Error::Io)
     }
 
@@ -232,10 +230,8 @@ impl Stream for DirectClient {
                     reserve_for(&mut this.input, need);
                     match poll_read_buf(Pin::new(&mut this.io), cx, &mut this.input) {
                         Poll::Pending => {
-                            if this.input.is_empty() {
-                                // Nothing held: an idle client holds no buffer.
-                                this.input = BytesMut::new();
-                            }
+                            // Nothing held: an idle client holds no buffer.
+                            release(&mut this.input);
                             return Poll::Pending;
                         }
                         Poll::Ready(Ok(0)) => {

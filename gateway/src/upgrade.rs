@@ -94,23 +94,26 @@ pub(crate) async fn handle<S: ClientStream>(
                 .metrics
                 .client(&target.name, link.mode(), tls.is_some());
             let shared_for_relay = Arc::clone(shared);
-            shared.tracker.spawn(
-                async move {
-                    tracing::debug!(socket = %target.socket_path.display(), "relaying");
-                    relay_upgraded::<S>(
-                        on_upgrade,
-                        &target.socket_path,
-                        link,
-                        max_message_size,
-                        deflate,
-                        &shared_for_relay,
-                        &metrics,
-                    )
-                    .await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
+            // Not instrumented as a whole: entering the span on every poll
+            // would cost the framed relay's data path, which enters it only
+            // to log (`relay_upgraded`).
+            shared.tracker.spawn(async move {
+                span.in_scope(
+                    || tracing::debug!(socket = %target.socket_path.display(), "relaying"),
+                );
+                relay_upgraded::<S>(
+                    on_upgrade,
+                    &target.socket_path,
+                    link,
+                    max_message_size,
+                    deflate,
+                    &shared_for_relay,
+                    &metrics,
+                    &span,
+                )
+                .await;
+                drop(permit);
+            });
             response
         }
         Err(refusal) => {
@@ -307,7 +310,9 @@ fn resolve(docroot: &std::path::Path, name: &str, protocols: &[String]) -> Resul
     })
 }
 
-/// Waits for hyper to hand over the connection after the `101`, then relays.
+/// Waits for hyper to hand over the connection after the `101`, then
+/// relays, in the client's `span` (the framed relay enters it only to log).
+#[allow(clippy::too_many_arguments)]
 async fn relay_upgraded<S: ClientStream>(
     on_upgrade: OnUpgrade,
     socket_path: &std::path::Path,
@@ -316,18 +321,21 @@ async fn relay_upgraded<S: ClientStream>(
     deflate: Option<DeflateParams>,
     shared: &Shared,
     metrics: &ClientMetrics,
+    span: &tracing::Span,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(error) => {
-            tracing::info!("client left during the upgrade: {error}");
+            span.in_scope(|| tracing::info!("client left during the upgrade: {error}"));
             return;
         }
     };
     let (stream, pending): (S, Bytes) = match upgraded.downcast::<TokioIo<S>>() {
         Ok(parts) => (parts.io.into_inner(), parts.read_buf),
         Err(_) => {
-            tracing::error!("upgraded connection is not the accepted stream; closing");
+            span.in_scope(|| {
+                tracing::error!("upgraded connection is not the accepted stream; closing")
+            });
             return;
         }
     };
@@ -345,13 +353,16 @@ async fn relay_upgraded<S: ClientStream>(
                 settings,
                 &shared.shutdown,
                 metrics,
+                span,
             )
             .await;
         }
         Link::Raw(link) => {
             let client = relay::client_websocket(stream, pending, settings, deflate).await;
             let deflater = deflate.map(MessageDeflater::new);
-            relay::raw::run(client, link, settings, deflater, &shared.shutdown, metrics).await;
+            relay::raw::run(client, link, settings, deflater, &shared.shutdown, metrics)
+                .instrument(span.clone())
+                .await;
         }
         Link::Direct(link, backend_wait) => match stream.into_tcp() {
             Ok(tcp) => {
@@ -360,11 +371,13 @@ async fn relay_upgraded<S: ClientStream>(
                     socket_path,
                     backend_wait,
                 });
-                handoff::hand_over(tcp, pending, link, settings, reuse).await;
+                handoff::hand_over(tcp, pending, link, settings, reuse)
+                    .instrument(span.clone())
+                    .await;
             }
             Err(_) => {
                 // `accept` never chooses direct mode for a TLS client.
-                tracing::error!("direct mode chosen for a TLS client; closing");
+                span.in_scope(|| tracing::error!("direct mode chosen for a TLS client; closing"));
             }
         },
     }

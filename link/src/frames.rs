@@ -242,6 +242,7 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Appends one unmasked server frame (FIN set) of `opcode` carrying `payload` to `out`.
 pub fn put_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    crate::websocket::provision(out);
     let header = FrameHeader {
         opcode,
         ..FrameHeader::default()
@@ -256,6 +257,7 @@ pub fn put_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
 
 /// Appends a whole prepared frame (a compressed message, a close) to `out`.
 pub fn put_prepared(out: &mut BytesMut, frame: Frame) {
+    crate::websocket::provision(out);
     out.reserve(frame.len());
     frame
         .format(&mut out.writer())

@@ -7,6 +7,7 @@
 //! zero-fills its whole read buffer before every read, so that buffer stays
 //! small, while the socket is read [`READ_CHUNK`] bytes at a time.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -62,9 +63,49 @@ pub fn client_config(max_message_size: usize, read_buffer_size: usize) -> WebSoc
         .max_frame_size(Some(max_message_size))
 }
 
+/// Empty buffers kept per thread for the next burst of any client.
+const MAX_SPARE_BUFFERS: usize = 64;
+
+thread_local! {
+    /// Buffers of [`READ_CHUNK`] to twice that, given back by idle clients
+    /// ([`release`]): a client that goes idle between bursts frees its
+    /// buffers, and its next burst takes them back without `malloc`.
+    static SPARE_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Gives an output `buffer` that has no allocation one of this thread's
+/// spares, if there is one (else it grows as frames are put in it).
+pub fn provision(buffer: &mut BytesMut) {
+    if buffer.capacity() == 0
+        && let Some(spare) = SPARE_BUFFERS.with_borrow_mut(Vec::pop)
+    {
+        *buffer = spare;
+    }
+}
+
+/// Frees `buffer` if it is empty, so an idle client holds no memory: a
+/// buffer of [`READ_CHUNK`] to twice that goes to this thread's spares (at
+/// most [`MAX_SPARE_BUFFERS`] of them), any other back to the allocator.
+pub fn release(buffer: &mut BytesMut) {
+    if !buffer.is_empty() || buffer.capacity() == 0 {
+        return;
+    }
+    let mut buffer = std::mem::take(buffer);
+    // A buffer read from gets its whole allocation back (no copy: it is empty).
+    if buffer.try_reclaim(READ_CHUNK) && buffer.capacity() <= 2 * READ_CHUNK {
+        SPARE_BUFFERS.with_borrow_mut(|spares| {
+            if spares.len() < MAX_SPARE_BUFFERS {
+                spares.push(buffer);
+            }
+        });
+    }
+}
+
 /// Makes room in `buffer` for at least `need` more bytes, and a whole
-/// chunk's worth whenever it reads at all.
+/// chunk's worth whenever it reads at all (from this thread's spares when
+/// it has no allocation and there is one).
 pub fn reserve_for(buffer: &mut BytesMut, need: usize) {
+    provision(buffer);
     let spare = buffer.capacity() - buffer.len();
     if spare < need.max(READ_CHUNK / 4) {
         buffer.reserve(need.max(READ_CHUNK));
@@ -267,5 +308,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_clients_buffers_go_to_the_next_burst_without_a_new_allocation() {
+        let mut read = BytesMut::new();
+        reserve_for(&mut read, 1);
+        assert!(read.capacity() >= READ_CHUNK);
+        read.extend_from_slice(&[7; 100]);
+        read.advance(100);
+        let allocation = read.as_ptr() as usize - 100;
+        release(&mut read);
+        assert_eq!(read.capacity(), 0, "an idle client holds nothing");
+
+        let mut output = BytesMut::new();
+        provision(&mut output);
+        assert_eq!(output.as_ptr() as usize, allocation, "the spare is reused");
+        assert!(output.capacity() >= READ_CHUNK);
+
+        // Small or oversized buffers are not kept; full ones are not released.
+        let mut small = BytesMut::with_capacity(64);
+        release(&mut small);
+        let mut full = BytesMut::from(&b"x"[..]);
+        release(&mut full);
+        assert_eq!(full.len(), 1);
+        let mut next = BytesMut::new();
+        provision(&mut next);
+        assert_eq!(next.capacity(), 0, "no spare was left");
     }
 }

@@ -32,7 +32,7 @@ use link::deflate::MessageDeflater;
 use link::keepalive::{IdleTimer, PingTicker};
 use link::message::{close_frame_for_client, close_info};
 use link::record::{HEADER_LEN, decode_header, encode_header};
-use link::websocket::{ReadAhead, poll_write_out, reserve_for};
+use link::websocket::{ReadAhead, poll_write_out, provision, release, reserve_for};
 use link::{CloseInfo, DeflateParams, LinkError, Record, RecordCodec, RecordKind};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -42,6 +42,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::FramedLink;
 use crate::client_stream::ClientStream;
@@ -57,7 +58,9 @@ const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 /// Relays between the upgraded client connection (`stream`, with the bytes
 /// hyper read past the handshake in `pending`) and the accepted `link`
 /// until one side closes or `shutdown` fires, then completes the close
-/// handshakes on both sides.
+/// handshakes on both sides. `span` (the client's) is entered to log, not
+/// on every poll of the data path.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run<S: ClientStream>(
     stream: S,
     pending: Bytes,
@@ -66,6 +69,7 @@ pub(crate) async fn run<S: ClientStream>(
     settings: &RelaySettings,
     shutdown: &CancellationToken,
     metrics: &ClientMetrics,
+    span: &tracing::Span,
 ) {
     let mut relay = Relay::new(stream, pending, deflate, link, settings);
     let ending = {
@@ -76,9 +80,12 @@ pub(crate) async fn run<S: ClientStream>(
             ending = relaying => ending,
         }
     };
-    ending.log();
+    span.in_scope(|| ending.log());
     metrics.ended(&ending);
-    relay.close(&ending, settings).await;
+    relay
+        .close(&ending, settings)
+        .instrument(span.clone())
+        .await;
 }
 
 /// The client's side: its connection, what was read from it and not yet
@@ -348,7 +355,7 @@ impl<S: ClientStream> Relay<S> {
         self.client.output.len() >= OUTPUT_HIGH_WATER
     }
 
-    /// Drops every buffer that holds nothing, so an idle client costs none.
+    /// Gives back every buffer that holds nothing, so an idle client costs none.
     fn release_idle_buffers(&mut self) {
         for buffer in [
             &mut self.client.input,
@@ -356,9 +363,7 @@ impl<S: ClientStream> Relay<S> {
             &mut self.link.input,
             &mut self.link.output,
         ] {
-            if buffer.is_empty() && buffer.capacity() != 0 {
-                *buffer = BytesMut::new();
-            }
+            release(buffer);
         }
     }
 
@@ -503,6 +508,7 @@ fn send_data<S>(client: &mut ClientSide<S>, data: Data, payload: &[u8]) {
 
 /// Appends one record of `kind` carrying `payload` (within the limit, checked by the reader).
 fn put_record(out: &mut BytesMut, kind: RecordKind, payload: &[u8]) {
+    provision(out);
     out.reserve(HEADER_LEN + payload.len());
     let len = u32::try_from(payload.len()).expect("messages are bounded far below 4 GiB");
     out.extend_from_slice(&encode_header(kind, len));
