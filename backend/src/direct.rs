@@ -16,15 +16,15 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use link::deflate::MessageDeflater;
-use link::frames::{FrameReader, Inbound, Parsed, put_frame, put_prepared};
+use link::frames::{FrameReader, Inbound, Parsed, put_frame, put_message, put_prepared};
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
 use link::websocket::{ReadAhead, WRITE_BUFFER, poll_write_out, release, reserve_for};
-use link::{ClientLimits, DeflateParams, LinkError, close_for_client_error, fd_pass};
+use link::{ClientLimits, DeflateParams, LinkError, close_for_read_error, fd_pass};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::io::poll_read_buf;
 
@@ -241,8 +241,7 @@ impl Stream for DirectClient {
                         }
                         Poll::Ready(Ok(_)) => continue,
                         Poll::Ready(Err(error)) => {
-                            let close = match close_for_client_error(&tungstenite::Error::Io(error))
-                            {
+                            let close = match close_for_read_error(&error) {
                                 Some((code, reason)) => this.close_with(cx, code, reason),
                                 None => {
                                     this.closed = true;
@@ -330,26 +329,12 @@ impl Sink<Message> for DirectClient {
             }
             (_, message) => message,
         };
-        match message {
-            Message::Text(text) => {
-                put_frame(&mut this.output, OpCode::Data(Data::Text), text.as_bytes())
-            }
-            Message::Binary(payload) => {
-                put_frame(&mut this.output, OpCode::Data(Data::Binary), &payload)
-            }
-            Message::Ping(payload) => {
-                put_frame(&mut this.output, OpCode::Control(Control::Ping), &payload);
-                this.asked = Some(payload);
-            }
-            Message::Pong(payload) => {
-                put_frame(&mut this.output, OpCode::Control(Control::Pong), &payload)
-            }
-            Message::Close(frame) => {
-                this.close_sent = true;
-                put_prepared(&mut this.output, Frame::close(frame));
-            }
-            Message::Frame(frame) => put_prepared(&mut this.output, frame),
+        match &message {
+            Message::Ping(payload) => this.asked = Some(payload.clone()),
+            Message::Close(_) => this.close_sent = true,
+            _ => {}
         }
+        put_message(&mut this.output, message);
         Ok(())
     }
 

@@ -17,10 +17,17 @@ pub fn close_for_client_error(error: &Error) -> Option<(CloseCode, &'static str)
         // A connection that just ends is a client gone, not a protocol error.
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         Error::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
-        Error::Io(error) => match deflate_error(error)? {
-            DeflateError::TooBig { .. } => Some((CloseCode::Size, "message too big")),
-            DeflateError::Corrupt => Some((CloseCode::Invalid, "invalid compressed data")),
-        },
+        Error::Io(error) => close_for_read_error(error),
         _ => None,
+    }
+}
+
+/// The close code and reason for a client whose socket read failed with
+/// `error`: a compressed message that broke a limit or did not inflate
+/// gets its code; anything else (a reset) needs none.
+pub fn close_for_read_error(error: &std::io::Error) -> Option<(CloseCode, &'static str)> {
+    match deflate_error(error)? {
+        DeflateError::TooBig { .. } => Some((CloseCode::Size, "message too big")),
+        DeflateError::Corrupt => Some((CloseCode::Invalid, "invalid compressed data")),
     }
 }

@@ -701,29 +701,7 @@ mod tests {
         client_max_window_bits: 15,
     };
 
-    /// A client's masked frame, built by hand.
-    fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut frame = vec![first];
-        match payload.len() {
-            len if len < 126 => frame.push(0x80 | len as u8),
-            len if len <= 0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(idx, byte)| byte ^ mask[idx % 4]),
-        );
-        frame
-    }
+    use crate::frames::client_frame;
 
     /// Raw deflate of `data` with a sync flush, trailer stripped.
     fn deflate(data: &[u8]) -> Vec<u8> {

@@ -12,6 +12,7 @@
 use std::io::Cursor;
 
 use bytes::{BufMut, BytesMut};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -255,6 +256,19 @@ pub fn put_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+/// Appends `message` as one server frame: a text, binary, ping, pong or
+/// close message as its frame, a prepared frame (a compressed message) as it is.
+pub fn put_message(out: &mut BytesMut, message: Message) {
+    match message {
+        Message::Text(text) => put_frame(out, OpCode::Data(Data::Text), text.as_bytes()),
+        Message::Binary(payload) => put_frame(out, OpCode::Data(Data::Binary), &payload),
+        Message::Ping(payload) => put_frame(out, OpCode::Control(Control::Ping), &payload),
+        Message::Pong(payload) => put_frame(out, OpCode::Control(Control::Pong), &payload),
+        Message::Close(frame) => put_prepared(out, Frame::close(frame)),
+        Message::Frame(frame) => put_prepared(out, frame),
+    }
+}
+
 /// Appends a whole prepared frame (a compressed message, a close) to `out`.
 pub fn put_prepared(out: &mut BytesMut, frame: Frame) {
     crate::websocket::provision(out);
@@ -262,6 +276,29 @@ pub fn put_prepared(out: &mut BytesMut, frame: Frame) {
     frame
         .format(&mut out.writer())
         .expect("writing to memory cannot fail");
+}
+
+/// A client's masked frame, built by hand: `first` is its FIN, RSV and
+/// opcode byte (the unit tests of this module and of `deflate`).
+#[cfg(test)]
+pub(crate) fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![first];
+    match payload.len() {
+        len if len < 126 => frame.push(0x80 | len as u8),
+        len if len <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    let payload_at = frame.len();
+    frame.extend_from_slice(payload);
+    unmask(&mut frame[payload_at..], mask);
+    frame
 }
 
 #[cfg(test)]

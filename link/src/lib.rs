@@ -30,7 +30,7 @@ pub mod meta;
 pub mod record;
 pub mod websocket;
 
-pub use client_close::close_for_client_error;
+pub use client_close::{close_for_client_error, close_for_read_error};
 pub use deflate::DeflateParams;
 pub use meta::{
     AcceptReply, ClientLimits, LinkMode, OpenMeta, RejectReply, RequestHead, ResponseHead, TlsInfo,

@@ -13,9 +13,10 @@
 //!
 //! Backpressure: a side whose output holds [`OUTPUT_HIGH_WATER`] bytes stops
 //! the reading of the other side (and the client's own output, which holds
-//! the pongs to its pings, stops the reading of the client too), so a client that does not read stops the
-//! gateway reading its backend's link, and a backend that does not read stops
-//! the gateway reading that client, and no one else. Idle, a client holds no
+//! the pongs to its pings, stops the reading of the client too), so a client
+//! that does not read stops the gateway reading its backend's link, and a
+//! backend that does not read stops the gateway reading that client, and no
+//! one else. Idle, a client holds no
 //! buffer at all: each one is dropped when empty and nothing is ready.
 //!
 //! A backend's PING record becomes a ping to the client, and the client's
@@ -49,7 +50,9 @@ use crate::client_stream::ClientStream;
 use crate::metrics::ClientMetrics;
 
 use super::{ClientGone, Ending, LinkFailure, RelaySettings};
-use link::frames::{FrameError, FrameReader, Inbound, Parsed, put_frame, put_prepared};
+use link::frames::{
+    FrameError, FrameReader, Inbound, Parsed, put_frame, put_message, put_prepared,
+};
 
 /// Bytes waiting in one side's output at which the gateway stops reading
 /// the other side until they are written.
@@ -104,7 +107,6 @@ struct LinkSide {
     input: BytesMut,
     output: BytesMut,
     codec: RecordCodec,
-    max_payload: usize,
 }
 
 /// One client's relay.
@@ -134,7 +136,6 @@ impl<S: ClientStream> Relay<S> {
             None => (ReadAhead::new(stream), BytesMut::from(&pending[..])),
         };
         let parts = link.into_parts();
-        let max_payload = parts.codec.max_payload();
         Relay {
             client: ClientSide {
                 io,
@@ -149,7 +150,6 @@ impl<S: ClientStream> Relay<S> {
                 input: parts.read_buf,
                 output: BytesMut::new(),
                 codec: parts.codec,
-                max_payload,
             },
             idle: IdleTimer::new(settings.idle_timeout),
             pings: PingTicker::new(settings.ping_interval),
@@ -280,7 +280,7 @@ impl<S: ClientStream> Relay<S> {
                 let Some(&header) = link.input.first_chunk::<HEADER_LEN>() else {
                     break HEADER_LEN - link.input.len();
                 };
-                let (kind, len) = decode_header(header, link.max_payload).map_err(gone)?;
+                let (kind, len) = decode_header(header, link.codec.max_payload()).map_err(gone)?;
                 let total = HEADER_LEN + len;
                 if link.input.len() < total {
                     break total - link.input.len();
@@ -290,11 +290,11 @@ impl<S: ClientStream> Relay<S> {
                     RecordKind::Text => {
                         let text = std::str::from_utf8(payload)
                             .map_err(|_| gone(LinkError::InvalidUtf8))?;
-                        send_data(client, Data::Text, text.as_bytes());
+                        send_text(client, text);
                         tally.count(len);
                     }
                     RecordKind::Binary => {
-                        send_data(client, Data::Binary, payload);
+                        send_binary(client, payload);
                         tally.count(len);
                     }
                     _ => {
@@ -402,7 +402,6 @@ impl<S: ClientStream> Relay<S> {
                 return;
             }
             let _ = link.io.shutdown().await;
-            link.input.clear();
             while let Ok(1..) = poll_fn(|cx| {
                 link.input.clear();
                 reserve_for(&mut link.input, 1);
@@ -477,32 +476,31 @@ enum Step {
     Waiting,
 }
 
-/// A text or binary message to the client: one frame, compressed if
+/// A text message to the client: one frame, compressed if
 /// permessage-deflate was agreed.
-fn send_data<S>(client: &mut ClientSide<S>, data: Data, payload: &[u8]) {
-    let Some(deflater) = client.deflater.as_mut() else {
-        put_frame(&mut client.output, OpCode::Data(data), payload);
-        return;
-    };
-    let payload = Bytes::copy_from_slice(payload);
-    let message = match data {
-        Data::Text => match Utf8Bytes::try_from(payload) {
-            Ok(text) => Message::Text(text),
-            Err(_) => unreachable!("text records are checked before they are sent"),
-        },
-        _ => Message::Binary(payload),
-    };
-    match deflater.compress(message) {
-        Message::Frame(frame) => put_prepared(&mut client.output, frame),
-        Message::Text(text) => put_frame(
+fn send_text<S>(client: &mut ClientSide<S>, text: &str) {
+    match client.deflater.as_mut() {
+        None => put_frame(
             &mut client.output,
             OpCode::Data(Data::Text),
             text.as_bytes(),
         ),
-        Message::Binary(payload) => {
-            put_frame(&mut client.output, OpCode::Data(Data::Binary), &payload)
-        }
-        _ => unreachable!("compress returns a data message or a frame"),
+        Some(deflater) => put_message(
+            &mut client.output,
+            deflater.compress(Message::Text(Utf8Bytes::from(text))),
+        ),
+    }
+}
+
+/// A binary message to the client: one frame, compressed if
+/// permessage-deflate was agreed.
+fn send_binary<S>(client: &mut ClientSide<S>, payload: &[u8]) {
+    match client.deflater.as_mut() {
+        None => put_frame(&mut client.output, OpCode::Data(Data::Binary), payload),
+        Some(deflater) => put_message(
+            &mut client.output,
+            deflater.compress(Message::Binary(Bytes::copy_from_slice(payload))),
+        ),
     }
 }
 
@@ -526,17 +524,13 @@ fn client_failed(error: FrameError) -> Ending {
 }
 
 /// The ending for a failed read of the client: a compressed message that
-/// broke a limit gets its close code, anything else means the client is gone.
+/// broke a limit gets its close code (`link::close_for_read_error`, the
+/// table a direct client uses too), anything else means the client is gone.
 fn client_read_error(error: io::Error) -> Ending {
-    match link::deflate::deflate_error(&error) {
-        Some(link::deflate::DeflateError::TooBig { .. }) => Ending::ClientFailed {
-            code: CloseCode::Size,
-            reason: "message too big",
-            error: Box::new(error),
-        },
-        Some(link::deflate::DeflateError::Corrupt) => Ending::ClientFailed {
-            code: CloseCode::Invalid,
-            reason: "invalid compressed data",
+    match link::close_for_read_error(&error) {
+        Some((code, reason)) => Ending::ClientFailed {
+            code,
+            reason,
             error: Box::new(error),
         },
         None => Ending::ClientGone(ClientGone::Read(error)),

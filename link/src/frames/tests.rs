@@ -4,22 +4,7 @@ use super::*;
 
 /// A client frame: `first` is FIN/RSV/opcode, the payload masked with a fixed mask.
 fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![first];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n < 65536 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-    frame
+    super::client_frame(first, payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 /// Everything `bytes` means, frame by frame, as owned values.
