@@ -18,7 +18,9 @@ use futures_util::{Sink, Stream};
 use link::deflate::MessageDeflater;
 use link::frames::{FrameReader, Inbound, Parsed, put_frame, put_message, put_prepared};
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
-use link::websocket::{ReadAhead, WRITE_BUFFER, poll_write_out, release, reserve_for};
+use link::websocket::{
+    OUTPUT_HIGH_WATER, ReadAhead, WRITE_BUFFER, client_reader, poll_write_out, release, reserve_for,
+};
 use link::{ClientLimits, DeflateParams, LinkError, close_for_read_error, fd_pass};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -90,10 +92,6 @@ pub(crate) async fn take_over(
     Ok((client, peer, link))
 }
 
-/// Bytes waiting for the client at which it is no longer read (its pongs
-/// would otherwise pile up); a server's sends wait at [`WRITE_BUFFER`].
-const OUTPUT_LIMIT: usize = 64 * 1024;
-
 /// A WebSocket client on its own socket, behaving like a relayed session.
 ///
 /// It speaks WebSocket itself, as the gateway's relay does (`link::frames`):
@@ -131,14 +129,7 @@ impl DirectClient {
         options: DirectOptions,
         deflate: Option<DeflateParams>,
     ) -> DirectClient {
-        let (io, input) = match deflate {
-            // The pending bytes are frames too: they go through the inflater.
-            Some(params) => (
-                ReadAhead::inflating(tcp, &pending, params, options.max_message_size),
-                BytesMut::new(),
-            ),
-            None => (ReadAhead::new(tcp), BytesMut::from(&pending[..])),
-        };
+        let (io, input) = client_reader(tcp, &pending, deflate, options.max_message_size);
         DirectClient {
             io,
             input,
@@ -224,7 +215,7 @@ impl Stream for DirectClient {
                 Ok(Parsed::Need(need)) => {
                     // The pongs to its pings wait in the output: a client that
                     // pings and never reads is not read either.
-                    if this.output.len() >= OUTPUT_LIMIT && this.poll_write(cx).is_pending() {
+                    if this.output.len() >= OUTPUT_HIGH_WATER && this.poll_write(cx).is_pending() {
                         return Poll::Pending;
                     }
                     reserve_for(&mut this.input, need);

@@ -63,6 +63,30 @@ pub fn client_config(max_message_size: usize, read_buffer_size: usize) -> WebSoc
         .max_frame_size(Some(max_message_size))
 }
 
+/// Bytes of frames waiting for a client at which it is no longer read (the
+/// gateway's relay also stops reading its backend): what a client that does
+/// not read, or pings and never reads its pongs, can make anyone hold.
+pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// The reader of a client's socket and the bytes to parse first, given the
+/// bytes read past the handshake (`pending`): with permessage-deflate
+/// agreed, `pending` goes through the inflater with everything after it;
+/// without, it is where parsing starts.
+pub fn client_reader<S>(
+    stream: S,
+    pending: &[u8],
+    deflate: Option<DeflateParams>,
+    max_message_size: usize,
+) -> (ReadAhead<S>, BytesMut) {
+    match deflate {
+        Some(params) => (
+            ReadAhead::inflating(stream, pending, params, max_message_size),
+            BytesMut::new(),
+        ),
+        None => (ReadAhead::new(stream), BytesMut::from(pending)),
+    }
+}
+
 /// Empty buffers kept per thread for the next burst of any client.
 const MAX_SPARE_BUFFERS: usize = 64;
 

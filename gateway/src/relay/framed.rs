@@ -33,7 +33,9 @@ use link::deflate::MessageDeflater;
 use link::keepalive::{IdleTimer, PingTicker};
 use link::message::{close_frame_for_client, close_info};
 use link::record::{HEADER_LEN, decode_header, encode_header};
-use link::websocket::{ReadAhead, poll_write_out, provision, release, reserve_for};
+use link::websocket::{
+    OUTPUT_HIGH_WATER, ReadAhead, client_reader, poll_write_out, provision, release, reserve_for,
+};
 use link::{CloseInfo, DeflateParams, LinkError, Record, RecordCodec, RecordKind};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -53,10 +55,6 @@ use super::{ClientGone, Ending, LinkFailure, RelaySettings};
 use link::frames::{
     FrameError, FrameReader, Inbound, Parsed, put_frame, put_message, put_prepared,
 };
-
-/// Bytes waiting in one side's output at which the gateway stops reading
-/// the other side until they are written.
-const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 
 /// Relays between the upgraded client connection (`stream`, with the bytes
 /// hyper read past the handshake in `pending`) and the accepted `link`
@@ -127,14 +125,7 @@ impl<S: ClientStream> Relay<S> {
         link: FramedLink,
         settings: &RelaySettings,
     ) -> Relay<S> {
-        let (io, input) = match deflate {
-            // The pending bytes are frames too: they go through the inflater.
-            Some(params) => (
-                ReadAhead::inflating(stream, &pending, params, settings.max_message_size),
-                BytesMut::new(),
-            ),
-            None => (ReadAhead::new(stream), BytesMut::from(&pending[..])),
-        };
+        let (io, input) = client_reader(stream, &pending, deflate, settings.max_message_size);
         let parts = link.into_parts();
         Relay {
             client: ClientSide {
@@ -191,7 +182,9 @@ impl<S: ClientStream> Relay<S> {
                 Step::Full => !full,
                 Step::Waiting => false,
             };
-            if again(upstream, self.upstream_full()) || again(downstream, self.downstream_full()) {
+            if again(upstream, upstream_full(&self.client, &self.link))
+                || again(downstream, downstream_full(&self.client))
+            {
                 continue;
             }
             self.release_idle_buffers();
@@ -210,9 +203,7 @@ impl<S: ClientStream> Relay<S> {
             let need = loop {
                 // Its pongs wait in the client's own output: a client that
                 // pings and never reads is not read either.
-                if link.output.len() >= OUTPUT_HIGH_WATER
-                    || client.output.len() >= OUTPUT_HIGH_WATER
-                {
+                if upstream_full(client, link) {
                     return Ok(Step::Full);
                 }
                 let (inbound, used) = match client.frames.read(&mut client.input) {
@@ -274,7 +265,7 @@ impl<S: ClientStream> Relay<S> {
         let gone = |error: LinkError| Ending::BackendGone(LinkFailure::Read(error));
         loop {
             let need = loop {
-                if client.output.len() >= OUTPUT_HIGH_WATER {
+                if downstream_full(client) {
                     return Ok(Step::Full);
                 }
                 let Some(&header) = link.input.first_chunk::<HEADER_LEN>() else {
@@ -343,16 +334,6 @@ impl<S: ClientStream> Relay<S> {
                 Poll::Ready(Err(error)) => return Err(gone(error.into())),
             }
         }
-    }
-
-    /// Reading the client must wait for an output to drain.
-    fn upstream_full(&self) -> bool {
-        self.link.output.len() >= OUTPUT_HIGH_WATER || self.client.output.len() >= OUTPUT_HIGH_WATER
-    }
-
-    /// Reading the link must wait for the client's output to drain.
-    fn downstream_full(&self) -> bool {
-        self.client.output.len() >= OUTPUT_HIGH_WATER
     }
 
     /// Gives back every buffer that holds nothing, so an idle client costs none.
@@ -463,6 +444,17 @@ impl<S: ClientStream> Relay<S> {
         };
         tokio::join!(close_link, close_client);
     }
+}
+
+/// Reading the client must wait for an output to drain: the link's, or its
+/// own (the pongs to its pings).
+fn upstream_full<S>(client: &ClientSide<S>, link: &LinkSide) -> bool {
+    link.output.len() >= OUTPUT_HIGH_WATER || client.output.len() >= OUTPUT_HIGH_WATER
+}
+
+/// Reading the link must wait for the client's output to drain.
+fn downstream_full<S>(client: &ClientSide<S>) -> bool {
+    client.output.len() >= OUTPUT_HIGH_WATER
 }
 
 /// How far one direction got in one pass.
