@@ -221,6 +221,7 @@ impl Metrics {
             mode: match mode {
                 LinkMode::Framed => "relay",
                 LinkMode::Direct => "direct",
+                LinkMode::Carrier => "carrier",
             },
         };
         self.inner.sessions.get_or_create(&labels).inc();

@@ -48,6 +48,11 @@ pub enum SessionError {
         /// The version in the gateway's OPEN.
         version: u32,
     },
+    /// The gateway opened a link in a mode this backend does not serve (a
+    /// carrier link to a server that does not fan out); the link got a
+    /// REJECT with status 501.
+    #[error("link mode {0:?} is not served by this backend")]
+    UnsupportedMode(LinkMode),
 }
 
 /// An accepted link whose OPEN has not been read yet.
@@ -124,11 +129,14 @@ impl Connection {
             direct_options: self.direct_options,
             metrics: self.metrics,
         };
-        if incoming.meta.version == LINK_VERSION {
+        let error = if incoming.meta.version != LINK_VERSION {
+            SessionError::UnsupportedVersion {
+                version: incoming.meta.version,
+            }
+        } else if incoming.meta.mode == LinkMode::Carrier {
+            SessionError::UnsupportedMode(LinkMode::Carrier)
+        } else {
             return Ok(LinkStart::Client(incoming));
-        }
-        let error = SessionError::UnsupportedVersion {
-            version: incoming.meta.version,
         };
         incoming
             .reject(RejectReply {
@@ -190,6 +198,7 @@ impl Incoming {
         let mut next_link = None;
         let transport = match self.meta.mode {
             LinkMode::Framed => Transport::Link(self.framed),
+            LinkMode::Carrier => return Err(SessionError::UnsupportedMode(LinkMode::Carrier)),
             LinkMode::Direct => {
                 let parts = self.framed.into_parts();
                 if !parts.read_buf.is_empty() {

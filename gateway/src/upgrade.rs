@@ -244,6 +244,7 @@ async fn accept(
         } else {
             None
         },
+        carrier: None,
     };
     let started = Instant::now();
     let (link, reply) = backend::open_framed(

@@ -6,6 +6,7 @@
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use link::fanout::FanoutMessage;
 use link::{CloseInfo, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -43,6 +44,26 @@ pub fn encode(record: &Record) -> Vec<u8> {
         }
         Record::Ping(payload) => record_bytes(0x13, payload),
         Record::Pong(payload) => record_bytes(0x14, payload),
+        Record::Fanout(fanout) => {
+            let (kind, payload): (u8, Vec<u8>) = match &fanout.message {
+                FanoutMessage::Text(text) => (0x10, text.as_bytes().to_vec()),
+                FanoutMessage::Binary(payload) => (0x11, payload.to_vec()),
+                FanoutMessage::Close(None) => (0x12, Vec::new()),
+                FanoutMessage::Close(Some(info)) => {
+                    let mut payload = info.code.to_be_bytes().to_vec();
+                    payload.extend_from_slice(info.reason.as_bytes());
+                    (0x12, payload)
+                }
+            };
+            let mut bytes = vec![kind];
+            let count = u32::try_from(fanout.recipients().len()).expect("at most 65536");
+            bytes.extend_from_slice(&count.to_be_bytes());
+            for id in fanout.recipients() {
+                bytes.extend_from_slice(&id.to_be_bytes());
+            }
+            bytes.extend_from_slice(&payload);
+            record_bytes(0x20, &bytes)
+        }
     }
 }
 

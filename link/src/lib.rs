@@ -7,6 +7,7 @@
 //!   the codec that enforces the maximum record size.
 //! - [`meta`]: the JSON bodies of the OPEN, ACCEPT and REJECT records, and the
 //!   heads of the REQUEST and RESPONSE records (plain HTTP to a backend).
+//! - [`fanout`]: the FANOUT record of a carrier link (one message, many clients).
 //! - [`fd_pass`]: the HANDOFF record with the client's socket (SCM_RIGHTS), for direct mode.
 //!
 //! The client-facing policy both sides share:
@@ -22,6 +23,7 @@
 
 pub mod client_close;
 pub mod deflate;
+pub mod fanout;
 pub mod fd_pass;
 pub mod frames;
 pub mod keepalive;
@@ -33,7 +35,8 @@ pub mod websocket;
 pub use client_close::{close_for_client_error, close_for_read_error};
 pub use deflate::DeflateParams;
 pub use meta::{
-    AcceptReply, ClientLimits, LinkMode, OpenMeta, RejectReply, RequestHead, ResponseHead, TlsInfo,
+    AcceptReply, CarrierTerms, ClientLimits, LinkMode, OpenMeta, RejectReply, RequestHead,
+    ResponseHead, TlsInfo,
 };
 pub use record::{CloseInfo, LinkError, MAX_CONTROL_PAYLOAD, Record, RecordCodec, RecordKind};
 

@@ -23,6 +23,11 @@ pub enum LinkMode {
     Framed,
     /// The client's socket is handed to the backend after ACCEPT (HANDOFF).
     Direct,
+    /// Not a client: the gateway's carrier link to this backend, on which the
+    /// backend sends FANOUT records for the gateway's clients that its ACCEPT
+    /// put on the carrier (`docs/link-protocol.md`, *Fan-out*). OPEN's `id` is
+    /// then the carrier's key.
+    Carrier,
 }
 
 /// The gateway's limits for a client it hands over (OPEN's `limits`).
@@ -79,6 +84,11 @@ pub struct OpenMeta {
     /// deflates itself: a relayed backend never sees compression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deflate: Option<DeflateParams>,
+    /// Framed mode: the key of this gateway's carrier link to this backend,
+    /// when it has one, on which the backend may send this client's messages
+    /// (ACCEPT's `carrier`). Absent when the gateway has no carrier here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<u64>,
 }
 
 /// What the gateway learnt from a client's TLS handshake (OPEN's `tls`).
@@ -114,6 +124,31 @@ pub struct AcceptReply {
     /// backend closes the link after the HANDOFF, and so does the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse_ms: Option<u64>,
+    /// Framed mode: every message and the close for this client travel on
+    /// the carrier link OPEN's `carrier` named, as FANOUT records, under
+    /// these terms; none on the client's own link. Only for a carrier the
+    /// backend holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<CarrierTerms>,
+    /// Framed mode: the backend would send this client's messages on a
+    /// carrier link if the gateway had one here: the gateway opens one for
+    /// later clients.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub carrier_wanted: bool,
+}
+
+/// How the gateway treats a client whose messages come on a carrier link
+/// (ACCEPT's `carrier`): how much it queues for the client, and when a
+/// client that does not read is closed instead of holding the carrier up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarrierTerms {
+    /// Payload bytes the gateway queues for this client before it stops
+    /// reading the carrier until the client takes some; a single larger
+    /// message still goes into an empty queue.
+    pub queue_bytes: usize,
+    /// How long, in milliseconds, a full queue's client may take nothing from
+    /// its socket before the gateway closes it with `1008` and reads on.
+    pub stall_ms: u64,
 }
 
 /// The backend's REJECT answer: the HTTP status and one-line reason the client gets.

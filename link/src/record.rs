@@ -9,6 +9,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::fanout::{Fanout, MAX_FANOUT_OVERHEAD};
+
 /// Bytes before the payload: one kind byte and a 32-bit length.
 pub const HEADER_LEN: usize = 5;
 
@@ -42,6 +44,9 @@ pub enum RecordKind {
     /// Gateway to backend: the client's pong to the last PING the backend
     /// asked for, with its payload.
     Pong = 0x14,
+    /// Backend to gateway, on a carrier link only: one message for many of the
+    /// gateway's clients ([`crate::fanout`]).
+    Fanout = 0x20,
 }
 
 /// The most payload a WebSocket control frame, and so a PING or PONG record, carries.
@@ -62,6 +67,7 @@ impl RecordKind {
             0x12 => RecordKind::Close,
             0x13 => RecordKind::Ping,
             0x14 => RecordKind::Pong,
+            0x20 => RecordKind::Fanout,
             _ => return None,
         })
     }
@@ -92,6 +98,8 @@ pub enum Record {
     Ping(Bytes),
     /// The client's pong to the backend's last PING.
     Pong(Bytes),
+    /// One message for many clients of a carrier link's gateway.
+    Fanout(Fanout),
 }
 
 /// The code and reason of a CLOSE record.
@@ -165,7 +173,9 @@ pub fn encode_header(kind: RecordKind, len: u32) -> [u8; HEADER_LEN] {
     header
 }
 
-/// Reads a record header: the kind, and the payload length checked against `max_payload`.
+/// Reads a record header: the kind, and the payload length checked against
+/// `max_payload` (for a FANOUT, against `max_payload` plus its recipients,
+/// [`crate::fanout::MAX_FANOUT_OVERHEAD`]).
 pub fn decode_header(
     header: [u8; HEADER_LEN],
     max_payload: usize,
@@ -173,12 +183,16 @@ pub fn decode_header(
     let [kind_byte, len @ ..] = header;
     let kind = RecordKind::from_byte(kind_byte).ok_or(LinkError::UnknownKind(kind_byte))?;
     let len = u32::from_be_bytes(len);
+    let max = match kind {
+        RecordKind::Fanout => max_payload.saturating_add(MAX_FANOUT_OVERHEAD),
+        _ => max_payload,
+    };
     let len = usize::try_from(len)
         .ok()
-        .filter(|len| *len <= max_payload)
+        .filter(|len| *len <= max)
         .ok_or(LinkError::TooLong {
             len: u64::from(len),
-            max: max_payload,
+            max,
         })?;
     Ok((kind, len))
 }
@@ -198,6 +212,7 @@ impl Record {
             Record::Close(_) => RecordKind::Close,
             Record::Ping(_) => RecordKind::Ping,
             Record::Pong(_) => RecordKind::Pong,
+            Record::Fanout(_) => RecordKind::Fanout,
         }
     }
 
@@ -215,6 +230,7 @@ impl Record {
             RecordKind::Close => "CLOSE",
             RecordKind::Ping => "PING",
             RecordKind::Pong => "PONG",
+            RecordKind::Fanout => "FANOUT",
         }
     }
 
@@ -232,6 +248,7 @@ impl Record {
             Record::Text(text) => text.len(),
             Record::Close(None) => 0,
             Record::Close(Some(info)) => 2 + info.reason.len(),
+            Record::Fanout(fanout) => fanout.payload_len(),
         }
     }
 }
@@ -296,6 +313,7 @@ impl Decoder for RecordCodec {
             RecordKind::Close => Record::Close(decode_close(&payload)?),
             RecordKind::Ping => Record::Ping(control_payload("PING", payload)?),
             RecordKind::Pong => Record::Pong(control_payload("PONG", payload)?),
+            RecordKind::Fanout => Record::Fanout(Fanout::decode(payload, self.max_payload)?),
         };
         Ok(Some(record))
     }
@@ -320,7 +338,7 @@ fn control_payload(kind: &'static str, payload: Bytes) -> Result<Bytes, LinkErro
     Ok(payload)
 }
 
-fn decode_close(payload: &[u8]) -> Result<Option<CloseInfo>, LinkError> {
+pub(crate) fn decode_close(payload: &[u8]) -> Result<Option<CloseInfo>, LinkError> {
     match payload {
         [] => Ok(None),
         [_] => Err(LinkError::BadClose),
@@ -339,12 +357,24 @@ impl Encoder<Record> for RecordCodec {
 
     fn encode(&mut self, record: Record, dst: &mut BytesMut) -> Result<(), LinkError> {
         let len = record.payload_len();
+        let max = match &record {
+            Record::Fanout(_) => self.max_payload.saturating_add(MAX_FANOUT_OVERHEAD),
+            _ => self.max_payload,
+        };
         let too_long = LinkError::TooLong {
             len: len as u64,
-            max: self.max_payload,
+            max,
         };
-        if len > self.max_payload {
+        if len > max {
             return Err(too_long);
+        }
+        if let Record::Fanout(fanout) = &record
+            && fanout.message.payload_len() > self.max_payload
+        {
+            return Err(LinkError::TooLong {
+                len: fanout.message.payload_len() as u64,
+                max: self.max_payload,
+            });
         }
         if let Record::Ping(payload) | Record::Pong(payload) = &record
             && payload.len() > MAX_CONTROL_PAYLOAD
@@ -373,6 +403,7 @@ impl Encoder<Record> for RecordCodec {
                 dst.put_u16(info.code);
                 dst.extend_from_slice(info.reason.as_bytes());
             }
+            Record::Fanout(fanout) => fanout.put_payload(dst),
         }
         Ok(())
     }

@@ -5,9 +5,12 @@
 use std::collections::BTreeMap;
 
 use bytes::BytesMut;
+use link::fanout::{Fanout, FanoutMessage, put_fanout};
 use link::{
-    AcceptReply, CloseInfo, LINK_VERSION, LinkMode, OpenMeta, Record, RecordCodec, RejectReply,
+    AcceptReply, CloseInfo, LINK_VERSION, LinkMode, OpenMeta, Record, RecordCodec, RecordKind,
+    RejectReply,
 };
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::codec::{Decoder, Encoder};
 
 const DOC: &str = include_str!("../../docs/link-protocol.md");
@@ -87,6 +90,7 @@ fn the_open_example_is_what_open_meta_writes() {
         tls: None,
         identity: None,
         deflate: None,
+        carrier: None,
     };
     let json = open_json();
     assert_eq!(
@@ -226,4 +230,41 @@ fn the_direct_mode_deflate_example_holds() {
         .decompress_vec(&compressed, &mut inflated, flate2::FlushDecompress::Sync)
         .expect("inflates");
     assert_eq!(inflated, b"Hello");
+}
+
+#[test]
+fn the_fanout_example_is_what_the_codec_reads_and_writes() {
+    // The last block of the Fan-out section: hex bytes up to each comment.
+    let section = DOC
+        .split("## Fan-out")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/link-protocol.md has a Fan-out section");
+    let block = section
+        .rsplit("```text")
+        .next()
+        .and_then(|rest| rest.split("```").next())
+        .expect("the FANOUT example is a text block");
+    let bytes: Vec<u8> = block
+        .lines()
+        .flat_map(|line| {
+            line.trim_start_matches('←')
+                .split_whitespace()
+                .map_while(|token| {
+                    u8::from_str_radix(token, 16)
+                        .ok()
+                        .filter(|_| token.len() == 2)
+                })
+                .collect::<Vec<u8>>()
+        })
+        .collect();
+    let record = Record::Fanout(
+        Fanout::new(FanoutMessage::Text(Utf8Bytes::from_static("hi")), &[9, 12])
+            .expect("two recipients"),
+    );
+    assert_eq!(encode(record.clone()), bytes);
+    assert_eq!(decode_all(&bytes), vec![record]);
+    let mut direct = BytesMut::new();
+    put_fanout(&mut direct, RecordKind::Text, b"hi", &[9, 12]).expect("writes");
+    assert_eq!(direct.to_vec(), bytes);
 }

@@ -180,3 +180,94 @@ fn several_records_in_one_buffer_decode_in_order() {
         ]
     );
 }
+
+mod fanout {
+    use super::*;
+    use crate::fanout::{Fanout, FanoutMessage, MAX_RECIPIENTS};
+
+    fn fanout_record(kind: u8, ids: &[u64], payload: &[u8]) -> BytesMut {
+        let mut body = BytesMut::new();
+        body.put_u8(kind);
+        body.put_u32(u32::try_from(ids.len()).expect("test counts are small"));
+        for id in ids {
+            body.put_u64(*id);
+        }
+        body.extend_from_slice(payload);
+        let mut record = BytesMut::new();
+        record.put_u8(0x20);
+        record.put_u32(u32::try_from(body.len()).expect("small"));
+        record.extend_from_slice(&body);
+        record
+    }
+
+    fn decode(mut bytes: BytesMut, max: usize) -> Result<Option<Record>, LinkError> {
+        RecordCodec::new(max).decode(&mut bytes)
+    }
+
+    #[test]
+    fn every_message_kind_round_trips_with_its_recipients() {
+        for message in [
+            FanoutMessage::Text(Utf8Bytes::from_static("hello")),
+            FanoutMessage::Binary(Bytes::from_static(&[0, 1, 255])),
+            FanoutMessage::Binary(Bytes::new()),
+            FanoutMessage::Close(None),
+            FanoutMessage::Close(Some(CloseInfo {
+                code: 1008,
+                reason: "too slow".into(),
+            })),
+        ] {
+            let fanout = Fanout::new(message, &[1, u64::MAX, 7]).expect("three recipients");
+            let record = Record::Fanout(fanout.clone());
+            let mut bytes = encode(record.clone());
+            let decoded = RecordCodec::new(1024).decode(&mut bytes).expect("decodes");
+            assert_eq!(decoded, Some(record));
+            assert!(bytes.is_empty());
+            assert_eq!(fanout.recipients().collect::<Vec<_>>(), [1, u64::MAX, 7]);
+        }
+    }
+
+    #[test]
+    fn the_message_is_bounded_by_the_limit_and_the_recipients_beside_it() {
+        let ids: Vec<u64> = (0..200).collect();
+        // 200 recipients (1600 bytes) beside a message at the limit: fine.
+        let at_limit = fanout_record(0x11, &ids, &[7; 64]);
+        assert!(matches!(decode(at_limit, 64), Ok(Some(Record::Fanout(_)))));
+        // A message one byte over the limit: refused, whatever the recipients.
+        let over = fanout_record(0x11, &ids, &[7; 65]);
+        assert!(matches!(
+            decode(over, 64),
+            Err(LinkError::TooLong { len: 65, .. })
+        ));
+        // A length beyond message limit plus the most recipients: refused from the header.
+        let mut header = BytesMut::new();
+        header.put_u8(0x20);
+        header.put_u32(u32::try_from(64 + 5 + 8 * MAX_RECIPIENTS + 1).expect("fits"));
+        assert!(matches!(decode(header, 64), Err(LinkError::TooLong { .. })));
+    }
+
+    #[test]
+    fn malformed_fanouts_are_refused() {
+        let cases: [(&str, BytesMut); 6] = [
+            ("no recipients", fanout_record(0x10, &[], b"x")),
+            ("kind PING", fanout_record(0x13, &[1], b"x")),
+            ("kind OPEN", fanout_record(0x01, &[1], b"{}")),
+            ("text not UTF-8", fanout_record(0x10, &[1], &[0xff])),
+            ("close of one byte", fanout_record(0x12, &[1], &[3])),
+            ("shorter than its head", {
+                let mut record = BytesMut::new();
+                record.put_u8(0x20);
+                record.put_u32(3);
+                record.extend_from_slice(&[0x10, 0, 0]);
+                record
+            }),
+        ];
+        for (what, bytes) in cases {
+            assert!(decode(bytes, 1024).is_err(), "{what} must be refused");
+        }
+        // A count larger than the recipients the record holds.
+        let mut short = fanout_record(0x10, &[1], b"");
+        short[6..10].copy_from_slice(&2u32.to_be_bytes());
+        assert!(decode(short, 1024).is_err(), "count beyond the record");
+        assert!(Fanout::new(FanoutMessage::Close(None), &[]).is_err());
+    }
+}
