@@ -49,7 +49,8 @@ pub struct CommonArgs {
     /// Clients served at once; the next one gets close code 1013 [default: the
     /// descriptor limit (soft RLIMIT_NOFILE, which start-up raises to the hard
     /// limit) minus 64 for the process itself and 2 for each --max-pending link,
-    /// so 192 fewer than the limit with the defaults; 1024 is taken as the
+    /// so 192 fewer than the limit with the defaults, and 64 more for carrier
+    /// links in a server that fans out (websocket_chat); 1024 is taken as the
     /// limit if it cannot be read].
     #[arg(short = 'm', long = "max-clients", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients: Option<u32>,
@@ -93,7 +94,17 @@ impl CommonArgs {
         options.max_pending_links = max_pending_links;
         options.max_clients = match self.max_clients {
             Some(max_clients) => max_clients as usize,
-            None => default_max_clients(nofile, max_pending_links),
+            None => {
+                // A server that fans out may hold a carrier link per gateway process.
+                let carriers = if options.fanout.is_some() {
+                    crate::carrier::MAX_CARRIERS
+                } else {
+                    0
+                };
+                default_max_clients(nofile, max_pending_links)
+                    .saturating_sub(carriers)
+                    .max(1)
+            }
         };
         options.open_timeout = Duration::from_secs_f64(self.open_timeout);
         options.handoff_timeout = Duration::from_secs_f64(self.handoff_timeout);

@@ -84,6 +84,7 @@ struct Inner {
     sessions_open: Family<ModeLabels, Gauge>,
     sessions: Family<ModeLabels, prometheus_client::metrics::counter::Counter>,
     links_refused: Family<ReasonLabels, prometheus_client::metrics::counter::Counter>,
+    carriers_open: Gauge,
     received: Traffic,
     sent: Traffic,
     process: ProcessMetrics,
@@ -134,6 +135,13 @@ impl Metrics {
             None,
             Family::default(),
         );
+        let carriers_open = registered(
+            backend,
+            "carriers_open",
+            "Carrier links from gateways open now (fan-out: one per gateway process)",
+            None,
+            Gauge::default(),
+        );
         let [received, sent] =
             [("received", "from clients"), ("sent", "to clients")].map(|(direction, what)| {
                 Traffic {
@@ -161,6 +169,7 @@ impl Metrics {
                 sessions_open,
                 sessions,
                 links_refused,
+                carriers_open,
                 received,
                 sent,
                 process,
@@ -230,6 +239,12 @@ impl Metrics {
         OpenSession(open)
     }
 
+    /// A carrier link opened; it counts as open until the guard drops.
+    pub(crate) fn carrier_opened(&self) -> OpenSession {
+        self.inner.carriers_open.inc();
+        OpenSession(self.inner.carriers_open.clone())
+    }
+
     /// A link was refused before it became a session.
     pub(crate) fn link_refused(&self, refused: Refused) {
         let reason = match refused {
@@ -255,6 +270,16 @@ impl Metrics {
         self.inner.sent.messages.inc();
         self.inner.sent.bytes.inc_by(len as u64);
     }
+
+    /// A message of `len` payload bytes went to `n` clients (one FANOUT).
+    #[inline]
+    pub(crate) fn sent_to_many(&self, n: usize, len: usize) {
+        self.inner.sent.messages.inc_by(n as u64);
+        self.inner
+            .sent
+            .bytes
+            .inc_by((n as u64).saturating_mul(len as u64));
+    }
 }
 
 impl lifecycle::metrics_endpoint::Render for Metrics {
@@ -273,7 +298,8 @@ impl lifecycle::metrics_endpoint::Render for Metrics {
     }
 }
 
-/// An open session, counted in `wsgate_backend_sessions_open` until dropped.
+/// An open session (or carrier link), counted in `wsgate_backend_sessions_open`
+/// (or `wsgate_backend_carriers_open`) until dropped.
 #[derive(Debug)]
 pub(crate) struct OpenSession(Gauge);
 
@@ -296,6 +322,8 @@ mod tests {
         metrics.received(3);
         metrics.sent(4);
         metrics.link_refused(Refused::ClientLimit);
+        let carrier = metrics.carrier_opened();
+        metrics.sent_to_many(3, 10);
         let evictions = metrics.slow_client_evictions();
         evictions.inc();
         metrics.slow_client_evictions().inc();
@@ -304,7 +332,9 @@ mod tests {
             "wsgate_backend_sessions_open{mode=\"direct\"} 1",
             "wsgate_backend_sessions_total{mode=\"direct\"} 1",
             "wsgate_backend_messages_received_total 1",
-            "wsgate_backend_message_sent_bytes_total 4",
+            "wsgate_backend_messages_sent_total 4",
+            "wsgate_backend_message_sent_bytes_total 34",
+            "wsgate_backend_carriers_open 1",
             "wsgate_backend_links_refused_total{reason=\"client_limit\"} 1",
             "wsgate_backend_slow_client_evictions_total 2",
         ] {
@@ -317,6 +347,8 @@ mod tests {
             "registered once"
         );
         drop(session);
+        drop(carrier);
+        assert!(metrics.render().contains("wsgate_backend_carriers_open 0"));
         assert!(
             metrics
                 .render()

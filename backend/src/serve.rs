@@ -19,6 +19,13 @@
 //! --http`) goes to [`ServeOptions::request_handler`] instead, within
 //! `request_timeout`; it holds its pending-link slot, not a client slot.
 //!
+//! With [`ServeOptions::fanout`], a link whose OPEN says `"mode":
+//! "carrier"` is a gateway's carrier link (`crate::carrier`): it is
+//! registered and run in its own task, holding neither a pending-link nor a
+//! client slot (at most `carrier::MAX_CARRIERS` of them), and a framed
+//! client whose OPEN names it is carried. Without it, a carrier OPEN gets
+//! REJECT `501`.
+//!
 //! What a session does with its messages is the handler's business.
 
 use std::fmt;
@@ -35,8 +42,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use lifecycle::{AcceptBackoff, is_transient_accept_error};
-use link::{AcceptReply, DEFAULT_MAX_PAYLOAD, LinkMode, OpenMeta, RejectReply};
+use link::{AcceptReply, CarrierTerms, DEFAULT_MAX_PAYLOAD, LinkMode, OpenMeta, RejectReply};
 
+use crate::carrier::{self, CarrierRegistry};
 use crate::direct::DirectOptions;
 use crate::metrics::{Metrics, Refused};
 use crate::request::{self, RequestHandler};
@@ -156,6 +164,12 @@ pub struct ServeOptions {
     /// where the server registers its own counters. Served by `launch` on
     /// `--metrics-listen`.
     pub metrics: Metrics,
+    /// Fan-out: take gateways' carrier links and carry their framed clients
+    /// on them under these terms (ACCEPT's `carrier`), so that a message the
+    /// server sends to many clients of one gateway crosses the link once
+    /// ([`crate::Carrier`]). `None` (the default): carrier links get REJECT
+    /// `501` and every client has its own link.
+    pub fanout: Option<CarrierTerms>,
 }
 
 type AdmissionCheck = dyn Fn(&OpenMeta) -> Result<(), RejectReply> + Send + Sync;
@@ -196,6 +210,7 @@ impl Default for ServeOptions {
             admission: None,
             max_message_size: None,
             metrics: Metrics::new(),
+            fanout: None,
         }
     }
 }
@@ -216,6 +231,13 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     listener.metrics = options.metrics.clone();
+    let carriers = options.fanout.map(|terms| {
+        Arc::new(CarrierRegistry::new(
+            terms,
+            listener.max_payload,
+            options.metrics.clone(),
+        ))
+    });
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(options.max_clients));
     let pending_links = Arc::new(Semaphore::new(options.max_pending_links.max(1)));
@@ -238,6 +260,7 @@ where
             connection,
             pending_permit,
             options: options.clone(),
+            carriers: carriers.clone(),
             slots: slots.clone(),
             pending_links: pending_links.clone(),
             shutdown: shutdown.child_token(),
@@ -268,6 +291,8 @@ struct PendingLink {
     connection: Connection,
     pending_permit: OwnedSemaphorePermit,
     options: Arc<ServeOptions>,
+    /// With fan-out: the carrier links open.
+    carriers: Option<Arc<CarrierRegistry>>,
     slots: Arc<Semaphore>,
     /// Every pending-link slot: idle reused links may hold at most half of them.
     pending_links: Arc<Semaphore>,
@@ -288,6 +313,7 @@ where
         mut connection,
         pending_permit,
         options,
+        carriers,
         slots,
         pending_links,
         shutdown,
@@ -296,18 +322,28 @@ where
     let mut reused = false;
     loop {
         let span = info_span!("session", id = field::Empty, peer = field::Empty);
-        let Some(client) = open_client(
+        let opened = open_client(
             connection,
             reused,
             &options,
+            carriers.as_ref(),
             &slots,
             &pending_links,
             &shutdown,
         )
         .instrument(span.clone())
-        .await
-        else {
-            return;
+        .await;
+        let client = match opened {
+            None => return,
+            Some(Opened::Client(client)) => *client,
+            Some(Opened::Carrier(carrier, stream)) => {
+                // A carrier holds no pending-link or client slot.
+                drop(pending_permit);
+                let registry = carriers.expect("a carrier is opened only with fan-out on");
+                return carrier::run_carrier(carrier, stream, registry, shutdown)
+                    .instrument(span)
+                    .await;
+            }
         };
         let AcceptedClient {
             session,
@@ -330,6 +366,14 @@ where
     }
 }
 
+/// What a link's OPEN became.
+enum Opened {
+    /// A client.
+    Client(Box<AcceptedClient>),
+    /// A gateway's carrier link, accepted and registered.
+    Carrier(carrier::Carrier, tokio::net::UnixStream),
+}
+
 /// A client accepted on a link, not yet counted against the client limit.
 struct AcceptedClient {
     session: Session,
@@ -342,15 +386,17 @@ struct AcceptedClient {
 
 /// Reads the link's first record and answers it: a REQUEST is answered
 /// here, an OPEN refused by the server's admission check gets REJECT, any
-/// other OPEN gets ACCEPT. `None` when no session came of it (logged).
+/// other OPEN gets ACCEPT; with fan-out, a carrier OPEN is registered and
+/// accepted. `None` when nothing came of it (logged).
 async fn open_client(
     connection: Connection,
     reused: bool,
     options: &ServeOptions,
+    carriers: Option<&Arc<CarrierRegistry>>,
     slots: &Arc<Semaphore>,
     pending_links: &Semaphore,
     shutdown: &CancellationToken,
-) -> Option<AcceptedClient> {
+) -> Option<Opened> {
     let opened = tokio::select! {
         opened = tokio::time::timeout(options.open_timeout, connection.open_or_request()) => opened,
         // An idle reused link holds nothing the gateway waits for: close it.
@@ -382,6 +428,10 @@ async fn open_client(
             return None;
         }
         Ok(Ok(LinkStart::Client(incoming))) => incoming,
+        Ok(Ok(LinkStart::Carrier(incoming))) => {
+            tracing::Span::current().record("id", incoming.meta().id);
+            return open_carrier(incoming, options, carriers).await;
+        }
         Ok(Ok(LinkStart::Request(pending))) => {
             tracing::Span::current().record("id", pending.request.id);
             tracing::Span::current().record("peer", pending.request.peer.as_str());
@@ -426,7 +476,7 @@ async fn open_client(
     // half of them are free, so idle links (several gateways may each keep
     // some) never keep new links waiting in the backlog.
     let offer_reuse = pending_links.available_permits() * 2 >= options.max_pending_links;
-    let reply = AcceptReply {
+    let mut reply = AcceptReply {
         protocol,
         max_message_size: options.max_message_size,
         // Direct mode only (ignored otherwise): the gateway may send the
@@ -436,8 +486,29 @@ async fn open_client(
         ..AcceptReply::default()
     };
     let permit = slots.clone().try_acquire_owned();
-    let accepted =
-        tokio::time::timeout(options.handoff_timeout, incoming.accept_keeping_link(reply)).await;
+    // Fan-out: a framed client with a slot goes on the carrier its OPEN
+    // names if that is open here; otherwise the gateway hears that we would
+    // like one (while there is room for it).
+    let mut carried = None;
+    if let Some(registry) = carriers
+        && mode == LinkMode::Framed
+        && permit.is_ok()
+    {
+        carried = incoming
+            .meta()
+            .carrier
+            .and_then(|key| registry.attach(key, incoming.meta().id));
+        if carried.is_some() {
+            reply.carrier = Some(registry.terms());
+        } else {
+            reply.carrier_wanted = registry.has_room();
+        }
+    }
+    let accepted = tokio::time::timeout(
+        options.handoff_timeout,
+        incoming.accept_keeping_link(reply, carried),
+    )
+    .await;
     match accepted {
         Err(_) => {
             warn!(
@@ -451,12 +522,64 @@ async fn open_client(
             warn!(%error, "cannot accept session");
             None
         }
-        Ok(Ok((session, next_link))) => Some(AcceptedClient {
+        Ok(Ok((session, next_link))) => Some(Opened::Client(Box::new(AcceptedClient {
             session,
             permit,
             mode,
             next_link,
-        }),
+        }))),
+    }
+}
+
+/// Answers a carrier OPEN: REJECT `501` without fan-out, `503` when
+/// `carrier::MAX_CARRIERS` are open, `409` for a key in use; otherwise
+/// the carrier is registered and gets ACCEPT.
+async fn open_carrier(
+    incoming: crate::session::Incoming,
+    options: &ServeOptions,
+    carriers: Option<&Arc<CarrierRegistry>>,
+) -> Option<Opened> {
+    let Some(registry) = carriers else {
+        let error = incoming.reject_unsupported_mode().await;
+        warn!(%error, "carrier link refused");
+        return None;
+    };
+    let key = incoming.meta().id;
+    let carrier = match registry.open(key) {
+        Ok(carrier) => carrier,
+        Err(refusal) => {
+            warn!(
+                status = refusal.status(),
+                reason = refusal.reason(),
+                "carrier link refused"
+            );
+            let reply = RejectReply {
+                status: refusal.status(),
+                reason: refusal.reason().to_owned(),
+            };
+            let rejected =
+                tokio::time::timeout(options.handoff_timeout, incoming.reject(reply)).await;
+            if let Ok(Err(error)) = rejected {
+                debug!(%error, "cannot send REJECT");
+            }
+            return None;
+        }
+    };
+    match tokio::time::timeout(options.handoff_timeout, incoming.accept_carrier()).await {
+        Ok(Ok(stream)) => Some(Opened::Carrier(carrier, stream)),
+        Ok(Err(error)) => {
+            warn!(%error, "cannot accept carrier link");
+            registry.forget(&carrier);
+            None
+        }
+        Err(_) => {
+            warn!(
+                "gateway did not take the carrier's ACCEPT within {:?}",
+                options.handoff_timeout
+            );
+            registry.forget(&carrier);
+            None
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use link::{
     AcceptReply, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record, RecordCodec, RejectReply,
 };
 
+use crate::carrier::{CarriedLink, Carrier, CarrierSendError};
 use crate::direct::{self, DirectClient, DirectOptions};
 use crate::metrics::Metrics;
 use crate::request::PendingRequest;
@@ -53,6 +54,10 @@ pub enum SessionError {
     /// REJECT with status 501.
     #[error("link mode {0:?} is not served by this backend")]
     UnsupportedMode(LinkMode),
+    /// A carried session's message did not go on its carrier link (it
+    /// ended, or the message is too long for a record).
+    #[error("carrier: {0}")]
+    Carrier(#[from] CarrierSendError),
 }
 
 /// An accepted link whose OPEN has not been read yet.
@@ -103,12 +108,14 @@ impl Connection {
     pub async fn open(self) -> Result<Incoming, SessionError> {
         match self.open_or_request().await? {
             LinkStart::Client(incoming) => Ok(incoming),
+            LinkStart::Carrier(incoming) => Err(incoming.reject_unsupported_mode().await),
             LinkStart::Request(_) => Err(LinkError::Unexpected("REQUEST").into()),
         }
     }
 
-    /// Reads the first record: OPEN as in [`Connection::open`], or a REQUEST
-    /// (a plain HTTP request for this backend, answered by `serve`).
+    /// Reads the first record: OPEN as in [`Connection::open`] (a carrier
+    /// OPEN is returned for `serve` to take or refuse), or a REQUEST (a plain
+    /// HTTP request for this backend, answered by `serve`).
     pub(crate) async fn open_or_request(mut self) -> Result<LinkStart, SessionError> {
         let record = match self.framed.next().await {
             None => return Err(SessionError::ClosedBeforeOpen),
@@ -134,7 +141,7 @@ impl Connection {
                 version: incoming.meta.version,
             }
         } else if incoming.meta.mode == LinkMode::Carrier {
-            SessionError::UnsupportedMode(LinkMode::Carrier)
+            return Ok(LinkStart::Carrier(incoming));
         } else {
             return Ok(LinkStart::Client(incoming));
         };
@@ -153,6 +160,8 @@ impl Connection {
 pub(crate) enum LinkStart {
     /// OPEN: a WebSocket client.
     Client(Incoming),
+    /// OPEN with mode `carrier`: a gateway's carrier link (`crate::carrier`).
+    Carrier(Incoming),
     /// REQUEST: one plain HTTP request.
     Request(PendingRequest),
 }
@@ -177,27 +186,71 @@ impl Incoming {
     /// In direct mode this also takes over the client's socket, which the
     /// gateway hands over right after its `101`.
     pub async fn accept(self, reply: AcceptReply) -> Result<Session, SessionError> {
-        // Only `serve` can take a link back for the next client.
+        // Only `serve` can take a link back for the next client, or put a
+        // client on a carrier.
         let reply = AcceptReply {
             reuse_ms: None,
+            carrier: None,
+            carrier_wanted: false,
             ..reply
         };
-        Ok(self.accept_keeping_link(reply).await?.0)
+        Ok(self.accept_keeping_link(reply, None).await?.0)
+    }
+
+    /// Refuses a link in a mode this backend does not serve (a carrier link
+    /// to a server that does not fan out) with REJECT `501`.
+    pub(crate) async fn reject_unsupported_mode(self) -> SessionError {
+        let error = SessionError::UnsupportedMode(self.meta.mode);
+        let reply = RejectReply {
+            status: 501,
+            reason: error.to_string(),
+        };
+        match self.reject(reply).await {
+            Ok(()) => error,
+            Err(reject_error) => reject_error,
+        }
+    }
+
+    /// Takes a carrier link: answers an empty ACCEPT and returns the socket,
+    /// on which the gateway sends nothing more.
+    pub(crate) async fn accept_carrier(mut self) -> Result<UnixStream, SessionError> {
+        self.framed
+            .send(Record::Accept(AcceptReply::default().to_payload()))
+            .await?;
+        let parts = self.framed.into_parts();
+        if !parts.read_buf.is_empty() {
+            return Err(LinkError::Unexpected("data after a carrier's OPEN").into());
+        }
+        Ok(parts.io)
     }
 
     /// [`Incoming::accept`]; in direct mode with `reply.reuse_ms`, also the
     /// link after the HANDOFF, whose next record starts another client.
+    ///
+    /// With `carried` (framed mode only, and `reply.carrier` set), the
+    /// session's messages go on that carrier.
     pub(crate) async fn accept_keeping_link(
         mut self,
         mut reply: AcceptReply,
+        carried: Option<CarriedLink>,
     ) -> Result<(Session, Option<Connection>), SessionError> {
         if self.meta.mode != LinkMode::Direct {
             reply.reuse_ms = None;
         }
+        let carried = carried.filter(|_| self.meta.mode == LinkMode::Framed);
+        if carried.is_none() {
+            reply.carrier = None;
+        }
         self.framed.send(Record::Accept(reply.to_payload())).await?;
         let mut next_link = None;
         let transport = match self.meta.mode {
-            LinkMode::Framed => Transport::Link(self.framed),
+            LinkMode::Framed => match carried {
+                Some(link) => Transport::Carried(Box::new(Carried {
+                    framed: self.framed,
+                    link,
+                })),
+                None => Transport::Link(self.framed),
+            },
             LinkMode::Carrier => return Err(SessionError::UnsupportedMode(LinkMode::Carrier)),
             LinkMode::Direct => {
                 let parts = self.framed.into_parts();
@@ -294,11 +347,36 @@ pub const MAX_DEFERRED_FLUSHES: usize = 64;
 enum Transport {
     /// Records on the link from the gateway (framed mode).
     Link(Framed<UnixStream, RecordCodec>),
+    /// Framed mode on a carrier: the client's messages come on its link,
+    /// ours go as FANOUT records on the gateway's carrier (pings excepted).
+    Carried(Box<Carried>),
     /// The client's own socket (direct mode).
     Direct(Box<DirectClient>),
 }
 
+/// A carried session's own link and its place on the carrier.
+#[derive(Debug)]
+struct Carried {
+    framed: Framed<UnixStream, RecordCodec>,
+    link: CarriedLink,
+}
+
 impl Session {
+    /// The carrier this client's messages travel on, and the client's id
+    /// there (OPEN's `id`), when the gateway carries it; `None` for other
+    /// sessions. A server sending one message to many clients groups the
+    /// carried ones by [`Carrier`] and sends each group one record
+    /// ([`Carrier::try_send`]); what it sends through the session itself
+    /// goes on the same carrier, in order.
+    pub fn carrier(&self) -> Option<(Carrier, u64)> {
+        match &self.transport {
+            Transport::Carried(carried) => {
+                Some((carried.link.carrier().clone(), carried.link.id()))
+            }
+            Transport::Link(_) | Transport::Direct(_) => None,
+        }
+    }
+
     /// The OPEN metadata of this client.
     pub fn meta(&self) -> &OpenMeta {
         &self.meta
@@ -335,24 +413,8 @@ impl Session {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Message, SessionError>>> {
         match &mut self.transport {
-            Transport::Link(framed) => {
-                // Read a whole burst of records at once; hold no buffer while idle.
-                let buffer = framed.read_buffer_mut();
-                if buffer.capacity() - buffer.len() < LINK_READ_BUFFER {
-                    buffer.reserve(READ_CHUNK);
-                }
-                let polled = framed.poll_next_unpin(cx);
-                if polled.is_pending() && framed.read_buffer().is_empty() {
-                    *framed.read_buffer_mut() = BytesMut::new();
-                }
-                polled.map(|item| {
-                    item.map(|record| {
-                        record.map_err(SessionError::from).and_then(|record| {
-                            record_to_message(record).map_err(SessionError::from)
-                        })
-                    })
-                })
-            }
+            Transport::Link(framed) => poll_link_next(framed, cx),
+            Transport::Carried(carried) => poll_link_next(&mut carried.framed, cx),
             Transport::Direct(client) => client.poll_next_unpin(cx).map(|item| item.map(Ok)),
         }
     }
@@ -361,6 +423,7 @@ impl Session {
     fn poll_transport_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
         let flushed = match &mut self.transport {
             Transport::Link(framed) => framed.poll_flush_unpin(cx).map_err(SessionError::from),
+            Transport::Carried(carried) => poll_carried_flush(carried, cx),
             Transport::Direct(client) => client.poll_flush_unpin(cx).map_err(SessionError::from),
         };
         if flushed.is_ready() {
@@ -369,6 +432,43 @@ impl Session {
         }
         flushed
     }
+}
+
+/// Reads the next message from the gateway's link, a whole burst of records
+/// at once, holding no buffer while idle.
+fn poll_link_next(
+    framed: &mut Framed<UnixStream, RecordCodec>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Message, SessionError>>> {
+    let buffer = framed.read_buffer_mut();
+    if buffer.capacity() - buffer.len() < LINK_READ_BUFFER {
+        buffer.reserve(READ_CHUNK);
+    }
+    let polled = framed.poll_next_unpin(cx);
+    if polled.is_pending() && framed.read_buffer().is_empty() {
+        *framed.read_buffer_mut() = BytesMut::new();
+    }
+    polled.map(|item| {
+        item.map(|record| {
+            record
+                .map_err(SessionError::from)
+                .and_then(|record| record_to_message(record).map_err(SessionError::from))
+        })
+    })
+}
+
+/// A carried session's flush: the held-back message is on the carrier's
+/// queue (its writer writes it as soon as it can: a flush does not wait for
+/// the gateway to read it), and any ping is written on the own link.
+fn poll_carried_flush(
+    carried: &mut Carried,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), SessionError>> {
+    std::task::ready!(carried.link.poll_ready(cx))?;
+    carried
+        .framed
+        .poll_flush_unpin(cx)
+        .map_err(SessionError::from)
 }
 
 /// True for an item the server answers: a text or binary message.
@@ -420,6 +520,13 @@ impl Sink<Message> for Session {
     ) -> Poll<Result<(), SessionError>> {
         match &mut self.transport {
             Transport::Link(framed) => framed.poll_ready_unpin(cx).map_err(SessionError::from),
+            Transport::Carried(carried) => {
+                std::task::ready!(carried.link.poll_ready(cx))?;
+                carried
+                    .framed
+                    .poll_ready_unpin(cx)
+                    .map_err(SessionError::from)
+            }
             Transport::Direct(client) => client.poll_ready_unpin(cx).map_err(SessionError::from),
         }
     }
@@ -429,10 +536,23 @@ impl Sink<Message> for Session {
             self.defer_flushes = false;
         }
         self.unflushed = true;
-        if let Message::Text(_) | Message::Binary(_) = &message {
+        if let Message::Text(_) | Message::Binary(_) = &message
+            && !matches!(self.transport, Transport::Carried(_))
+        {
+            // A carrier counts what it sends itself.
             self.metrics.sent(message.len());
         }
         match &mut self.transport {
+            Transport::Carried(carried) => match message {
+                Message::Ping(payload) => carried
+                    .framed
+                    .start_send_unpin(Record::Ping(payload))
+                    .map_err(SessionError::from),
+                message @ (Message::Text(_) | Message::Binary(_) | Message::Close(_)) => {
+                    carried.link.start_send(message).map_err(SessionError::from)
+                }
+                Message::Pong(_) | Message::Frame(_) => Ok(()),
+            },
             Transport::Link(framed) => {
                 let record = match message {
                     // The gateway pings the client for us, and returns its pong.
@@ -478,6 +598,14 @@ impl Sink<Message> for Session {
         self.unflushed = false;
         match &mut self.transport {
             Transport::Link(framed) => framed.poll_close_unpin(cx).map_err(SessionError::from),
+            Transport::Carried(carried) => {
+                // The close went on the carrier; the own link ends after it.
+                std::task::ready!(carried.link.poll_ready(cx))?;
+                carried
+                    .framed
+                    .poll_close_unpin(cx)
+                    .map_err(SessionError::from)
+            }
             Transport::Direct(client) => client.poll_close_unpin(cx).map_err(SessionError::from),
         }
     }
