@@ -107,6 +107,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the writer: records were queued, or a carried session ended.
     arrived: Notify,
+    /// Cancelled when the carrier ends.
+    ended: CancellationToken,
     metrics: Metrics,
 }
 
@@ -185,6 +187,7 @@ impl Carrier {
                     codec: RecordCodec::new(max_payload),
                 }),
                 arrived: Notify::new(),
+                ended: CancellationToken::new(),
                 metrics,
             }),
         }
@@ -198,6 +201,12 @@ impl Carrier {
     /// Whether the carrier has ended (every send fails).
     pub fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Resolves once the carrier has ended: its clients are gone (the
+    /// gateway closes each with `1011`), so a server can end their sessions.
+    pub async fn closed(&self) {
+        self.shared.ended.cancelled().await;
     }
 
     /// Whether a message of `payload_len` bytes for `n_recipients` would go
@@ -369,6 +378,7 @@ impl Carrier {
             state.n_bytes = 0;
             std::mem::take(&mut state.waiters)
         };
+        self.shared.ended.cancel();
         for waker in waiters {
             waker.wake();
         }

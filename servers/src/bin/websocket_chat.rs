@@ -11,7 +11,7 @@ use std::time::Duration;
 /// which bounds what another instance may publish.
 const MAX_MESSAGE: usize = 16 << 20;
 
-use backend::{CommonArgs, LaunchError, ServeOptions};
+use backend::{CarrierTerms, CommonArgs, LaunchError, ServeOptions};
 use clap::Parser;
 use servers::backplane::{self, RedisArgs};
 use servers::chat::{
@@ -41,6 +41,11 @@ struct Args {
     /// Seconds a client with a full queue may read nothing before it is closed with 1008.
     #[arg(long = "stall-timeout", value_name = "SECONDS", default_value_t = DEFAULT_STALL_TIMEOUT.as_secs())]
     stall_timeout: u64,
+    /// Do not fan out: every relayed client gets its messages on its own link
+    /// from the gateway. By default a message for many relayed clients of one
+    /// gateway crosses to it once, on a carrier link (docs/chat.md).
+    #[arg(long = "no-fanout")]
+    no_fanout: bool,
     #[command(flatten)]
     redis: RedisArgs,
 }
@@ -68,7 +73,16 @@ fn main() -> ExitCode {
         }
         Ok(move |session, shutdown| chat::run_session(session, shutdown, Arc::clone(&room)))
     };
-    let serve_options = ServeOptions::default();
+    // The gateway queues as much for a carried client as the room would,
+    // and closes one that reads nothing for as long with 1008.
+    let fanout = (!args.no_fanout).then(|| CarrierTerms {
+        queue_bytes: args.queue_bytes.get(),
+        stall_ms: args.stall_timeout.saturating_mul(1000),
+    });
+    let serve_options = ServeOptions {
+        fanout,
+        ..ServeOptions::default()
+    };
     // Served from the start, at 0; `chat::run_session` counts into it.
     serve_options.metrics.slow_client_evictions();
     match backend::launch(&args.common, "websocket_chat", serve_options, setup) {

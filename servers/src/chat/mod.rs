@@ -9,7 +9,8 @@
 //! - `outbox`: one client's queue, bounded in messages and bytes, and since
 //!   when its writer has been waiting for the client's socket.
 //! - [`run_session`] (here): one client's task, reading its messages into the
-//!   room and writing its outbox to its socket.
+//!   room and writing its outbox to its socket (a client the gateway
+//!   carries gets everything through its carrier instead, `room`).
 //!
 //! The protocol, including the differences from ouistiti, is `docs/chat.md`.
 
@@ -54,7 +55,8 @@ enum Ending {
     Shutdown,
     /// The room dropped the client for a full queue: close with 1008.
     Evicted,
-    /// The client closed, or its link ended.
+    /// The client closed, or its link ended (or its carrier did: the
+    /// gateway closes the carrier's clients with 1011).
     ClientGone,
     /// Reading from the client failed.
     ReadFailed(SessionError),
@@ -75,8 +77,19 @@ enum Ending {
 /// while an outbox they reach is full (`Member::handle`); its writer goes on
 /// meanwhile, so waiting for its own outbox ends too.
 pub async fn run_session(session: Session, shutdown: CancellationToken, room: Arc<Room>) {
-    let (member, outbox) = room.join(&session.meta().peer);
-    debug!(client = member.id(), "joined the room");
+    let carrier = session.carrier();
+    let (member, outbox) = room.join_carried(&session.meta().peer, carrier.clone());
+    debug!(
+        client = member.id(),
+        carried = carrier.is_some(),
+        "joined the room"
+    );
+    let carrier_closed = async {
+        match &carrier {
+            Some((carrier, _)) => carrier.closed().await,
+            None => std::future::pending().await,
+        }
+    };
     let evictions = session.metrics().slow_client_evictions();
     let (mut sink, mut stream) = session.split();
     // Taken from the outbox, not yet written: still the client's at shutdown.
@@ -85,6 +98,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, room: Ar
         biased;
         _ = shutdown.cancelled() => Ending::Shutdown,
         _ = member.evicted().cancelled() => Ending::Evicted,
+        () = carrier_closed => Ending::ClientGone,
         ending = read_client(&mut stream, &member) => ending,
         ending = write_outbox(&mut sink, &outbox, &mut batch) => ending,
     };

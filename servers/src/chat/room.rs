@@ -18,10 +18,18 @@
 //! once and cloned per recipient; a [`Message`] holds `Bytes`, so a clone is a
 //! reference count, not a copy of the payload.
 //!
+//! Fan-out: a client that the gateway carries (`backend::Session::carrier`)
+//! gets everything through its carrier instead of its outbox: a message
+//! for many goes as one record per carrier naming all its carried
+//! recipients, the room's own lines as a record for one. A full carrier
+//! makes the sender wait as a full outbox whose client reads does; a carried
+//! client is never evicted here (the gateway closes one that does not read
+//! with 1008, under the terms `websocket_chat` gives it).
+//!
 //! Ordering: every delivery happens under the lock, a message goes to all its
-//! recipients in one operation, so each outbox receives messages in the order
-//! the room handled them, and a session hands its client's messages over one
-//! at a time, in the order received.
+//! recipients in one operation, so each outbox (and each carrier) receives
+//! messages in the order the room handled them, and a session hands its
+//! client's messages over one at a time, in the order received.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -33,7 +41,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
+
+use backend::Carrier;
 
 use super::command::{Command, PRIVATE_USAGE, private_line, public_line};
 use super::name::{unique_name, validate_name};
@@ -133,7 +143,23 @@ struct ClientEntry {
     address: String,
     outbox: Arc<Outbox>,
     evicted: CancellationToken,
+    /// The carrier that carries this client and its id there; then the
+    /// outbox stays empty.
+    carrier: Option<(Carrier, u64)>,
 }
+
+/// A full carrier a sender waits for: until a message of `payload_len`
+/// bytes for `n_recipients` fits.
+#[derive(Debug)]
+struct CarrierWait {
+    carrier: Carrier,
+    payload_len: usize,
+    n_recipients: usize,
+}
+
+/// What an attempt at an operation came to: [`Handling`], and with
+/// [`Handling::Wait`] possibly a full carrier to wait for as well.
+type Attempt = (Handling, Option<CarrierWait>);
 
 /// One client's place in the room; dropping it leaves the room (the name is
 /// freed and the others get `WSLeave`).
@@ -169,7 +195,7 @@ impl Member {
     /// [`Member::handle`] within this process alone.
     async fn handle_local(&self, message: &Message) {
         self.room
-            .until_done(|| self.room.try_handle_message(self.id, message))
+            .until_done(|| self.room.attempt_message(self.id, message))
             .await;
     }
 
@@ -211,22 +237,36 @@ impl Room {
 
     /// Calls `attempt` until it is [`Handling::Done`]; after a
     /// [`Handling::Wait`], waits for a change in the room (an outbox drained,
-    /// a client gone) or for the deadline it names before the next attempt.
-    async fn until_done(&self, mut attempt: impl FnMut() -> Handling) {
+    /// a client gone), for room in the full carrier it names, or for the
+    /// deadline it names before the next attempt.
+    async fn until_done(&self, mut attempt: impl FnMut() -> Attempt) {
         loop {
             let changed = self.changed.notified();
             let mut changed = std::pin::pin!(changed);
             // Registered before trying, so a change in between is not missed.
             changed.as_mut().enable();
-            match attempt() {
+            let (handling, carrier) = attempt();
+            let until = match handling {
                 Handling::Done => return,
-                Handling::Wait { until: None } => changed.await,
-                Handling::Wait { until: Some(until) } => {
-                    tokio::select! {
-                        () = changed => {}
-                        () = tokio::time::sleep_until(until) => {}
-                    }
+                Handling::Wait { until } => until,
+            };
+            // A carrier checks for room and registers its waiter at once.
+            let carrier_room = async {
+                match &carrier {
+                    Some(wait) => wait.carrier.room(wait.payload_len, wait.n_recipients).await,
+                    None => std::future::pending().await,
                 }
+            };
+            let deadline = async {
+                match until {
+                    Some(until) => tokio::time::sleep_until(until).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = changed => {}
+                () = carrier_room => {}
+                () = deadline => {}
             }
         }
     }
@@ -234,6 +274,17 @@ impl Room {
     /// Adds an unnamed client whose address (`ip:port`, from OPEN) is `peer`.
     /// Returns its membership and the outbox its session must drain.
     pub fn join(self: &Arc<Room>, peer: &str) -> (Member, Arc<Outbox>) {
+        self.join_carried(peer, None)
+    }
+
+    /// [`Room::join`] for a client that `carrier` carries (with its id
+    /// there, `backend::Session::carrier`): everything for it goes on the
+    /// carrier, in the room's order, and its outbox stays empty.
+    pub fn join_carried(
+        self: &Arc<Room>,
+        peer: &str,
+        carrier: Option<(Carrier, u64)>,
+    ) -> (Member, Arc<Outbox>) {
         let limits = OutboxLimits {
             messages: self.options.queue_capacity,
             bytes: self.options.queue_bytes,
@@ -252,6 +303,7 @@ impl Room {
                     address: peer_ip(peer),
                     outbox: Arc::clone(&outbox),
                     evicted: evicted.clone(),
+                    carrier,
                 },
             );
             id
@@ -276,13 +328,18 @@ impl Room {
     /// evicted. If an outbox is still full, nothing is delivered and the
     /// answer is [`Handling::Wait`].
     pub fn try_handle_message(&self, from: ClientId, message: &Message) -> Handling {
+        self.attempt_message(from, message).0
+    }
+
+    /// [`Room::try_handle_message`], with the full carrier to wait for.
+    fn attempt_message(&self, from: ClientId, message: &Message) -> Attempt {
         let mut state = self.lock();
         let command = match message {
             Message::Text(text) if self.options.commands => Command::parse(text.as_str()),
             Message::Text(_) | Message::Binary(_) => None,
             // Sessions only yield data and close messages; nothing else is chat.
             Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
-                return Handling::Done;
+                return (Handling::Done, None);
             }
         };
         let wait = state.make_room(message.len(), Instant::now(), |id| {
@@ -291,7 +348,7 @@ impl Room {
         state.evict_overflowed();
         if !state.clients.contains_key(&from) {
             // The sender itself does not read, or has left.
-            return Handling::Done;
+            return (Handling::Done, None);
         }
         if let Some(wait) = wait {
             return wait;
@@ -314,7 +371,7 @@ impl Room {
             }
             Some(Command::Whois { name }) => state.whois(from, name),
         }
-        Handling::Done
+        (Handling::Done, None)
     }
 
     /// Removes client `id`, freeing its name; the others get `WSLeave` if it
@@ -338,16 +395,25 @@ impl RoomState {
     /// Asks the outbox of every client that `reaches` whether a message of
     /// `len` bytes fits at `now`: clients that do not read are marked for
     /// eviction, and if some other outbox is full the answer is how the
-    /// sender must wait.
+    /// sender must wait. Carried clients are counted per carrier instead,
+    /// and a carrier without room for them makes the sender wait for it.
     fn make_room(
         &mut self,
         len: usize,
         now: Instant,
         reaches: impl Fn(ClientId) -> bool,
-    ) -> Option<Handling> {
+    ) -> Option<Attempt> {
         let mut wait = None;
+        let mut carriers: Vec<(&Carrier, usize)> = Vec::new();
         for (&id, entry) in &self.clients {
             if !reaches(id) {
+                continue;
+            }
+            if let Some((carrier, _)) = &entry.carrier {
+                match carriers.iter_mut().find(|(known, _)| *known == carrier) {
+                    Some((_, n_recipients)) => *n_recipients += 1,
+                    None => carriers.push((carrier, 1)),
+                }
                 continue;
             }
             match entry.outbox.admit(len, now) {
@@ -364,32 +430,62 @@ impl RoomState {
                 Admission::Stalled => self.overflowed.push(id),
             }
         }
-        wait
+        let full_carrier = carriers
+            .into_iter()
+            .find(|(carrier, n_recipients)| !carrier.has_room(len, *n_recipients))
+            .map(|(carrier, n_recipients)| CarrierWait {
+                carrier: carrier.clone(),
+                payload_len: len,
+                n_recipients,
+            });
+        match (wait, full_carrier) {
+            (None, None) => None,
+            (wait, carrier) => Some((wait.unwrap_or(Handling::Wait { until: None }), carrier)),
+        }
     }
 
     /// Queues `message` for client `to`.
     fn send_to(&mut self, to: ClientId, message: Message) {
         if let Some(entry) = self.clients.get(&to) {
-            entry.outbox.push(message);
+            match &entry.carrier {
+                Some((carrier, link_id)) => send_on_carrier(carrier, &message, &[*link_id]),
+                None => entry.outbox.push(message),
+            }
         }
     }
 
     /// Queues `message` for every client but `from`.
     fn broadcast(&mut self, from: ClientId, message: &Message) {
-        let recipients: Vec<ClientId> = self
-            .clients
-            .keys()
-            .copied()
-            .filter(|&id| id != from)
-            .collect();
-        debug!(
-            n_recipients = recipients.len(),
-            len = message.len(),
-            "broadcast"
-        );
+        let recipients = self.clients.keys().copied().filter(|&id| id != from);
+        let n_recipients = self.deliver(message, recipients);
+        debug!(n_recipients, len = message.len(), "broadcast");
+    }
+
+    /// Queues `message` for each of `recipients` (clients not here are
+    /// skipped): into the outbox of each client not carried, and as one
+    /// record per carrier for the carried ones. Returns how many it reached.
+    fn deliver(&self, message: &Message, recipients: impl Iterator<Item = ClientId>) -> usize {
+        let mut carried: Vec<(&Carrier, Vec<u64>)> = Vec::new();
+        let mut n_reached = 0;
         for id in recipients {
-            self.send_to(id, message.clone());
+            let Some(entry) = self.clients.get(&id) else {
+                continue;
+            };
+            n_reached += 1;
+            match &entry.carrier {
+                Some((carrier, link_id)) => {
+                    match carried.iter_mut().find(|(known, _)| *known == carrier) {
+                        Some((_, link_ids)) => link_ids.push(*link_id),
+                        None => carried.push((carrier, vec![*link_id])),
+                    }
+                }
+                None => entry.outbox.push(message.clone()),
+            }
         }
+        for (carrier, link_ids) in carried {
+            send_on_carrier(carrier, message, &link_ids);
+        }
+        n_reached
     }
 
     fn hello(&mut self, from: ClientId, requested: &str) {
@@ -481,6 +577,16 @@ impl RoomState {
                 }
             }
         }
+    }
+}
+
+/// Queues `message` on `carrier` for `link_ids`; the room checked for room
+/// first (`RoomState::make_room`), or it is one of the room's own lines.
+fn send_on_carrier(carrier: &Carrier, message: &Message, link_ids: &[u64]) {
+    if let Err(error) = carrier.send_unchecked(message, link_ids) {
+        // Closed: its clients are leaving (their sessions end). Too large:
+        // a line longer than a record may be, which cannot be delivered.
+        warn!(%error, n_recipients = link_ids.len(), "not delivered on a carrier");
     }
 }
 

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::super::command::{Command, public_line};
 use super::super::name::{MAX_NAME_LEN, validate_name};
-use super::{ClientId, Handling, Member, Room, error_line};
+use super::{Attempt, ClientId, Handling, Member, Room, error_line};
 use crate::backplane::{Backplane, Incoming, Peer, script};
 
 /// The most names a `WSUsers` line lists when they come from Redis.
@@ -550,7 +550,7 @@ impl Room {
             .await;
     }
 
-    fn try_deliver_remote(&self, to: Option<ClientId>, message: &Message) -> Handling {
+    fn try_deliver_remote(&self, to: Option<ClientId>, message: &Message) -> Attempt {
         let mut state = self.lock();
         let wait = state.make_room(message.len(), Instant::now(), |id| {
             to.is_none_or(|to| to == id)
@@ -559,14 +559,13 @@ impl Room {
         if let Some(wait) = wait {
             return wait;
         }
-        let recipients: Vec<ClientId> = match to {
-            Some(to) => vec![to],
-            None => state.clients.keys().copied().collect(),
-        };
-        for id in recipients {
-            state.send_to(id, message.clone());
+        match to {
+            Some(to) => state.send_to(to, message.clone()),
+            None => {
+                state.deliver(message, state.clients.keys().copied());
+            }
         }
-        Handling::Done
+        (Handling::Done, None)
     }
 
     /// Every local named client, as `SYNC` takes them.
