@@ -6,7 +6,7 @@
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use link::fanout::FanoutMessage;
+use link::fanout::{Fanout, FanoutMessage};
 use link::{CloseInfo, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -105,18 +105,55 @@ pub async fn read_record(stream: &mut UnixStream) -> anyhow::Result<Option<Recor
         0x06 => Record::Response(payload),
         0x10 => Record::Text(Utf8Bytes::try_from(payload).context("TEXT is not UTF-8")?),
         0x11 => Record::Binary(payload),
-        0x12 => match &payload[..] {
-            [] => Record::Close(None),
-            [hi, lo, reason @ ..] => Record::Close(Some(CloseInfo {
-                code: u16::from_be_bytes([*hi, *lo]),
-                reason: std::str::from_utf8(reason)
-                    .context("close reason is not UTF-8")?
-                    .to_owned(),
-            })),
-            [_] => bail!("CLOSE record of one byte"),
-        },
+        0x12 => Record::Close(close_payload(&payload)?),
+        0x13 => Record::Ping(payload),
+        0x14 => Record::Pong(payload),
+        0x20 => Record::Fanout(fanout_payload(&payload)?),
         other => bail!("unknown record kind 0x{other:02x}"),
     }))
+}
+
+/// A CLOSE payload: empty, or a big-endian code and a UTF-8 reason.
+fn close_payload(payload: &[u8]) -> anyhow::Result<Option<CloseInfo>> {
+    Ok(match payload {
+        [] => None,
+        [hi, lo, reason @ ..] => Some(CloseInfo {
+            code: u16::from_be_bytes([*hi, *lo]),
+            reason: std::str::from_utf8(reason)
+                .context("close reason is not UTF-8")?
+                .to_owned(),
+        }),
+        [_] => bail!("CLOSE payload of one byte"),
+    })
+}
+
+/// A FANOUT payload: the message kind, a big-endian count, that many
+/// big-endian u64 ids, then the message's payload.
+fn fanout_payload(payload: &[u8]) -> anyhow::Result<Fanout> {
+    let (&kind, rest) = payload.split_first().context("empty FANOUT")?;
+    let (count, rest) = rest
+        .split_first_chunk::<4>()
+        .context("FANOUT shorter than its count")?;
+    let count = usize::try_from(u32::from_be_bytes(*count))?;
+    let ids_len = count.checked_mul(8).context("FANOUT count overflows")?;
+    if rest.len() < ids_len {
+        bail!("FANOUT shorter than its {count} ids");
+    }
+    let (ids, body) = rest.split_at(ids_len);
+    let ids: Vec<u64> = ids
+        .chunks_exact(8)
+        .map(|id| u64::from_be_bytes(id.try_into().expect("chunks of 8")))
+        .collect();
+    let message = match kind {
+        0x10 => FanoutMessage::Text(
+            Utf8Bytes::try_from(Bytes::copy_from_slice(body))
+                .context("FANOUT TEXT is not UTF-8")?,
+        ),
+        0x11 => FanoutMessage::Binary(Bytes::copy_from_slice(body)),
+        0x12 => FanoutMessage::Close(close_payload(body)?),
+        other => bail!("FANOUT of message kind 0x{other:02x}"),
+    };
+    Ok(Fanout::new(message, &ids)?)
 }
 
 /// A REQUEST or RESPONSE payload split by hand: the JSON head (parsed) and the body.
