@@ -394,3 +394,48 @@ async fn servers_without_fanout_refuse_carriers_with_501() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// A carrier the gateway does not read fills up and then makes the sender
+/// wait: nothing is lost or reordered, and a message larger than the
+/// carrier's queue still goes through.
+#[tokio::test]
+async fn a_full_carrier_makes_the_sender_wait_and_loses_nothing() -> anyhow::Result<()> {
+    const N_MESSAGES: usize = 64;
+    const LEN: usize = 100 * 1024;
+    let docroot = tempfile::tempdir()?;
+    let chat = Backend::start("websocket_chat", docroot.path(), "chat", &[]).await?;
+    let key = random_key();
+    let mut carrier = open_carrier(&chat, key).await?;
+    let _alice = open_carried(&chat, 41, key).await?;
+    let mut bob = open_relayed(&chat, 42).await?;
+    // Alice is in the room once a message from Bob reaches her.
+    wire::write_record(&mut bob, &Record::Binary(vec![0xff].into())).await?;
+    let first = expect_fanout(&mut carrier).await?;
+    assert_eq!(first.message, FanoutMessage::Binary(vec![0xff].into()));
+    // 6.4 MB, far more than the carrier's queue and the sockets hold, and
+    // one message of 2 MiB, more than the whole queue.
+    let writer = tokio::spawn(async move {
+        for index in 0..N_MESSAGES {
+            let payload = vec![index as u8; LEN];
+            wire::write_record(&mut bob, &Record::Binary(payload.into())).await?;
+        }
+        wire::write_record(&mut bob, &Record::Binary(vec![0xaa; 2 << 20].into())).await?;
+        anyhow::Ok(bob)
+    });
+    for index in 0..N_MESSAGES {
+        let fanout = expect_fanout(&mut carrier).await?;
+        assert_eq!(recipients(&fanout), [41]);
+        assert_eq!(
+            fanout.message,
+            FanoutMessage::Binary(vec![index as u8; LEN].into()),
+            "message {index} in order"
+        );
+    }
+    let large = expect_fanout(&mut carrier).await?;
+    assert_eq!(
+        large.message,
+        FanoutMessage::Binary(vec![0xaa; 2 << 20].into())
+    );
+    wait::within("the sender's writes", EVENT_DEADLINE, writer).await???;
+    Ok(())
+}
