@@ -17,7 +17,12 @@
 //! ([`CARRIER_QUEUE_BYTES`], counting what is queued and what its writer
 //! has taken but not written yet; a single larger record still goes into an
 //! empty queue); its writer writes everything queued with one `write` per
-//! burst. When the carrier ends (the gateway closed it, sent anything on
+//! burst. A carried session's flush is done once its messages are in the
+//! queue (it does not wait for the gateway to read them); its `poll_ready`
+//! waits while the queue has no room for the message it holds back. A
+//! gateway that takes nothing from a carrier for
+//! [`MIN_CARRIER_WRITE_TIMEOUT`] (or four times `stall_ms`) while records
+//! wait is taken for hung: the carrier is closed. When the carrier ends (the gateway closed it, sent anything on
 //! it, or a write failed) it leaves the registry, drops what it held, and
 //! every later send on it fails, so its sessions end. A carried session
 //! dropped without having sent a close sends FANOUT CLOSE `1011`, since the
@@ -29,6 +34,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,6 +60,12 @@ pub const MAX_CARRIERS: usize = 64;
 /// queued, or taken by its writer and not yet written. A single larger
 /// record still goes into an empty queue.
 pub const CARRIER_QUEUE_BYTES: usize = 1 << 20;
+
+/// The least time a carrier's socket may take nothing while records wait
+/// before the carrier is closed as hung; it is at least four times the
+/// terms' `stall_ms`, since the gateway may wait that long for a recipient
+/// before it closes it and reads on.
+pub const MIN_CARRIER_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a carrier's writer keeps of its buffer while idle; a bigger one,
 /// left by a burst, is dropped.
@@ -451,6 +463,11 @@ impl CarrierRegistry {
         self.terms
     }
 
+    /// How long a carrier's socket may take nothing while records wait.
+    fn write_timeout(&self) -> Duration {
+        MIN_CARRIER_WRITE_TIMEOUT.max(Duration::from_millis(self.terms.stall_ms.saturating_mul(4)))
+    }
+
     /// Registers a new carrier under `key`.
     pub(crate) fn open(&self, key: u64) -> Result<Carrier, CarrierRefusal> {
         let mut carriers = self.lock();
@@ -622,6 +639,8 @@ enum CarrierEnd {
     Failed(io::Error),
     /// Shutdown, and no carried session is left.
     Shutdown,
+    /// The gateway took nothing for this long while records waited.
+    Stalled(Duration),
 }
 
 /// Runs carrier `carrier` on `stream` (after its ACCEPT) until the gateway
@@ -635,6 +654,7 @@ pub(crate) async fn run_carrier(
 ) {
     let _open = carrier.shared.metrics.carrier_opened();
     info!(key = carrier.key(), "carrier link opened");
+    let write_timeout = registry.write_timeout();
     let (mut reader, mut writer) = stream.into_split();
     let mut out = BytesMut::new();
     let mut probe = [0u8; 1];
@@ -664,13 +684,14 @@ pub(crate) async fn run_carrier(
         tokio::select! {
             biased;
             read = reader.read(&mut probe) => break read_end(read),
-            written = writer.write(&out) => match written {
-                Ok(0) => break CarrierEnd::Failed(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
+            written = tokio::time::timeout(write_timeout, writer.write(&out)) => match written {
+                Ok(Ok(0)) => break CarrierEnd::Failed(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => {
                     out.advance(n);
                     carrier.written(n);
                 }
-                Err(error) => break CarrierEnd::Failed(error),
+                Ok(Err(error)) => break CarrierEnd::Failed(error),
+                Err(_) => break CarrierEnd::Stalled(write_timeout),
             },
         }
     };
@@ -689,6 +710,10 @@ pub(crate) async fn run_carrier(
             )
         }
         CarrierEnd::Failed(error) => warn!(key = carrier.key(), %error, "carrier link failed"),
+        CarrierEnd::Stalled(timeout) => warn!(
+            key = carrier.key(),
+            "the gateway took nothing from its carrier link for {timeout:?}; closed"
+        ),
     }
 }
 

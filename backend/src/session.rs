@@ -322,6 +322,10 @@ impl Incoming {
 /// [`MAX_DEFERRED_FLUSHES`] deferrals in a row, and as soon as the write
 /// buffer is full. A server that stops reading its session while it still
 /// sends must [`Session::split`] it: the halves never defer.
+///
+/// A carried session ([`Session::carrier`]) sends its text, binary and
+/// close messages on its gateway's carrier link; a flush there is done once
+/// they are in the carrier's queue, which its own task writes.
 #[derive(Debug)]
 pub struct Session {
     meta: OpenMeta,
