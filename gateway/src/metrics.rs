@@ -388,6 +388,7 @@ impl ClientMetrics {
             Ending::Idle | Ending::Shutdown => count("to_client", "1001"),
             Ending::BackendClosed(frame) => count("to_client", frame_code(frame)),
             Ending::BackendGone(_) => count("to_client", "1011"),
+            Ending::TooSlow => count("to_client", "1008"),
         }
     }
 }
