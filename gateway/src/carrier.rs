@@ -40,6 +40,9 @@ use crate::backend::{self, FramedLink};
 /// How long after a refused or failed carrier the gateway asks no new one.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(10);
 
+/// The most message slots an empty inbox keeps.
+const IDLE_QUEUE_CAPACITY: usize = 8;
+
 /// A seated client's terms until its ACCEPT brings the backend's.
 const PROVISIONAL_TERMS: CarrierTerms = CarrierTerms {
     queue_bytes: 1 << 20,
@@ -535,6 +538,10 @@ impl Inbox {
         } else if let (true, Some(end)) = (state.queue.is_empty(), state.end.clone()) {
             Drained::Ended(end)
         } else {
+            if state.queue.is_empty() && state.queue.capacity() > IDLE_QUEUE_CAPACITY {
+                // An idle client keeps no room for a past burst.
+                state.queue = VecDeque::new();
+            }
             Drained::Empty
         };
         (drained, room)
