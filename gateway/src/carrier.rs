@@ -31,6 +31,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use link::fanout::{Fanout, FanoutMessage};
 use link::{CarrierTerms, CloseInfo, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -92,6 +93,7 @@ impl Carriers {
         name: &str,
         settings: OpenSettings,
         shutdown: &CancellationToken,
+        open_gauge: Gauge,
     ) {
         {
             let mut slots = lock(&self.slots);
@@ -110,14 +112,20 @@ impl Carriers {
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = carriers.open_and_run(&socket_path, &name, settings) => {}
+                () = carriers.open_and_run(&socket_path, &name, settings, &open_gauge) => {}
             }
             carriers.forget(&socket_path);
         });
     }
 
     /// Opens the carrier, then reads it until it ends.
-    async fn open_and_run(&self, socket_path: &Path, name: &str, settings: OpenSettings) {
+    async fn open_and_run(
+        &self,
+        socket_path: &Path,
+        name: &str,
+        settings: OpenSettings,
+        open_gauge: &Gauge,
+    ) {
         let key = match random_key() {
             Ok(key) => key,
             Err(error) => {
@@ -159,7 +167,9 @@ impl Carriers {
         let carrier = Arc::new(Carrier::new(key));
         lock(&self.slots).insert(socket_path.to_owned(), Slot::Open(Arc::clone(&carrier)));
         tracing::debug!(name, key, "carrier link open");
+        open_gauge.inc();
         let ended = carrier.read(link).await;
+        open_gauge.dec();
         carrier.end();
         match ended {
             Ok(()) => tracing::debug!(name, key, "carrier link ended"),

@@ -293,6 +293,7 @@ async fn accept(
                 accept_timeout: config.accept_timeout,
             },
             &shared.shutdown,
+            shared.metrics.carrier_links(),
         );
     }
     // The backend's choice wins; a directory's subprotocol is the default.

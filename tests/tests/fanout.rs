@@ -5,7 +5,8 @@
 //! carrier's order (unknown ids skipped), ends a carried client on its FANOUT
 //! CLOSE (not on the end of its own link), gives carried clients `1011` when
 //! the carrier ends or breaks, and closes a carried client that reads nothing
-//! with `1008` while the others go on.
+//! with `1008` while the others go on; `wsgate_carrier_links_open` counts
+//! the carrier.
 
 use std::path::Path;
 
@@ -128,7 +129,7 @@ async fn fanout(
 async fn start() -> anyhow::Result<(TempDir, Gateway, Script)> {
     let docroot = tempfile::tempdir()?;
     let script = Script::bind(docroot.path())?;
-    let gateway = Gateway::start(docroot.path(), &[]).await?;
+    let gateway = Gateway::start_with_metrics(docroot.path(), &[]).await?;
     Ok((docroot, gateway, script))
 }
 
@@ -199,8 +200,13 @@ async fn carried_clients_get_1011_when_the_carrier_ends_or_breaks() -> anyhow::R
     let (_docroot, gateway, script) = start().await?;
     let (carrier, key, (mut plain, mut plain_link)) = script.open_carrier(&gateway).await?;
     let (mut b, _b_link) = script.carried_client(&gateway, key, TERMS).await?;
+    let open_carriers =
+        |scrape: harness::metrics::Scrape| scrape.value("wsgate_carrier_links_open", &[]);
+    assert_eq!(open_carriers(gateway.scrape().await?)?, 1.0);
     drop(carrier);
     b.expect_close_code(CloseCode::Error).await?;
+    // The gauge goes down before the carrier's clients are ended.
+    assert_eq!(open_carriers(gateway.scrape().await?)?, 0.0);
     // The plain client is not the carrier's.
     write_record(
         &mut plain_link.stream,
