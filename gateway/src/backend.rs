@@ -57,6 +57,12 @@ pub(crate) enum BackendFailure {
     /// The backend closed the link without answering.
     #[error("it closed the link instead of answering OPEN")]
     ClosedBeforeAnswer,
+    /// ACCEPT put the client on a carrier, but OPEN offered none.
+    #[error("ACCEPT names a carrier, but OPEN offered none")]
+    CarrierNotOffered,
+    /// ACCEPT put the client on a carrier that ended meanwhile.
+    #[error("ACCEPT names a carrier link that has ended")]
+    CarrierEnded,
 }
 
 /// A framed link whose backend answered ACCEPT.

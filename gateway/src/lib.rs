@@ -18,6 +18,8 @@
 //!   (`relay::framed` for the link protocol, `relay::raw` for ouistiti's raw mode).
 //! - `handoff`: direct mode, the client's socket handed to the backend after the `101`.
 //! - `link_pool`: direct mode's idle links that backends offered for the next client.
+//! - `carrier`: fan-out's carrier links, one per backend socket that asks,
+//!   whose FANOUT records are read once and queued for each client they name.
 //! - `upgrade`: one upgrade request from handshake to the spawned relay.
 //! - `connection`: one TCP connection served by hyper; dispatches each request.
 //! - `http_connections`: connections not yet upgraded, per address, and which to shed first.
@@ -43,6 +45,7 @@ mod access;
 mod activation;
 mod authorizer;
 mod backend;
+mod carrier;
 mod client_stream;
 mod config;
 mod connection;

@@ -121,6 +121,7 @@ pub(crate) struct Metrics {
     authorizer_answers: Family<OutcomeLabels, Counter>,
     tls_handshakes: Family<OutcomeLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
+    carrier_links: Gauge,
     process: ProcessMetrics,
 }
 
@@ -213,6 +214,13 @@ impl Metrics {
             None,
             Family::default(),
         );
+        let carrier_links = registered(
+            gateway,
+            "carrier_links_open",
+            "Carrier links open to backends (fan-out, docs/link-protocol.md)",
+            None,
+            Gauge::default(),
+        );
         let process = ProcessMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -228,6 +236,7 @@ impl Metrics {
             authorizer_answers,
             tls_handshakes,
             http_requests,
+            carrier_links,
             process,
         }
     }
@@ -285,6 +294,11 @@ impl Metrics {
             to_client: traffic("to_client"),
             close_codes: self.close_codes.clone(),
         }
+    }
+
+    /// The gauge of carrier links open.
+    pub(crate) fn carrier_links(&self) -> Gauge {
+        self.carrier_links.clone()
     }
 
     /// A backend of `name` accepted a client `elapsed` after the gateway
@@ -388,6 +402,7 @@ impl ClientMetrics {
             Ending::Idle | Ending::Shutdown => count("to_client", "1001"),
             Ending::BackendClosed(frame) => count("to_client", frame_code(frame)),
             Ending::BackendGone(_) => count("to_client", "1011"),
+            Ending::TooSlow => count("to_client", "1008"),
         }
     }
 }

@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::activation::{self, InheritedSockets};
 use crate::authorizer::Authorizer;
+use crate::carrier::Carriers;
 use crate::config::Config;
 use crate::connection;
 use crate::http_connections::{HttpConnection, HttpConnections};
@@ -84,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// Direct mode's idle links, offered by their backends for the next client.
     pub(crate) link_pool: Arc<LinkPool>,
+    /// The carrier link of each backend socket that asked for one (fan-out).
+    pub(crate) carriers: Arc<Carriers>,
 }
 
 /// The current snapshot; a reload stores a new one.
@@ -117,6 +120,7 @@ impl Shared {
             direct_over_tls: Arc::clone(&self.direct_over_tls),
             metrics: Arc::clone(&self.metrics),
             link_pool: Arc::clone(&self.link_pool),
+            carriers: Arc::clone(&self.carriers),
         }
     }
 }
@@ -254,6 +258,7 @@ pub async fn serve(
         direct_over_tls: Arc::new(Mutex::new(HashSet::new())),
         metrics: Arc::new(Metrics::new()),
         link_pool: Arc::new(LinkPool::default()),
+        carriers: Arc::new(Carriers::default()),
         config,
     };
     // Idle links are closed when they expire, and all of them at drain.

@@ -27,7 +27,8 @@ use link::{ClientLimits, DeflateParams, LINK_VERSION, LinkMode, OpenMeta, TlsInf
 use tracing::Instrument;
 
 use crate::authorizer::ConnectQuestion;
-use crate::backend;
+use crate::backend::{self, BackendFailure};
+use crate::carrier::{OpenSettings, Seat};
 use crate::client_stream::ClientStream;
 use crate::deflate;
 use crate::handoff::{self, LinkReuse};
@@ -41,7 +42,8 @@ use crate::server::{ClientSlot, Shared};
 
 /// The backend's side of an accepted client, ready to relay.
 enum Link {
-    Framed(backend::FramedLink),
+    /// Relayed; with its seat on the backend's carrier if its ACCEPT chose one.
+    Framed(backend::FramedLink, Option<Seat>),
     Raw(tokio::net::UnixStream),
     /// Accepted in direct mode: the client's socket goes over this link,
     /// which the backend keeps for another client this long, if it said so.
@@ -51,7 +53,7 @@ enum Link {
 impl Link {
     fn mode(&self) -> ClientMode {
         match self {
-            Link::Framed(_) => ClientMode::Relay,
+            Link::Framed(..) => ClientMode::Relay,
             Link::Raw(_) => ClientMode::Raw,
             Link::Direct(..) => ClientMode::Direct,
         }
@@ -216,6 +218,16 @@ async fn accept(
             permit,
         });
     }
+    // Seated before the OPEN goes out: the backend may send FANOUTs for this
+    // client as soon as it accepts, and they may arrive before its ACCEPT.
+    let seat = if is_direct {
+        None
+    } else {
+        shared
+            .carriers
+            .current(&target.socket_path)
+            .and_then(|carrier| carrier.seat(id))
+    };
     let open = OpenMeta {
         version: LINK_VERSION,
         mode: if is_direct {
@@ -244,7 +256,7 @@ async fn accept(
         } else {
             None
         },
-        carrier: None,
+        carrier: seat.as_ref().map(Seat::key),
     };
     let started = Instant::now();
     let (link, reply) = backend::open_framed(
@@ -258,6 +270,32 @@ async fn accept(
     shared
         .metrics
         .backend_accepted(&target.name, started.elapsed());
+    let seat = match (reply.carrier, seat) {
+        (Some(terms), Some(seat)) if seat.accept_terms(terms) => Some(seat),
+        (Some(_), seat) => {
+            return Err(Refusal::BackendFailed {
+                name: target.name.clone(),
+                cause: if seat.is_some() {
+                    BackendFailure::CarrierEnded
+                } else {
+                    BackendFailure::CarrierNotOffered
+                },
+            });
+        }
+        (None, _) => None,
+    };
+    if reply.carrier_wanted && !is_direct && seat.is_none() {
+        shared.carriers.want(
+            &target.socket_path,
+            &target.name,
+            OpenSettings {
+                max_message_size: config.max_message_size,
+                accept_timeout: config.accept_timeout,
+            },
+            &shared.shutdown,
+            shared.metrics.carrier_links(),
+        );
+    }
     // The backend's choice wins; a directory's subprotocol is the default.
     Ok(Accepted {
         upgrade,
@@ -266,7 +304,7 @@ async fn accept(
         link: if is_direct {
             Link::Direct(link, reply.reuse_ms.map(Duration::from_millis))
         } else {
-            Link::Framed(link)
+            Link::Framed(link, seat)
         },
         extra_headers: reply.headers,
         max_message_size: reply
@@ -345,12 +383,13 @@ async fn relay_upgraded<S: ClientStream>(
         ..shared.settings.clone()
     };
     match link {
-        Link::Framed(link) => {
+        Link::Framed(link, seat) => {
             relay::framed::run(
                 stream,
                 pending,
                 deflate,
                 link,
+                seat,
                 settings,
                 &shared.shutdown,
                 metrics,

@@ -22,6 +22,12 @@
 //! A backend's PING record becomes a ping to the client, and the client's
 //! pong with that payload a PONG record back (a backend measuring a round
 //! trip); every other ping and pong stays between the gateway and the client.
+//!
+//! A client seated on a carrier (`crate::carrier`, the backend's ACCEPT said
+//! so) gets its messages and its close from its inbox instead of its own
+//! link, which then carries only PINGs; the end of that link is not the end
+//! of the client, whose inbox brings its CLOSE (or `1011` if the carrier
+//! ends first).
 
 use std::future::poll_fn;
 use std::io;
@@ -48,10 +54,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::FramedLink;
+use crate::carrier::{Drained, InboxEnd, Seat};
 use crate::client_stream::ClientStream;
 use crate::metrics::ClientMetrics;
 
 use super::{ClientGone, Ending, LinkFailure, RelaySettings};
+use link::fanout::FanoutMessage;
 use link::frames::{
     FrameError, FrameReader, Inbound, Parsed, put_frame, put_message, put_prepared,
 };
@@ -67,12 +75,13 @@ pub(crate) async fn run<S: ClientStream>(
     pending: Bytes,
     deflate: Option<DeflateParams>,
     link: FramedLink,
+    seat: Option<Seat>,
     settings: &RelaySettings,
     shutdown: &CancellationToken,
     metrics: &ClientMetrics,
     span: &tracing::Span,
 ) {
-    let mut relay = Relay::new(stream, pending, deflate, link, settings);
+    let mut relay = Relay::new(stream, pending, deflate, link, seat, settings);
     let ending = {
         let relaying = poll_fn(|cx| relay.poll_relay(cx, metrics));
         tokio::select! {
@@ -115,6 +124,10 @@ struct Relay<S> {
     pings: PingTicker,
     /// The payload of the backend's last PING, until the client's pong to it.
     asked: Option<Bytes>,
+    /// The client's place on its backend's carrier, if it is carried.
+    seat: Option<Seat>,
+    /// A carried client's own link ended: it is no longer read or written.
+    link_ended: bool,
 }
 
 impl<S: ClientStream> Relay<S> {
@@ -123,6 +136,7 @@ impl<S: ClientStream> Relay<S> {
         pending: Bytes,
         deflate: Option<DeflateParams>,
         link: FramedLink,
+        seat: Option<Seat>,
         settings: &RelaySettings,
     ) -> Relay<S> {
         let (io, input) = client_reader(stream, &pending, deflate, settings.max_message_size);
@@ -145,6 +159,8 @@ impl<S: ClientStream> Relay<S> {
             idle: IdleTimer::new(settings.idle_timeout),
             pings: PingTicker::new(settings.ping_interval),
             asked: None,
+            seat,
+            link_ended: false,
         }
     }
 
@@ -165,10 +181,20 @@ impl<S: ClientStream> Relay<S> {
                 Ok(step) => step,
                 Err(ending) => return Poll::Ready(ending),
             };
-            if let Poll::Ready(Err(error)) =
+            let carried = match self.carried(cx, metrics) {
+                Ok(step) => step,
+                Err(ending) => return Poll::Ready(ending),
+            };
+            if self.link_ended {
+                // What a carried client still sends has no one to go to.
+                self.link.output.clear();
+            } else if let Poll::Ready(Err(error)) =
                 poll_write_out(&mut self.link.io, &mut self.link.output, cx)
             {
-                return Poll::Ready(Ending::BackendGone(LinkFailure::Write(error.into())));
+                if self.seat.is_none() {
+                    return Poll::Ready(Ending::BackendGone(LinkFailure::Write(error.into())));
+                }
+                self.link_ended = true;
             }
             if let Poll::Ready(Err(error)) =
                 poll_write_out(&mut self.client.io, &mut self.client.output, cx)
@@ -184,6 +210,7 @@ impl<S: ClientStream> Relay<S> {
             };
             if again(upstream, upstream_full(&self.client, &self.link))
                 || again(downstream, downstream_full(&self.client))
+                || again(carried, downstream_full(&self.client))
             {
                 continue;
             }
@@ -258,11 +285,17 @@ impl<S: ClientStream> Relay<S> {
         cx: &mut Context<'_>,
         metrics: &ClientMetrics,
     ) -> Result<Step, Ending> {
+        if self.link_ended {
+            return Ok(Step::Waiting);
+        }
+        let carried = self.seat.is_some();
         let client = &mut self.client;
         let link = &mut self.link;
         let mut tally = metrics.to_client.tally();
         let mut step = Step::Waiting;
         let gone = |error: LinkError| Ending::BackendGone(LinkFailure::Read(error));
+        // A carried client's messages come from its inbox, in the carrier's order.
+        let not_here = |kind: &'static str| Ending::BackendGone(LinkFailure::Unexpected(kind));
         loop {
             let need = loop {
                 if downstream_full(client) {
@@ -278,6 +311,13 @@ impl<S: ClientStream> Relay<S> {
                 }
                 let payload = &link.input[HEADER_LEN..total];
                 match kind {
+                    RecordKind::Text | RecordKind::Binary if carried => {
+                        return Err(not_here(if kind == RecordKind::Text {
+                            "TEXT"
+                        } else {
+                            "BINARY"
+                        }));
+                    }
                     RecordKind::Text => {
                         let text = std::str::from_utf8(payload)
                             .map_err(|_| gone(LinkError::InvalidUtf8))?;
@@ -304,6 +344,7 @@ impl<S: ClientStream> Relay<S> {
                                 );
                                 self.asked = Some(payload);
                             }
+                            Record::Close(_) if carried => return Err(not_here("CLOSE")),
                             Record::Close(info) => {
                                 return Err(Ending::BackendClosed(
                                     info.map(close_frame_for_client),
@@ -323,6 +364,11 @@ impl<S: ClientStream> Relay<S> {
             reserve_for(&mut link.input, need);
             match poll_read_buf(Pin::new(&mut link.io), cx, &mut link.input) {
                 Poll::Pending => return Ok(step),
+                Poll::Ready(Ok(0) | Err(_)) if carried => {
+                    // Its CLOSE comes from the carrier.
+                    self.link_ended = true;
+                    return Ok(step);
+                }
                 Poll::Ready(Ok(0)) => {
                     return Err(Ending::BackendGone(if link.input.is_empty() {
                         LinkFailure::Eof
@@ -333,6 +379,40 @@ impl<S: ClientStream> Relay<S> {
                 Poll::Ready(Ok(_)) => step = Step::Read,
                 Poll::Ready(Err(error)) => return Err(gone(error.into())),
             }
+        }
+    }
+
+    /// A carried client: moves what its inbox holds into its output, until
+    /// that output is full or the inbox is empty; its end ends the relay.
+    fn carried(&mut self, cx: &mut Context<'_>, metrics: &ClientMetrics) -> Result<Step, Ending> {
+        let Some(seat) = &self.seat else {
+            return Ok(Step::Waiting);
+        };
+        let client = &mut self.client;
+        if downstream_full(client) {
+            return Ok(Step::Full);
+        }
+        let mut tally = metrics.to_client.tally();
+        let drained = seat.drain(cx, |message| {
+            match message {
+                FanoutMessage::Text(text) => send_text(client, text),
+                FanoutMessage::Binary(payload) => send_binary(client, payload),
+                FanoutMessage::Close(_) => {}
+            }
+            tally.count(message.payload_len());
+            !downstream_full(client)
+        });
+        match drained {
+            Drained::Ended(InboxEnd::Closed(info)) => {
+                Err(Ending::BackendClosed(info.map(close_frame_for_client)))
+            }
+            Drained::Ended(InboxEnd::CarrierGone) => {
+                Err(Ending::BackendGone(LinkFailure::CarrierEnded))
+            }
+            Drained::Ended(InboxEnd::TooSlow) => Err(Ending::TooSlow),
+            Drained::Stopped => Ok(Step::Full),
+            Drained::Empty if downstream_full(client) => Ok(Step::Full),
+            Drained::Empty => Ok(Step::Waiting),
         }
     }
 
@@ -367,6 +447,10 @@ impl<S: ClientStream> Relay<S> {
             Ending::Shutdown => Some(Record::Close(Some(CloseInfo {
                 code: u16::from(CloseCode::Away),
                 reason: "gateway shutting down".to_owned(),
+            }))),
+            Ending::TooSlow => Some(Record::Close(Some(CloseInfo {
+                code: u16::from(CloseCode::Policy),
+                reason: super::TOO_SLOW_REASON.to_owned(),
             }))),
             Ending::BackendClosed(_) | Ending::BackendGone(_) => None,
         };

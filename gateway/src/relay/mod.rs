@@ -133,6 +133,9 @@ pub(crate) enum LinkFailure {
     /// The link ended without a CLOSE record.
     #[error("the link closed without a CLOSE")]
     Eof,
+    /// The carrier link of a carried client ended before its CLOSE.
+    #[error("the carrier link ended without the client's CLOSE")]
+    CarrierEnded,
     /// Reading a raw backend failed.
     #[error("reading the raw link")]
     RawRead(#[source] io::Error),
@@ -168,7 +171,13 @@ pub(crate) enum Ending {
     BackendGone(LinkFailure),
     /// The gateway is shutting down: the client gets `1001`.
     Shutdown,
+    /// A carried client's inbox stayed full while its socket took nothing
+    /// for the backend's stall time: the client gets `1008`.
+    TooSlow,
 }
+
+/// The close reason of a carried client that does not read (`1008`), as the chat's.
+pub(crate) const TOO_SLOW_REASON: &str = "too slow: message queue full";
 
 impl Ending {
     /// The close frame the gateway sends the client, when it starts the close.
@@ -186,6 +195,7 @@ impl Ending {
             Ending::BackendClosed(frame) => Some(frame.clone()),
             Ending::BackendGone(_) => frame(CloseCode::Error, "backend failed"),
             Ending::Shutdown => frame(CloseCode::Away, "gateway shutting down"),
+            Ending::TooSlow => frame(CloseCode::Policy, TOO_SLOW_REASON),
         }
     }
 
@@ -209,6 +219,9 @@ impl Ending {
                 "backend link failed"
             ),
             Ending::Shutdown => tracing::debug!("closing for shutdown"),
+            Ending::TooSlow => {
+                tracing::info!("message queue full and the client reads nothing; closing with 1008")
+            }
         }
     }
 }
