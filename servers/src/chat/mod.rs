@@ -55,6 +55,9 @@ enum Ending {
     Shutdown,
     /// The room dropped the client for a full queue: close with 1008.
     Evicted,
+    /// The gateway closed a carried client with 1008 for a full queue (the
+    /// room leaves that to the gateway): counted and logged as an eviction.
+    EvictedByGateway,
     /// The client closed, or its link ended (or its carrier did: the
     /// gateway closes the carrier's clients with 1011).
     ClientGone,
@@ -99,7 +102,7 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, room: Ar
         _ = shutdown.cancelled() => Ending::Shutdown,
         _ = member.evicted().cancelled() => Ending::Evicted,
         () = carrier_closed => Ending::ClientGone,
-        ending = read_client(&mut stream, &member) => ending,
+        ending = read_client(&mut stream, &member, carrier.is_some()) => ending,
         ending = write_outbox(&mut sink, &outbox, &mut batch) => ending,
     };
     // Leave first, so the others hear `WSLeave` without waiting for our close.
@@ -123,6 +126,13 @@ pub async fn run_session(session: Session, shutdown: CancellationToken, room: Ar
                 "message queue full; closing with 1008"
             );
             (CloseCode::Policy, TOO_SLOW_REASON, Vec::new())
+        }
+        Ending::EvictedByGateway => {
+            evictions.inc();
+            return warn!(
+                carried = true,
+                "message queue full; closing with 1008 (the gateway closed this carried client)"
+            );
         }
         Ending::ClientGone => return,
         Ending::ReadFailed(error) => return warn!(%error, "cannot read from client"),
@@ -171,8 +181,10 @@ pub async fn send_then_close<S>(
     }
 }
 
-/// Hands every data message of the client to the room, in order.
-async fn read_client<S>(stream: &mut S, member: &Member) -> Ending
+/// Hands every data message of the client to the room, in order. A
+/// `carried` client's close with 1008 and [`TOO_SLOW_REASON`] is the
+/// gateway evicting it.
+async fn read_client<S>(stream: &mut S, member: &Member, carried: bool) -> Ending
 where
     S: Stream<Item = Result<Message, SessionError>> + Unpin,
 {
@@ -181,6 +193,13 @@ where
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                 debug!(len = message.len(), "from client");
                 member.handle(message).await;
+            }
+            Some(Ok(Message::Close(Some(frame))))
+                if carried
+                    && frame.code == CloseCode::Policy
+                    && frame.reason.as_str() == TOO_SLOW_REASON =>
+            {
+                return Ending::EvictedByGateway;
             }
             Some(Ok(Message::Close(_))) | None => return Ending::ClientGone,
             // Sessions yield no other kind; nothing to do with one anyway.
