@@ -389,6 +389,24 @@ impl Seat {
     }
 }
 
+impl Seat {
+    /// Whether the carrier gave up on this client (`1008`), which ends it
+    /// at once, whatever is queued; registers the task for a wake-up when
+    /// that happens. For a relay whose client output is full and so does not
+    /// [`Seat::drain`].
+    pub(crate) fn evicted(&self, cx: &mut Context<'_>) -> bool {
+        let mut state = lock(&self.inbox.state);
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|known| known.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        state.end == Some(InboxEnd::TooSlow)
+    }
+}
+
 impl Drop for Seat {
     fn drop(&mut self) {
         let mut seated = lock(&self.carrier.seated);

@@ -390,6 +390,10 @@ impl<S: ClientStream> Relay<S> {
         };
         let client = &mut self.client;
         if downstream_full(client) {
+            // A client that takes nothing is closed without waiting for its output.
+            if seat.evicted(cx) {
+                return Err(Ending::TooSlow);
+            }
             return Ok(Step::Full);
         }
         let mut tally = metrics.to_client.tally();
