@@ -12,6 +12,12 @@
 //!   reach this gateway before the ACCEPT does); the relay drains its inbox
 //!   into the client's output ([`Seat::drain`]) and leaves on drop.
 //!
+//! The inbox of a client without permessage-deflate holds WebSocket frames,
+//! written by the carrier's reader as it delivers, which the relay takes
+//! whole (swapping buffers when its output is empty): per delivery, one copy
+//! of the payload and no reference count shared between threads. A client
+//! with compression gets the messages, which its relay compresses.
+//!
 //! Flow control: an inbox holds at most the client's `queue_bytes` (ACCEPT's
 //! terms; a single larger message into an empty inbox). A FANOUT that does
 //! not fit stops the carrier's reader until the relay drains that inbox, for
@@ -28,18 +34,27 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use link::fanout::{Fanout, FanoutMessage};
+use link::frames::put_frame;
+use link::websocket::release;
 use link::{CarrierTerms, CloseInfo, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{self, FramedLink};
+use crate::metrics::Tally;
 
 /// How long after a refused or failed carrier the gateway asks no new one.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// What one queued message counts against an inbox's bound beyond its
+/// payload (a frame header and bookkeeping), so empty messages count too.
+const MESSAGE_OVERHEAD: usize = 16;
 
 /// The most message slots an empty inbox keeps.
 const IDLE_QUEUE_CAPACITY: usize = 8;
@@ -243,9 +258,10 @@ impl Carrier {
         }
     }
 
-    /// Seats client `id` with provisional terms, or `None` if the carrier ended.
-    pub(crate) fn seat(self: &Arc<Self>, id: u64) -> Option<Seat> {
-        let inbox = Arc::new(Inbox::new(PROVISIONAL_TERMS));
+    /// Seats client `id` with provisional terms, or `None` if the carrier
+    /// ended. `framed`: the client takes frames as they are (no compression).
+    pub(crate) fn seat(self: &Arc<Self>, id: u64, framed: bool) -> Option<Seat> {
+        let inbox = Arc::new(Inbox::new(PROVISIONAL_TERMS, framed));
         let mut seated = lock(&self.seated);
         if seated.ended {
             return None;
@@ -373,15 +389,19 @@ impl Seat {
         !lock(&self.carrier.seated).ended
     }
 
-    /// Hands the queued messages, oldest first, to `deliver` until it
-    /// returns `false` or none is left; then the end, if one is due. Registers
-    /// the task for a wake-up when more arrives.
+    /// Moves what is queued into `output`, oldest first: the frames of a
+    /// client without compression all at once, messages one by one through
+    /// `deliver` until it returns `false`; then the end, if one is due.
+    /// Counts the messages in `tally`. Registers the task for a wake-up when
+    /// more arrives.
     pub(crate) fn drain(
         &self,
         cx: &mut Context<'_>,
-        deliver: impl FnMut(&FanoutMessage) -> bool,
+        output: &mut BytesMut,
+        tally: &mut Tally<'_>,
+        deliver: impl FnMut(&mut BytesMut, &FanoutMessage) -> bool,
     ) -> Drained {
-        let (drained, room) = self.inbox.drain(cx.waker(), deliver);
+        let (drained, room) = self.inbox.drain(cx.waker(), output, tally, deliver);
         if room {
             self.carrier.room.notify_one();
         }
@@ -432,9 +452,16 @@ struct Inbox {
 
 #[derive(Debug)]
 struct InboxState {
+    /// A client without compression: its messages as frames, ready to write.
+    frames: Option<BytesMut>,
+    /// A client with compression: its messages, which its relay compresses.
     queue: VecDeque<FanoutMessage>,
-    /// Payload bytes in `queue`.
+    /// What is queued, in `frames` or `queue`, counted as its payload bytes
+    /// plus [`MESSAGE_OVERHEAD`] for each message (so empty ones count too).
     bytes: usize,
+    /// Messages in `frames` and their payload bytes, for the relay's count.
+    n_framed: u64,
+    framed_payload: u64,
     terms: CarrierTerms,
     end: Option<InboxEnd>,
     /// The relay's task, to wake when something arrives.
@@ -457,11 +484,14 @@ enum Offer {
 }
 
 impl Inbox {
-    fn new(terms: CarrierTerms) -> Inbox {
+    fn new(terms: CarrierTerms, framed: bool) -> Inbox {
         Inbox {
             state: Mutex::new(InboxState {
+                frames: framed.then(BytesMut::new),
                 queue: VecDeque::new(),
                 bytes: 0,
+                n_framed: 0,
+                framed_payload: 0,
                 terms,
                 end: None,
                 waker: None,
@@ -486,16 +516,29 @@ impl Inbox {
         }
         match message {
             FanoutMessage::Close(info) => state.end = Some(InboxEnd::Closed(info.clone())),
-            _ => {
-                let len = message.payload_len();
-                if !state.queue.is_empty() && state.bytes + len > state.terms.queue_bytes {
+            FanoutMessage::Text(_) | FanoutMessage::Binary(_) => {
+                let len = message.payload_len() + MESSAGE_OVERHEAD;
+                if state.bytes != 0 && state.bytes + len > state.terms.queue_bytes {
                     state.reader_waiting = true;
                     return Offer::Full {
                         drains: state.drains,
                     };
                 }
                 state.bytes += len;
-                state.queue.push_back(message.clone());
+                let state = &mut *state;
+                match (&mut state.frames, message) {
+                    (Some(frames), FanoutMessage::Text(text)) => {
+                        put_frame(frames, OpCode::Data(Data::Text), text.as_bytes());
+                        state.n_framed += 1;
+                        state.framed_payload += text.len() as u64;
+                    }
+                    (Some(frames), FanoutMessage::Binary(payload)) => {
+                        put_frame(frames, OpCode::Data(Data::Binary), payload);
+                        state.n_framed += 1;
+                        state.framed_payload += payload.len() as u64;
+                    }
+                    _ => state.queue.push_back(message.clone()),
+                }
             }
         }
         let waker = state.waker.take();
@@ -523,7 +566,12 @@ impl Inbox {
     fn evict(&self) {
         let mut state = lock(&self.state);
         state.queue.clear();
+        if let Some(frames) = &mut state.frames {
+            frames.clear();
+        }
         state.bytes = 0;
+        state.n_framed = 0;
+        state.framed_payload = 0;
         state.end = Some(InboxEnd::TooSlow);
         let waker = state.waker.take();
         drop(state);
@@ -536,9 +584,12 @@ impl Inbox {
     fn drain(
         &self,
         waker: &Waker,
-        mut deliver: impl FnMut(&FanoutMessage) -> bool,
+        output: &mut BytesMut,
+        tally: &mut Tally<'_>,
+        mut deliver: impl FnMut(&mut BytesMut, &FanoutMessage) -> bool,
     ) -> (Drained, bool) {
-        let mut state = lock(&self.state);
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
         if !state
             .waker
             .as_ref()
@@ -548,10 +599,28 @@ impl Inbox {
         }
         let mut took = false;
         let mut stopped = false;
-        while let Some(message) = state.queue.pop_front() {
-            state.bytes -= message.payload_len();
+        if let Some(frames) = &mut state.frames
+            && !frames.is_empty()
+        {
+            if output.is_empty() {
+                std::mem::swap(output, frames);
+            } else {
+                output.extend_from_slice(frames);
+                frames.clear();
+            }
+            // An idle client keeps no buffer.
+            release(frames);
+            tally.count_many(state.n_framed, state.framed_payload);
+            state.n_framed = 0;
+            state.framed_payload = 0;
+            state.bytes = 0;
             took = true;
-            if !deliver(&message) {
+        }
+        while let Some(message) = state.queue.pop_front() {
+            state.bytes -= message.payload_len() + MESSAGE_OVERHEAD;
+            tally.count(message.payload_len());
+            took = true;
+            if !deliver(output, &message) {
                 stopped = true;
                 break;
             }

@@ -456,6 +456,13 @@ impl Tally<'_> {
         self.n_messages += 1;
         self.n_bytes += len as u64;
     }
+
+    /// `n_messages` messages of `n_bytes` payload bytes in all crossed.
+    #[inline]
+    pub(crate) fn count_many(&mut self, n_messages: u64, n_bytes: u64) {
+        self.n_messages += n_messages;
+        self.n_bytes += n_bytes;
+    }
 }
 
 impl Drop for Tally<'_> {

@@ -226,7 +226,7 @@ async fn accept(
         shared
             .carriers
             .current(&target.socket_path)
-            .and_then(|carrier| carrier.seat(id))
+            .and_then(|carrier| carrier.seat(id, deflate.is_none()))
     };
     let open = OpenMeta {
         version: LINK_VERSION,

@@ -397,14 +397,15 @@ impl<S: ClientStream> Relay<S> {
             return Ok(Step::Full);
         }
         let mut tally = metrics.to_client.tally();
-        let drained = seat.drain(cx, |message| {
+        let deflater = &mut client.deflater;
+        let drained = seat.drain(cx, &mut client.output, &mut tally, |output, message| {
+            // Only a client with compression gets messages one by one.
             match message {
-                FanoutMessage::Text(text) => send_text(client, text),
-                FanoutMessage::Binary(payload) => send_binary(client, payload),
+                FanoutMessage::Text(text) => put_text(output, deflater, text),
+                FanoutMessage::Binary(payload) => put_binary(output, deflater, payload),
                 FanoutMessage::Close(_) => {}
             }
-            tally.count(message.payload_len());
-            !downstream_full(client)
+            output.len() < OUTPUT_HIGH_WATER
         });
         match drained {
             Drained::Ended(InboxEnd::Closed(info)) => {
@@ -559,26 +560,32 @@ enum Step {
 /// A text message to the client: one frame, compressed if
 /// permessage-deflate was agreed.
 fn send_text<S>(client: &mut ClientSide<S>, text: &str) {
-    match client.deflater.as_mut() {
-        None => put_frame(
-            &mut client.output,
-            OpCode::Data(Data::Text),
-            text.as_bytes(),
-        ),
-        Some(deflater) => put_message(
-            &mut client.output,
-            deflater.compress(Message::Text(Utf8Bytes::from(text))),
-        ),
-    }
+    put_text(&mut client.output, &mut client.deflater, text);
 }
 
 /// A binary message to the client: one frame, compressed if
 /// permessage-deflate was agreed.
 fn send_binary<S>(client: &mut ClientSide<S>, payload: &[u8]) {
-    match client.deflater.as_mut() {
-        None => put_frame(&mut client.output, OpCode::Data(Data::Binary), payload),
+    put_binary(&mut client.output, &mut client.deflater, payload);
+}
+
+/// [`send_text`] into `output`, with the client's `deflater`.
+fn put_text(output: &mut BytesMut, deflater: &mut Option<MessageDeflater>, text: &str) {
+    match deflater.as_mut() {
+        None => put_frame(output, OpCode::Data(Data::Text), text.as_bytes()),
         Some(deflater) => put_message(
-            &mut client.output,
+            output,
+            deflater.compress(Message::Text(Utf8Bytes::from(text))),
+        ),
+    }
+}
+
+/// [`send_binary`] into `output`, with the client's `deflater`.
+fn put_binary(output: &mut BytesMut, deflater: &mut Option<MessageDeflater>, payload: &[u8]) {
+    match deflater.as_mut() {
+        None => put_frame(output, OpCode::Data(Data::Binary), payload),
+        Some(deflater) => put_message(
+            output,
             deflater.compress(Message::Binary(Bytes::copy_from_slice(payload))),
         ),
     }
