@@ -406,9 +406,15 @@ async fn a_full_carrier_makes_the_sender_wait_and_loses_nothing() -> anyhow::Res
     let chat = Backend::start("websocket_chat", docroot.path(), "chat", &[]).await?;
     let key = random_key();
     let mut carrier = open_carrier(&chat, key).await?;
-    let _alice = open_carried(&chat, 41, key).await?;
+    let mut alice = open_carried(&chat, 41, key).await?;
     let mut bob = open_relayed(&chat, 42).await?;
-    // Alice is in the room once a message from Bob reaches her.
+    // Both are in the room once a message from Alice reaches Bob (each
+    // session joins after its ACCEPT, in no set order).
+    wire::write_record(&mut alice, &Record::Binary(vec![0xfe].into())).await?;
+    assert_eq!(
+        next_record(&mut bob).await?,
+        Some(Record::Binary(vec![0xfe].into()))
+    );
     wire::write_record(&mut bob, &Record::Binary(vec![0xff].into())).await?;
     let first = expect_fanout(&mut carrier).await?;
     assert_eq!(first.message, FanoutMessage::Binary(vec![0xff].into()));
