@@ -7,7 +7,7 @@
 //! The client here writes and parses its frames by hand and compresses with
 //! flate2 directly, so nothing of `link::deflate` checks itself.
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use harness::http::{self, HandshakeRequest, HttpResponse};
 use harness::tls::{self as wss, ClientStream};
@@ -371,6 +371,53 @@ harness::all_modes!(
     a_message_inflating_past_the_limit_is_1009_in_bounded_memory,
     misplaced_rsv1_bits_are_1002
 );
+
+/// A client with compression that the chat reaches through the gateway's
+/// carrier link (fan-out, docs/link-protocol.md) gets each broadcast
+/// compressed by its relay, in order, like any relayed client.
+#[tokio::test]
+async fn a_carried_client_gets_the_chats_broadcasts_compressed() -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let chat = Backend::start("websocket_chat", docroot.path(), "chat", &[]).await?;
+    let gateway = Gateway::start_with_metrics(docroot.path(), &[]).await?;
+    // The first client makes the chat ask for a carrier; later ones are seated on it.
+    let mut sender = gateway.connect("/chat").await?;
+    wait::until("the gateway's carrier link", EVENT_DEADLINE, || async {
+        let open = gateway
+            .scrape()
+            .await?
+            .value("wsgate_carrier_links_open", &[])?;
+        Ok((open == 1.0).then_some(()))
+    })
+    .await?;
+    let mut client =
+        RawClient::connect(&gateway, Mode::Relay, "/chat", Some(BROWSER_OFFER)).await?;
+    ensure!(
+        client
+            .response
+            .header("sec-websocket-extensions")
+            .is_some_and(|value| value.starts_with("permessage-deflate")),
+        "compression agreed"
+    );
+    // The chat has seated it once a line from it reaches the sender.
+    client.send_compressed(OPCODE_TEXT, b"ready", 1).await?;
+    sender.expect_text("ready").await?;
+    ensure!(
+        chat.stderr_text().contains("carried=true"),
+        "the compressed client is carried:\n{}",
+        chat.stderr_text()
+    );
+    for n in 0..5 {
+        let line = chat_line(n);
+        sender.send(harness::Message::text(line.clone())).await?;
+        assert_eq!(
+            client.recv_message().await?,
+            (OPCODE_TEXT, true, line.into_bytes()),
+            "broadcast {n}"
+        );
+    }
+    Ok(())
+}
 
 #[tokio::test]
 async fn no_deflate_declines_every_offer() -> anyhow::Result<()> {
