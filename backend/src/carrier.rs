@@ -468,8 +468,15 @@ impl CarrierRegistry {
         MIN_CARRIER_WRITE_TIMEOUT.max(Duration::from_millis(self.terms.stall_ms.saturating_mul(4)))
     }
 
-    /// Registers a new carrier under `key`.
-    pub(crate) fn open(&self, key: u64) -> Result<Carrier, CarrierRefusal> {
+    /// Registers a new carrier under `key`, whose gateway reads messages of
+    /// at most `gateway_max` bytes in a FANOUT (its OPEN's `limits`): a
+    /// larger one is refused as [`CarrierSendError::TooLarge`] rather than
+    /// sent and ending the carrier with all its clients.
+    pub(crate) fn open(
+        &self,
+        key: u64,
+        gateway_max: Option<usize>,
+    ) -> Result<Carrier, CarrierRefusal> {
         let mut carriers = self.lock();
         if carriers.contains_key(&key) {
             return Err(CarrierRefusal::KeyInUse);
@@ -477,12 +484,8 @@ impl CarrierRegistry {
         if carriers.len() >= MAX_CARRIERS {
             return Err(CarrierRefusal::Full);
         }
-        let carrier = Carrier::new(
-            key,
-            self.max_payload,
-            CARRIER_QUEUE_BYTES,
-            self.metrics.clone(),
-        );
+        let max_payload = gateway_max.map_or(self.max_payload, |max| max.min(self.max_payload));
+        let carrier = Carrier::new(key, max_payload, CARRIER_QUEUE_BYTES, self.metrics.clone());
         carriers.insert(key, carrier.clone());
         Ok(carrier)
     }
@@ -823,6 +826,34 @@ mod tests {
             }))
         );
         assert_eq!(fanouts[2].recipients().collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn a_message_over_the_gateways_limit_is_refused_not_sent() {
+        let terms = CarrierTerms {
+            queue_bytes: 1 << 20,
+            stall_ms: 2000,
+        };
+        let registry = CarrierRegistry::new(terms, 1000, Metrics::new());
+        // The gateway said (OPEN's `limits`) it reads messages of 100 bytes at most.
+        let carrier = registry.open(1, Some(100)).expect("registered");
+        assert_eq!(
+            carrier.try_send(&Message::binary(vec![0; 101]), &[1]),
+            Err(CarrierSendError::TooLarge { len: 101, max: 100 })
+        );
+        carrier
+            .try_send(&Message::binary(vec![0; 100]), &[1])
+            .expect("at the limit");
+        assert_eq!(drain(&carrier).len(), 1, "only the one within the limit");
+        // Without `limits`, the backend's own limit.
+        let carrier = registry.open(2, None).expect("registered");
+        assert_eq!(
+            carrier.try_send(&Message::binary(vec![0; 1001]), &[1]),
+            Err(CarrierSendError::TooLarge {
+                len: 1001,
+                max: 1000
+            })
+        );
     }
 
     #[test]

@@ -545,7 +545,9 @@ async fn open_carrier(
         return None;
     };
     let key = incoming.meta().id;
-    let carrier = match registry.open(key) {
+    // The gateway's largest FANOUT message, when its OPEN says (`limits`).
+    let gateway_max = incoming.meta().limits.map(|limits| limits.max_message_size);
+    let carrier = match registry.open(key, gateway_max) {
         Ok(carrier) => carrier,
         Err(refusal) => {
             warn!(

@@ -39,7 +39,9 @@ use futures_util::StreamExt;
 use link::fanout::{Fanout, FanoutMessage};
 use link::frames::put_frame;
 use link::websocket::release;
-use link::{CarrierTerms, CloseInfo, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record};
+use link::{
+    CarrierTerms, ClientLimits, CloseInfo, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record,
+};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -158,7 +160,13 @@ impl Carriers {
             protocols: Vec::new(),
             peer: String::new(),
             headers: Default::default(),
-            limits: None,
+            // The largest message a FANOUT may carry here: a backend that
+            // knows it refuses a larger one instead of ending the carrier.
+            limits: Some(ClientLimits {
+                max_message_size: settings.max_message_size,
+                ping_interval: 0,
+                idle_timeout: 0,
+            }),
             tls: None,
             identity: None,
             deflate: None,
