@@ -415,22 +415,14 @@ impl Seat {
         }
         drained
     }
-}
 
-impl Seat {
     /// Whether the carrier gave up on this client (`1008`), which ends it
     /// at once, whatever is queued; registers the task for a wake-up when
     /// that happens. For a relay whose client output is full and so does not
     /// [`Seat::drain`].
     pub(crate) fn evicted(&self, cx: &mut Context<'_>) -> bool {
         let mut state = lock(&self.inbox.state);
-        if !state
-            .waker
-            .as_ref()
-            .is_some_and(|known| known.will_wake(cx.waker()))
-        {
-            state.waker = Some(cx.waker().clone());
-        }
+        state.register(cx.waker());
         state.end == Some(InboxEnd::TooSlow)
     }
 }
@@ -549,11 +541,7 @@ impl Inbox {
                 }
             }
         }
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_relay(state);
         Offer::Delivered
     }
 
@@ -563,11 +551,7 @@ impl Inbox {
         if state.end.is_none() {
             state.end = Some(end);
         }
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_relay(state);
     }
 
     /// The client does not read: drop its queue and end it with `1008` now.
@@ -581,11 +565,7 @@ impl Inbox {
         state.n_framed = 0;
         state.framed_payload = 0;
         state.end = Some(InboxEnd::TooSlow);
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_relay(state);
     }
 
     /// [`Seat::drain`]; also says whether the reader waits for room here.
@@ -598,13 +578,7 @@ impl Inbox {
     ) -> (Drained, bool) {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
-        if !state
-            .waker
-            .as_ref()
-            .is_some_and(|known| known.will_wake(waker))
-        {
-            state.waker = Some(waker.clone());
-        }
+        state.register(waker);
         let mut took = false;
         let mut stopped = false;
         if let Some(frames) = &mut state.frames
@@ -650,6 +624,28 @@ impl Inbox {
             Drained::Empty
         };
         (drained, room)
+    }
+}
+
+impl InboxState {
+    /// Remembers the relay's task for the next wake-up.
+    fn register(&mut self, waker: &Waker) {
+        if !self
+            .waker
+            .as_ref()
+            .is_some_and(|known| known.will_wake(waker))
+        {
+            self.waker = Some(waker.clone());
+        }
+    }
+}
+
+/// Releases `state` and wakes the relay's task, if it waits, outside the lock.
+fn wake_relay(mut state: MutexGuard<'_, InboxState>) {
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 

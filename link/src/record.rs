@@ -53,6 +53,24 @@ pub enum RecordKind {
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 impl RecordKind {
+    /// The record's name as the protocol document writes it, e.g. `TEXT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Open => "OPEN",
+            RecordKind::Accept => "ACCEPT",
+            RecordKind::Reject => "REJECT",
+            RecordKind::Handoff => "HANDOFF",
+            RecordKind::Request => "REQUEST",
+            RecordKind::Response => "RESPONSE",
+            RecordKind::Text => "TEXT",
+            RecordKind::Binary => "BINARY",
+            RecordKind::Close => "CLOSE",
+            RecordKind::Ping => "PING",
+            RecordKind::Pong => "PONG",
+            RecordKind::Fanout => "FANOUT",
+        }
+    }
+
     /// The kind of a kind byte, if this version knows it.
     pub fn from_byte(byte: u8) -> Option<RecordKind> {
         Some(match byte {
@@ -216,22 +234,9 @@ impl Record {
         }
     }
 
-    /// A short lower-case name for logs and errors.
+    /// A short upper-case name for logs and errors (its kind's).
     pub fn name(&self) -> &'static str {
-        match self.kind() {
-            RecordKind::Open => "OPEN",
-            RecordKind::Accept => "ACCEPT",
-            RecordKind::Reject => "REJECT",
-            RecordKind::Handoff => "HANDOFF",
-            RecordKind::Request => "REQUEST",
-            RecordKind::Response => "RESPONSE",
-            RecordKind::Text => "TEXT",
-            RecordKind::Binary => "BINARY",
-            RecordKind::Close => "CLOSE",
-            RecordKind::Ping => "PING",
-            RecordKind::Pong => "PONG",
-            RecordKind::Fanout => "FANOUT",
-        }
+        self.kind().name()
     }
 
     fn payload_len(&self) -> usize {

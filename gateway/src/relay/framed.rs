@@ -312,20 +312,16 @@ impl<S: ClientStream> Relay<S> {
                 let payload = &link.input[HEADER_LEN..total];
                 match kind {
                     RecordKind::Text | RecordKind::Binary if carried => {
-                        return Err(not_here(if kind == RecordKind::Text {
-                            "TEXT"
-                        } else {
-                            "BINARY"
-                        }));
+                        return Err(not_here(kind.name()));
                     }
                     RecordKind::Text => {
                         let text = std::str::from_utf8(payload)
                             .map_err(|_| gone(LinkError::InvalidUtf8))?;
-                        send_text(client, text);
+                        put_text(&mut client.output, &mut client.deflater, text);
                         tally.count(len);
                     }
                     RecordKind::Binary => {
-                        send_binary(client, payload);
+                        put_binary(&mut client.output, &mut client.deflater, payload);
                         tally.count(len);
                     }
                     _ => {
@@ -557,19 +553,8 @@ enum Step {
     Waiting,
 }
 
-/// A text message to the client: one frame, compressed if
-/// permessage-deflate was agreed.
-fn send_text<S>(client: &mut ClientSide<S>, text: &str) {
-    put_text(&mut client.output, &mut client.deflater, text);
-}
-
-/// A binary message to the client: one frame, compressed if
-/// permessage-deflate was agreed.
-fn send_binary<S>(client: &mut ClientSide<S>, payload: &[u8]) {
-    put_binary(&mut client.output, &mut client.deflater, payload);
-}
-
-/// [`send_text`] into `output`, with the client's `deflater`.
+/// A text message for the client into its `output`: one frame, compressed
+/// if permessage-deflate was agreed (`deflater`).
 fn put_text(output: &mut BytesMut, deflater: &mut Option<MessageDeflater>, text: &str) {
     match deflater.as_mut() {
         None => put_frame(output, OpCode::Data(Data::Text), text.as_bytes()),
@@ -580,7 +565,8 @@ fn put_text(output: &mut BytesMut, deflater: &mut Option<MessageDeflater>, text:
     }
 }
 
-/// [`send_binary`] into `output`, with the client's `deflater`.
+/// A binary message for the client into its `output`: one frame,
+/// compressed if permessage-deflate was agreed (`deflater`).
 fn put_binary(output: &mut BytesMut, deflater: &mut Option<MessageDeflater>, payload: &[u8]) {
     match deflater.as_mut() {
         None => put_frame(output, OpCode::Data(Data::Binary), payload),
