@@ -79,6 +79,11 @@ pub struct CommonArgs {
     /// http://<addr>/metrics` once bound. Keep it on loopback [default: none].
     #[arg(long = "metrics-listen", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Runtime threads. 1 runs every client on one thread and saves the
+    /// wake-ups between threads (cheapest per client and per message; caps
+    /// the server at one CPU) [default: the number of CPUs].
+    #[arg(long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 impl CommonArgs {
@@ -246,7 +251,10 @@ where
         handoff_timeout = ?options.handoff_timeout,
         "serving"
     );
-    let runtime = tokio::runtime::Runtime::new()?;
+    let threads = common
+        .threads
+        .map_or_else(lifecycle::default_threads, usize::from);
+    let runtime = lifecycle::runtime(threads)?;
     runtime.block_on(async {
         let listener = Listener::new(&mut socket_file)?;
         let shutdown = token_cancelled_on_signal()?;
@@ -382,6 +390,7 @@ mod tests {
             daemonize: false,
             log_format: LogFormat::Text,
             metrics_listen: None,
+            threads: None,
         };
         let mut seen_at_setup = None;
         let result = launch(&common, "server", ServeOptions::default(), || {

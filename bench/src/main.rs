@@ -47,6 +47,12 @@ enum Command {
         /// Messages per second the fan-out sender sends [default: 1000; smoke: 200].
         #[arg(long, value_name = "N")]
         fanout_rate: Option<u32>,
+        /// Runtime threads of every server written with tokio: the baseline
+        /// server, wsgate and its backends get `--threads N` (nginx runs one
+        /// single-threaded worker per CPU either way) [default: each
+        /// program's default, one per CPU].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
     },
     /// websocket_exec (relay, direct) against websocketd on the same program (bench/src/exec.rs).
     Exec(bench::exec::ExecArgs),
@@ -78,6 +84,10 @@ enum Command {
         /// The certificate's private key (PEM).
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Runtime threads: 1 is tokio's current-thread runtime, more its
+        /// work-stealing one [default: one per CPU, as `#[tokio::main]`].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
     },
 }
 
@@ -150,7 +160,21 @@ impl Settings {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = match &args.command {
+        Command::BaselineServer {
+            threads: Some(1), ..
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Command::BaselineServer {
+            threads: Some(threads),
+            ..
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(*threads))
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Runtime::new()?,
+    };
     match args.command {
         Command::Exec(exec_args) => runtime.block_on(bench::exec::run(exec_args)),
         Command::Hold(hold_args) => runtime.block_on(bench::hold::run(hold_args)),
@@ -161,6 +185,7 @@ fn main() -> anyhow::Result<()> {
             unix,
             tls_cert,
             tls_key,
+            threads: _,
         } => runtime.block_on(async {
             if let Some(path) = unix {
                 return bench::baseline::serve_unix(&path).await;
@@ -199,6 +224,7 @@ fn main() -> anyhow::Result<()> {
             no_plain,
             only,
             fanout_rate,
+            threads,
         } => {
             let bench = std::env::current_exe()?;
             let dir = bin_dir_or_own(bin_dir)?;
@@ -236,7 +262,15 @@ fn main() -> anyhow::Result<()> {
                 .chain(tls.into_iter().filter(|_| !no_tls))
                 .filter(|kind| !(no_nginx && matches!(kind, Kind::Nginx | Kind::NginxTls)))
                 .collect();
-            runtime.block_on(run_all(&Binaries { dir, bench }, &kinds, &settings))
+            runtime.block_on(run_all(
+                &Binaries {
+                    dir,
+                    bench,
+                    threads,
+                },
+                &kinds,
+                &settings,
+            ))
         }
     }
 }
@@ -342,6 +376,14 @@ async fn run_all(binaries: &Binaries, kinds: &[Kind], settings: &Settings) -> an
     let kinds: Vec<Kind> = systems.iter().map(|system| system.kind).collect();
     let rows: Vec<(Kind, Results)> = kinds.into_iter().zip(results.iter().cloned()).collect();
     println!("{}", machine());
+    match binaries.threads {
+        Some(threads) => println!(
+            "Runtime threads of the baseline, wsgate and its backends: {threads} (`--threads {threads}`)\n"
+        ),
+        None => println!(
+            "Runtime threads of the baseline, wsgate and its backends: each program's default (one per CPU)\n"
+        ),
+    }
     let (tls_rows, plain_rows): (Vec<_>, Vec<_>) =
         rows.into_iter().partition(|(kind, _)| kind.is_tls());
     if !plain_rows.is_empty() {

@@ -107,6 +107,20 @@ pub struct Binaries {
     pub dir: PathBuf,
     /// The `wsgate-bench` executable, which runs the baseline server.
     pub bench: PathBuf,
+    /// Runtime threads of every server written with tokio (the baseline,
+    /// wsgate and its backends), given to each as `--threads`; `None`: each
+    /// program's default (one per CPU).
+    pub threads: Option<u16>,
+}
+
+impl Binaries {
+    /// `--threads N` when a number of threads was chosen, else nothing.
+    fn threads_args(&self) -> Vec<String> {
+        match self.threads {
+            Some(threads) => vec!["--threads".to_owned(), threads.to_string()],
+            None => Vec::new(),
+        }
+    }
 }
 
 /// A running system.
@@ -147,6 +161,7 @@ impl System {
             Kind::Baseline => {
                 let mut command = Command::new(&binaries.bench);
                 command.args(["baseline-server", "--listen", "127.0.0.1:0"]);
+                command.args(binaries.threads_args());
                 let (process, addr) =
                     start_announcing("baseline server", command, Logging::Quiet).await?;
                 let pid = process.pid();
@@ -158,6 +173,7 @@ impl System {
                 let mut command = Command::new(&binaries.bench);
                 command
                     .args(["baseline-server", "--listen", &addr.to_string()])
+                    .args(binaries.threads_args())
                     .arg("--tls-cert")
                     .arg(tls.cert_path())
                     .arg("--tls-key")
@@ -172,11 +188,20 @@ impl System {
                 (addr, None, pid)
             }
             Kind::Relay | Kind::Direct | Kind::RelayTls => {
-                let echo =
-                    start_backend(&binaries.dir, &docroot, "websocket_echo", "echo", &[]).await?;
+                let threads = binaries.threads_args();
+                let echo_args: Vec<&str> = threads.iter().map(String::as_str).collect();
+                let echo = start_backend(
+                    &binaries.dir,
+                    &docroot,
+                    "websocket_echo",
+                    "echo",
+                    &echo_args,
+                )
+                .await?;
                 let echo_pid = echo.pid();
                 backends.push(echo);
-                let chat_args = ["--queue", "4096"];
+                let mut chat_args = vec!["--queue", "4096"];
+                chat_args.extend(threads.iter().map(String::as_str));
                 let chat = start_backend(
                     &binaries.dir,
                     &docroot,
@@ -187,6 +212,7 @@ impl System {
                 .await?;
                 backends.push(chat);
                 let mut command = gateway_command(&binaries.dir, &docroot, &max);
+                command.args(&threads);
                 if kind == Kind::Direct {
                     command.args(["--direct", "*"]);
                 }
@@ -216,6 +242,7 @@ impl System {
                 let socket = docroot.join("baseline.sock");
                 let mut command = Command::new(&binaries.bench);
                 command.args(["baseline-server", "--unix"]).arg(&socket);
+                command.args(binaries.threads_args());
                 let backend = Backend::start_command_with(
                     "baseline server",
                     command,

@@ -59,6 +59,8 @@ pub const DEFAULT_AUTHORIZER_TIMEOUT: u64 = 2;
 
 /// The largest `--workers`: each worker is a process with its own runtime.
 pub const MAX_WORKERS: usize = 256;
+/// The largest `--threads`: runtime threads of one gateway process.
+pub const MAX_THREADS: usize = 1024;
 
 /// hyper reads a request head into a buffer of at least this many bytes.
 const MIN_REQUEST_HEADER_SIZE: usize = 8192;
@@ -277,6 +279,13 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
+    /// Runtime threads of each gateway process. 1 runs everything on one
+    /// thread and saves the wake-ups between threads (fastest per connection
+    /// and per message; use --workers for more cores). [default: the number
+    /// of CPUs divided by --workers, at least 1]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
     /// Log lines on stderr as `text` or `json` (one object per line).
     /// [default: text]
     #[arg(long, value_name = "FORMAT")]
@@ -328,6 +337,7 @@ struct FileConfig {
     /// `[[backend]]` tables: the backends the gateway starts and supervises.
     backend: Option<Vec<BackendTable>>,
     workers: Option<usize>,
+    threads: Option<usize>,
     log_format: Option<String>,
     metrics_listen: Option<String>,
 }
@@ -522,6 +532,8 @@ pub struct Config {
     pub(crate) backends: Vec<BackendSpec>,
     /// Gateway processes sharing the listeners; 1: this process serves alone.
     pub workers: usize,
+    /// Runtime threads of each gateway process.
+    pub threads: usize,
     /// How log lines are written.
     pub log_format: lifecycle::LogFormat,
     /// Address of the metrics listener; `None`: no metrics served.
@@ -739,6 +751,11 @@ impl Config {
         let backends = backend_specs(file.backend.unwrap_or_default(), &docroot)?;
         let workers = args.workers.or(file.workers).unwrap_or(1);
         check_range("workers", workers as u64, 1, MAX_WORKERS as u64)?;
+        let threads = args
+            .threads
+            .or(file.threads)
+            .unwrap_or_else(|| default_threads(workers));
+        check_range("threads", threads as u64, 1, MAX_THREADS as u64)?;
         let log_format = match (args.log_format, file.log_format) {
             (Some(format), _) => format,
             (None, Some(text)) => text.parse()?,
@@ -781,6 +798,7 @@ impl Config {
             allowed_hosts,
             backends,
             workers,
+            threads,
             log_format,
             metrics_listen,
         })
@@ -805,6 +823,7 @@ impl Config {
             ("tls_listen", wanted.tls_listen != running.tls_listen),
             ("docroot", wanted.docroot != running.docroot),
             ("workers", wanted.workers != running.workers),
+            ("threads", wanted.threads != running.threads),
             ("log_format", wanted.log_format != running.log_format),
             (
                 "metrics_listen",
@@ -822,6 +841,7 @@ impl Config {
         file.tls_listen = None;
         file.docroot = None;
         file.workers = None;
+        file.threads = None;
         file.log_format = None;
         file.metrics_listen = None;
         let pinned = Args {
@@ -829,6 +849,7 @@ impl Config {
             tls_listen: running.tls_listen.clone(),
             docroot: Some(running.docroot.clone()),
             workers: Some(running.workers),
+            threads: Some(running.threads),
             log_format: Some(running.log_format),
             metrics_listen: running.metrics_listen,
             ..args.clone()
@@ -910,6 +931,12 @@ const LISTEN_FORM: &str = "expected ip:port, such as 127.0.0.1:8080, 0.0.0.0:808
 /// Parses `--listen`, naming the expected form when the value is not `ip:port`.
 fn parse_listen(value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| LISTEN_FORM.to_owned())
+}
+
+/// `--threads` when not given: the CPUs shared out over the `workers`
+/// processes, so that N workers run about as many threads as there are CPUs.
+fn default_threads(workers: usize) -> usize {
+    lifecycle::default_threads().div_ceil(workers.max(1)).max(1)
 }
 
 fn check_range(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
@@ -1028,6 +1055,8 @@ mod tests {
             "128",
             "--workers",
             "4",
+            "--threads",
+            "2",
             "--log-format",
             "json",
             "--metrics-listen",
@@ -1192,6 +1221,20 @@ mod tests {
     }
 
     #[test]
+    fn threads_default_to_the_cpus_shared_out_over_the_workers() {
+        let cpus = lifecycle::default_threads();
+        let config = Config::from_args(parse_args(&[])).expect("defaults are valid");
+        assert_eq!((config.workers, config.threads), (1, cpus));
+        let config = Config::from_args(parse_args(&["--workers", "3"])).expect("valid");
+        assert_eq!(config.threads, cpus.div_ceil(3));
+        let config = Config::from_args(parse_args(&["--workers", "256"])).expect("valid");
+        assert_eq!(config.threads, 1, "at least one thread per worker");
+        let config =
+            Config::from_args(parse_args(&["--workers", "2", "--threads", "3"])).expect("valid");
+        assert_eq!(config.threads, 3, "a given number wins");
+    }
+
+    #[test]
     fn invalid_settings_are_refused_with_a_message_naming_them() {
         // (file, flags, expected part of the message)
         let cases: &[(&str, &[&str], &str)] = &[
@@ -1209,6 +1252,8 @@ mod tests {
             ("", &["--max-message-size", "0"], "max-message-size"),
             ("", &["--max-connections", "0"], "max-connections"),
             ("", &["--accept-timeout", "0"], "accept-timeout"),
+            ("", &["--threads", "0"], "threads"),
+            ("threads = 2000", &[], "threads"),
             (
                 "",
                 &["--ping-interval", "60", "--idle-timeout", "30"],

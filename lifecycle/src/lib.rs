@@ -1,5 +1,6 @@
 //! The process life cycle that the gateway and every backend share: logging
-//! set-up, the descriptor limit raised to its hard limit, the stop signals
+//! set-up, the tokio runtime with its number of threads (`--threads`), the
+//! descriptor limit raised to its hard limit, the stop signals
 //! turned into a cancellation token, and the back-off of an accept loop that
 //! ran out of descriptors; [`metrics_endpoint`], the `--metrics-listen`
 //! listener that serves a process's metrics; and [`metrics_registry`], what
@@ -13,6 +14,28 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+
+/// The tokio runtime of a process with `threads` threads (`--threads N`).
+/// One thread is a current-thread runtime: every task runs on the thread
+/// that calls `block_on`, so no wake-up ever crosses threads (no `futex`,
+/// no context switch between them); more is tokio's work-stealing runtime
+/// with that many workers. Blocking work (`spawn_blocking`) has its own
+/// pool either way.
+pub fn runtime(threads: usize) -> io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build()
+}
+
+/// The default number of runtime threads: one per CPU the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// How log lines are written: `text` for people, `json` for a log collector
 /// (one JSON object per line: `timestamp`, `level`, `fields` with `message`,

@@ -13,6 +13,7 @@ all_modes!(
     echo_returns_one_mebibyte_messages_intact,
     fragmented_message_is_echoed_as_one_message,
     hundred_concurrent_clients_each_get_their_own_data,
+    single_threaded_gateway_and_echo_serve_concurrent_clients,
     client_close_is_answered_with_its_code,
     pipelined_burst_is_echoed_whole_and_in_order,
 );
@@ -107,10 +108,34 @@ async fn fragmented_message_is_echoed_as_one_message(mode: Mode) -> anyhow::Resu
 }
 
 async fn hundred_concurrent_clients_each_get_their_own_data(mode: Mode) -> anyhow::Result<()> {
-    const N_CLIENTS: usize = 100;
-    const N_MESSAGES: usize = 5;
     // The echo serves 50 clients by default; make room for all of them.
     let (_docroot, _echo, gateway) = start_echo(mode, &["-m", "200"]).await?;
+    each_of_hundred_clients_gets_its_own_data(&gateway).await
+}
+
+/// `--threads 1` on both sides: the gateway and the echo each run every
+/// client on one thread (tokio's current-thread runtime), and still serve
+/// a hundred clients at once.
+async fn single_threaded_gateway_and_echo_serve_concurrent_clients(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let _echo = Backend::start(
+        "websocket_echo",
+        docroot.path(),
+        "echo",
+        &["-m", "200", "--threads", "1"],
+    )
+    .await?;
+    let gateway = Gateway::start(docroot.path(), &mode.with_args(&["--threads", "1"])).await?;
+    each_of_hundred_clients_gets_its_own_data(&gateway).await
+}
+
+/// A hundred clients of `/echo` at once, each sending five messages of its
+/// own and getting each back.
+async fn each_of_hundred_clients_gets_its_own_data(gateway: &Gateway) -> anyhow::Result<()> {
+    const N_CLIENTS: usize = 100;
+    const N_MESSAGES: usize = 5;
     let clients = try_join_all((0..N_CLIENTS).map(|_| gateway.connect("/echo"))).await?;
     let sessions = clients
         .into_iter()

@@ -57,7 +57,12 @@ fn main() -> ExitCode {
         eprintln!("wsgate: a worker needs the sockets of its supervisor (LISTEN_FDS)");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The supervisor of workers serves no client: one thread is plenty.
+    let threads = match worker {
+        None if config.workers > 1 => 1,
+        _ => config.threads,
+    };
+    let runtime = match lifecycle::runtime(threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("wsgate: cannot start the runtime: {error}");
