@@ -35,23 +35,68 @@ pub async fn send_handoff(
     client: BorrowedFd<'_>,
     pending: &[u8],
 ) -> Result<(), LinkError> {
-    let len = u32::try_from(pending.len()).map_err(|_| LinkError::TooLong {
-        len: pending.len() as u64,
+    send_with_descriptor(link, client, RecordKind::Handoff, &[pending]).await
+}
+
+/// Sends the OPEN_HANDOFF record on `link`: `client` as SCM_RIGHTS on its
+/// first byte; the payload is `open` (the client's OPEN JSON) after its u32
+/// big-endian length, then `pending`, the bytes read past the handshake (the
+/// layout of REQUEST, [`crate::meta::split_head`]). Only on a link whose
+/// backend offered it (ACCEPT's `open_handoff`). The caller closes its copy.
+pub async fn send_open_handoff(
+    link: &mut UnixStream,
+    client: BorrowedFd<'_>,
+    open: &[u8],
+    pending: &[u8],
+) -> Result<(), LinkError> {
+    let open_len = u32::try_from(open.len()).map_err(|_| LinkError::TooLong {
+        len: open.len() as u64,
         max: u32::MAX as usize,
     })?;
-    let header = encode_header(RecordKind::Handoff, len);
+    let open_len = open_len.to_be_bytes();
+    send_with_descriptor(
+        link,
+        client,
+        RecordKind::OpenHandoff,
+        &[&open_len, open, pending],
+    )
+    .await
+}
+
+/// Sends one record of `kind` whose payload is `parts` one after the other,
+/// with `client` as SCM_RIGHTS on its first byte.
+async fn send_with_descriptor(
+    link: &mut UnixStream,
+    client: BorrowedFd<'_>,
+    kind: RecordKind,
+    parts: &[&[u8]],
+) -> Result<(), LinkError> {
+    let total: usize = parts.iter().map(|part| part.len()).sum();
+    let len = u32::try_from(total).map_err(|_| LinkError::TooLong {
+        len: total as u64,
+        max: u32::MAX as usize,
+    })?;
+    let header = encode_header(kind, len);
     let fds = [client.as_raw_fd()];
     let raw_link = link.as_raw_fd();
     let sent = link
         .async_io(Interest::WRITABLE, || {
-            let iov = [IoSlice::new(&header), IoSlice::new(pending)];
+            let iov: Vec<IoSlice<'_>> = std::iter::once(&header[..])
+                .chain(parts.iter().copied())
+                .map(IoSlice::new)
+                .collect();
             let cmsg = [ControlMessage::ScmRights(&fds)];
             sendmsg::<()>(raw_link, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
                 .map_err(io::Error::from)
         })
         .await?;
     // The descriptor went with the first byte; the rest is plain data.
-    let rest: Vec<u8> = header.iter().chain(pending).skip(sent).copied().collect();
+    let rest: Vec<u8> = header
+        .iter()
+        .chain(parts.iter().flat_map(|part| part.iter()))
+        .skip(sent)
+        .copied()
+        .collect();
     link.write_all(&rest).await?;
     link.flush().await?;
     Ok(())
@@ -63,6 +108,40 @@ pub async fn recv_handoff(
     link: &mut UnixStream,
     max_pending: usize,
 ) -> Result<(OwnedFd, Bytes), LinkError> {
+    let head = recv_head(link, max_pending).await?;
+    if head.kind != RecordKind::Handoff {
+        return Err(LinkError::Unexpected("non-HANDOFF"));
+    }
+    let Some(client) = head.descriptor else {
+        return Err(LinkError::NoDescriptor);
+    };
+    let mut pending = vec![0u8; head.len];
+    link.read_exact(&mut pending)
+        .await
+        .map_err(|_| LinkError::Truncated)?;
+    Ok((client, Bytes::from(pending)))
+}
+
+/// The header of the next record on a link, read so that a descriptor
+/// that came with its first byte is kept: see [`recv_head`].
+#[derive(Debug)]
+pub struct RecordHead {
+    /// The record's kind.
+    pub kind: RecordKind,
+    /// Its payload length, within the limit given to [`recv_head`].
+    pub len: usize,
+    /// The header's bytes as they came.
+    pub header: [u8; HEADER_LEN],
+    /// The descriptor that came with the record's first byte (close-on-exec);
+    /// extra ones are closed.
+    pub descriptor: Option<OwnedFd>,
+}
+
+/// Reads the next record's header from `link` with `recvmsg`, keeping a
+/// descriptor sent with it (HANDOFF, OPEN_HANDOFF), where a plain read would
+/// have dropped it; the payload is left on the link. A payload longer than
+/// `max_len` is an error, as in the codec.
+pub async fn recv_head(link: &mut UnixStream, max_len: usize) -> Result<RecordHead, LinkError> {
     let mut header = [0u8; HEADER_LEN];
     let raw_link = link.as_raw_fd();
     let (n_read, raw_fds, truncated) = link
@@ -98,7 +177,7 @@ pub async fn recv_handoff(
         // descriptor table; nothing else refers to it, so we are its only owner.
         unsafe { OwnedFd::from_raw_fd(raw) }
     });
-    let client = fds.next();
+    let descriptor = fds.next();
     let n_extra = fds.count(); // Dropping them closes them.
     if n_extra > 0 {
         warn!(n_extra, "closed unexpected extra descriptors on the link");
@@ -112,18 +191,13 @@ pub async fn recv_handoff(
     link.read_exact(&mut header[n_read..])
         .await
         .map_err(|_| LinkError::Truncated)?;
-    let (kind, len) = decode_header(header, max_pending)?;
-    if kind != RecordKind::Handoff {
-        return Err(LinkError::Unexpected("non-HANDOFF"));
-    }
-    let Some(client) = client else {
-        return Err(LinkError::NoDescriptor);
-    };
-    let mut pending = vec![0u8; len];
-    link.read_exact(&mut pending)
-        .await
-        .map_err(|_| LinkError::Truncated)?;
-    Ok((client, Bytes::from(pending)))
+    let (kind, len) = decode_header(header, max_len)?;
+    Ok(RecordHead {
+        kind,
+        len,
+        header,
+        descriptor,
+    })
 }
 
 #[cfg(test)]
@@ -157,6 +231,44 @@ mod tests {
         let mut buf = [0u8; 5];
         client_ours.read_exact(&mut buf).await.expect("read");
         assert_eq!(&buf, b"hello");
+    }
+
+    #[tokio::test]
+    async fn open_handoff_carries_the_socket_the_open_and_pending_bytes() {
+        let (mut gateway_side, mut backend_side) = UnixStream::pair().expect("pair");
+        let (mut client_ours, client_theirs) = UnixStream::pair().expect("pair");
+        let client_theirs = client_theirs.into_std().expect("std");
+        let open = br#"{"version":1,"mode":"direct","id":9}"#;
+        send_open_handoff(&mut gateway_side, client_theirs.as_fd(), open, b"frame")
+            .await
+            .expect("sent");
+        drop(client_theirs);
+        let head = recv_head(&mut backend_side, 1024).await.expect("head");
+        assert_eq!(head.kind, RecordKind::OpenHandoff);
+        assert_eq!(head.len, 4 + open.len() + 5);
+        let mut payload = vec![0u8; head.len];
+        backend_side.read_exact(&mut payload).await.expect("payload");
+        let (open_got, pending) =
+            crate::meta::split_head("OPEN_HANDOFF", Bytes::from(payload)).expect("split");
+        assert_eq!((&open_got[..], &pending[..]), (&open[..], &b"frame"[..]));
+        let received = std::os::unix::net::UnixStream::from(head.descriptor.expect("socket"));
+        received.set_nonblocking(true).expect("nonblocking");
+        let mut received = UnixStream::from_std(received).expect("tokio");
+        received.write_all(b"hi").await.expect("write");
+        let mut buf = [0u8; 2];
+        client_ours.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"hi");
+    }
+
+    #[test]
+    fn the_codec_refuses_an_open_handoff_whose_descriptor_it_cannot_keep() {
+        use tokio_util::codec::Decoder;
+        let mut codec = crate::RecordCodec::default();
+        let mut bytes = bytes::BytesMut::from(&encode_header(RecordKind::OpenHandoff, 3)[..]);
+        assert!(matches!(
+            codec.decode(&mut bytes),
+            Err(LinkError::Unexpected(_))
+        ));
     }
 
     /// How many of this process's descriptors refer to `path`.

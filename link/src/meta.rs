@@ -124,6 +124,13 @@ pub struct AcceptReply {
     /// backend closes the link after the HANDOFF, and so does the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse_ms: Option<u64>,
+    /// Direct mode only, with `reuse_ms`: the gateway may hand this link's
+    /// next clients over without asking, OPEN and socket in one OPEN_HANDOFF
+    /// record (docs/link-protocol.md, *Hand-over without ACCEPT*): the backend
+    /// takes every such client as if it had answered an empty ACCEPT, and
+    /// closes one it cannot serve with a close code.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_handoff: bool,
     /// Framed mode: every message and the close for this client travel on
     /// the carrier link OPEN's `carrier` named, as FANOUT records, under
     /// these terms; none on the client's own link. Only for a carrier the

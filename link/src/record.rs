@@ -32,6 +32,10 @@ pub enum RecordKind {
     Request = 0x05,
     /// Backend to gateway, the answer to REQUEST: a JSON [`crate::ResponseHead`] and the body.
     Response = 0x06,
+    /// Direct mode, gateway to backend, on a reused link whose backend offered
+    /// it (ACCEPT's `open_handoff`): a client's OPEN and its socket at once, no
+    /// ACCEPT asked ([`crate::fd_pass::send_open_handoff`]).
+    OpenHandoff = 0x07,
     /// One whole text message; the payload is UTF-8.
     Text = 0x10,
     /// One whole binary message.
@@ -62,6 +66,7 @@ impl RecordKind {
             RecordKind::Handoff => "HANDOFF",
             RecordKind::Request => "REQUEST",
             RecordKind::Response => "RESPONSE",
+            RecordKind::OpenHandoff => "OPEN_HANDOFF",
             RecordKind::Text => "TEXT",
             RecordKind::Binary => "BINARY",
             RecordKind::Close => "CLOSE",
@@ -80,6 +85,7 @@ impl RecordKind {
             0x04 => RecordKind::Handoff,
             0x05 => RecordKind::Request,
             0x06 => RecordKind::Response,
+            0x07 => RecordKind::OpenHandoff,
             0x10 => RecordKind::Text,
             0x11 => RecordKind::Binary,
             0x12 => RecordKind::Close,
@@ -291,6 +297,12 @@ impl Decoder for RecordCodec {
             return Ok(None);
         };
         let (kind, len) = decode_header(header, self.max_payload)?;
+        if kind == RecordKind::OpenHandoff {
+            // Its descriptor came with its first byte and a plain read dropped it.
+            return Err(LinkError::Unexpected(
+                "OPEN_HANDOFF where no descriptor can be received",
+            ));
+        }
         let Some(total) = HEADER_LEN.checked_add(len) else {
             return Err(LinkError::TooLong {
                 len: len as u64,
@@ -311,6 +323,7 @@ impl Decoder for RecordCodec {
             RecordKind::Handoff => Record::Handoff(payload),
             RecordKind::Request => Record::Request(payload),
             RecordKind::Response => Record::Response(payload),
+            RecordKind::OpenHandoff => unreachable!("refused above"),
             RecordKind::Text => {
                 Record::Text(Utf8Bytes::try_from(payload).map_err(|_| LinkError::InvalidUtf8)?)
             }
