@@ -8,7 +8,9 @@
 //! pings and closes it after the idle timeout, as the gateway does when it
 //! relays. `session` wraps it; servers never see the difference.
 
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -83,13 +85,24 @@ pub(crate) async fn take_over(
     // The link has done its job for this client; closing it tells the
     // gateway it may let go, keeping it lets the gateway send the next OPEN.
     let link = keep_link.then_some(link);
+    let (client, peer) = from_descriptor(client_fd, pending, options, deflate)?;
+    Ok((client, peer, link))
+}
+
+/// The client on the socket `client_fd` the gateway handed over (HANDOFF or
+/// OPEN_HANDOFF), starting with the `pending` bytes, and its address.
+pub(crate) fn from_descriptor(
+    client_fd: OwnedFd,
+    pending: Bytes,
+    options: DirectOptions,
+    deflate: Option<DeflateParams>,
+) -> io::Result<(DirectClient, Option<SocketAddr>)> {
     let std_stream = std::net::TcpStream::from(client_fd);
     std_stream.set_nonblocking(true)?;
     let peer = std_stream.peer_addr().ok();
     let tcp = TcpStream::from_std(std_stream)?;
     let _ = tcp.set_nodelay(true);
-    let client = DirectClient::new(tcp, pending, options, deflate);
-    Ok((client, peer, link))
+    Ok((DirectClient::new(tcp, pending, options, deflate), peer))
 }
 
 /// A WebSocket client on its own socket, behaving like a relayed session.

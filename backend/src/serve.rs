@@ -48,7 +48,7 @@ use crate::carrier::{self, CarrierRegistry};
 use crate::direct::DirectOptions;
 use crate::metrics::{Metrics, Refused};
 use crate::request::{self, RequestHandler};
-use crate::session::{Connection, LinkStart, Session, SessionError};
+use crate::session::{Connection, HandedOver, LinkStart, Session, SessionError};
 use crate::socket_file::SocketFile;
 
 /// A backend's listening socket, in tokio.
@@ -428,6 +428,9 @@ async fn open_client(
             return None;
         }
         Ok(Ok(LinkStart::Client(incoming))) => incoming,
+        Ok(Ok(LinkStart::HandedOver(handed))) => {
+            return take_handed_over(*handed, options, slots);
+        }
         Ok(Ok(LinkStart::Carrier(incoming))) => {
             tracing::Span::current().record("id", incoming.meta().id);
             return open_carrier(incoming, options, carriers).await;
@@ -483,6 +486,9 @@ async fn open_client(
         // next client's OPEN on this link, within the open timeout.
         reuse_ms: offer_reuse
             .then(|| u64::try_from(options.open_timeout.as_millis()).unwrap_or(u64::MAX)),
+        // ... or hand the next clients over without asking, when nothing
+        // here would refuse one before its `101`.
+        open_handoff: offer_reuse && options.admission.is_none(),
         ..AcceptReply::default()
     };
     let permit = slots.clone().try_acquire_owned();
@@ -528,6 +534,37 @@ async fn open_client(
             mode,
             next_link,
         }))),
+    }
+}
+
+/// Takes a client the gateway handed over with OPEN_HANDOFF, as if it had
+/// answered an empty ACCEPT; the link stays open for the next client. Only
+/// offered when the server has no admission check: a gateway that sends one
+/// to a server with a check anyway is not obeyed (link and client closed).
+fn take_handed_over(
+    handed: HandedOver,
+    options: &ServeOptions,
+    slots: &Arc<Semaphore>,
+) -> Option<Opened> {
+    let span = tracing::Span::current();
+    span.record("id", handed.meta().id);
+    span.record("peer", handed.meta().peer.as_str());
+    if options.admission.is_some() {
+        warn!("OPEN_HANDOFF to a server that checks each client before ACCEPT; dropping it");
+        return None;
+    }
+    debug!("OPEN_HANDOFF on a reused link");
+    match handed.into_session(options.max_message_size) {
+        Ok((session, next_link)) => Some(Opened::Client(Box::new(AcceptedClient {
+            session,
+            permit: slots.clone().try_acquire_owned(),
+            mode: LinkMode::Direct,
+            next_link: Some(next_link),
+        }))),
+        Err(error) => {
+            warn!(%error, "cannot take the handed-over client");
+            None
+        }
     }
 }
 

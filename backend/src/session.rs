@@ -9,7 +9,10 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use std::io;
+use std::os::fd::OwnedFd;
+
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::net::UnixStream;
@@ -19,11 +22,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::codec::{Framed, FramedParts};
 
+use link::fd_pass::{self, RecordHead};
 use link::message::{message_to_record, record_to_message, truncate_reason};
 use link::websocket::{LINK_READ_BUFFER, READ_CHUNK};
 use link::{
-    AcceptReply, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record, RecordCodec, RejectReply,
+    AcceptReply, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record, RecordCodec, RecordKind,
+    RejectReply,
 };
+use tokio::io::AsyncReadExt;
 
 use crate::carrier::{CarriedLink, Carrier, CarrierSendError};
 use crate::direct::{self, DirectClient, DirectOptions};
@@ -66,6 +72,10 @@ pub struct Connection {
     framed: Framed<UnixStream, RecordCodec>,
     direct_options: DirectOptions,
     metrics: Metrics,
+    /// A reused direct-mode link whose last ACCEPT offered `open_handoff`:
+    /// its next record may be an OPEN_HANDOFF, whose descriptor only
+    /// `recvmsg` keeps, so the first record is read that way.
+    open_handoff: bool,
 }
 
 impl Connection {
@@ -98,6 +108,7 @@ impl Connection {
             framed,
             direct_options,
             metrics,
+            open_handoff: false,
         }
     }
 
@@ -110,6 +121,7 @@ impl Connection {
             LinkStart::Client(incoming) => Ok(incoming),
             LinkStart::Carrier(incoming) => Err(incoming.reject_unsupported_mode().await),
             LinkStart::Request(_) => Err(LinkError::Unexpected("REQUEST").into()),
+            LinkStart::HandedOver(_) => Err(LinkError::Unexpected("OPEN_HANDOFF").into()),
         }
     }
 
@@ -117,6 +129,36 @@ impl Connection {
     /// OPEN is returned for `serve` to take or refuse), or a REQUEST (a plain
     /// HTTP request for this backend, answered by `serve`).
     pub(crate) async fn open_or_request(mut self) -> Result<LinkStart, SessionError> {
+        if self.open_handoff && self.framed.read_buffer().is_empty() {
+            // The largest OPEN_HANDOFF: an OPEN, and at most a message of
+            // pending bytes (what the gateway read past the handshake).
+            let max_len = self
+                .framed
+                .codec()
+                .max_payload()
+                .saturating_add(self.direct_options.max_message_size);
+            let head = match fd_pass::recv_head(self.framed.get_mut(), max_len).await {
+                Err(LinkError::Io(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(SessionError::ClosedBeforeOpen);
+                }
+                head => head?,
+            };
+            if head.kind == RecordKind::OpenHandoff {
+                return Ok(LinkStart::HandedOver(Box::new(
+                    self.read_open_handoff(head).await?,
+                )));
+            }
+            if head.descriptor.is_some() {
+                // Dropping it closes it.
+                return Err(
+                    LinkError::Unexpected("a descriptor with a record that has none").into(),
+                );
+            }
+            // Any other record is read by the codec, as on any link.
+            self.framed
+                .read_buffer_mut()
+                .extend_from_slice(&head.header);
+        }
         let record = match self.framed.next().await {
             None => return Err(SessionError::ClosedBeforeOpen),
             Some(record) => record?,
@@ -155,6 +197,90 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The rest of an OPEN_HANDOFF whose header is `head`: its OPEN, which
+    /// must be a direct-mode one of this version, and the pending bytes.
+    async fn read_open_handoff(mut self, head: RecordHead) -> Result<HandedOver, SessionError> {
+        let Some(client) = head.descriptor else {
+            return Err(LinkError::NoDescriptor.into());
+        };
+        let mut payload = vec![0u8; head.len];
+        self.framed
+            .get_mut()
+            .read_exact(&mut payload)
+            .await
+            .map_err(|_| LinkError::Truncated)?;
+        let (open, pending) = link::meta::split_head("OPEN_HANDOFF", Bytes::from(payload))?;
+        let meta = OpenMeta::from_payload(&open)?;
+        if meta.version != LINK_VERSION {
+            return Err(SessionError::UnsupportedVersion {
+                version: meta.version,
+            });
+        }
+        if meta.mode != LinkMode::Direct {
+            return Err(LinkError::Unexpected("an OPEN_HANDOFF not in direct mode").into());
+        }
+        Ok(HandedOver {
+            meta,
+            client,
+            pending,
+            link: self,
+        })
+    }
+}
+
+/// A client the gateway handed over with OPEN_HANDOFF (docs/link-protocol.md,
+/// *Hand-over without ACCEPT*): it already has its `101`, and the backend
+/// takes it as if it had answered an empty ACCEPT.
+#[derive(Debug)]
+pub(crate) struct HandedOver {
+    meta: OpenMeta,
+    client: OwnedFd,
+    pending: Bytes,
+    /// The link, open for the next client as before.
+    link: Connection,
+}
+
+impl HandedOver {
+    /// Who the client is.
+    pub(crate) fn meta(&self) -> &OpenMeta {
+        &self.meta
+    }
+
+    /// The client's session, which reads no more than `max_message_size`
+    /// (the server's, if smaller than the gateway's), and the link back for
+    /// the next client.
+    pub(crate) fn into_session(
+        self,
+        max_message_size: Option<usize>,
+    ) -> Result<(Session, Connection), SessionError> {
+        let HandedOver {
+            mut meta,
+            client,
+            pending,
+            link,
+        } = self;
+        let mut options = match meta.limits {
+            Some(limits) => link.direct_options.with_limits(limits),
+            None => link.direct_options,
+        };
+        if let Some(max) = max_message_size {
+            options.max_message_size = options.max_message_size.min(max);
+        }
+        let (client, peer) = direct::from_descriptor(client, pending, options, meta.deflate)
+            .map_err(LinkError::from)?;
+        if let Some(peer) = peer {
+            meta.peer = peer.to_string();
+        }
+        let session = Session::new(
+            meta,
+            Transport::Direct(Box::new(client)),
+            link.metrics.clone(),
+        );
+        Ok((session, link))
+    }
+}
+
 /// What the first record of a link asked for.
 #[derive(Debug)]
 pub(crate) enum LinkStart {
@@ -164,6 +290,8 @@ pub(crate) enum LinkStart {
     Carrier(Incoming),
     /// REQUEST: one plain HTTP request.
     Request(PendingRequest),
+    /// OPEN_HANDOFF: a direct-mode client, already handed over.
+    HandedOver(Box<HandedOver>),
 }
 
 /// A client the gateway announced; answer with [`Incoming::accept`] or [`Incoming::reject`].
@@ -190,6 +318,7 @@ impl Incoming {
         // client on a carrier.
         let reply = AcceptReply {
             reuse_ms: None,
+            open_handoff: false,
             carrier: None,
             carrier_wanted: false,
             ..reply
@@ -237,6 +366,9 @@ impl Incoming {
         if self.meta.mode != LinkMode::Direct {
             reply.reuse_ms = None;
         }
+        if reply.reuse_ms.is_none() {
+            reply.open_handoff = false;
+        }
         let carried = carried.filter(|_| self.meta.mode == LinkMode::Framed);
         if carried.is_none() {
             reply.carrier = None;
@@ -272,26 +404,19 @@ impl Incoming {
                     self.meta.peer = peer.to_string();
                 }
                 next_link = link.map(|stream| {
-                    Connection::with_codec(
+                    let mut next = Connection::with_codec(
                         stream,
                         parts.codec,
                         self.direct_options,
                         self.metrics.clone(),
-                    )
+                    );
+                    next.open_handoff = reply.open_handoff;
+                    next
                 });
                 Transport::Direct(Box::new(client))
             }
         };
-        let session = Session {
-            meta: self.meta,
-            transport,
-            peeked: None,
-            unflushed: false,
-            n_deferred: 0,
-            defer_flushes: true,
-            metrics: self.metrics,
-        };
-        Ok((session, next_link))
+        Ok((Session::new(self.meta, transport, self.metrics), next_link))
     }
 
     /// Refuses the client: the gateway answers its handshake with `reply.status`.
@@ -366,6 +491,19 @@ struct Carried {
 }
 
 impl Session {
+    /// A session on `transport`, nothing read or sent yet.
+    fn new(meta: OpenMeta, transport: Transport, metrics: Metrics) -> Session {
+        Session {
+            meta,
+            transport,
+            peeked: None,
+            unflushed: false,
+            n_deferred: 0,
+            defer_flushes: true,
+            metrics,
+        }
+    }
+
     /// The carrier this client's messages travel on, and the client's id
     /// there (OPEN's `id`), when the gateway carries it; `None` for other
     /// sessions. A server sending one message to many clients groups the

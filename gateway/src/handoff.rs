@@ -6,19 +6,25 @@
 //! gateway holds no descriptor, no task and no connection slot for it. When
 //! the backend offered to reuse the link (ACCEPT's `reuse_ms`), the link goes
 //! to the `link_pool` for the next client instead of being closed.
+//!
+//! On such a link, when the backend also offered `open_handoff`, the next
+//! client goes over without asking: its OPEN and its socket in one
+//! OPEN_HANDOFF record ([`hand_over_with_open`]), after a `101` the gateway
+//! wrote without waiting for an ACCEPT.
 
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use link::OpenMeta;
 use link::fd_pass;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::backend::FramedLink;
-use crate::link_pool::LinkPool;
+use crate::backend::{self, FramedLink};
+use crate::link_pool::{HandoffLink, LinkPool};
 use crate::relay::{self, RelaySettings};
 
 /// Where a link the backend offered for reuse goes after the HANDOFF.
@@ -27,6 +33,20 @@ pub(crate) struct LinkReuse<'a> {
     pub(crate) socket_path: &'a Path,
     /// How long the backend waits for the next OPEN (ACCEPT's `reuse_ms`).
     pub(crate) backend_wait: Duration,
+    /// The backend takes OPEN_HANDOFF on the link (ACCEPT's `open_handoff`).
+    pub(crate) open_handoff: bool,
+}
+
+impl LinkReuse<'_> {
+    /// Puts `stream` back in the pool for the next client.
+    fn keep(self, stream: UnixStream) {
+        self.pool.put(
+            self.socket_path,
+            stream,
+            self.backend_wait,
+            self.open_handoff,
+        );
+    }
 }
 
 /// Hands `tcp` and `pending` over on `link`, then gives the link to `reuse`
@@ -48,9 +68,7 @@ pub(crate) async fn hand_over(
                 drop(tcp);
                 let kept = reuse.is_some();
                 if let Some(reuse) = reuse {
-                    reuse
-                        .pool
-                        .put(reuse.socket_path, stream, reuse.backend_wait);
+                    reuse.keep(stream);
                 }
                 // Logged once the link is back for the next client (tests wait on it).
                 tracing::debug!(n_pending = pending.len(), kept, "client handed over");
@@ -63,6 +81,83 @@ pub(crate) async fn hand_over(
         "the backend sent data after ACCEPT in direct mode".to_owned()
     };
     tracing::warn!("direct hand-over failed: {failure}; closing the client with 1011");
+    close_with_1011(tcp, pending, settings).await;
+}
+
+/// Where an OPEN_HANDOFF goes, and what to do if it cannot go there.
+pub(crate) struct OpenHandoff<'a> {
+    /// The client's OPEN (direct mode).
+    pub(crate) open: &'a OpenMeta,
+    /// The idle link taken for it, and the backend's wait on it.
+    pub(crate) link: HandoffLink,
+    pub(crate) pool: &'a LinkPool,
+    pub(crate) socket_path: &'a Path,
+    /// For asking afresh if the link fails: the largest record from the
+    /// backend and how long it may take to answer.
+    pub(crate) max_payload: usize,
+    pub(crate) accept_timeout: Duration,
+}
+
+/// Hands `tcp` (which has its `101`) and `pending` over with one OPEN_HANDOFF
+/// on an idle link whose backend offered it, then puts the link back. If the
+/// link fails (the backend closed it at that moment: stopped, restarted), the
+/// client is handed over the usual way on a new link (OPEN, ACCEPT,
+/// HANDOFF); if that fails too, it is closed with `1011`.
+pub(crate) async fn hand_over_with_open(
+    tcp: TcpStream,
+    pending: Bytes,
+    handoff: OpenHandoff<'_>,
+    settings: &RelaySettings,
+) {
+    let OpenHandoff {
+        open,
+        link: HandoffLink {
+            mut stream,
+            backend_wait,
+        },
+        pool,
+        socket_path,
+        max_payload,
+        accept_timeout,
+    } = handoff;
+    let sent =
+        fd_pass::send_open_handoff(&mut stream, tcp.as_fd(), &open.to_payload(), &pending).await;
+    match sent {
+        Ok(()) => {
+            drop(tcp);
+            pool.put(socket_path, stream, backend_wait, true);
+            tracing::debug!(
+                n_pending = pending.len(),
+                "client handed over with its OPEN"
+            );
+        }
+        Err(error) => {
+            tracing::debug!(%error, "idle link failed for OPEN_HANDOFF; asking afresh");
+            drop(stream);
+            match backend::open_framed(socket_path, open, max_payload, accept_timeout, None).await {
+                Ok((link, reply)) => {
+                    let reuse = reply.reuse_ms.map(|reuse_ms| LinkReuse {
+                        pool,
+                        socket_path,
+                        backend_wait: Duration::from_millis(reuse_ms),
+                        open_handoff: reply.open_handoff,
+                    });
+                    hand_over(tcp, pending, link, settings, reuse).await;
+                }
+                Err(refusal) => {
+                    tracing::warn!(
+                        "direct hand-over failed: {}; closing the client with 1011",
+                        crate::refusal::error_chain(&refusal)
+                    );
+                    close_with_1011(tcp, pending, settings).await;
+                }
+            }
+        }
+    }
+}
+
+/// Closes a client that has its `101` but no backend with `1011`.
+async fn close_with_1011(tcp: TcpStream, pending: Bytes, settings: &RelaySettings) {
     let mut client = relay::client_websocket(tcp, pending, settings, None).await;
     let frame = CloseFrame {
         code: CloseCode::Error,

@@ -5,7 +5,9 @@
 //! a link here once the client's socket went over it; `backend::open_framed`
 //! takes the newest one instead of connecting again, which saves both sides a
 //! connect, an accept and a socket per client (docs/link-protocol.md, *Link
-//! reuse*). A link is kept for at most half the backend's wait (so it is
+//! reuse*). A backend that also offered `open_handoff` may get the next
+//! direct client's OPEN and socket at once on such a link, without being
+//! asked ([`LinkPool::take_for_handoff`]). A link is kept for at most half the backend's wait (so it is
 //! never the backend that closes a link the gateway is about to use) and at
 //! most [`MAX_IDLE`]; at most [`MAX_IDLE_LINKS_PER_BACKEND`] per socket and
 //! [`MAX_POOLED_BACKENDS`] sockets. A dead backend's links read as ended
@@ -52,19 +54,51 @@ struct PoolState {
 struct IdleLink {
     stream: UnixStream,
     expires: Instant,
+    /// The backend's wait for the next record (ACCEPT's `reuse_ms`).
+    backend_wait: Duration,
+    /// ACCEPT offered `open_handoff`.
+    open_handoff: bool,
+}
+
+/// An idle link taken for an OPEN_HANDOFF.
+#[derive(Debug)]
+pub(crate) struct HandoffLink {
+    pub(crate) stream: UnixStream,
+    /// The backend's wait for the next record, as offered with the link.
+    pub(crate) backend_wait: Duration,
 }
 
 impl LinkPool {
     /// The newest idle link to `socket_path` that is still open, if any.
     /// Expired links and links the backend closed are closed on the way.
     pub(crate) fn take(&self, socket_path: &Path) -> Option<UnixStream> {
+        self.take_where(socket_path, false).map(|link| link.stream)
+    }
+
+    /// The newest idle link to `socket_path` that is still open and whose
+    /// backend offered `open_handoff`, if any; older links are kept.
+    pub(crate) fn take_for_handoff(&self, socket_path: &Path) -> Option<HandoffLink> {
+        self.take_where(socket_path, true).map(|link| HandoffLink {
+            stream: link.stream,
+            backend_wait: link.backend_wait,
+        })
+    }
+
+    /// The newest usable link (with `open_handoff` if `handoff`); expired
+    /// and closed links met on the way are closed.
+    fn take_where(&self, socket_path: &Path, handoff: bool) -> Option<IdleLink> {
         let now = Instant::now();
         let mut state = self.lock();
         let links = state.idle.get_mut(socket_path)?;
         let mut found = None;
-        while let Some(link) = links.pop() {
-            if link.expires > now && is_open(&link.stream) {
-                found = Some(link.stream);
+        let mut index = links.len();
+        while index > 0 {
+            index -= 1;
+            let link = &links[index];
+            if link.expires <= now || !is_open(&link.stream) {
+                links.remove(index);
+            } else if link.open_handoff || !handoff {
+                found = Some(links.remove(index));
                 break;
             }
         }
@@ -75,8 +109,15 @@ impl LinkPool {
     }
 
     /// Keeps `stream`, a link to `socket_path` whose backend waits
-    /// `backend_wait` for the next OPEN, unless the pool is full or closed.
-    pub(crate) fn put(&self, socket_path: &Path, stream: UnixStream, backend_wait: Duration) {
+    /// `backend_wait` for the next OPEN (or, with `open_handoff`, an
+    /// OPEN_HANDOFF), unless the pool is full or closed.
+    pub(crate) fn put(
+        &self,
+        socket_path: &Path,
+        stream: UnixStream,
+        backend_wait: Duration,
+        open_handoff: bool,
+    ) {
         let expires = Instant::now() + (backend_wait / 2).min(MAX_IDLE);
         let mut state = self.lock();
         if state.closed {
@@ -92,7 +133,12 @@ impl LinkPool {
             None => return,
         };
         if links.len() < MAX_IDLE_LINKS_PER_BACKEND {
-            links.push(IdleLink { stream, expires });
+            links.push(IdleLink {
+                stream,
+                expires,
+                backend_wait,
+                open_handoff,
+            });
         }
     }
 
@@ -167,8 +213,8 @@ mod tests {
         let path = Path::new("/run/ws/echo");
         let (first, _first_peer) = UnixStream::pair().expect("pair");
         let (second, second_peer) = UnixStream::pair().expect("pair");
-        pool.put(path, first, WAIT);
-        pool.put(path, second, WAIT);
+        pool.put(path, first, WAIT, false);
+        pool.put(path, second, WAIT, false);
         drop(second_peer);
         // The newest is closed at the backend's end: the older one comes out.
         assert!(pool.take(path).is_some());
@@ -177,11 +223,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_open_handoff_takes_only_a_link_that_offered_it() {
+        let pool = LinkPool::default();
+        let path = Path::new("/run/ws/echo");
+        let (offered, _offered_peer) = UnixStream::pair().expect("pair");
+        let (plain, _plain_peer) = UnixStream::pair().expect("pair");
+        pool.put(path, offered, WAIT, true);
+        pool.put(path, plain, WAIT, false);
+        let taken = pool.take_for_handoff(path).expect("the offering link");
+        assert_eq!(taken.backend_wait, WAIT);
+        assert!(
+            pool.take_for_handoff(path).is_none(),
+            "the plain one is not"
+        );
+        assert_eq!(pool.len(), 1, "and stays for an OPEN");
+        assert!(pool.take(path).is_some());
+    }
+
+    #[tokio::test]
     async fn a_link_the_backend_wrote_on_is_not_taken() {
         let pool = LinkPool::default();
         let path = Path::new("/run/ws/echo");
         let (link, mut peer) = UnixStream::pair().expect("pair");
-        pool.put(path, link, WAIT);
+        pool.put(path, link, WAIT, false);
         peer.write_all(b"x").await.expect("write");
         assert!(pool.take(path).is_none());
     }
@@ -191,10 +255,10 @@ mod tests {
         let pool = LinkPool::default();
         let path = Path::new("/run/ws/echo");
         let (link, _peer) = UnixStream::pair().expect("pair");
-        pool.put(path, link, Duration::ZERO);
+        pool.put(path, link, Duration::ZERO, false);
         assert_eq!(pool.close_expired(), 0);
         let (link, _peer) = UnixStream::pair().expect("pair");
-        pool.put(path, link, WAIT);
+        pool.put(path, link, WAIT, false);
         assert_eq!(pool.close_expired(), 1);
     }
 
@@ -205,17 +269,17 @@ mod tests {
         for link_idx in 0..MAX_IDLE_LINKS_PER_BACKEND + 3 {
             let (link, peer) = UnixStream::pair().expect("pair");
             peers.push(peer);
-            pool.put(Path::new("/run/ws/echo"), link, WAIT);
+            pool.put(Path::new("/run/ws/echo"), link, WAIT, false);
             let other = PathBuf::from(format!("/run/ws/n{link_idx}"));
             let (link, peer) = UnixStream::pair().expect("pair");
             peers.push(peer);
-            pool.put(&other, link, WAIT);
+            pool.put(&other, link, WAIT, false);
         }
         assert_eq!(pool.len(), 2 * MAX_IDLE_LINKS_PER_BACKEND + 3);
         pool.close();
         assert_eq!(pool.len(), 0);
         let (link, _peer) = UnixStream::pair().expect("pair");
-        pool.put(Path::new("/run/ws/echo"), link, WAIT);
+        pool.put(Path::new("/run/ws/echo"), link, WAIT, false);
         assert_eq!(pool.len(), 0);
     }
 }

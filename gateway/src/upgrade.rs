@@ -31,8 +31,9 @@ use crate::backend::{self, BackendFailure};
 use crate::carrier::{OpenSettings, Seat};
 use crate::client_stream::ClientStream;
 use crate::deflate;
-use crate::handoff::{self, LinkReuse};
+use crate::handoff::{self, LinkReuse, OpenHandoff};
 use crate::handshake::{self, UpgradeRequest};
+use crate::link_pool::HandoffLink;
 use crate::metrics::{ClientMetrics, ClientMode};
 use crate::refusal::Refusal;
 use crate::relay::{self, RelaySettings};
@@ -46,8 +47,12 @@ enum Link {
     Framed(backend::FramedLink, Option<Seat>),
     Raw(tokio::net::UnixStream),
     /// Accepted in direct mode: the client's socket goes over this link,
-    /// which the backend keeps for another client this long, if it said so.
-    Direct(backend::FramedLink, Option<Duration>),
+    /// which the backend keeps for another client this long, if it said so,
+    /// and then takes OPEN_HANDOFF on it if the flag is set.
+    Direct(backend::FramedLink, Option<Duration>, bool),
+    /// Direct mode without asking: OPEN and socket go in one OPEN_HANDOFF
+    /// on this idle link, whose backend offered it.
+    OpenHandoff(Box<OpenMeta>, HandoffLink),
 }
 
 impl Link {
@@ -55,7 +60,7 @@ impl Link {
         match self {
             Link::Framed(..) => ClientMode::Relay,
             Link::Raw(_) => ClientMode::Raw,
-            Link::Direct(..) => ClientMode::Direct,
+            Link::Direct(..) | Link::OpenHandoff(..) => ClientMode::Direct,
         }
     }
 }
@@ -258,6 +263,24 @@ async fn accept(
         },
         carrier: seat.as_ref().map(Seat::key),
     };
+    // A backend that offered OPEN_HANDOFF takes a direct client without
+    // being asked, when there is nothing for it to choose: the `101` goes
+    // out now, with no subprotocol but the directory's and no extra headers.
+    if is_direct
+        && upgrade.protocols.is_empty()
+        && let Some(idle) = shared.link_pool.take_for_handoff(&target.socket_path)
+    {
+        return Ok(Accepted {
+            upgrade,
+            protocol: target.protocol.clone(),
+            target,
+            link: Link::OpenHandoff(Box::new(open), idle),
+            extra_headers: BTreeMap::new(),
+            max_message_size: config.max_message_size,
+            deflate,
+            permit,
+        });
+    }
     let started = Instant::now();
     let (link, reply) = backend::open_framed(
         &target.socket_path,
@@ -302,7 +325,11 @@ async fn accept(
         protocol: reply.protocol.or_else(|| target.protocol.clone()),
         target,
         link: if is_direct {
-            Link::Direct(link, reply.reuse_ms.map(Duration::from_millis))
+            Link::Direct(
+                link,
+                reply.reuse_ms.map(Duration::from_millis),
+                reply.open_handoff,
+            )
         } else {
             Link::Framed(link, seat)
         },
@@ -404,12 +431,13 @@ async fn relay_upgraded<S: ClientStream>(
                 .instrument(span.clone())
                 .await;
         }
-        Link::Direct(link, backend_wait) => match stream.into_tcp() {
+        Link::Direct(link, backend_wait, open_handoff) => match stream.into_tcp() {
             Ok(tcp) => {
                 let reuse = backend_wait.map(|backend_wait| LinkReuse {
                     pool: &shared.link_pool,
                     socket_path,
                     backend_wait,
+                    open_handoff,
                 });
                 handoff::hand_over(tcp, pending, link, settings, reuse)
                     .instrument(span.clone())
@@ -417,6 +445,24 @@ async fn relay_upgraded<S: ClientStream>(
             }
             Err(_) => {
                 // `accept` never chooses direct mode for a TLS client.
+                span.in_scope(|| tracing::error!("direct mode chosen for a TLS client; closing"));
+            }
+        },
+        Link::OpenHandoff(open, idle) => match stream.into_tcp() {
+            Ok(tcp) => {
+                let handoff = OpenHandoff {
+                    open: &open,
+                    link: idle,
+                    pool: &shared.link_pool,
+                    socket_path,
+                    max_payload: shared.config.max_message_size,
+                    accept_timeout: shared.config.accept_timeout,
+                };
+                handoff::hand_over_with_open(tcp, pending, handoff, settings)
+                    .instrument(span.clone())
+                    .await;
+            }
+            Err(_) => {
                 span.in_scope(|| tracing::error!("direct mode chosen for a TLS client; closing"));
             }
         },

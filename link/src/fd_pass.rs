@@ -247,7 +247,10 @@ mod tests {
         assert_eq!(head.kind, RecordKind::OpenHandoff);
         assert_eq!(head.len, 4 + open.len() + 5);
         let mut payload = vec![0u8; head.len];
-        backend_side.read_exact(&mut payload).await.expect("payload");
+        backend_side
+            .read_exact(&mut payload)
+            .await
+            .expect("payload");
         let (open_got, pending) =
             crate::meta::split_head("OPEN_HANDOFF", Bytes::from(payload)).expect("split");
         assert_eq!((&open_got[..], &pending[..]), (&open[..], &b"frame"[..]));

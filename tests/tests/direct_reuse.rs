@@ -4,7 +4,9 @@
 //! its own socket handed over, a refusal still reaches its client as the
 //! backend's status, a backend that dies with idle links open is `502` and
 //! then served again once restarted, and the gateway ends up holding no
-//! descriptor once the idle links expire.
+//! descriptor once the idle links expire. A backend that also offers
+//! `open_handoff` (websocket_echo) gets the next clients' OPEN and socket
+//! at once (OPEN_HANDOFF), unless a client asks for a subprotocol.
 
 use std::path::Path;
 
@@ -12,8 +14,12 @@ use anyhow::{Context, ensure};
 use harness::http::HandshakeRequest;
 use harness::{Backend, EVENT_DEADLINE, Gateway, Message, Mode, wait};
 
-/// What the backend logs when an OPEN arrives on a link it offered for reuse.
-const REUSED: &str = "OPEN on a reused link";
+/// What the backend logs when an OPEN, or an OPEN_HANDOFF, arrives on a
+/// link it offered for reuse.
+const REUSED: &str = "on a reused link";
+
+/// What the backend logs for a client handed over with its OPEN.
+const OPEN_HANDOFF: &str = "OPEN_HANDOFF on a reused link";
 
 fn n_descriptors(pid: u32) -> anyhow::Result<usize> {
     let dir = Path::new("/proc").join(pid.to_string()).join("fd");
@@ -88,8 +94,10 @@ async fn consecutive_direct_clients_reuse_one_link_which_expires() -> anyhow::Re
         clients.push(client);
         handed_over_at_least(&gateway, client_idx + 1).await?;
     }
-    // Each client after the first came over the link of the one before.
+    // Each client after the first came over the link of the one before,
+    // with its OPEN: the echo offers OPEN_HANDOFF and checks no client.
     reused_at_least(&echo, 4).await?;
+    assert_eq!(echo.stderr_text().matches(OPEN_HANDOFF).count(), 4);
     // Every client has its own socket, the links carry nothing more.
     for client in &mut clients {
         let message = Message::binary(vec![1, 2, 3]);
@@ -168,5 +176,38 @@ async fn a_backend_that_dies_with_idle_links_is_502_then_served_again() -> anyho
             Message::text("again")
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_asking_for_a_subprotocol_is_asked_about_not_handed_over_unasked()
+-> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let echo = Backend::start(
+        "websocket_echo",
+        docroot.path(),
+        "echo",
+        &["--open-timeout", "4"],
+    )
+    .await?;
+    let gateway = Gateway::start(docroot.path(), Mode::Direct.gateway_args()).await?;
+    let mut first = gateway.connect("/echo").await?;
+    assert_eq!(
+        first.round_trip(Message::text("first")).await?,
+        Message::text("first")
+    );
+    handed_over_at_least(&gateway, 1).await?;
+    // The backend may choose a subprotocol: only its ACCEPT can say which,
+    // so this client's OPEN goes on the idle link as a plain OPEN.
+    let response = gateway
+        .handshake(&HandshakeRequest::new("/echo").header("Sec-WebSocket-Protocol", "chat"))
+        .await?;
+    ensure!(response.status == 101, "got {}", response.status);
+    reused_at_least(&echo, 1).await?;
+    assert_eq!(
+        echo.stderr_text().matches("OPEN on a reused link").count(),
+        1
+    );
+    assert_eq!(echo.stderr_text().matches(OPEN_HANDOFF).count(), 0);
     Ok(())
 }
