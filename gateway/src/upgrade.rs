@@ -5,7 +5,9 @@
 //! the name's authorizer if it has one, take a connection slot, connect to
 //! the backend and (framed mode) wait for ACCEPT, and only then answer `101`
 //! and spawn the relay. Every failure on the way is
-//! a [`Refusal`] with its own status.
+//! a [`Refusal`] with its own status. A direct client that asked for no
+//! subprotocol, whose backend has an idle link that offered `open_handoff`,
+//! gets its `101` without the backend being asked (OPEN_HANDOFF, `handoff`).
 //!
 //! A TLS client of a name served in direct mode is relayed instead: its TCP
 //! socket carries TLS records that only the gateway can decrypt, and this

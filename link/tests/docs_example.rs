@@ -268,3 +268,34 @@ fn the_fanout_example_is_what_the_codec_reads_and_writes() {
     put_fanout(&mut direct, RecordKind::Text, b"hi", &[9, 12]).expect("writes");
     assert_eq!(direct.to_vec(), bytes);
 }
+
+/// The OPEN_HANDOFF example of *Hand-over without ACCEPT*: its header names
+/// kind 0x07 and the length of what follows, and the payload splits into
+/// the OPEN and the client's frame as REQUEST's does.
+#[test]
+fn open_handoff_example_is_header_open_and_pending_bytes() {
+    let block = DOC
+        .split("goes over as")
+        .nth(1)
+        .and_then(|rest| rest.split("```text").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the OPEN_HANDOFF example block");
+    let bytes: Vec<u8> = block
+        .lines()
+        .filter_map(|line| line.strip_prefix('→'))
+        .flat_map(|line| {
+            line.split_whitespace()
+                .map_while(|token| u8::from_str_radix(token, 16).ok().filter(|_| token.len() == 2))
+                .collect::<Vec<u8>>()
+        })
+        .collect();
+    let header: [u8; 5] = bytes[..5].try_into().expect("a header");
+    let (kind, len) = link::record::decode_header(header, 1024).expect("a valid header");
+    assert_eq!(kind, RecordKind::OpenHandoff);
+    assert_eq!(len, bytes.len() - 5);
+    let (open, pending) =
+        link::meta::split_head("OPEN_HANDOFF", bytes::Bytes::copy_from_slice(&bytes[5..]))
+            .expect("head and body");
+    assert_eq!(&open[..], b"{}");
+    assert_eq!(&pending[..], [0x81, 0x82, 0x37, 0xfa, 0x21, 0x3d, 0x5f, 0x93]);
+}
