@@ -165,3 +165,112 @@ async fn close_with_1011(tcp: TcpStream, pending: Bytes, settings: &RelaySetting
     };
     let _ = tokio::time::timeout(settings.close_timeout, client.close(Some(frame))).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use futures_util::{SinkExt, StreamExt};
+    use link::{AcceptReply, LINK_VERSION, LinkMode, Record, RecordCodec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, UnixListener};
+    use tokio_util::codec::Framed;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn direct_open(id: u64) -> OpenMeta {
+        OpenMeta {
+            version: LINK_VERSION,
+            mode: LinkMode::Direct,
+            id,
+            name: "echo".to_owned(),
+            path: "/echo".to_owned(),
+            query: String::new(),
+            protocols: Vec::new(),
+            peer: "127.0.0.1:1".to_owned(),
+            headers: BTreeMap::new(),
+            limits: None,
+            tls: None,
+            identity: None,
+            deflate: None,
+            carrier: None,
+        }
+    }
+
+    /// The idle link's backend end is gone when the OPEN_HANDOFF goes out:
+    /// the client is handed over the usual way on a new link (OPEN, ACCEPT,
+    /// HANDOFF), with its pending bytes, and that link goes to the pool.
+    #[tokio::test]
+    async fn a_failed_open_handoff_asks_afresh_on_a_new_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket_path = dir.path().join("echo");
+        let listener = UnixListener::bind(&socket_path).expect("bind");
+        let (idle, backend_end) = UnixStream::pair().expect("pair");
+        drop(backend_end);
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = tokio::net::TcpStream::connect(tcp.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (client_at_gateway, _) = tcp.accept().await.expect("accept");
+        let backend = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("a new link");
+            let mut framed = Framed::new(stream, RecordCodec::default());
+            let Some(Ok(Record::Open(open))) = framed.next().await else {
+                panic!("expected OPEN");
+            };
+            let reply = AcceptReply {
+                reuse_ms: Some(3000),
+                open_handoff: true,
+                ..AcceptReply::default()
+            };
+            framed
+                .send(Record::Accept(reply.to_payload()))
+                .await
+                .expect("ACCEPT");
+            // The gateway sends nothing between OPEN and HANDOFF.
+            let mut stream = framed.into_inner();
+            let (socket, pending) = fd_pass::recv_handoff(&mut stream, 1024)
+                .await
+                .expect("HANDOFF");
+            let open = OpenMeta::from_payload(&open).expect("OPEN");
+            (open, socket, pending, stream)
+        });
+        let pool = LinkPool::default();
+        let open = direct_open(7);
+        let handoff = OpenHandoff {
+            open: &open,
+            link: HandoffLink {
+                stream: idle,
+                backend_wait: Duration::from_secs(3),
+            },
+            pool: &pool,
+            socket_path: &socket_path,
+            max_payload: 1 << 20,
+            accept_timeout: Duration::from_secs(5),
+        };
+        let settings = RelaySettings::from_config(&Config::default());
+        hand_over_with_open(
+            client_at_gateway,
+            Bytes::from_static(b"frame"),
+            handoff,
+            &settings,
+        )
+        .await;
+        // The backend keeps its end of the new link open, as it offered.
+        let (received_open, socket, pending, _link) = backend.await.expect("backend");
+        assert_eq!(received_open, open);
+        assert_eq!(&pending[..], b"frame");
+        let socket = std::net::TcpStream::from(socket);
+        socket.set_nonblocking(true).expect("nonblocking");
+        let mut socket = tokio::net::TcpStream::from_std(socket).expect("tokio");
+        socket.write_all(b"hi").await.expect("write");
+        let mut buf = [0u8; 2];
+        client.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"hi");
+        let kept = pool
+            .take_for_handoff(&socket_path)
+            .expect("the new link, kept");
+        assert_eq!(kept.backend_wait, Duration::from_secs(3));
+    }
+}

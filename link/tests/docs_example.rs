@@ -285,7 +285,11 @@ fn open_handoff_example_is_header_open_and_pending_bytes() {
         .filter_map(|line| line.strip_prefix('→'))
         .flat_map(|line| {
             line.split_whitespace()
-                .map_while(|token| u8::from_str_radix(token, 16).ok().filter(|_| token.len() == 2))
+                .map_while(|token| {
+                    u8::from_str_radix(token, 16)
+                        .ok()
+                        .filter(|_| token.len() == 2)
+                })
                 .collect::<Vec<u8>>()
         })
         .collect();
@@ -297,5 +301,8 @@ fn open_handoff_example_is_header_open_and_pending_bytes() {
         link::meta::split_head("OPEN_HANDOFF", bytes::Bytes::copy_from_slice(&bytes[5..]))
             .expect("head and body");
     assert_eq!(&open[..], b"{}");
-    assert_eq!(&pending[..], [0x81, 0x82, 0x37, 0xfa, 0x21, 0x3d, 0x5f, 0x93]);
+    assert_eq!(
+        &pending[..],
+        [0x81, 0x82, 0x37, 0xfa, 0x21, 0x3d, 0x5f, 0x93]
+    );
 }
