@@ -15,6 +15,18 @@ use tokio_util::codec::{Decoder, Encoder};
 
 const DOC: &str = include_str!("../../docs/link-protocol.md");
 
+/// The bytes an example line shows: its leading two-digit hex tokens, up
+/// to the comment.
+fn hex_bytes(line: &str) -> Vec<u8> {
+    line.split_whitespace()
+        .map_while(|token| {
+            u8::from_str_radix(token, 16)
+                .ok()
+                .filter(|_| token.len() == 2)
+        })
+        .collect()
+}
+
 /// The lines of the example block under "## Example exchange" that start
 /// with an arrow: the direction and the hex bytes before the comment.
 fn example_lines() -> Vec<(char, Vec<u8>)> {
@@ -31,15 +43,7 @@ fn example_lines() -> Vec<(char, Vec<u8>)> {
         .lines()
         .filter_map(|line| {
             let arrow = line.chars().next().filter(|c| *c == '→' || *c == '←')?;
-            let bytes = line[arrow.len_utf8()..]
-                .split_whitespace()
-                .map_while(|token| {
-                    u8::from_str_radix(token, 16)
-                        .ok()
-                        .filter(|_| token.len() == 2)
-                })
-                .collect();
-            Some((arrow, bytes))
+            Some((arrow, hex_bytes(&line[arrow.len_utf8()..])))
         })
         .collect()
 }
@@ -201,14 +205,7 @@ fn the_direct_mode_deflate_example_holds() {
         .lines()
         .find(|line| line.starts_with("→ c1"))
         .expect("the compressed frame is shown");
-    let frame: Vec<u8> = frame_line['→'.len_utf8()..]
-        .split_whitespace()
-        .map_while(|token| {
-            u8::from_str_radix(token, 16)
-                .ok()
-                .filter(|_| token.len() == 2)
-        })
-        .collect();
+    let frame = hex_bytes(&frame_line['→'.len_utf8()..]);
     let handoff_line = section
         .lines()
         .find(|line| line.starts_with("→ 04"))
@@ -247,16 +244,7 @@ fn the_fanout_example_is_what_the_codec_reads_and_writes() {
         .expect("the FANOUT example is a text block");
     let bytes: Vec<u8> = block
         .lines()
-        .flat_map(|line| {
-            line.trim_start_matches('←')
-                .split_whitespace()
-                .map_while(|token| {
-                    u8::from_str_radix(token, 16)
-                        .ok()
-                        .filter(|_| token.len() == 2)
-                })
-                .collect::<Vec<u8>>()
-        })
+        .flat_map(|line| hex_bytes(line.trim_start_matches('←')))
         .collect();
     let record = Record::Fanout(
         Fanout::new(FanoutMessage::Text(Utf8Bytes::from_static("hi")), &[9, 12])
@@ -283,15 +271,7 @@ fn open_handoff_example_is_header_open_and_pending_bytes() {
     let bytes: Vec<u8> = block
         .lines()
         .filter_map(|line| line.strip_prefix('→'))
-        .flat_map(|line| {
-            line.split_whitespace()
-                .map_while(|token| {
-                    u8::from_str_radix(token, 16)
-                        .ok()
-                        .filter(|_| token.len() == 2)
-                })
-                .collect::<Vec<u8>>()
-        })
+        .flat_map(hex_bytes)
         .collect();
     let header: [u8; 5] = bytes[..5].try_into().expect("a header");
     let (kind, len) = link::record::decode_header(header, 1024).expect("a valid header");

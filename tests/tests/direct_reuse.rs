@@ -70,11 +70,11 @@ async fn reused_at_least(backend: &Backend, n: usize) -> anyhow::Result<usize> {
     .await
 }
 
-#[tokio::test]
-async fn consecutive_direct_clients_reuse_one_link_which_expires() -> anyhow::Result<()> {
+/// `websocket_echo` and a gateway that serves it in direct mode. The gateway
+/// keeps an idle link for half the backend's wait: 2 s here, long enough
+/// for the next client even on a starved machine.
+async fn start_echo_and_direct_gateway() -> anyhow::Result<(tempfile::TempDir, Backend, Gateway)> {
     let docroot = tempfile::tempdir()?;
-    // The gateway keeps an idle link for half the backend's wait: 2 s here,
-    // long enough for the next client even on a starved machine.
     let echo = Backend::start(
         "websocket_echo",
         docroot.path(),
@@ -83,6 +83,12 @@ async fn consecutive_direct_clients_reuse_one_link_which_expires() -> anyhow::Re
     )
     .await?;
     let gateway = Gateway::start(docroot.path(), Mode::Direct.gateway_args()).await?;
+    Ok((docroot, echo, gateway))
+}
+
+#[tokio::test]
+async fn consecutive_direct_clients_reuse_one_link_which_expires() -> anyhow::Result<()> {
+    let (_docroot, echo, gateway) = start_echo_and_direct_gateway().await?;
     // The gateway's own descriptors once its listener and runtime exist, with
     // no client and no link.
     let before = n_descriptors(gateway.pid())?;
@@ -182,15 +188,7 @@ async fn a_backend_that_dies_with_idle_links_is_502_then_served_again() -> anyho
 #[tokio::test]
 async fn a_client_asking_for_a_subprotocol_is_asked_about_not_handed_over_unasked()
 -> anyhow::Result<()> {
-    let docroot = tempfile::tempdir()?;
-    let echo = Backend::start(
-        "websocket_echo",
-        docroot.path(),
-        "echo",
-        &["--open-timeout", "4"],
-    )
-    .await?;
-    let gateway = Gateway::start(docroot.path(), Mode::Direct.gateway_args()).await?;
+    let (_docroot, echo, gateway) = start_echo_and_direct_gateway().await?;
     let mut first = gateway.connect("/echo").await?;
     assert_eq!(
         first.round_trip(Message::text("first")).await?,
