@@ -64,6 +64,24 @@ impl DirectOptions {
             idle_timeout: seconds(limits.idle_timeout),
         }
     }
+
+    /// These options for one direct client: under OPEN's `limits` if it
+    /// has them, and with the server's own `max_message_size` (ACCEPT's)
+    /// if that is smaller still.
+    pub(crate) fn for_client(
+        self,
+        limits: Option<ClientLimits>,
+        server_max: Option<usize>,
+    ) -> DirectOptions {
+        let mut options = match limits {
+            Some(limits) => self.with_limits(limits),
+            None => self,
+        };
+        if let Some(max) = server_max {
+            options.max_message_size = options.max_message_size.min(max);
+        }
+        options
+    }
 }
 
 /// Receives the client's socket and the bytes the gateway read past the

@@ -195,9 +195,7 @@ impl Connection {
             .await?;
         Err(error)
     }
-}
 
-impl Connection {
     /// The rest of an OPEN_HANDOFF whose header is `head`: its OPEN, which
     /// must be a direct-mode one of this version, and the pending bytes.
     async fn read_open_handoff(mut self, head: RecordHead) -> Result<HandedOver, SessionError> {
@@ -260,13 +258,9 @@ impl HandedOver {
             pending,
             link,
         } = self;
-        let mut options = match meta.limits {
-            Some(limits) => link.direct_options.with_limits(limits),
-            None => link.direct_options,
-        };
-        if let Some(max) = max_message_size {
-            options.max_message_size = options.max_message_size.min(max);
-        }
+        let options = link
+            .direct_options
+            .for_client(meta.limits, max_message_size);
         let (client, peer) = direct::from_descriptor(client, pending, options, meta.deflate)
             .map_err(LinkError::from)?;
         if let Some(peer) = peer {
@@ -390,13 +384,9 @@ impl Incoming {
                     // The gateway sends nothing between OPEN and HANDOFF.
                     return Err(LinkError::Unexpected("data before HANDOFF").into());
                 }
-                let mut options = match self.meta.limits {
-                    Some(limits) => self.direct_options.with_limits(limits),
-                    None => self.direct_options,
-                };
-                if let Some(max) = reply.max_message_size {
-                    options.max_message_size = options.max_message_size.min(max);
-                }
+                let options = self
+                    .direct_options
+                    .for_client(self.meta.limits, reply.max_message_size);
                 let keep_link = reply.reuse_ms.is_some();
                 let (client, peer, link) =
                     direct::take_over(parts.io, options, self.meta.deflate, keep_link).await?;

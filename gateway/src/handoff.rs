@@ -24,28 +24,21 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::backend::{self, FramedLink};
-use crate::link_pool::{HandoffLink, LinkPool};
+use crate::link_pool::{LinkPool, ReuseOffer};
 use crate::relay::{self, RelaySettings};
 
 /// Where a link the backend offered for reuse goes after the HANDOFF.
 pub(crate) struct LinkReuse<'a> {
     pub(crate) pool: &'a LinkPool,
     pub(crate) socket_path: &'a Path,
-    /// How long the backend waits for the next OPEN (ACCEPT's `reuse_ms`).
-    pub(crate) backend_wait: Duration,
-    /// The backend takes OPEN_HANDOFF on the link (ACCEPT's `open_handoff`).
-    pub(crate) open_handoff: bool,
+    /// What the backend offered (ACCEPT's `reuse_ms` and `open_handoff`).
+    pub(crate) offer: ReuseOffer,
 }
 
 impl LinkReuse<'_> {
     /// Puts `stream` back in the pool for the next client.
     fn keep(self, stream: UnixStream) {
-        self.pool.put(
-            self.socket_path,
-            stream,
-            self.backend_wait,
-            self.open_handoff,
-        );
+        self.pool.put(self.socket_path, stream, self.offer);
     }
 }
 
@@ -88,10 +81,10 @@ pub(crate) async fn hand_over(
 pub(crate) struct OpenHandoff<'a> {
     /// The client's OPEN (direct mode).
     pub(crate) open: &'a OpenMeta,
-    /// The idle link taken for it, and the backend's wait on it.
-    pub(crate) link: HandoffLink,
-    pub(crate) pool: &'a LinkPool,
-    pub(crate) socket_path: &'a Path,
+    /// The idle link taken for it.
+    pub(crate) stream: UnixStream,
+    /// Where the link goes back to, with its offer.
+    pub(crate) reuse: LinkReuse<'a>,
     /// For asking afresh if the link fails: the largest record from the
     /// backend and how long it may take to answer.
     pub(crate) max_payload: usize,
@@ -111,12 +104,8 @@ pub(crate) async fn hand_over_with_open(
 ) {
     let OpenHandoff {
         open,
-        link: HandoffLink {
-            mut stream,
-            backend_wait,
-        },
-        pool,
-        socket_path,
+        mut stream,
+        reuse,
         max_payload,
         accept_timeout,
     } = handoff;
@@ -125,7 +114,7 @@ pub(crate) async fn hand_over_with_open(
     match sent {
         Ok(()) => {
             drop(tcp);
-            pool.put(socket_path, stream, backend_wait, true);
+            reuse.keep(stream);
             tracing::debug!(
                 n_pending = pending.len(),
                 "client handed over with its OPEN"
@@ -134,13 +123,15 @@ pub(crate) async fn hand_over_with_open(
         Err(error) => {
             tracing::debug!(%error, "idle link failed for OPEN_HANDOFF; asking afresh");
             drop(stream);
+            let LinkReuse {
+                pool, socket_path, ..
+            } = reuse;
             match backend::open_framed(socket_path, open, max_payload, accept_timeout, None).await {
                 Ok((link, reply)) => {
-                    let reuse = reply.reuse_ms.map(|reuse_ms| LinkReuse {
+                    let reuse = ReuseOffer::from_reply(&reply).map(|offer| LinkReuse {
                         pool,
                         socket_path,
-                        backend_wait: Duration::from_millis(reuse_ms),
-                        open_handoff: reply.open_handoff,
+                        offer,
                     });
                     hand_over(tcp, pending, link, settings, reuse).await;
                 }
@@ -240,12 +231,15 @@ mod tests {
         let open = direct_open(7);
         let handoff = OpenHandoff {
             open: &open,
-            link: HandoffLink {
-                stream: idle,
-                backend_wait: Duration::from_secs(3),
+            stream: idle,
+            reuse: LinkReuse {
+                pool: &pool,
+                socket_path: &socket_path,
+                offer: ReuseOffer {
+                    backend_wait: Duration::from_secs(3),
+                    open_handoff: true,
+                },
             },
-            pool: &pool,
-            socket_path: &socket_path,
             max_payload: 1 << 20,
             accept_timeout: Duration::from_secs(5),
         };
@@ -271,6 +265,6 @@ mod tests {
         let kept = pool
             .take_for_handoff(&socket_path)
             .expect("the new link, kept");
-        assert_eq!(kept.backend_wait, Duration::from_secs(3));
+        assert_eq!(kept.offer.backend_wait, Duration::from_secs(3));
     }
 }

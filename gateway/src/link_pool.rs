@@ -7,8 +7,8 @@
 //! connect, an accept and a socket per client (docs/link-protocol.md, *Link
 //! reuse*). A backend that also offered `open_handoff` may get the next
 //! direct client's OPEN and socket at once on such a link, without being
-//! asked ([`LinkPool::take_for_handoff`]). A link is kept for at most half the backend's wait (so it is
-//! never the backend that closes a link the gateway is about to use) and at
+//! asked ([`LinkPool::take_for_handoff`]). A link is kept for at most half
+//! the backend's wait (so it is never the backend that closes a link the gateway is about to use) and at
 //! most [`MAX_IDLE`]; at most [`MAX_IDLE_LINKS_PER_BACKEND`] per socket and
 //! [`MAX_POOLED_BACKENDS`] sockets. A dead backend's links read as ended
 //! and are dropped when taken; [`sweep`] closes expired ones every second,
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use link::AcceptReply;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, recv};
 use tokio::net::UnixStream;
@@ -54,18 +55,33 @@ struct PoolState {
 struct IdleLink {
     stream: UnixStream,
     expires: Instant,
-    /// The backend's wait for the next record (ACCEPT's `reuse_ms`).
-    backend_wait: Duration,
-    /// ACCEPT offered `open_handoff`.
-    open_handoff: bool,
+    offer: ReuseOffer,
 }
 
-/// An idle link taken for an OPEN_HANDOFF.
+/// What a backend's ACCEPT offered for its link after the hand-over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReuseOffer {
+    /// The backend's wait for the next record (`reuse_ms`).
+    pub(crate) backend_wait: Duration,
+    /// The next record may be an OPEN_HANDOFF (`open_handoff`).
+    pub(crate) open_handoff: bool,
+}
+
+impl ReuseOffer {
+    /// The offer of `reply`, if it offered its link for reuse.
+    pub(crate) fn from_reply(reply: &AcceptReply) -> Option<ReuseOffer> {
+        reply.reuse_ms.map(|reuse_ms| ReuseOffer {
+            backend_wait: Duration::from_millis(reuse_ms),
+            open_handoff: reply.open_handoff,
+        })
+    }
+}
+
+/// An idle link taken for an OPEN_HANDOFF, with what its backend offered.
 #[derive(Debug)]
 pub(crate) struct HandoffLink {
     pub(crate) stream: UnixStream,
-    /// The backend's wait for the next record, as offered with the link.
-    pub(crate) backend_wait: Duration,
+    pub(crate) offer: ReuseOffer,
 }
 
 impl LinkPool {
@@ -80,7 +96,7 @@ impl LinkPool {
     pub(crate) fn take_for_handoff(&self, socket_path: &Path) -> Option<HandoffLink> {
         self.take_where(socket_path, true).map(|link| HandoffLink {
             stream: link.stream,
-            backend_wait: link.backend_wait,
+            offer: link.offer,
         })
     }
 
@@ -97,7 +113,7 @@ impl LinkPool {
             let link = &links[index];
             if link.expires <= now || !is_open(&link.stream) {
                 links.remove(index);
-            } else if link.open_handoff || !handoff {
+            } else if link.offer.open_handoff || !handoff {
                 found = Some(links.remove(index));
                 break;
             }
@@ -108,17 +124,11 @@ impl LinkPool {
         found
     }
 
-    /// Keeps `stream`, a link to `socket_path` whose backend waits
-    /// `backend_wait` for the next OPEN (or, with `open_handoff`, an
-    /// OPEN_HANDOFF), unless the pool is full or closed.
-    pub(crate) fn put(
-        &self,
-        socket_path: &Path,
-        stream: UnixStream,
-        backend_wait: Duration,
-        open_handoff: bool,
-    ) {
-        let expires = Instant::now() + (backend_wait / 2).min(MAX_IDLE);
+    /// Keeps `stream`, a link to `socket_path` whose backend waits for the
+    /// next OPEN (or OPEN_HANDOFF) as `offer` says, unless the pool is full
+    /// or closed.
+    pub(crate) fn put(&self, socket_path: &Path, stream: UnixStream, offer: ReuseOffer) {
+        let expires = Instant::now() + (offer.backend_wait / 2).min(MAX_IDLE);
         let mut state = self.lock();
         if state.closed {
             return;
@@ -136,8 +146,7 @@ impl LinkPool {
             links.push(IdleLink {
                 stream,
                 expires,
-                backend_wait,
-                open_handoff,
+                offer,
             });
         }
     }
@@ -207,14 +216,22 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(3);
 
+    /// A backend's offer to wait `WAIT`, with or without OPEN_HANDOFF.
+    fn offer(open_handoff: bool) -> ReuseOffer {
+        ReuseOffer {
+            backend_wait: WAIT,
+            open_handoff,
+        }
+    }
+
     #[tokio::test]
     async fn takes_the_newest_open_link_and_skips_closed_ones() {
         let pool = LinkPool::default();
         let path = Path::new("/run/ws/echo");
         let (first, _first_peer) = UnixStream::pair().expect("pair");
         let (second, second_peer) = UnixStream::pair().expect("pair");
-        pool.put(path, first, WAIT, false);
-        pool.put(path, second, WAIT, false);
+        pool.put(path, first, offer(false));
+        pool.put(path, second, offer(false));
         drop(second_peer);
         // The newest is closed at the backend's end: the older one comes out.
         assert!(pool.take(path).is_some());
@@ -228,10 +245,10 @@ mod tests {
         let path = Path::new("/run/ws/echo");
         let (offered, _offered_peer) = UnixStream::pair().expect("pair");
         let (plain, _plain_peer) = UnixStream::pair().expect("pair");
-        pool.put(path, offered, WAIT, true);
-        pool.put(path, plain, WAIT, false);
+        pool.put(path, offered, offer(true));
+        pool.put(path, plain, offer(false));
         let taken = pool.take_for_handoff(path).expect("the offering link");
-        assert_eq!(taken.backend_wait, WAIT);
+        assert_eq!(taken.offer, offer(true));
         assert!(
             pool.take_for_handoff(path).is_none(),
             "the plain one is not"
@@ -245,7 +262,7 @@ mod tests {
         let pool = LinkPool::default();
         let path = Path::new("/run/ws/echo");
         let (link, mut peer) = UnixStream::pair().expect("pair");
-        pool.put(path, link, WAIT, false);
+        pool.put(path, link, offer(false));
         peer.write_all(b"x").await.expect("write");
         assert!(pool.take(path).is_none());
     }
@@ -255,10 +272,14 @@ mod tests {
         let pool = LinkPool::default();
         let path = Path::new("/run/ws/echo");
         let (link, _peer) = UnixStream::pair().expect("pair");
-        pool.put(path, link, Duration::ZERO, false);
+        let no_wait = ReuseOffer {
+            backend_wait: Duration::ZERO,
+            open_handoff: false,
+        };
+        pool.put(path, link, no_wait);
         assert_eq!(pool.close_expired(), 0);
         let (link, _peer) = UnixStream::pair().expect("pair");
-        pool.put(path, link, WAIT, false);
+        pool.put(path, link, offer(false));
         assert_eq!(pool.close_expired(), 1);
     }
 
@@ -269,17 +290,17 @@ mod tests {
         for link_idx in 0..MAX_IDLE_LINKS_PER_BACKEND + 3 {
             let (link, peer) = UnixStream::pair().expect("pair");
             peers.push(peer);
-            pool.put(Path::new("/run/ws/echo"), link, WAIT, false);
+            pool.put(Path::new("/run/ws/echo"), link, offer(false));
             let other = PathBuf::from(format!("/run/ws/n{link_idx}"));
             let (link, peer) = UnixStream::pair().expect("pair");
             peers.push(peer);
-            pool.put(&other, link, WAIT, false);
+            pool.put(&other, link, offer(false));
         }
         assert_eq!(pool.len(), 2 * MAX_IDLE_LINKS_PER_BACKEND + 3);
         pool.close();
         assert_eq!(pool.len(), 0);
         let (link, _peer) = UnixStream::pair().expect("pair");
-        pool.put(Path::new("/run/ws/echo"), link, WAIT, false);
+        pool.put(Path::new("/run/ws/echo"), link, offer(false));
         assert_eq!(pool.len(), 0);
     }
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -35,7 +35,7 @@ use crate::client_stream::ClientStream;
 use crate::deflate;
 use crate::handoff::{self, LinkReuse, OpenHandoff};
 use crate::handshake::{self, UpgradeRequest};
-use crate::link_pool::HandoffLink;
+use crate::link_pool::{HandoffLink, ReuseOffer};
 use crate::metrics::{ClientMetrics, ClientMode};
 use crate::refusal::Refusal;
 use crate::relay::{self, RelaySettings};
@@ -49,9 +49,8 @@ enum Link {
     Framed(backend::FramedLink, Option<Seat>),
     Raw(tokio::net::UnixStream),
     /// Accepted in direct mode: the client's socket goes over this link,
-    /// which the backend keeps for another client this long, if it said so,
-    /// and then takes OPEN_HANDOFF on it if the flag is set.
-    Direct(backend::FramedLink, Option<Duration>, bool),
+    /// which the backend keeps for another client if it offered to.
+    Direct(backend::FramedLink, Option<ReuseOffer>),
     /// Direct mode without asking: OPEN and socket go in one OPEN_HANDOFF
     /// on this idle link, whose backend offered it.
     OpenHandoff(Box<OpenMeta>, HandoffLink),
@@ -321,17 +320,14 @@ async fn accept(
             shared.metrics.carrier_links(),
         );
     }
+    let offer = ReuseOffer::from_reply(&reply);
     // The backend's choice wins; a directory's subprotocol is the default.
     Ok(Accepted {
         upgrade,
         protocol: reply.protocol.or_else(|| target.protocol.clone()),
         target,
         link: if is_direct {
-            Link::Direct(
-                link,
-                reply.reuse_ms.map(Duration::from_millis),
-                reply.open_handoff,
-            )
+            Link::Direct(link, offer)
         } else {
             Link::Framed(link, seat)
         },
@@ -433,40 +429,47 @@ async fn relay_upgraded<S: ClientStream>(
                 .instrument(span.clone())
                 .await;
         }
-        Link::Direct(link, backend_wait, open_handoff) => match stream.into_tcp() {
-            Ok(tcp) => {
-                let reuse = backend_wait.map(|backend_wait| LinkReuse {
+        Link::Direct(link, offer) => {
+            let Some(tcp) = direct_tcp(stream, span) else {
+                return;
+            };
+            let reuse = offer.map(|offer| LinkReuse {
+                pool: &shared.link_pool,
+                socket_path,
+                offer,
+            });
+            handoff::hand_over(tcp, pending, link, settings, reuse)
+                .instrument(span.clone())
+                .await;
+        }
+        Link::OpenHandoff(open, idle) => {
+            let Some(tcp) = direct_tcp(stream, span) else {
+                return;
+            };
+            let handoff = OpenHandoff {
+                open: &open,
+                stream: idle.stream,
+                reuse: LinkReuse {
                     pool: &shared.link_pool,
                     socket_path,
-                    backend_wait,
-                    open_handoff,
-                });
-                handoff::hand_over(tcp, pending, link, settings, reuse)
-                    .instrument(span.clone())
-                    .await;
-            }
-            Err(_) => {
-                // `accept` never chooses direct mode for a TLS client.
-                span.in_scope(|| tracing::error!("direct mode chosen for a TLS client; closing"));
-            }
-        },
-        Link::OpenHandoff(open, idle) => match stream.into_tcp() {
-            Ok(tcp) => {
-                let handoff = OpenHandoff {
-                    open: &open,
-                    link: idle,
-                    pool: &shared.link_pool,
-                    socket_path,
-                    max_payload: shared.config.max_message_size,
-                    accept_timeout: shared.config.accept_timeout,
-                };
-                handoff::hand_over_with_open(tcp, pending, handoff, settings)
-                    .instrument(span.clone())
-                    .await;
-            }
-            Err(_) => {
-                span.in_scope(|| tracing::error!("direct mode chosen for a TLS client; closing"));
-            }
-        },
+                    offer: idle.offer,
+                },
+                max_payload: shared.config.max_message_size,
+                accept_timeout: shared.config.accept_timeout,
+            };
+            handoff::hand_over_with_open(tcp, pending, handoff, settings)
+                .instrument(span.clone())
+                .await;
+        }
     }
+}
+
+/// The TCP socket of a client served in direct mode. `accept` never chooses
+/// direct mode for a TLS client; if it ever did, the client is closed.
+fn direct_tcp<S: ClientStream>(stream: S, span: &tracing::Span) -> Option<tokio::net::TcpStream> {
+    let tcp = stream.into_tcp().ok();
+    if tcp.is_none() {
+        span.in_scope(|| tracing::error!("direct mode chosen for a TLS client; closing"));
+    }
+    tcp
 }

@@ -35,7 +35,7 @@ pub async fn send_handoff(
     client: BorrowedFd<'_>,
     pending: &[u8],
 ) -> Result<(), LinkError> {
-    send_with_descriptor(link, client, RecordKind::Handoff, &[pending]).await
+    send_with_descriptor(link, client, RecordKind::Handoff, pending).await
 }
 
 /// Sends the OPEN_HANDOFF record on `link`: `client` as SCM_RIGHTS on its
@@ -49,31 +49,20 @@ pub async fn send_open_handoff(
     open: &[u8],
     pending: &[u8],
 ) -> Result<(), LinkError> {
-    let open_len = u32::try_from(open.len()).map_err(|_| LinkError::TooLong {
-        len: open.len() as u64,
-        max: u32::MAX as usize,
-    })?;
-    let open_len = open_len.to_be_bytes();
-    send_with_descriptor(
-        link,
-        client,
-        RecordKind::OpenHandoff,
-        &[&open_len, open, pending],
-    )
-    .await
+    let payload = crate::meta::join_head(open, pending);
+    send_with_descriptor(link, client, RecordKind::OpenHandoff, &payload).await
 }
 
-/// Sends one record of `kind` whose payload is `parts` one after the other,
-/// with `client` as SCM_RIGHTS on its first byte.
+/// Sends one record of `kind` with `payload`, and `client` as SCM_RIGHTS on
+/// its first byte.
 async fn send_with_descriptor(
     link: &mut UnixStream,
     client: BorrowedFd<'_>,
     kind: RecordKind,
-    parts: &[&[u8]],
+    payload: &[u8],
 ) -> Result<(), LinkError> {
-    let total: usize = parts.iter().map(|part| part.len()).sum();
-    let len = u32::try_from(total).map_err(|_| LinkError::TooLong {
-        len: total as u64,
+    let len = u32::try_from(payload.len()).map_err(|_| LinkError::TooLong {
+        len: payload.len() as u64,
         max: u32::MAX as usize,
     })?;
     let header = encode_header(kind, len);
@@ -81,22 +70,14 @@ async fn send_with_descriptor(
     let raw_link = link.as_raw_fd();
     let sent = link
         .async_io(Interest::WRITABLE, || {
-            let iov: Vec<IoSlice<'_>> = std::iter::once(&header[..])
-                .chain(parts.iter().copied())
-                .map(IoSlice::new)
-                .collect();
+            let iov = [IoSlice::new(&header), IoSlice::new(payload)];
             let cmsg = [ControlMessage::ScmRights(&fds)];
             sendmsg::<()>(raw_link, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
                 .map_err(io::Error::from)
         })
         .await?;
     // The descriptor went with the first byte; the rest is plain data.
-    let rest: Vec<u8> = header
-        .iter()
-        .chain(parts.iter().flat_map(|part| part.iter()))
-        .skip(sent)
-        .copied()
-        .collect();
+    let rest: Vec<u8> = header.iter().chain(payload).skip(sent).copied().collect();
     link.write_all(&rest).await?;
     link.flush().await?;
     Ok(())

@@ -207,10 +207,10 @@ pub struct ResponseHead {
     pub headers: Vec<(String, String)>,
 }
 
-/// Bytes before the JSON head of a REQUEST or RESPONSE payload: its length, u32 big-endian.
+/// Bytes before the JSON head of a REQUEST, RESPONSE or OPEN_HANDOFF payload: its length, u32 big-endian.
 pub const HEAD_LEN_SIZE: usize = 4;
 
-/// A REQUEST or RESPONSE payload: the head's length, the JSON head, the body.
+/// A REQUEST, RESPONSE or OPEN_HANDOFF payload: the head's length, the JSON head, the body.
 pub fn join_head(head: &[u8], body: &[u8]) -> Bytes {
     let head_len = u32::try_from(head.len()).expect("a JSON head is far below 4 GiB");
     let mut payload = Vec::with_capacity(HEAD_LEN_SIZE + head.len() + body.len());
@@ -220,7 +220,7 @@ pub fn join_head(head: &[u8], body: &[u8]) -> Bytes {
     Bytes::from(payload)
 }
 
-/// Splits a REQUEST or RESPONSE payload into its JSON head and its body,
+/// Splits a REQUEST, RESPONSE or OPEN_HANDOFF payload into its JSON head and its body,
 /// without copying either.
 pub fn split_head(kind: &'static str, mut payload: Bytes) -> Result<(Bytes, Bytes), LinkError> {
     let malformed = |reason| LinkError::Malformed { kind, reason };
