@@ -408,8 +408,13 @@ async fn a_full_carrier_makes_the_sender_wait_and_loses_nothing() -> anyhow::Res
     let mut carrier = open_carrier(&chat, key).await?;
     let mut alice = open_carried(&chat, 41, key).await?;
     let mut bob = open_relayed(&chat, 42).await?;
-    // Both are in the room once a message from Alice reaches Bob (each
-    // session joins after its ACCEPT, in no set order).
+    // Each session joins the room after its ACCEPT, in no set order: wait
+    // until both have, or Alice's first message could reach no one.
+    wait::until("Alice and Bob in the room", EVENT_DEADLINE, || async {
+        let joined = chat.stderr_text().matches("joined the room").count();
+        Ok((joined >= 2).then_some(()))
+    })
+    .await?;
     wire::write_record(&mut alice, &Record::Binary(vec![0xfe].into())).await?;
     assert_eq!(
         next_record(&mut bob).await?,
