@@ -212,9 +212,10 @@ pub(crate) async fn open_raw(
         .map_err(|_| Refusal::BackendTimeout(name.to_owned()))?
 }
 
-/// Connects to a backend's socket: a missing socket is `404`, any other failure `502`.
+/// Connects to a backend's socket: a missing socket is `404`, any other
+/// failure `502` (a full backlog too: the backend is not keeping up).
 pub(crate) async fn connect(socket_path: &Path, name: &str) -> Result<UnixStream, Refusal> {
-    UnixStream::connect(socket_path)
+    connect_unix(socket_path)
         .await
         .map_err(|cause| match cause.kind() {
             // The socket vanished between resolving and connecting.
@@ -229,9 +230,65 @@ pub(crate) async fn connect(socket_path: &Path, name: &str) -> Result<UnixStream
         })
 }
 
+/// A non-blocking `connect` to a UNIX stream socket. On Linux it completes
+/// or fails at once (a full backlog is `EAGAIN`, never `EINPROGRESS`), so
+/// the stream is used right away, without the wait for writability and the
+/// `SO_ERROR` query that `UnixStream::connect` makes for sockets whose
+/// connect is still in progress; such a connect, should one ever come, gets
+/// them.
+async fn connect_unix(socket_path: &Path) -> io::Result<UnixStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::UNIX,
+        socket2::Type::STREAM.nonblocking(),
+        None,
+    )?;
+    let in_progress = match socket.connect(&socket2::SockAddr::unix(socket_path)?) {
+        Ok(()) => false,
+        Err(error) if error.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => true,
+        Err(error) => return Err(error),
+    };
+    let stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(socket))?;
+    if in_progress {
+        stream.writable().await?;
+        if let Some(error) = stream.take_error()? {
+            return Err(error);
+        }
+    }
+    Ok(stream)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connecting_finds_listeners_and_tells_missing_from_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("echo");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let mut stream = connect_unix(&path).await.expect("connect");
+        let (mut accepted, _) = listener.accept().await.expect("accept");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"hi")
+            .await
+            .expect("write");
+        let mut got = [0; 2];
+        tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut got)
+            .await
+            .expect("read");
+        assert_eq!(&got, b"hi");
+
+        let missing = connect(&dir.path().join("absent"), "absent").await;
+        assert!(
+            matches!(missing, Err(Refusal::NoBackend { .. })),
+            "{missing:?}"
+        );
+        drop(listener);
+        let refused = connect(&path, "echo").await;
+        assert!(
+            matches!(refused, Err(Refusal::BackendUnavailable { .. })),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn reasons_are_cut_on_a_character_boundary() {

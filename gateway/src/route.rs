@@ -3,9 +3,12 @@
 //!
 //! [`parse_name`] is pure: it percent-decodes the path and rejects `..`, `.`,
 //! empty and hidden segments, control bytes and invalid UTF-8. [`resolve`]
-//! asks the file system (`realpath` of the docroot, then `lstat` and
-//! `realpath` per candidate: one, or one per offered subprotocol for a
-//! directory). Those calls on a local docroot are short, so the connection's
+//! asks the file system: one `lstat` per segment of the name below the
+//! docroot (one for a plain name). When none of them is a symbolic link the
+//! socket lies inside the docroot by construction (no segment is `.` or
+//! `..`); only a name that meets a symbolic link pays for `realpath` of the
+//! docroot and of the candidate, whose result must lie inside the real
+//! docroot. Those calls on a local docroot are short, so the connection's
 //! task makes them inline rather than paying a blocking-pool hand-off per
 //! upgrade. It rejects socket paths too long for `sun_path` and anything whose real path
 //! lies outside the real docroot, and applies ouistiti's rule that a directory
@@ -118,8 +121,7 @@ pub fn socket_path(docroot: &Path, name: &str) -> Result<PathBuf, RouteError> {
 /// It makes a few short system calls per candidate (see the module docs).
 pub fn resolve(docroot: &Path, name: &str, offered: &[String]) -> Result<Target, RouteError> {
     let path = socket_path(docroot, name)?;
-    let real_docroot = std::fs::canonicalize(docroot).map_err(|_| RouteError::NotFound)?;
-    match inspect(&real_docroot, &path)? {
+    match inspect(docroot, name, &path)? {
         Kind::Socket => Ok(Target {
             name: name.to_owned(),
             socket_path: path,
@@ -134,7 +136,7 @@ pub fn resolve(docroot: &Path, name: &str, offered: &[String]) -> Result<Target,
                 let Ok(path) = socket_path(docroot, &name) else {
                     continue;
                 };
-                if let Ok(Kind::Socket) = inspect(&real_docroot, &path) {
+                if let Ok(Kind::Socket) = inspect(docroot, &name, &path) {
                     return Ok(Target {
                         name,
                         socket_path: path,
@@ -154,20 +156,56 @@ enum Kind {
     Other,
 }
 
-/// What `path` is, once its real path is known to lie inside `real_docroot`.
-fn inspect(real_docroot: &Path, path: &Path) -> Result<Kind, RouteError> {
+/// What `path` (`<docroot>/<name>`) is, once it is known to lie inside the
+/// docroot.
+///
+/// `lstat` of each segment's path below the docroot: directories on the way
+/// and a last segment that is no symbolic link cannot lead outside, since no
+/// segment is `.` or `..`. A symbolic link anywhere sends the candidate to
+/// [`inspect_real`].
+fn inspect(docroot: &Path, name: &str, path: &Path) -> Result<Kind, RouteError> {
+    let mut prefix = docroot.to_path_buf();
+    let mut segments = name.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        prefix.push(segment);
+        let file_type = std::fs::symlink_metadata(&prefix)
+            .map_err(not_found)?
+            .file_type();
+        if file_type.is_symlink() {
+            return inspect_real(docroot, path);
+        }
+        if segments.peek().is_some() {
+            if !file_type.is_dir() {
+                return Err(RouteError::NotFound);
+            }
+            continue;
+        }
+        return Ok(kind_of(file_type));
+    }
+    Err(RouteError::NotFound)
+}
+
+/// What `path` is, when its real path (symbolic links resolved) lies inside
+/// the real docroot.
+fn inspect_real(docroot: &Path, path: &Path) -> Result<Kind, RouteError> {
+    let real_docroot = std::fs::canonicalize(docroot).map_err(not_found)?;
     let real = std::fs::canonicalize(path).map_err(not_found)?;
-    if !real.starts_with(real_docroot) {
+    if !real.starts_with(&real_docroot) {
         return Err(RouteError::OutsideDocroot);
     }
-    let file_type = std::fs::metadata(&real).map_err(not_found)?.file_type();
-    Ok(if file_type.is_socket() {
+    Ok(kind_of(
+        std::fs::metadata(&real).map_err(not_found)?.file_type(),
+    ))
+}
+
+fn kind_of(file_type: std::fs::FileType) -> Kind {
+    if file_type.is_socket() {
         Kind::Socket
     } else if file_type.is_dir() {
         Kind::Directory
     } else {
         Kind::Other
-    })
+    }
 }
 
 /// Missing, not a directory on the way, or unreadable: all "no socket here".
@@ -247,7 +285,9 @@ mod tests {
     /// A docroot `root/` inside `outer/`, with sockets `root/echo`,
     /// `root/group/item`, `root/service/{chat,rpc}`, `outer/x`, a regular file
     /// `root/file`, and symlinks `root/link` → `outer/x`, `root/relative-link`
-    /// → `../x`, `root/inner-link` → `echo`.
+    /// → `../x`, `root/inner-link` → `echo`, the directories `root/out-dir` →
+    /// `outer` and `root/alias` → `group`, `root/service/escape` → `outer/x`,
+    /// and `outer/root-link` → `root` (a docroot reached through a link).
     struct Layout {
         outer: tempfile::TempDir,
         _listeners: Vec<UnixListener>,
@@ -273,6 +313,11 @@ mod tests {
             std::os::unix::fs::symlink(outer.path().join("x"), root.join("link")).expect("symlink");
             std::os::unix::fs::symlink("../x", root.join("relative-link")).expect("symlink");
             std::os::unix::fs::symlink("echo", root.join("inner-link")).expect("symlink");
+            std::os::unix::fs::symlink(outer.path(), root.join("out-dir")).expect("symlink");
+            std::os::unix::fs::symlink("group", root.join("alias")).expect("symlink");
+            std::os::unix::fs::symlink(outer.path().join("x"), root.join("service/escape"))
+                .expect("symlink");
+            std::os::unix::fs::symlink(&root, outer.path().join("root-link")).expect("symlink");
             Layout {
                 outer,
                 _listeners: listeners,
@@ -334,10 +379,39 @@ mod tests {
             ("service", &[], Err(RouteError::NoProtocolMatch)),
             ("service", &["nope"], Err(RouteError::NoProtocolMatch)),
             ("group", &["item"], Ok(("group/item", Some("item")))),
+            // Directories reached through symbolic links: inside is fine.
+            ("alias/item", &[], Ok(("alias/item", None))),
+            ("alias", &["item"], Ok(("alias/item", Some("item")))),
+            ("out-dir/x", &[], Err(RouteError::OutsideDocroot)),
+            ("out-dir/root/echo", &[], Ok(("out-dir/root/echo", None))),
+            ("out-dir", &["x"], Err(RouteError::OutsideDocroot)),
+            ("file/below-a-file", &[], Err(RouteError::NotFound)),
+            ("service", &["escape"], Err(RouteError::NoProtocolMatch)),
+            (
+                "service",
+                &["escape", "rpc"],
+                Ok(("service/rpc", Some("rpc"))),
+            ),
         ];
         for (name, offered, expected) in cases {
             check_resolve(&layout, name, offered, expected.clone());
         }
+    }
+
+    #[test]
+    fn a_docroot_reached_through_a_link_keeps_its_rules() {
+        let layout = Layout::create();
+        let docroot = layout.outer.path().join("root-link");
+        let echo = resolve(&docroot, "echo", &[]).expect("echo");
+        assert_eq!(echo.socket_path, docroot.join("echo"));
+        assert_eq!(
+            resolve(&docroot, "link", &[]),
+            Err(RouteError::OutsideDocroot)
+        );
+        assert_eq!(
+            resolve(&docroot, "inner-link", &[]).map(|target| target.name),
+            Ok("inner-link".to_owned())
+        );
     }
 
     #[test]
