@@ -8,12 +8,16 @@
 //! `max_pending_links`: past it the loop stops accepting, so further links
 //! wait in the kernel's backlog and hold no descriptor of this process.
 //!
-//! Direct mode reuses links: ACCEPT offers the gateway the link for another
+//! Links are reused: ACCEPT offers the gateway the link for another
 //! client (`reuse_ms`, the open timeout) while at least half the pending-link
-//! slots are free. After the HANDOFF the session runs
+//! slots are free. In direct mode, after the HANDOFF the session runs
 //! in a task of its own and the link's task, still holding its pending-link
 //! slot, waits for the next OPEN as long as a new link would; an idle link
-//! is closed at shutdown.
+//! is closed at shutdown. In framed mode (`reuse_framed`, not for a carried
+//! client) the session runs in the link's task, holding no pending-link
+//! slot; when it is dropped its link comes back, the CLOSEs are completed
+//! (`EndedLink::finish`) and the link, with a pending-link slot again if at
+//! least half are free, waits for the next OPEN the same way.
 //!
 //! A link whose first record is a REQUEST (a plain HTTP request, `wsgate
 //! --http`) goes to [`ServeOptions::request_handler`] instead, within
@@ -48,7 +52,9 @@ use crate::carrier::{self, CarrierRegistry};
 use crate::direct::DirectOptions;
 use crate::metrics::{Metrics, Refused};
 use crate::request::{self, RequestHandler};
-use crate::session::{Connection, HandedOver, LinkStart, Session, SessionError};
+use crate::session::{
+    Connection, EndedLink, HandedOver, LinkStart, NextLink, Session, SessionError,
+};
 use crate::socket_file::SocketFile;
 
 /// A backend's listening socket, in tokio.
@@ -311,7 +317,7 @@ where
 {
     let PendingLink {
         mut connection,
-        pending_permit,
+        mut pending_permit,
         options,
         carriers,
         slots,
@@ -355,14 +361,72 @@ where
             let (options, shutdown, handler) = (options.clone(), shutdown.clone(), handler.clone());
             async move { run_session(session, permit, mode, &options, shutdown, handler).await }
         }
-        .instrument(span);
-        let Some(next) = next_link else {
-            drop(pending_permit);
-            return serve_session.await;
+        .instrument(span.clone());
+        connection = match next_link {
+            NextLink::None => {
+                drop(pending_permit);
+                return serve_session.await;
+            }
+            NextLink::Now(next) => {
+                tracker.spawn(serve_session);
+                next
+            }
+            NextLink::AfterClose(ended) => {
+                // The session holds a client slot, not a pending-link slot;
+                // the link takes one again when it comes back.
+                drop(pending_permit);
+                serve_session.await;
+                let Some(next) = take_back(ended, &options, &shutdown).instrument(span).await
+                else {
+                    return;
+                };
+                // As when it was offered: idle links take at most half the
+                // pending-link slots.
+                if pending_links.available_permits() * 2 < options.max_pending_links {
+                    debug!("pending-link slots short; link closed");
+                    return;
+                }
+                let Ok(permit) = pending_links.clone().try_acquire_owned() else {
+                    return;
+                };
+                pending_permit = permit;
+                next
+            }
         };
-        tracker.spawn(serve_session);
-        connection = next;
         reused = true;
+    }
+}
+
+/// The link of a framed session offered for reuse, once the session is
+/// over: its CLOSEs completed within the handoff timeout, ready for the
+/// next OPEN; `None` when it cannot be reused (logged) or at shutdown.
+async fn take_back(
+    ended: tokio::sync::oneshot::Receiver<EndedLink>,
+    options: &ServeOptions,
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
+    // Sent when the session is dropped, which may be after its handler
+    // returned (a server that split it may still hold a half).
+    let ended = ended.await.ok()?;
+    if shutdown.is_cancelled() {
+        return None;
+    }
+    match tokio::time::timeout(options.handoff_timeout, ended.finish()).await {
+        Ok(Ok(next)) => {
+            debug!("link kept for the next client");
+            Some(next)
+        }
+        Ok(Err(why)) => {
+            debug!("link not reused: {why}");
+            None
+        }
+        Err(_) => {
+            debug!(
+                "link not reused: the CLOSEs did not complete within {:?}",
+                options.handoff_timeout
+            );
+            None
+        }
     }
 }
 
@@ -380,8 +444,9 @@ struct AcceptedClient {
     /// Its client slot, or why there is none (the limit is reached).
     permit: Result<OwnedSemaphorePermit, tokio::sync::TryAcquireError>,
     mode: LinkMode,
-    /// The link, back after the HANDOFF for another client.
-    next_link: Option<Connection>,
+    /// What becomes of the link: free for another client after the HANDOFF,
+    /// or once the session is over, or nothing.
+    next_link: NextLink,
 }
 
 /// Reads the link's first record and answers it: a REQUEST is answered
@@ -482,13 +547,17 @@ async fn open_client(
     let mut reply = AcceptReply {
         protocol,
         max_message_size: options.max_message_size,
-        // Direct mode only (ignored otherwise): the gateway may send the
-        // next client's OPEN on this link, within the open timeout.
+        // The gateway may send the next client's OPEN on this link, within
+        // the open timeout: after the HANDOFF (direct mode), or after the
+        // client's CLOSEs (framed mode, with `reuse_framed`).
         reuse_ms: offer_reuse
             .then(|| u64::try_from(options.open_timeout.as_millis()).unwrap_or(u64::MAX)),
         // ... or hand the next clients over without asking, when nothing
         // here would refuse one before its `101`.
         open_handoff: offer_reuse && options.admission.is_none(),
+        // Framed mode: the link comes back after the client's CLOSEs
+        // (dropped again below for a carried client).
+        reuse_framed: offer_reuse,
         ..AcceptReply::default()
     };
     let permit = slots.clone().try_acquire_owned();
@@ -559,7 +628,7 @@ fn take_handed_over(
             session,
             permit: slots.clone().try_acquire_owned(),
             mode: LinkMode::Direct,
-            next_link: Some(next_link),
+            next_link: NextLink::Now(next_link),
         }))),
         Err(error) => {
             warn!(%error, "cannot take the handed-over client");

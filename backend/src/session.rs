@@ -16,14 +16,16 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::net::UnixStream;
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::codec::{Framed, FramedParts};
+use tokio_util::codec::{Decoder, Framed, FramedParts};
 
 use link::fd_pass::{self, RecordHead};
 use link::message::{message_to_record, record_to_message, truncate_reason};
+use link::record::{HEADER_LEN, decode_header};
 use link::websocket::{LINK_READ_BUFFER, READ_CHUNK};
 use link::{
     AcceptReply, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record, RecordCodec, RecordKind,
@@ -275,6 +277,112 @@ impl HandedOver {
     }
 }
 
+/// What becomes of an accepted client's link.
+#[derive(Debug)]
+pub(crate) enum NextLink {
+    /// It ends with the session.
+    None,
+    /// Direct mode: it is free for the next client now, after the HANDOFF.
+    Now(Connection),
+    /// Framed mode with `reuse_framed`: it comes back when the session is
+    /// dropped, for [`EndedLink::finish`] to complete the CLOSEs.
+    AfterClose(oneshot::Receiver<EndedLink>),
+}
+
+/// Where a framed session offered for reuse sends its link when dropped.
+#[derive(Debug)]
+struct GiveBack {
+    sender: oneshot::Sender<EndedLink>,
+    direct_options: DirectOptions,
+    /// The ACCEPT also offered OPEN_HANDOFF for the link's next record.
+    open_handoff: bool,
+}
+
+/// A framed session's link, back from the dropped session, with how far its
+/// CLOSEs got.
+#[derive(Debug)]
+pub(crate) struct EndedLink {
+    framed: Framed<UnixStream, RecordCodec>,
+    direct_options: DirectOptions,
+    metrics: Metrics,
+    open_handoff: bool,
+    close_sent: bool,
+    close_received: bool,
+}
+
+impl EndedLink {
+    /// Completes the client's end on the link (docs/link-protocol.md, *Link
+    /// reuse in framed mode*): answers the gateway's CLOSE if the server did
+    /// not, or reads on to the gateway's CLOSE after the server's own,
+    /// dropping what the gateway relayed meanwhile. The link is then a new
+    /// link, unless nothing was closed (the server just left: the link ends
+    /// and the gateway closes the client with `1011`, as without reuse), the
+    /// link fails, or the gateway sends anything else.
+    pub(crate) async fn finish(self) -> Result<Connection, &'static str> {
+        let EndedLink {
+            mut framed,
+            direct_options,
+            metrics,
+            open_handoff,
+            close_sent,
+            close_received,
+        } = self;
+        if !close_sent && !close_received {
+            return Err("the session ended without a close");
+        }
+        if close_sent {
+            framed
+                .flush()
+                .await
+                .map_err(|_| "writing to the link failed")?;
+        } else {
+            framed
+                .send(Record::Close(None))
+                .await
+                .map_err(|_| "writing CLOSE failed")?;
+        }
+        let FramedParts {
+            mut io,
+            mut codec,
+            read_buf: mut buffered,
+            ..
+        } = framed.into_parts();
+        if !close_received {
+            // The gateway may send the next client's OPEN (or OPEN_HANDOFF,
+            // with its descriptor) right behind its CLOSE: read exactly up
+            // to the CLOSE, leaving what follows in the socket.
+            loop {
+                match codec.decode(&mut buffered) {
+                    Ok(Some(Record::Close(_))) => break,
+                    Ok(Some(Record::Text(_) | Record::Binary(_) | Record::Pong(_))) => continue,
+                    Ok(Some(_)) => return Err("the gateway sent another record before its CLOSE"),
+                    Err(_) => return Err("the gateway sent a malformed record before its CLOSE"),
+                    Ok(None) => {}
+                }
+                let missing = match buffered.first_chunk::<HEADER_LEN>() {
+                    None => HEADER_LEN - buffered.len(),
+                    Some(&header) => {
+                        let (_, len) = decode_header(header, codec.max_payload())
+                            .map_err(|_| "the gateway sent a malformed record before its CLOSE")?;
+                        HEADER_LEN + len - buffered.len()
+                    }
+                };
+                let start = buffered.len();
+                buffered.resize(start + missing, 0);
+                io.read_exact(&mut buffered[start..])
+                    .await
+                    .map_err(|_| "the link ended before the gateway's CLOSE")?;
+            }
+        }
+        if !buffered.is_empty() {
+            return Err("the gateway sent a record after its CLOSE");
+        }
+        let mut next = Connection::with_codec(io, codec, direct_options, metrics);
+        next.open_handoff = open_handoff;
+        Ok(next)
+    }
+}
+
 /// What the first record of a link asked for.
 #[derive(Debug)]
 pub(crate) enum LinkStart {
@@ -313,6 +421,7 @@ impl Incoming {
         let reply = AcceptReply {
             reuse_ms: None,
             open_handoff: false,
+            reuse_framed: false,
             carrier: None,
             carrier_wanted: false,
             ..reply
@@ -347,8 +456,11 @@ impl Incoming {
         Ok(parts.io)
     }
 
-    /// [`Incoming::accept`]; in direct mode with `reply.reuse_ms`, also the
-    /// link after the HANDOFF, whose next record starts another client.
+    /// [`Incoming::accept`], and the link for another client if `reply`
+    /// offers it: in direct mode with `reply.reuse_ms`, the link after the
+    /// HANDOFF, whose next record starts another client; in framed mode with
+    /// `reply.reuse_framed` too, the link once the session is over
+    /// ([`NextLink::AfterClose`]).
     ///
     /// With `carried` (framed mode only, and `reply.carrier` set), the
     /// session's messages go on that carrier.
@@ -356,26 +468,41 @@ impl Incoming {
         mut self,
         mut reply: AcceptReply,
         carried: Option<CarriedLink>,
-    ) -> Result<(Session, Option<Connection>), SessionError> {
-        if self.meta.mode != LinkMode::Direct {
-            reply.reuse_ms = None;
-        }
-        if reply.reuse_ms.is_none() {
-            reply.open_handoff = false;
-        }
+    ) -> Result<(Session, NextLink), SessionError> {
         let carried = carried.filter(|_| self.meta.mode == LinkMode::Framed);
         if carried.is_none() {
             reply.carrier = None;
         }
+        // A carried client's CLOSE goes on the carrier: its link is not reused.
+        reply.reuse_framed &= self.meta.mode == LinkMode::Framed && carried.is_none();
+        if self.meta.mode != LinkMode::Direct && !reply.reuse_framed {
+            reply.reuse_ms = None;
+        }
+        if reply.reuse_ms.is_none() {
+            reply.open_handoff = false;
+            reply.reuse_framed = false;
+        }
         self.framed.send(Record::Accept(reply.to_payload())).await?;
-        let mut next_link = None;
+        let mut next_link = NextLink::None;
+        let mut give_back = None;
         let transport = match self.meta.mode {
             LinkMode::Framed => match carried {
                 Some(link) => Transport::Carried(Box::new(Carried {
                     framed: self.framed,
                     link,
                 })),
-                None => Transport::Link(self.framed),
+                None => {
+                    if reply.reuse_framed {
+                        let (sender, receiver) = oneshot::channel();
+                        give_back = Some(GiveBack {
+                            sender,
+                            direct_options: self.direct_options,
+                            open_handoff: reply.open_handoff,
+                        });
+                        next_link = NextLink::AfterClose(receiver);
+                    }
+                    Transport::Link(self.framed)
+                }
             },
             LinkMode::Carrier => return Err(SessionError::UnsupportedMode(LinkMode::Carrier)),
             LinkMode::Direct => {
@@ -393,7 +520,7 @@ impl Incoming {
                 if let Some(peer) = peer {
                     self.meta.peer = peer.to_string();
                 }
-                next_link = link.map(|stream| {
+                if let Some(stream) = link {
                     let mut next = Connection::with_codec(
                         stream,
                         parts.codec,
@@ -401,12 +528,14 @@ impl Incoming {
                         self.metrics.clone(),
                     );
                     next.open_handoff = reply.open_handoff;
-                    next
-                });
+                    next_link = NextLink::Now(next);
+                }
                 Transport::Direct(Box::new(client))
             }
         };
-        Ok((Session::new(self.meta, transport, self.metrics), next_link))
+        let mut session = Session::new(self.meta, transport, self.metrics);
+        session.give_back = give_back;
+        Ok((session, next_link))
     }
 
     /// Refuses the client: the gateway answers its handshake with `reply.status`.
@@ -455,6 +584,15 @@ pub struct Session {
     defer_flushes: bool,
     /// The backend's metrics, which count this session's messages.
     metrics: Metrics,
+    /// Framed mode, offered for reuse: where the link goes when the session
+    /// is dropped.
+    give_back: Option<GiveBack>,
+    /// A close went to the client (framed mode: a CLOSE record).
+    close_sent: bool,
+    /// The client's close came (framed mode: the gateway's CLOSE record).
+    close_received: bool,
+    /// The link failed, ended, or was written after the close: not reused.
+    link_broken: bool,
 }
 
 /// Flushes deferred in a row at most, so a client that never stops sending
@@ -471,6 +609,9 @@ enum Transport {
     Carried(Box<Carried>),
     /// The client's own socket (direct mode).
     Direct(Box<DirectClient>),
+    /// Nothing: the link went back for another client as the session was
+    /// dropped (never seen by a live session).
+    Returned,
 }
 
 /// A carried session's own link and its place on the carrier.
@@ -491,6 +632,10 @@ impl Session {
             n_deferred: 0,
             defer_flushes: true,
             metrics,
+            give_back: None,
+            close_sent: false,
+            close_received: false,
+            link_broken: false,
         }
     }
 
@@ -505,7 +650,7 @@ impl Session {
             Transport::Carried(carried) => {
                 Some((carried.link.carrier().clone(), carried.link.id()))
             }
-            Transport::Link(_) | Transport::Direct(_) => None,
+            Transport::Link(_) | Transport::Direct(_) | Transport::Returned => None,
         }
     }
 
@@ -545,18 +690,39 @@ impl Session {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Message, SessionError>>> {
         match &mut self.transport {
-            Transport::Link(framed) => poll_link_next(framed, cx),
+            // Nothing follows the gateway's CLOSE for this client: on a link
+            // kept for the next one, reading on would wait for that client.
+            Transport::Link(_) if self.close_received => Poll::Ready(None),
+            // After its own close, a session whose link is to be reused
+            // reads no more: `EndedLink::finish` reads exactly up to the
+            // gateway's CLOSE, which the next client's records may follow.
+            Transport::Link(_) if self.close_sent && self.give_back.is_some() => Poll::Ready(None),
+            Transport::Link(framed) => {
+                let polled = poll_link_next(framed, cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(Message::Close(_)))) => self.close_received = true,
+                    Poll::Ready(Some(Err(_)) | None) => self.link_broken = true,
+                    _ => {}
+                }
+                polled
+            }
             Transport::Carried(carried) => poll_link_next(&mut carried.framed, cx),
             Transport::Direct(client) => client.poll_next_unpin(cx).map(|item| item.map(Ok)),
+            Transport::Returned => Poll::Ready(None),
         }
     }
 
     /// Flushes the transport, clearing `unflushed` once it took everything.
     fn poll_transport_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
         let flushed = match &mut self.transport {
-            Transport::Link(framed) => framed.poll_flush_unpin(cx).map_err(SessionError::from),
+            Transport::Link(framed) => {
+                let flushed = framed.poll_flush_unpin(cx).map_err(SessionError::from);
+                self.link_broken |= matches!(flushed, Poll::Ready(Err(_)));
+                flushed
+            }
             Transport::Carried(carried) => poll_carried_flush(carried, cx),
             Transport::Direct(client) => client.poll_flush_unpin(cx).map_err(SessionError::from),
+            Transport::Returned => Poll::Ready(Ok(())),
         };
         if flushed.is_ready() {
             self.unflushed = false;
@@ -660,12 +826,16 @@ impl Sink<Message> for Session {
                     .map_err(SessionError::from)
             }
             Transport::Direct(client) => client.poll_ready_unpin(cx).map_err(SessionError::from),
+            Transport::Returned => Poll::Ready(Ok(())),
         }
     }
 
     fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), SessionError> {
+        // Nothing may follow a close on a link that is to be reused.
+        self.link_broken |= self.close_sent;
         if message.is_close() {
             self.defer_flushes = false;
+            self.close_sent = true;
         }
         self.unflushed = true;
         if let Message::Text(_) | Message::Binary(_) = &message
@@ -699,6 +869,7 @@ impl Sink<Message> for Session {
             Transport::Direct(client) => {
                 client.start_send_unpin(message).map_err(SessionError::from)
             }
+            Transport::Returned => Ok(()),
         }
     }
 
@@ -739,6 +910,33 @@ impl Sink<Message> for Session {
                     .map_err(SessionError::from)
             }
             Transport::Direct(client) => client.poll_close_unpin(cx).map_err(SessionError::from),
+            Transport::Returned => Poll::Ready(Ok(())),
         }
+    }
+}
+
+impl Drop for Session {
+    /// A framed session offered for reuse gives its link back (unless it
+    /// broke); `serve` completes the CLOSEs and reads the next OPEN on it.
+    fn drop(&mut self) {
+        let Some(give_back) = self.give_back.take() else {
+            return;
+        };
+        if self.link_broken || !matches!(self.transport, Transport::Link(_)) {
+            return;
+        }
+        let Transport::Link(framed) = std::mem::replace(&mut self.transport, Transport::Returned)
+        else {
+            return;
+        };
+        // The link task may be gone (shutdown); then the link just closes.
+        let _ = give_back.sender.send(EndedLink {
+            framed,
+            direct_options: give_back.direct_options,
+            metrics: self.metrics.clone(),
+            open_handoff: give_back.open_handoff,
+            close_sent: self.close_sent,
+            close_received: self.close_received,
+        });
     }
 }

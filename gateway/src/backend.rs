@@ -71,10 +71,10 @@ pub(crate) type FramedLink = Framed<UnixStream, RecordCodec>;
 /// Connects to `socket_path`, sends `open` and waits for the backend's answer,
 /// all within `accept_timeout`.
 ///
-/// With `pool` (direct mode), an idle link the backend offered for reuse is
-/// tried first; if it turns out closed before any answer (the backend's wait
-/// ran out, or it stopped), the OPEN goes on a fresh connection instead, so
-/// the client never notices.
+/// With `pool`, an idle link the backend offered for reuse is tried
+/// first; if it turns out closed before any answer (the backend's wait ran
+/// out, or it stopped), the OPEN goes on a fresh connection instead, so the
+/// client never notices.
 ///
 /// The chosen subprotocol must be one of those offered in `open`.
 pub(crate) async fn open_framed(

@@ -13,7 +13,6 @@
 //! wrote without waiting for an ACCEPT.
 
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,23 +23,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::backend::{self, FramedLink};
-use crate::link_pool::{LinkPool, ReuseOffer};
+use crate::link_pool::{LinkReuse, ReuseOffer};
 use crate::relay::{self, RelaySettings};
-
-/// Where a link the backend offered for reuse goes after the HANDOFF.
-pub(crate) struct LinkReuse<'a> {
-    pub(crate) pool: &'a LinkPool,
-    pub(crate) socket_path: &'a Path,
-    /// What the backend offered (ACCEPT's `reuse_ms` and `open_handoff`).
-    pub(crate) offer: ReuseOffer,
-}
-
-impl LinkReuse<'_> {
-    /// Puts `stream` back in the pool for the next client.
-    fn keep(self, stream: UnixStream) {
-        self.pool.put(self.socket_path, stream, self.offer);
-    }
-}
 
 /// Hands `tcp` and `pending` over on `link`, then gives the link to `reuse`
 /// or closes it. If the hand-over fails, the client (who already has its
@@ -169,6 +153,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::link_pool::LinkPool;
 
     fn direct_open(id: u64) -> OpenMeta {
         OpenMeta {

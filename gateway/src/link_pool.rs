@@ -1,11 +1,13 @@
-//! Direct mode's idle links, kept per backend socket for the next client.
+//! Idle links, kept per backend socket for the next client.
 //!
 //! A backend that answers ACCEPT with `reuse_ms` keeps reading its link after
-//! the HANDOFF, for the next client's OPEN, for that long. `handoff` puts such
-//! a link here once the client's socket went over it; `backend::open_framed`
-//! takes the newest one instead of connecting again, which saves both sides a
-//! connect, an accept and a socket per client (docs/link-protocol.md, *Link
-//! reuse*). A backend that also offered `open_handoff` may get the next
+//! the HANDOFF (direct mode) or after the client's CLOSEs (framed mode, with
+//! `reuse_framed`), for the next client's OPEN, for that long. `handoff` puts
+//! such a link here once the client's socket went over it, the framed relay
+//! once the CLOSEs crossed; `backend::open_framed` takes the newest one
+//! instead of connecting again, for a client of either mode, which saves
+//! both sides a connect, an accept and a socket per client
+//! (docs/link-protocol.md, *Link reuse*, *Link reuse in framed mode*). A backend that also offered `open_handoff` may get the next
 //! direct client's OPEN and socket at once on such a link, without being
 //! asked ([`LinkPool::take_for_handoff`]). A link is kept for at most half
 //! the backend's wait (so it is never the backend that closes a link the gateway is about to use) and at
@@ -38,7 +40,7 @@ pub(crate) const MAX_IDLE: Duration = Duration::from_secs(10);
 /// How often [`sweep`] closes expired links.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Idle direct-mode links by socket path (newest last).
+/// Idle links by socket path (newest last).
 #[derive(Debug, Default)]
 pub(crate) struct LinkPool {
     state: Mutex<PoolState>,
@@ -74,6 +76,23 @@ impl ReuseOffer {
             backend_wait: Duration::from_millis(reuse_ms),
             open_handoff: reply.open_handoff,
         })
+    }
+}
+
+/// Where a link the backend offered for reuse goes once its client is done
+/// with it: after the HANDOFF (direct mode), or after both CLOSEs (framed
+/// mode, `reuse_framed`).
+pub(crate) struct LinkReuse<'a> {
+    pub(crate) pool: &'a LinkPool,
+    pub(crate) socket_path: &'a Path,
+    /// What the backend offered (ACCEPT's `reuse_ms` and `open_handoff`).
+    pub(crate) offer: ReuseOffer,
+}
+
+impl LinkReuse<'_> {
+    /// Puts `stream` back in the pool for the next client.
+    pub(crate) fn keep(self, stream: UnixStream) {
+        self.pool.put(self.socket_path, stream, self.offer);
     }
 }
 

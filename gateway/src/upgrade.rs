@@ -33,9 +33,9 @@ use crate::backend::{self, BackendFailure};
 use crate::carrier::{OpenSettings, Seat};
 use crate::client_stream::ClientStream;
 use crate::deflate;
-use crate::handoff::{self, LinkReuse, OpenHandoff};
+use crate::handoff::{self, OpenHandoff};
 use crate::handshake::{self, UpgradeRequest};
-use crate::link_pool::{HandoffLink, ReuseOffer};
+use crate::link_pool::{HandoffLink, LinkReuse, ReuseOffer};
 use crate::metrics::{ClientMetrics, ClientMode};
 use crate::refusal::Refusal;
 use crate::relay::{self, RelaySettings};
@@ -45,8 +45,10 @@ use crate::server::{ClientSlot, Shared};
 
 /// The backend's side of an accepted client, ready to relay.
 enum Link {
-    /// Relayed; with its seat on the backend's carrier if its ACCEPT chose one.
-    Framed(backend::FramedLink, Option<Seat>),
+    /// Relayed; with its seat on the backend's carrier if its ACCEPT chose
+    /// one, or else what the backend offered for the link after the client's
+    /// CLOSEs (`reuse_framed`).
+    Framed(backend::FramedLink, Option<Seat>, Option<ReuseOffer>),
     Raw(tokio::net::UnixStream),
     /// Accepted in direct mode: the client's socket goes over this link,
     /// which the backend keeps for another client if it offered to.
@@ -288,7 +290,7 @@ async fn accept(
         &open,
         config.max_message_size,
         config.accept_timeout,
-        is_direct.then_some(&*shared.link_pool),
+        Some(&shared.link_pool),
     )
     .await?;
     shared
@@ -320,7 +322,11 @@ async fn accept(
             shared.metrics.carrier_links(),
         );
     }
-    let offer = ReuseOffer::from_reply(&reply);
+    // A relayed client's link comes back after its CLOSEs only if the
+    // backend said so, and never for a carried client (its CLOSE comes on
+    // the carrier).
+    let offer = ReuseOffer::from_reply(&reply)
+        .filter(|_| is_direct || (reply.reuse_framed && seat.is_none()));
     // The backend's choice wins; a directory's subprotocol is the default.
     Ok(Accepted {
         upgrade,
@@ -329,7 +335,7 @@ async fn accept(
         link: if is_direct {
             Link::Direct(link, offer)
         } else {
-            Link::Framed(link, seat)
+            Link::Framed(link, seat, offer)
         },
         extra_headers: reply.headers,
         max_message_size: reply
@@ -408,13 +414,19 @@ async fn relay_upgraded<S: ClientStream>(
         ..shared.settings.clone()
     };
     match link {
-        Link::Framed(link, seat) => {
+        Link::Framed(link, seat, offer) => {
+            let reuse = offer.map(|offer| LinkReuse {
+                pool: &shared.link_pool,
+                socket_path,
+                offer,
+            });
             relay::framed::run(
                 stream,
                 pending,
                 deflate,
                 link,
                 seat,
+                reuse,
                 settings,
                 &shared.shutdown,
                 metrics,

@@ -26,7 +26,9 @@ pub enum FakeBehaviour {
     /// Answers OPEN with REJECT carrying this reply.
     Reject(RejectReply),
     /// Answers OPEN with ACCEPT, echoes TEXT and BINARY records, and answers
-    /// CLOSE with the same CLOSE before closing the link. Answers a REQUEST
+    /// CLOSE with the same CLOSE (after which the gateway ends the link, or,
+    /// if the ACCEPT offered `reuse_framed`, may send the next OPEN on it,
+    /// which is answered as the first). Answers a REQUEST
     /// with a RESPONSE `200` whose body is the request's body and whose
     /// headers `x-method`, `x-path` and `x-query` repeat the request's.
     Echo(AcceptReply),
@@ -232,8 +234,22 @@ async fn serve_link(
             (FakeBehaviour::Echo(_), record @ (Record::Text(_) | Record::Binary(_))) => {
                 Some(record)
             }
-            // Answered in kind; the gateway then ends the link, which is reported as `Closed`.
-            (FakeBehaviour::Echo(_), record @ Record::Close(_)) => Some(record),
+            // Answered in kind; the gateway then ends the link, which is
+            // reported as `Closed`, or keeps it for another client.
+            (FakeBehaviour::Echo(accept), record @ Record::Close(_)) => {
+                if accept.reuse_framed {
+                    open_seen = false;
+                    if let Err(error) = wire::write_record(&mut stream, &record).await {
+                        let _ = events.send(LinkEvent::Failed {
+                            link_idx,
+                            error: format!("{error:#}"),
+                        });
+                        return;
+                    }
+                    continue;
+                }
+                Some(record)
+            }
             (FakeBehaviour::Echo(_), Record::Request(payload)) if !open_seen => {
                 match echo_response(&payload) {
                     Ok(response) => Some(response),

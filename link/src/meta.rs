@@ -118,8 +118,9 @@ pub struct AcceptReply {
     /// relays, by the backend library in direct mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_size: Option<usize>,
-    /// Direct mode only: after the HANDOFF this backend keeps the link open
-    /// and reads it as a new link, for another client's OPEN, for this many
+    /// Direct mode (and framed mode with `reuse_framed`): after the HANDOFF
+    /// (after the client's CLOSEs) this backend keeps the link open and
+    /// reads it as a new link, for another client's OPEN, for this many
     /// milliseconds (docs/link-protocol.md, *Link reuse*). `None`: the
     /// backend closes the link after the HANDOFF, and so does the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +132,14 @@ pub struct AcceptReply {
     /// closes one it cannot serve with a close code.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub open_handoff: bool,
+    /// Framed mode only, with `reuse_ms`, for a client not on a carrier:
+    /// after this client's end, once each side has sent and received one
+    /// CLOSE, the link starts over for another client's OPEN
+    /// (docs/link-protocol.md, *Link reuse in framed mode*). The backend
+    /// answers the gateway's CLOSE with its own, and after its own CLOSE
+    /// reads on until the gateway's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reuse_framed: bool,
     /// Framed mode: every message and the close for this client travel on
     /// the carrier link OPEN's `carrier` named, as FANOUT records, under
     /// these terms; none on the client's own link. Only for a carrier the
@@ -489,5 +498,20 @@ mod tests {
         for bad in [&br#"{"reuse_ms":-1}"#[..], br#"{"reuse_ms":1.5}"#] {
             assert!(AcceptReply::from_payload(bad).is_err());
         }
+        // Framed reuse is a separate promise, absent unless made.
+        assert!(!old.reuse_framed);
+        let framed = AcceptReply {
+            reuse_ms: Some(3000),
+            reuse_framed: true,
+            ..AcceptReply::default()
+        };
+        assert_eq!(
+            &framed.to_payload()[..],
+            br#"{"reuse_ms":3000,"reuse_framed":true}"#
+        );
+        assert_eq!(
+            AcceptReply::from_payload(&framed.to_payload()).expect("round trip"),
+            framed
+        );
     }
 }

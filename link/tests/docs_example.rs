@@ -286,3 +286,35 @@ fn open_handoff_example_is_header_open_and_pending_bytes() {
         [0x81, 0x82, 0x37, 0xfa, 0x21, 0x3d, 0x5f, 0x93]
     );
 }
+
+#[test]
+fn the_framed_reuse_example_is_two_closes_then_the_next_open() {
+    let section = DOC
+        .split("## Link reuse in framed mode")
+        .nth(1)
+        .expect("docs/link-protocol.md has a framed reuse section");
+    let block = section
+        .split("```text")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the example is a text block");
+    let lines: Vec<(char, Vec<u8>)> = block
+        .lines()
+        .filter_map(|line| {
+            let arrow = line.chars().next().filter(|c| *c == '→' || *c == '←')?;
+            Some((arrow, hex_bytes(&line[arrow.len_utf8()..])))
+        })
+        .collect();
+    let bye = Record::Close(Some(CloseInfo {
+        code: 1000,
+        reason: "bye".to_owned(),
+    }));
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0], ('→', encode(bye.clone())));
+    assert_eq!(lines[1], ('←', encode(bye)));
+    // The next OPEN, abridged: its header and the start of the example's JSON.
+    let open = encode(Record::Open(open_json().into_bytes().into()));
+    let (arrow, shown) = &lines[2];
+    assert_eq!(*arrow, '→');
+    assert_eq!(&open[..shown.len()], &shown[..]);
+}

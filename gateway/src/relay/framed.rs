@@ -56,6 +56,7 @@ use tracing::Instrument;
 use crate::backend::FramedLink;
 use crate::carrier::{Drained, InboxEnd, Seat};
 use crate::client_stream::ClientStream;
+use crate::link_pool::LinkReuse;
 use crate::metrics::ClientMetrics;
 
 use super::{ClientGone, Ending, LinkFailure, RelaySettings};
@@ -67,8 +68,10 @@ use link::frames::{
 /// Relays between the upgraded client connection (`stream`, with the bytes
 /// hyper read past the handshake in `pending`) and the accepted `link`
 /// until one side closes or `shutdown` fires, then completes the close
-/// handshakes on both sides. `span` (the client's) is entered to log, not
-/// on every poll of the data path.
+/// handshakes on both sides. With `reuse` (the backend offered
+/// `reuse_framed`), a link on which each side sent and received one CLOSE
+/// goes back to the pool for the next client. `span` (the client's) is
+/// entered to log, not on every poll of the data path.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run<S: ClientStream>(
     stream: S,
@@ -76,6 +79,7 @@ pub(crate) async fn run<S: ClientStream>(
     deflate: Option<DeflateParams>,
     link: FramedLink,
     seat: Option<Seat>,
+    reuse: Option<LinkReuse<'_>>,
     settings: &RelaySettings,
     shutdown: &CancellationToken,
     metrics: &ClientMetrics,
@@ -93,7 +97,7 @@ pub(crate) async fn run<S: ClientStream>(
     span.in_scope(|| ending.log());
     metrics.ended(&ending);
     relay
-        .close(&ending, settings)
+        .close(&ending, settings, reuse)
         .instrument(span.clone())
         .await;
 }
@@ -429,9 +433,27 @@ impl<S: ClientStream> Relay<S> {
         }
     }
 
-    /// Finishes both close handshakes for `ending`, at once, each within the close timeout.
-    async fn close(mut self, ending: &Ending, settings: &RelaySettings) {
+    /// Finishes both close handshakes for `ending`, at once, each within the
+    /// close timeout; with `reuse`, a link left clean goes to its pool.
+    async fn close(
+        mut self,
+        ending: &Ending,
+        settings: &RelaySettings,
+        reuse: Option<LinkReuse<'_>>,
+    ) {
         let timeout = settings.close_timeout;
+        // Ends after which the link may serve another client: not a broken
+        // link, not a carried client, not the gateway's shutdown.
+        let reusable = reuse.is_some()
+            && self.seat.is_none()
+            && matches!(
+                ending,
+                Ending::ClientClosed(_)
+                    | Ending::ClientGone(_)
+                    | Ending::ClientFailed { .. }
+                    | Ending::Idle
+                    | Ending::BackendClosed(_)
+            );
         let Relay { client, link, .. } = &mut self;
         // The backend learns how the client left, unless it is the one that left.
         let close_record = match ending {
@@ -453,10 +475,14 @@ impl<S: ClientStream> Relay<S> {
                 code: u16::from(CloseCode::Policy),
                 reason: super::TOO_SLOW_REASON.to_owned(),
             }))),
+            // A link kept for reuse answers the backend's CLOSE with one.
+            Ending::BackendClosed(_) if reusable => Some(Record::Close(None)),
             Ending::BackendClosed(_) | Ending::BackendGone(_) => None,
         };
         // Half-close the link, then read it to its end: closing a UNIX socket with
         // unread data in it would reset the backend's side instead of ending it.
+        // A link kept for reuse instead reads on to the backend's CLOSE (if it
+        // has not come yet) and is clean if nothing follows it.
         let close_link = async {
             if let Some(record) = close_record {
                 let _ = link.codec.encode(record, &mut link.output);
@@ -465,7 +491,14 @@ impl<S: ClientStream> Relay<S> {
                 .await
                 .is_err()
             {
-                return;
+                return false;
+            }
+            if reusable {
+                let closed =
+                    matches!(ending, Ending::BackendClosed(_)) || read_to_backend_close(link).await;
+                if closed && link.input.is_empty() {
+                    return true;
+                }
             }
             let _ = link.io.shutdown().await;
             while let Ok(1..) = poll_fn(|cx| {
@@ -475,6 +508,7 @@ impl<S: ClientStream> Relay<S> {
             })
             .await
             {}
+            false
         };
         let close_client = async {
             let handshake = async {
@@ -525,9 +559,35 @@ impl<S: ClientStream> Relay<S> {
         };
         // Both closes at once, each bounded: a stuck backend cannot delay the client's.
         let close_link = async {
-            let _ = tokio::time::timeout(timeout, close_link).await;
+            tokio::time::timeout(timeout, close_link)
+                .await
+                .unwrap_or(false)
         };
-        tokio::join!(close_link, close_client);
+        let (clean, ()) = tokio::join!(close_link, close_client);
+        if clean && let Some(reuse) = reuse {
+            reuse.keep(self.link.io);
+            // Logged once the link is back for the next client (tests wait on it).
+            tracing::debug!("link kept for the next client");
+        }
+    }
+}
+
+/// Reads `link` up to the backend's CLOSE, dropping what the backend sent
+/// before it had the gateway's: false if the link ends, breaks or carries
+/// anything else first.
+async fn read_to_backend_close(link: &mut LinkSide) -> bool {
+    loop {
+        match link.codec.decode(&mut link.input) {
+            Ok(Some(Record::Close(_))) => return true,
+            Ok(Some(Record::Text(_) | Record::Binary(_) | Record::Ping(_))) => continue,
+            Ok(Some(_)) | Err(_) => return false,
+            Ok(None) => {}
+        }
+        reserve_for(&mut link.input, HEADER_LEN);
+        match poll_fn(|cx| poll_read_buf(Pin::new(&mut link.io), cx, &mut link.input)).await {
+            Ok(1..) => {}
+            Ok(0) | Err(_) => return false,
+        }
     }
 }
 
