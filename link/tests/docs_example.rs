@@ -30,10 +30,16 @@ fn hex_bytes(line: &str) -> Vec<u8> {
 /// The lines of the example block under "## Example exchange" that start
 /// with an arrow: the direction and the hex bytes before the comment.
 fn example_lines() -> Vec<(char, Vec<u8>)> {
+    arrow_lines("## Example exchange")
+}
+
+/// The lines that start with an arrow in the first text block after
+/// `heading`: the direction and the hex bytes before the comment.
+fn arrow_lines(heading: &str) -> Vec<(char, Vec<u8>)> {
     let section = DOC
-        .split("## Example exchange")
+        .split(heading)
         .nth(1)
-        .expect("docs/link-protocol.md has an example exchange");
+        .unwrap_or_else(|| panic!("docs/link-protocol.md has {heading:?}"));
     let block = section
         .split("```text")
         .nth(1)
@@ -289,22 +295,7 @@ fn open_handoff_example_is_header_open_and_pending_bytes() {
 
 #[test]
 fn the_framed_reuse_example_is_two_closes_then_the_next_open() {
-    let section = DOC
-        .split("## Link reuse in framed mode")
-        .nth(1)
-        .expect("docs/link-protocol.md has a framed reuse section");
-    let block = section
-        .split("```text")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("the example is a text block");
-    let lines: Vec<(char, Vec<u8>)> = block
-        .lines()
-        .filter_map(|line| {
-            let arrow = line.chars().next().filter(|c| *c == '→' || *c == '←')?;
-            Some((arrow, hex_bytes(&line[arrow.len_utf8()..])))
-        })
-        .collect();
+    let lines = arrow_lines("## Link reuse in framed mode");
     let bye = Record::Close(Some(CloseInfo {
         code: 1000,
         reason: "bye".to_owned(),
