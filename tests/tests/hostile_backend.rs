@@ -229,3 +229,51 @@ async fn a_greeting_written_with_the_accept_reaches_the_client_at_once() -> anyh
     assert_eq!(client.recv().await?, Message::binary(vec![0u8, 1, 2]));
     Ok(())
 }
+
+/// A backend that offers its link for the next client (`reuse_framed`) but
+/// never answers the gateway's CLOSE: the client still gets its close
+/// reply, the link is not kept (it is dropped after the close timeout), and
+/// the next client gets a link of its own.
+#[tokio::test]
+async fn a_backend_that_offers_reuse_but_never_answers_the_close_loses_its_link()
+-> anyhow::Result<()> {
+    let docroot = tempfile::tempdir()?;
+    let offer = br#"{"reuse_ms":60000,"reuse_framed":true}"#;
+    let backend = HostileBackend::start(
+        &docroot.path().join("mute"),
+        Script::write(record_bytes(0x02, offer)),
+    )?;
+    let gateway = Gateway::start(docroot.path(), &["--shutdown-timeout", "1"]).await?;
+    let mut first = gateway.connect("/mute").await?;
+    let reply = first.close(CloseCode::Normal, "bye").await?;
+    assert_eq!(reply.map(|frame| frame.code), Some(CloseCode::Normal));
+    // The gateway told the backend, which said nothing back.
+    harness::wait::until(
+        "the CLOSE record on the link",
+        harness::EVENT_DEADLINE,
+        || {
+            let closed = backend.received(0).iter().any(|(kind, _)| *kind == 0x12);
+            async move { Ok(closed.then_some(())) }
+        },
+    )
+    .await?;
+    let mut second = gateway.connect("/mute").await?;
+    second.close(CloseCode::Normal, "").await?;
+    assert_eq!(
+        backend.n_links(),
+        2,
+        "the second client got a link of its own"
+    );
+    assert_eq!(
+        backend.received(1).first().map(|(kind, _)| *kind),
+        Some(0x01),
+        "it starts with its OPEN"
+    );
+    assert!(
+        !gateway
+            .stderr_text()
+            .contains("link kept for the next client"),
+        "no link was kept"
+    );
+    Ok(())
+}
