@@ -68,6 +68,25 @@ pub(crate) enum BackendFailure {
 /// A framed link whose backend answered ACCEPT.
 pub(crate) type FramedLink = Framed<UnixStream, RecordCodec>;
 
+/// Where the link that took an OPEN came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkOrigin {
+    /// Connected for this OPEN.
+    Connected,
+    /// An idle link the backend had offered for reuse.
+    Reused,
+}
+
+impl LinkOrigin {
+    /// The `link` label of `wsgate_backend_link_opens_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            LinkOrigin::Connected => "new",
+            LinkOrigin::Reused => "reused",
+        }
+    }
+}
+
 /// Connects to `socket_path`, sends `open` and waits for the backend's answer,
 /// all within `accept_timeout`.
 ///
@@ -83,7 +102,7 @@ pub(crate) async fn open_framed(
     max_payload: usize,
     accept_timeout: Duration,
     pool: Option<&LinkPool>,
-) -> Result<(FramedLink, AcceptReply), Refusal> {
+) -> Result<(FramedLink, AcceptReply, LinkOrigin), Refusal> {
     let name = &open.name;
     let refusal = |answer: Answer| match answer {
         Answer::Rejected { status, reason } => Refusal::BackendRejected {
@@ -99,7 +118,7 @@ pub(crate) async fn open_framed(
     let exchange = async {
         if let Some(stream) = pool.and_then(|pool| pool.take(socket_path)) {
             match exchange(stream, open, max_payload).await {
-                Ok(accepted) => return Ok(accepted),
+                Ok((link, reply)) => return Ok((link, reply, LinkOrigin::Reused)),
                 Err(Answer::Failed(cause)) if cause.is_link_gone() => {
                     tracing::debug!(
                         error = &cause as &dyn std::error::Error,
@@ -110,7 +129,8 @@ pub(crate) async fn open_framed(
             }
         }
         let stream = connect(socket_path, name).await?;
-        exchange(stream, open, max_payload).await.map_err(refusal)
+        let (link, reply) = exchange(stream, open, max_payload).await.map_err(refusal)?;
+        Ok((link, reply, LinkOrigin::Connected))
     };
     tokio::time::timeout(accept_timeout, exchange)
         .await

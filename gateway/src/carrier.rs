@@ -181,7 +181,7 @@ impl Carriers {
         )
         .await
         {
-            Ok((link, _)) => link,
+            Ok((link, ..)) => link,
             Err(refusal) => {
                 tracing::info!(name, "no carrier link: {refusal}");
                 return self.refused(socket_path);

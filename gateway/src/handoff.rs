@@ -111,7 +111,7 @@ pub(crate) async fn hand_over_with_open(
                 pool, socket_path, ..
             } = reuse;
             match backend::open_framed(socket_path, open, max_payload, accept_timeout, None).await {
-                Ok((link, reply)) => {
+                Ok((link, reply, _)) => {
                     let reuse = ReuseOffer::from_reply(&reply).map(|offer| LinkReuse {
                         pool,
                         socket_path,

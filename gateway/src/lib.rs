@@ -17,7 +17,7 @@
 //! - `relay`: messages between a client and its backend until one side closes
 //!   (`relay::framed` for the link protocol, `relay::raw` for ouistiti's raw mode).
 //! - `handoff`: direct mode, the client's socket handed to the backend after the `101`.
-//! - `link_pool`: direct mode's idle links that backends offered for the next client.
+//! - `link_pool`: idle links (direct and framed) that backends offered for the next client.
 //! - `carrier`: fan-out's carrier links, one per backend socket that asks,
 //!   whose FANOUT records are read once and queued for each client they name.
 //! - `upgrade`: one upgrade request from handshake to the spawned relay.

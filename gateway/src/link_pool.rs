@@ -1,4 +1,5 @@
-//! Idle links, kept per backend socket for the next client.
+//! Idle links, kept per backend socket for the next client, counted in
+//! `wsgate_backend_links_idle`.
 //!
 //! A backend that answers ACCEPT with `reuse_ms` keeps reading its link after
 //! the HANDOFF (direct mode) or after the client's CLOSEs (framed mode, with
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use link::AcceptReply;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, recv};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
@@ -44,11 +46,15 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub(crate) struct LinkPool {
     state: Mutex<PoolState>,
+    /// How many links are idle here now (`wsgate_backend_links_idle`).
+    n_idle: Gauge,
 }
 
 #[derive(Debug, Default)]
 struct PoolState {
     idle: HashMap<PathBuf, Vec<IdleLink>>,
+    /// Links in `idle`, all sockets together.
+    n_idle: usize,
     /// Set at drain and shutdown: links handed back are closed.
     closed: bool,
 }
@@ -104,6 +110,14 @@ pub(crate) struct HandoffLink {
 }
 
 impl LinkPool {
+    /// An empty pool that keeps `n_idle` at its count of idle links.
+    pub(crate) fn with_gauge(n_idle: Gauge) -> LinkPool {
+        LinkPool {
+            state: Mutex::default(),
+            n_idle,
+        }
+    }
+
     /// The newest idle link to `socket_path` that is still open, if any.
     /// Expired links and links the backend closed are closed on the way.
     pub(crate) fn take(&self, socket_path: &Path) -> Option<UnixStream> {
@@ -126,21 +140,32 @@ impl LinkPool {
         let mut state = self.lock();
         let links = state.idle.get_mut(socket_path)?;
         let mut found = None;
+        let mut removed = 0;
         let mut index = links.len();
         while index > 0 {
             index -= 1;
             let link = &links[index];
             if link.expires <= now || !is_open(&link.stream) {
                 links.remove(index);
+                removed += 1;
             } else if link.offer.open_handoff || !handoff {
                 found = Some(links.remove(index));
+                removed += 1;
                 break;
             }
         }
         if links.is_empty() {
             state.idle.remove(socket_path);
         }
+        state.n_idle -= removed;
+        self.show(&state);
         found
+    }
+
+    /// Sets the gauge to the count in `state`, under its lock.
+    fn show(&self, state: &PoolState) {
+        self.n_idle
+            .set(i64::try_from(state.n_idle).unwrap_or(i64::MAX));
     }
 
     /// Keeps `stream`, a link to `socket_path` whose backend waits for the
@@ -167,6 +192,8 @@ impl LinkPool {
                 expires,
                 offer,
             });
+            state.n_idle += 1;
+            self.show(&state);
         }
     }
 
@@ -178,7 +205,9 @@ impl LinkPool {
             links.retain(|link| link.expires > now);
             !links.is_empty()
         });
-        state.idle.values().map(Vec::len).sum()
+        state.n_idle = state.idle.values().map(Vec::len).sum();
+        self.show(&state);
+        state.n_idle
     }
 
     /// Closes every idle link and every link handed back from now on.
@@ -186,12 +215,20 @@ impl LinkPool {
         let mut state = self.lock();
         state.closed = true;
         state.idle.clear();
+        state.n_idle = 0;
+        self.show(&state);
     }
 
-    /// Idle links held now.
+    /// Idle links held now; the gauge must say the same.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().idle.values().map(Vec::len).sum()
+        let n_idle: usize = self.lock().idle.values().map(Vec::len).sum();
+        assert_eq!(
+            self.n_idle.get(),
+            i64::try_from(n_idle).expect("small"),
+            "the gauge follows the pool"
+        );
+        n_idle
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
@@ -282,8 +319,10 @@ mod tests {
         let path = Path::new("/run/ws/echo");
         let (link, mut peer) = UnixStream::pair().expect("pair");
         pool.put(path, link, offer(false));
+        assert_eq!(pool.len(), 1);
         peer.write_all(b"x").await.expect("write");
         assert!(pool.take(path).is_none());
+        assert_eq!(pool.len(), 0);
     }
 
     #[tokio::test]
@@ -297,9 +336,11 @@ mod tests {
         };
         pool.put(path, link, no_wait);
         assert_eq!(pool.close_expired(), 0);
+        assert_eq!(pool.len(), 0);
         let (link, _peer) = UnixStream::pair().expect("pair");
         pool.put(path, link, offer(false));
         assert_eq!(pool.close_expired(), 1);
+        assert_eq!(pool.len(), 1);
     }
 
     #[tokio::test]

@@ -28,6 +28,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use crate::backend::LinkOrigin;
 use crate::refusal::Refusal;
 use crate::relay::Ending;
 use crate::tls::HandshakeError;
@@ -95,6 +96,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LinkLabels {
+    link: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     name: String,
     status: u16,
@@ -122,6 +128,8 @@ pub(crate) struct Metrics {
     tls_handshakes: Family<OutcomeLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     carrier_links: Gauge,
+    backend_link_opens: Family<LinkLabels, Counter>,
+    backend_links_idle: Gauge,
     process: ProcessMetrics,
 }
 
@@ -221,6 +229,21 @@ impl Metrics {
             None,
             Gauge::default(),
         );
+        let backend_link_opens = registered(
+            gateway,
+            "backend_link_opens",
+            "Clients' OPEN records (and OPEN_HANDOFFs) sent to backends, by link: \
+             new (connected for it) or reused (an idle link the backend offered)",
+            None,
+            Family::default(),
+        );
+        let backend_links_idle = registered(
+            gateway,
+            "backend_links_idle",
+            "Idle links to backends kept for the next client (docs/link-protocol.md, Link reuse)",
+            None,
+            Gauge::default(),
+        );
         let process = ProcessMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -237,6 +260,8 @@ impl Metrics {
             tls_handshakes,
             http_requests,
             carrier_links,
+            backend_link_opens,
+            backend_links_idle,
             process,
         }
     }
@@ -299,6 +324,20 @@ impl Metrics {
     /// The gauge of carrier links open.
     pub(crate) fn carrier_links(&self) -> Gauge {
         self.carrier_links.clone()
+    }
+
+    /// The gauge of idle links kept for the next client, which the link pool sets.
+    pub(crate) fn backend_links_idle(&self) -> Gauge {
+        self.backend_links_idle.clone()
+    }
+
+    /// A client's OPEN (or OPEN_HANDOFF) went on a link from `origin`.
+    pub(crate) fn backend_link_opened(&self, origin: LinkOrigin) {
+        self.backend_link_opens
+            .get_or_create(&LinkLabels {
+                link: origin.label(),
+            })
+            .inc();
     }
 
     /// A backend of `name` accepted a client `elapsed` after the gateway

@@ -244,6 +244,7 @@ pub async fn serve(
     }
     let tracker = TaskTracker::new();
     let draining = shutdown.child_token();
+    let metrics = Arc::new(Metrics::new());
     let shared = Shared {
         settings: RelaySettings::from_config(&config),
         static_files: StaticFiles::new(config.htdocs.as_deref()),
@@ -256,8 +257,8 @@ pub async fn serve(
         draining: draining.clone(),
         http_connections: Arc::new(HttpConnections::new(config.max_connections_per_ip)),
         direct_over_tls: Arc::new(Mutex::new(HashSet::new())),
-        metrics: Arc::new(Metrics::new()),
-        link_pool: Arc::new(LinkPool::default()),
+        link_pool: Arc::new(LinkPool::with_gauge(metrics.backend_links_idle())),
+        metrics,
         carriers: Arc::new(Carriers::default()),
         config,
     };

@@ -29,7 +29,7 @@ use link::{ClientLimits, DeflateParams, LINK_VERSION, LinkMode, OpenMeta, TlsInf
 use tracing::Instrument;
 
 use crate::authorizer::ConnectQuestion;
-use crate::backend::{self, BackendFailure};
+use crate::backend::{self, BackendFailure, LinkOrigin};
 use crate::carrier::{OpenSettings, Seat};
 use crate::client_stream::ClientStream;
 use crate::deflate;
@@ -273,6 +273,7 @@ async fn accept(
         && upgrade.protocols.is_empty()
         && let Some(idle) = shared.link_pool.take_for_handoff(&target.socket_path)
     {
+        shared.metrics.backend_link_opened(LinkOrigin::Reused);
         return Ok(Accepted {
             upgrade,
             protocol: target.protocol.clone(),
@@ -285,7 +286,7 @@ async fn accept(
         });
     }
     let started = Instant::now();
-    let (link, reply) = backend::open_framed(
+    let (link, reply, origin) = backend::open_framed(
         &target.socket_path,
         &open,
         config.max_message_size,
@@ -296,6 +297,7 @@ async fn accept(
     shared
         .metrics
         .backend_accepted(&target.name, started.elapsed());
+    shared.metrics.backend_link_opened(origin);
     let seat = match (reply.carrier, seat) {
         (Some(terms), Some(seat)) if seat.accept_terms(terms) => Some(seat),
         (Some(_), seat) => {

@@ -3,7 +3,8 @@
 //! down, messages and bytes are counted each way, close codes, upgrades by
 //! status (101, 404, 403, 503), the OPEN→ACCEPT histogram, the backend's
 //! sessions and refused links, in relay, direct and TLS mode; authorizer
-//! answers and requests forwarded with `--http`. And the
+//! answers and requests forwarded with `--http`; links to backends opened
+//! afresh or reused, and the idle ones. And the
 //! metrics are served on their own listener only, never on the public one.
 //!
 //! Counters change a moment after what a client sees (a relay ends after
@@ -350,5 +351,42 @@ async fn authorizer_answers_and_forwarded_requests_are_counted() -> anyhow::Resu
     ensure!(response.status == 404, "{response}");
     let labels = [("name", "echo"), ("status", "404")];
     expect_sum(metrics_addr, "wsgate_http_requests_total", &labels, 1.0).await?;
+    Ok(())
+}
+
+/// Link reuse is visible: consecutive relayed clients of one backend go on
+/// one link (the first connected, the others reused), which is idle between
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_links_are_counted_and_idle_ones_shown() -> anyhow::Result<()> {
+    let docroot = TempDir::new()?;
+    // The gateway keeps an idle link for half the backend's 4 s.
+    let _echo = Backend::start(
+        "websocket_echo",
+        docroot.path(),
+        "echo",
+        &["--open-timeout", "4"],
+    )
+    .await?;
+    let gateway = Gateway::start_with_metrics(docroot.path(), &[]).await?;
+    let metrics_addr = gateway.metrics_addr().context("metrics address")?;
+    let opens = "wsgate_backend_link_opens_total";
+    let idle = "wsgate_backend_links_idle";
+    ensure!(scrape(metrics_addr).await?.value(idle, &[])? == 0.0);
+    for client_idx in 0..3 {
+        let mut client = gateway.connect("/echo").await?;
+        client.expect_echo("hello").await?;
+        client.close(CloseCode::Normal, "").await?;
+        // Back in the pool before the next client comes.
+        expect_sum(metrics_addr, idle, &[], 1.0).await?;
+        let reused = f64::from(client_idx);
+        expect_sum(metrics_addr, opens, &[("link", "reused")], reused).await?;
+    }
+    let scraped = expect_sum(metrics_addr, opens, &[("link", "new")], 1.0).await?;
+    ensure!(
+        scraped.value(opens, &[("link", "reused")])? == 2.0,
+        "{}",
+        scraped.text
+    );
     Ok(())
 }
