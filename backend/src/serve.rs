@@ -4,7 +4,7 @@
 //!
 //! Every wait on the gateway has a deadline: OPEN within `open_timeout`;
 //! ACCEPT written and (direct mode) HANDOFF received within
-//! `handoff_timeout`. Links that have not become sessions yet are bounded by
+//! `handoff_timeout`, as are the CLOSEs of a framed link kept for reuse. Links that have not become sessions yet are bounded by
 //! `max_pending_links`: past it the loop stops accepting, so further links
 //! wait in the kernel's backlog and hold no descriptor of this process.
 //!
