@@ -12,8 +12,8 @@
 //! direct client's OPEN and socket at once on such a link, without being
 //! asked ([`LinkPool::take_for_handoff`]). A link is kept for at most half
 //! the backend's wait (so it is never the backend that closes a link the gateway is about to use) and at
-//! most [`MAX_IDLE`]; at most [`MAX_IDLE_LINKS_PER_BACKEND`] per socket and
-//! [`MAX_POOLED_BACKENDS`] sockets. A dead backend's links read as ended
+//! most [`MAX_IDLE`]; at most [`MAX_IDLE_LINKS_PER_BACKEND`] per socket,
+//! [`MAX_POOLED_BACKENDS`] sockets and [`MAX_IDLE_LINKS`] in all. A dead backend's links read as ended
 //! and are dropped when taken; [`sweep`] closes expired ones every second,
 //! and everything is closed when the gateway drains or stops.
 
@@ -36,6 +36,10 @@ pub(crate) const MAX_IDLE_LINKS_PER_BACKEND: usize = 16;
 /// Backend sockets with idle links at once; a link to another one is closed.
 pub(crate) const MAX_POOLED_BACKENDS: usize = 256;
 
+/// Idle links kept in all, whatever the sockets: each holds a descriptor
+/// that `--max-connections` does not count.
+pub(crate) const MAX_IDLE_LINKS: usize = 1024;
+
 /// The longest a link stays idle here, whatever the backend offers.
 pub(crate) const MAX_IDLE: Duration = Duration::from_secs(10);
 
@@ -43,11 +47,19 @@ pub(crate) const MAX_IDLE: Duration = Duration::from_secs(10);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Idle links by socket path (newest last).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LinkPool {
     state: Mutex<PoolState>,
     /// How many links are idle here now (`wsgate_backend_links_idle`).
     n_idle: Gauge,
+    /// The most links kept in all ([`MAX_IDLE_LINKS`]).
+    max_idle: usize,
+}
+
+impl Default for LinkPool {
+    fn default() -> LinkPool {
+        LinkPool::with_gauge(Gauge::default())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +127,7 @@ impl LinkPool {
         LinkPool {
             state: Mutex::default(),
             n_idle,
+            max_idle: MAX_IDLE_LINKS,
         }
     }
 
@@ -174,7 +187,7 @@ impl LinkPool {
     pub(crate) fn put(&self, socket_path: &Path, stream: UnixStream, offer: ReuseOffer) {
         let expires = Instant::now() + (offer.backend_wait / 2).min(MAX_IDLE);
         let mut state = self.lock();
-        if state.closed {
+        if state.closed || state.n_idle >= self.max_idle {
             return;
         }
         let n_backends = state.idle.len();
@@ -341,6 +354,25 @@ mod tests {
         pool.put(path, link, offer(false));
         assert_eq!(pool.close_expired(), 1);
         assert_eq!(pool.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_its_total_whatever_the_sockets() {
+        let pool = LinkPool {
+            max_idle: 3,
+            ..LinkPool::default()
+        };
+        let mut peers = Vec::new();
+        for socket in ["/run/ws/a", "/run/ws/b", "/run/ws/a", "/run/ws/b"] {
+            let (link, peer) = UnixStream::pair().expect("pair");
+            peers.push(peer);
+            pool.put(Path::new(socket), link, offer(false));
+        }
+        assert_eq!(pool.len(), 3, "the fourth link was closed");
+        assert!(pool.take(Path::new("/run/ws/b")).is_some());
+        let (link, _peer) = UnixStream::pair().expect("pair");
+        pool.put(Path::new("/run/ws/c"), link, offer(false));
+        assert_eq!(pool.len(), 3, "room again after a take");
     }
 
     #[tokio::test]
