@@ -380,9 +380,8 @@ where
                 else {
                     return;
                 };
-                // As when it was offered: idle links take at most half the
-                // pending-link slots.
-                if pending_links.available_permits() * 2 < options.max_pending_links {
+                // As when it was offered.
+                if !room_for_idle_link(&pending_links, &options) {
                     debug!("pending-link slots short; link closed");
                     return;
                 }
@@ -395,6 +394,14 @@ where
         };
         reused = true;
     }
+}
+
+/// Whether a link may be kept idle for another client. Idle links hold
+/// pending-link slots: only while at least half of them are free, so idle
+/// links (several gateways may each keep some) never keep new links waiting
+/// in the backlog.
+fn room_for_idle_link(pending_links: &Semaphore, options: &ServeOptions) -> bool {
+    pending_links.available_permits() * 2 >= options.max_pending_links
 }
 
 /// The link of a framed session offered for reuse, once the session is
@@ -540,10 +547,7 @@ async fn open_client(
         .iter()
         .find(|ours| incoming.meta().protocols.contains(ours))
         .cloned();
-    // Idle links hold pending-link slots: offer reuse only while at least
-    // half of them are free, so idle links (several gateways may each keep
-    // some) never keep new links waiting in the backlog.
-    let offer_reuse = pending_links.available_permits() * 2 >= options.max_pending_links;
+    let offer_reuse = room_for_idle_link(pending_links, options);
     let mut reply = AcceptReply {
         protocol,
         max_message_size: options.max_message_size,

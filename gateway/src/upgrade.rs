@@ -415,20 +415,21 @@ async fn relay_upgraded<S: ClientStream>(
         max_message_size,
         ..shared.settings.clone()
     };
+    // Where a link its backend offered for reuse goes once this client is done with it.
+    let reuse = |offer| LinkReuse {
+        pool: &shared.link_pool,
+        socket_path,
+        offer,
+    };
     match link {
         Link::Framed(link, seat, offer) => {
-            let reuse = offer.map(|offer| LinkReuse {
-                pool: &shared.link_pool,
-                socket_path,
-                offer,
-            });
             relay::framed::run(
                 stream,
                 pending,
                 deflate,
                 link,
                 seat,
-                reuse,
+                offer.map(reuse),
                 settings,
                 &shared.shutdown,
                 metrics,
@@ -447,12 +448,7 @@ async fn relay_upgraded<S: ClientStream>(
             let Some(tcp) = direct_tcp(stream, span) else {
                 return;
             };
-            let reuse = offer.map(|offer| LinkReuse {
-                pool: &shared.link_pool,
-                socket_path,
-                offer,
-            });
-            handoff::hand_over(tcp, pending, link, settings, reuse)
+            handoff::hand_over(tcp, pending, link, settings, offer.map(reuse))
                 .instrument(span.clone())
                 .await;
         }
@@ -463,11 +459,7 @@ async fn relay_upgraded<S: ClientStream>(
             let handoff = OpenHandoff {
                 open: &open,
                 stream: idle.stream,
-                reuse: LinkReuse {
-                    pool: &shared.link_pool,
-                    socket_path,
-                    offer: idle.offer,
-                },
+                reuse: reuse(idle.offer),
                 max_payload: shared.config.max_message_size,
                 accept_timeout: shared.config.accept_timeout,
             };
