@@ -40,13 +40,48 @@ async fn start_two_workers() -> anyhow::Result<(TempDir, Backend, Gateway, BTree
     Ok((docroot, echo, gateway, workers))
 }
 
-/// The TCP and UNIX sockets `pid` holds.
-fn n_sockets(pid: u32) -> anyhow::Result<usize> {
+/// The socket inodes of the established TCP connections whose local port is
+/// `port` (the gateway's side of its clients' connections), from
+/// /proc/net/tcp and tcp6.
+fn client_connections(port: u16) -> anyhow::Result<BTreeSet<u64>> {
+    const ESTABLISHED: &str = "01";
+    let mut inodes = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok());
+            if local_port == Some(port) && *state == ESTABLISHED {
+                inodes.insert(inode.parse()?);
+            }
+        }
+    }
+    Ok(inodes)
+}
+
+/// How many of `connections` (socket inodes) `pid` holds.
+fn n_held(pid: u32, connections: &BTreeSet<u64>) -> anyhow::Result<usize> {
     let mut n = 0;
     for entry in std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd"))? {
-        if let Ok(target) = std::fs::read_link(entry?.path())
-            && target.to_string_lossy().starts_with("socket:")
-        {
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        let inode = target
+            .to_str()
+            .and_then(|target| target.strip_prefix("socket:["))
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|inode| inode.parse::<u64>().ok());
+        if inode.is_some_and(|inode| connections.contains(&inode)) {
             n += 1;
         }
     }
@@ -57,10 +92,6 @@ fn n_sockets(pid: u32) -> anyhow::Result<usize> {
 async fn workers_share_one_port_and_each_serves_clients() -> anyhow::Result<()> {
     let (_docroot, _echo, mut gateway, workers) = start_two_workers().await?;
     let workers: Vec<u32> = workers.into_iter().collect();
-    let before: Vec<usize> = workers
-        .iter()
-        .map(|pid| n_sockets(*pid))
-        .collect::<Result<_, _>>()?;
 
     // The kernel spreads connections over the workers' sockets by their
     // source port: 32 clients all on one of two workers has odds of 2^-31.
@@ -71,20 +102,19 @@ async fn workers_share_one_port_and_each_serves_clients() -> anyhow::Result<()> 
         assert_eq!(client.round_trip(message.clone()).await?, message);
         clients.push(client);
     }
-    // Each relayed client holds two sockets in the worker that serves it.
-    let growth: Vec<usize> = workers
+    // Each client's connection is held by exactly one worker, and each
+    // worker holds some.
+    let connections = client_connections(gateway.addr().port())?;
+    assert_eq!(connections.len(), clients.len(), "{connections:?}");
+    let held: Vec<usize> = workers
         .iter()
-        .zip(&before)
-        .map(|(pid, before)| Ok(n_sockets(*pid)?.saturating_sub(*before)))
+        .map(|pid| n_held(*pid, &connections))
         .collect::<anyhow::Result<_>>()?;
     assert!(
-        growth.iter().all(|grown| *grown >= 2),
-        "every worker serves clients: sockets gained per worker {growth:?}"
+        held.iter().all(|n| *n >= 1),
+        "every worker serves clients: client connections per worker {held:?}"
     );
-    assert!(
-        growth.iter().sum::<usize>() >= 2 * clients.len(),
-        "{growth:?}"
-    );
+    assert_eq!(held.iter().sum::<usize>(), clients.len(), "{held:?}");
 
     // SIGTERM reaches every worker: each client is closed with 1001.
     gateway.sigterm()?;
