@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
+use link::LinkStream;
 use link::deflate::MessageDeflater;
 use link::frames::{FrameReader, Inbound, Parsed, put_frame, put_message, put_prepared};
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
@@ -24,7 +25,7 @@ use link::websocket::{
     OUTPUT_HIGH_WATER, ReadAhead, WRITE_BUFFER, client_reader, poll_write_out, release, reserve_for,
 };
 use link::{ClientLimits, DeflateParams, LinkError, close_for_read_error, fd_pass};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -94,11 +95,11 @@ impl DirectOptions {
 /// `keep_link` (this backend offered the link for reuse in ACCEPT), the link,
 /// whose next record starts another client; otherwise the link is closed.
 pub(crate) async fn take_over(
-    mut link: UnixStream,
+    mut link: LinkStream,
     options: DirectOptions,
     deflate: Option<DeflateParams>,
     keep_link: bool,
-) -> Result<(DirectClient, Option<SocketAddr>, Option<UnixStream>), LinkError> {
+) -> Result<(DirectClient, Option<SocketAddr>, Option<LinkStream>), LinkError> {
     let (client_fd, pending) = fd_pass::recv_handoff(&mut link, options.max_message_size).await?;
     // The link has done its job for this client; closing it tells the
     // gateway it may let go, keeping it lets the gateway send the next OPEN.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio::net::UnixStream;
+use link::LinkStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -173,14 +173,14 @@ pub(crate) struct PendingRequest {
     /// The link protocol version of the gateway that sent it.
     version: u32,
     pub(crate) request: Request,
-    pub(crate) framed: Framed<UnixStream, RecordCodec>,
+    pub(crate) framed: Framed<LinkStream, RecordCodec>,
 }
 
 impl PendingRequest {
     /// Parses a REQUEST record's payload; the link then carries only the answer.
     pub(crate) fn new(
         payload: Bytes,
-        framed: Framed<UnixStream, RecordCodec>,
+        framed: Framed<LinkStream, RecordCodec>,
     ) -> Result<PendingRequest, LinkError> {
         let (head, body) = RequestHead::from_payload(payload)?;
         Ok(PendingRequest {
@@ -274,7 +274,7 @@ mod tests {
         head: &str,
         body: &[u8],
     ) -> (serde_json::Value, Vec<u8>) {
-        let mut link = UnixStream::connect(socket).await.expect("connect");
+        let mut link = LinkStream::connect(socket).await.expect("connect");
         let mut payload = (head.len() as u32).to_be_bytes().to_vec();
         payload.extend_from_slice(head.as_bytes());
         payload.extend_from_slice(body);

@@ -38,7 +38,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
+use link::LinkListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,7 @@ use crate::socket_file::SocketFile;
 /// A backend's listening socket, in tokio.
 #[derive(Debug)]
 pub struct Listener {
-    inner: UnixListener,
+    inner: LinkListener,
     max_payload: usize,
     direct_options: DirectOptions,
     /// Given to every session; [`serve`] sets it to its options' metrics.
@@ -75,7 +75,7 @@ impl Listener {
             .take_listener()
             .ok_or_else(|| io::Error::other("the socket file's listener was taken already"))?;
         Ok(Listener {
-            inner: UnixListener::from_std(std_listener)?,
+            inner: LinkListener::from_std(std_listener)?,
             max_payload: DEFAULT_MAX_PAYLOAD,
             direct_options: DirectOptions::default(),
             metrics: Metrics::new(),
@@ -102,7 +102,7 @@ impl Listener {
         let mut backoff = AcceptBackoff::new();
         loop {
             match self.inner.accept().await {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     return Ok(Connection::new(
                         stream,
                         self.max_payload,

@@ -15,7 +15,7 @@ use std::os::fd::OwnedFd;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::net::UnixStream;
+use link::LinkStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -71,7 +71,7 @@ pub enum SessionError {
 /// An accepted link whose OPEN has not been read yet.
 #[derive(Debug)]
 pub struct Connection {
-    framed: Framed<UnixStream, RecordCodec>,
+    framed: Framed<LinkStream, RecordCodec>,
     direct_options: DirectOptions,
     metrics: Metrics,
     /// A reused direct-mode link whose last ACCEPT offered `open_handoff`:
@@ -82,7 +82,7 @@ pub struct Connection {
 
 impl Connection {
     pub(crate) fn new(
-        stream: UnixStream,
+        stream: LinkStream,
         max_payload: usize,
         direct_options: DirectOptions,
         metrics: Metrics,
@@ -96,7 +96,7 @@ impl Connection {
     }
 
     fn with_codec(
-        stream: UnixStream,
+        stream: LinkStream,
         codec: RecordCodec,
         direct_options: DirectOptions,
         metrics: Metrics,
@@ -302,7 +302,7 @@ struct GiveBack {
 /// CLOSEs got.
 #[derive(Debug)]
 pub(crate) struct EndedLink {
-    framed: Framed<UnixStream, RecordCodec>,
+    framed: Framed<LinkStream, RecordCodec>,
     direct_options: DirectOptions,
     metrics: Metrics,
     open_handoff: bool,
@@ -400,7 +400,7 @@ pub(crate) enum LinkStart {
 #[derive(Debug)]
 pub struct Incoming {
     meta: OpenMeta,
-    framed: Framed<UnixStream, RecordCodec>,
+    framed: Framed<LinkStream, RecordCodec>,
     direct_options: DirectOptions,
     metrics: Metrics,
 }
@@ -445,7 +445,7 @@ impl Incoming {
 
     /// Takes a carrier link: answers an empty ACCEPT and returns the socket,
     /// on which the gateway sends nothing more.
-    pub(crate) async fn accept_carrier(mut self) -> Result<UnixStream, SessionError> {
+    pub(crate) async fn accept_carrier(mut self) -> Result<tokio::net::UnixStream, SessionError> {
         self.framed
             .send(Record::Accept(AcceptReply::default().to_payload()))
             .await?;
@@ -453,7 +453,7 @@ impl Incoming {
         if !parts.read_buf.is_empty() {
             return Err(LinkError::Unexpected("data after a carrier's OPEN").into());
         }
-        Ok(parts.io)
+        Ok(parts.io.into_tokio().map_err(LinkError::from)?)
     }
 
     /// [`Incoming::accept`], and the link for another client if `reply`
@@ -603,7 +603,7 @@ pub const MAX_DEFERRED_FLUSHES: usize = 64;
 #[derive(Debug)]
 enum Transport {
     /// Records on the link from the gateway (framed mode).
-    Link(Framed<UnixStream, RecordCodec>),
+    Link(Framed<LinkStream, RecordCodec>),
     /// Framed mode on a carrier: the client's messages come on its link,
     /// ours go as FANOUT records on the gateway's carrier (pings excepted).
     Carried(Box<Carried>),
@@ -617,7 +617,7 @@ enum Transport {
 /// A carried session's own link and its place on the carrier.
 #[derive(Debug)]
 struct Carried {
-    framed: Framed<UnixStream, RecordCodec>,
+    framed: Framed<LinkStream, RecordCodec>,
     link: CarriedLink,
 }
 
@@ -735,7 +735,7 @@ impl Session {
 /// Reads the next message from the gateway's link, a whole burst of records
 /// at once, holding no buffer while idle.
 fn poll_link_next(
-    framed: &mut Framed<UnixStream, RecordCodec>,
+    framed: &mut Framed<LinkStream, RecordCodec>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Message, SessionError>>> {
     let buffer = framed.read_buffer_mut();

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
+use link::LinkStream;
 use link::websocket::LINK_READ_BUFFER;
 use link::{AcceptReply, LinkError, OpenMeta, Record, RecordCodec, RejectReply};
-use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
 use crate::link_pool::LinkPool;
@@ -66,7 +66,7 @@ pub(crate) enum BackendFailure {
 }
 
 /// A framed link whose backend answered ACCEPT.
-pub(crate) type FramedLink = Framed<UnixStream, RecordCodec>;
+pub(crate) type FramedLink = Framed<LinkStream, RecordCodec>;
 
 /// Where the link that took an OPEN came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +147,7 @@ enum Answer {
 
 /// Sends `open` on `stream` and reads the backend's answer.
 async fn exchange(
-    stream: UnixStream,
+    stream: LinkStream,
     open: &OpenMeta,
     max_payload: usize,
 ) -> Result<(FramedLink, AcceptReply), Answer> {
@@ -226,16 +226,22 @@ pub(crate) async fn open_raw(
     socket_path: &Path,
     name: &str,
     accept_timeout: Duration,
-) -> Result<UnixStream, Refusal> {
-    tokio::time::timeout(accept_timeout, connect(socket_path, name))
+) -> Result<tokio::net::UnixStream, Refusal> {
+    let link = tokio::time::timeout(accept_timeout, connect(socket_path, name))
         .await
-        .map_err(|_| Refusal::BackendTimeout(name.to_owned()))?
+        .map_err(|_| Refusal::BackendTimeout(name.to_owned()))??;
+    // The raw relay splits it into halves, which tokio's stream does well.
+    link.into_tokio()
+        .map_err(|cause| Refusal::BackendUnavailable {
+            name: name.to_owned(),
+            cause,
+        })
 }
 
 /// Connects to a backend's socket: a missing socket is `404`, any other
 /// failure `502` (a full backlog too: the backend is not keeping up).
-pub(crate) async fn connect(socket_path: &Path, name: &str) -> Result<UnixStream, Refusal> {
-    connect_unix(socket_path)
+pub(crate) async fn connect(socket_path: &Path, name: &str) -> Result<LinkStream, Refusal> {
+    LinkStream::connect(socket_path)
         .await
         .map_err(|cause| match cause.kind() {
             // The socket vanished between resolving and connecting.
@@ -250,33 +256,6 @@ pub(crate) async fn connect(socket_path: &Path, name: &str) -> Result<UnixStream
         })
 }
 
-/// A non-blocking `connect` to a UNIX stream socket. On Linux it completes
-/// or fails at once (a full backlog is `EAGAIN`, never `EINPROGRESS`), so
-/// the stream is used right away, without the wait for writability and the
-/// `SO_ERROR` query that `UnixStream::connect` makes for sockets whose
-/// connect is still in progress; such a connect, should one ever come, gets
-/// them.
-async fn connect_unix(socket_path: &Path) -> io::Result<UnixStream> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::UNIX,
-        socket2::Type::STREAM.nonblocking(),
-        None,
-    )?;
-    let in_progress = match socket.connect(&socket2::SockAddr::unix(socket_path)?) {
-        Ok(()) => false,
-        Err(error) if error.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => true,
-        Err(error) => return Err(error),
-    };
-    let stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(socket))?;
-    if in_progress {
-        stream.writable().await?;
-        if let Some(error) = stream.take_error()? {
-            return Err(error);
-        }
-    }
-    Ok(stream)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,7 +265,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("echo");
         let listener = tokio::net::UnixListener::bind(&path).expect("bind");
-        let mut stream = connect_unix(&path).await.expect("connect");
+        let mut stream = LinkStream::connect(&path).await.expect("connect");
         let (mut accepted, _) = listener.accept().await.expect("accept");
         tokio::io::AsyncWriteExt::write_all(&mut stream, b"hi")
             .await

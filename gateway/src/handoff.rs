@@ -16,9 +16,10 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use bytes::Bytes;
+use link::LinkStream;
 use link::OpenMeta;
 use link::fd_pass;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -66,7 +67,7 @@ pub(crate) struct OpenHandoff<'a> {
     /// The client's OPEN (direct mode).
     pub(crate) open: &'a OpenMeta,
     /// The idle link taken for it.
-    pub(crate) stream: UnixStream,
+    pub(crate) stream: LinkStream,
     /// Where the link goes back to, with its offer.
     pub(crate) reuse: LinkReuse<'a>,
     /// For asking afresh if the link fails: the largest record from the
@@ -182,7 +183,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket_path = dir.path().join("echo");
         let listener = UnixListener::bind(&socket_path).expect("bind");
-        let (idle, backend_end) = UnixStream::pair().expect("pair");
+        let (idle, backend_end) = LinkStream::pair().expect("pair");
         drop(backend_end);
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let mut client = tokio::net::TcpStream::connect(tcp.local_addr().expect("addr"))
@@ -191,6 +192,7 @@ mod tests {
         let (client_at_gateway, _) = tcp.accept().await.expect("accept");
         let backend = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.expect("a new link");
+            let stream = LinkStream::from_std(stream.into_std().expect("std")).expect("link");
             let mut framed = Framed::new(stream, RecordCodec::default());
             let Some(Ok(Record::Open(open))) = framed.next().await else {
                 panic!("expected OPEN");

@@ -24,10 +24,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use link::AcceptReply;
+use link::LinkStream;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, recv};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 /// Idle links kept per backend socket; more are closed when handed back.
@@ -73,7 +73,7 @@ struct PoolState {
 
 #[derive(Debug)]
 struct IdleLink {
-    stream: UnixStream,
+    stream: LinkStream,
     expires: Instant,
     offer: ReuseOffer,
 }
@@ -109,7 +109,7 @@ pub(crate) struct LinkReuse<'a> {
 
 impl LinkReuse<'_> {
     /// Puts `stream` back in the pool for the next client.
-    pub(crate) fn keep(self, stream: UnixStream) {
+    pub(crate) fn keep(self, stream: LinkStream) {
         self.pool.put(self.socket_path, stream, self.offer);
     }
 }
@@ -117,7 +117,7 @@ impl LinkReuse<'_> {
 /// An idle link taken for an OPEN_HANDOFF, with what its backend offered.
 #[derive(Debug)]
 pub(crate) struct HandoffLink {
-    pub(crate) stream: UnixStream,
+    pub(crate) stream: LinkStream,
     pub(crate) offer: ReuseOffer,
 }
 
@@ -133,7 +133,7 @@ impl LinkPool {
 
     /// The newest idle link to `socket_path` that is still open, if any.
     /// Expired links and links the backend closed are closed on the way.
-    pub(crate) fn take(&self, socket_path: &Path) -> Option<UnixStream> {
+    pub(crate) fn take(&self, socket_path: &Path) -> Option<LinkStream> {
         self.take_where(socket_path, false).map(|link| link.stream)
     }
 
@@ -184,7 +184,7 @@ impl LinkPool {
     /// Keeps `stream`, a link to `socket_path` whose backend waits for the
     /// next OPEN (or OPEN_HANDOFF) as `offer` says, unless the pool is full
     /// or closed.
-    pub(crate) fn put(&self, socket_path: &Path, stream: UnixStream, offer: ReuseOffer) {
+    pub(crate) fn put(&self, socket_path: &Path, stream: LinkStream, offer: ReuseOffer) {
         let expires = Instant::now() + (offer.backend_wait / 2).min(MAX_IDLE);
         let mut state = self.lock();
         if state.closed || state.n_idle >= self.max_idle {
@@ -253,7 +253,7 @@ impl LinkPool {
 /// Whether the backend still holds `stream` open and has sent nothing on it
 /// (a backend sends nothing on an idle link). Asks the kernel, with a
 /// peek that never blocks: the reactor may not have seen the end yet.
-fn is_open(stream: &UnixStream) -> bool {
+fn is_open(stream: &LinkStream) -> bool {
     let mut byte = [0u8; 1];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     matches!(
@@ -297,8 +297,8 @@ mod tests {
     async fn takes_the_newest_open_link_and_skips_closed_ones() {
         let pool = LinkPool::default();
         let path = Path::new("/run/ws/echo");
-        let (first, _first_peer) = UnixStream::pair().expect("pair");
-        let (second, second_peer) = UnixStream::pair().expect("pair");
+        let (first, _first_peer) = LinkStream::pair().expect("pair");
+        let (second, second_peer) = LinkStream::pair().expect("pair");
         pool.put(path, first, offer(false));
         pool.put(path, second, offer(false));
         drop(second_peer);
@@ -312,8 +312,8 @@ mod tests {
     async fn an_open_handoff_takes_only_a_link_that_offered_it() {
         let pool = LinkPool::default();
         let path = Path::new("/run/ws/echo");
-        let (offered, _offered_peer) = UnixStream::pair().expect("pair");
-        let (plain, _plain_peer) = UnixStream::pair().expect("pair");
+        let (offered, _offered_peer) = LinkStream::pair().expect("pair");
+        let (plain, _plain_peer) = LinkStream::pair().expect("pair");
         pool.put(path, offered, offer(true));
         pool.put(path, plain, offer(false));
         let taken = pool.take_for_handoff(path).expect("the offering link");
@@ -330,7 +330,7 @@ mod tests {
     async fn a_link_the_backend_wrote_on_is_not_taken() {
         let pool = LinkPool::default();
         let path = Path::new("/run/ws/echo");
-        let (link, mut peer) = UnixStream::pair().expect("pair");
+        let (link, mut peer) = LinkStream::pair().expect("pair");
         pool.put(path, link, offer(false));
         assert_eq!(pool.len(), 1);
         peer.write_all(b"x").await.expect("write");
@@ -342,7 +342,7 @@ mod tests {
     async fn links_expire_at_half_the_backends_wait() {
         let pool = LinkPool::default();
         let path = Path::new("/run/ws/echo");
-        let (link, _peer) = UnixStream::pair().expect("pair");
+        let (link, _peer) = LinkStream::pair().expect("pair");
         let no_wait = ReuseOffer {
             backend_wait: Duration::ZERO,
             open_handoff: false,
@@ -350,7 +350,7 @@ mod tests {
         pool.put(path, link, no_wait);
         assert_eq!(pool.close_expired(), 0);
         assert_eq!(pool.len(), 0);
-        let (link, _peer) = UnixStream::pair().expect("pair");
+        let (link, _peer) = LinkStream::pair().expect("pair");
         pool.put(path, link, offer(false));
         assert_eq!(pool.close_expired(), 1);
         assert_eq!(pool.len(), 1);
@@ -364,13 +364,13 @@ mod tests {
         };
         let mut peers = Vec::new();
         for socket in ["/run/ws/a", "/run/ws/b", "/run/ws/a", "/run/ws/b"] {
-            let (link, peer) = UnixStream::pair().expect("pair");
+            let (link, peer) = LinkStream::pair().expect("pair");
             peers.push(peer);
             pool.put(Path::new(socket), link, offer(false));
         }
         assert_eq!(pool.len(), 3, "the fourth link was closed");
         assert!(pool.take(Path::new("/run/ws/b")).is_some());
-        let (link, _peer) = UnixStream::pair().expect("pair");
+        let (link, _peer) = LinkStream::pair().expect("pair");
         pool.put(Path::new("/run/ws/c"), link, offer(false));
         assert_eq!(pool.len(), 3, "room again after a take");
     }
@@ -380,18 +380,18 @@ mod tests {
         let pool = LinkPool::default();
         let mut peers = Vec::new();
         for link_idx in 0..MAX_IDLE_LINKS_PER_BACKEND + 3 {
-            let (link, peer) = UnixStream::pair().expect("pair");
+            let (link, peer) = LinkStream::pair().expect("pair");
             peers.push(peer);
             pool.put(Path::new("/run/ws/echo"), link, offer(false));
             let other = PathBuf::from(format!("/run/ws/n{link_idx}"));
-            let (link, peer) = UnixStream::pair().expect("pair");
+            let (link, peer) = LinkStream::pair().expect("pair");
             peers.push(peer);
             pool.put(&other, link, offer(false));
         }
         assert_eq!(pool.len(), 2 * MAX_IDLE_LINKS_PER_BACKEND + 3);
         pool.close();
         assert_eq!(pool.len(), 0);
-        let (link, _peer) = UnixStream::pair().expect("pair");
+        let (link, _peer) = LinkStream::pair().expect("pair");
         pool.put(Path::new("/run/ws/echo"), link, offer(false));
         assert_eq!(pool.len(), 0);
     }

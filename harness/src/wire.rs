@@ -8,8 +8,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use link::fanout::{Fanout, FanoutMessage};
 use link::{CloseInfo, Record};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Largest payload the harness reads: the gateway's default maximum message size.
@@ -69,7 +68,9 @@ pub fn encode(record: &Record) -> Vec<u8> {
 
 /// Reads one raw record: its kind byte and payload; `None` at a clean end of
 /// the link (between records).
-pub async fn read_raw(stream: &mut UnixStream) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
+pub async fn read_raw(
+    stream: &mut (impl AsyncRead + Unpin),
+) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
     let mut header = [0u8; 5];
     match stream.read_exact(&mut header).await {
         Ok(_) => {}
@@ -91,7 +92,7 @@ pub async fn read_raw(stream: &mut UnixStream) -> anyhow::Result<Option<(u8, Vec
 }
 
 /// Reads one record and decodes it by hand; `None` at a clean end of the link.
-pub async fn read_record(stream: &mut UnixStream) -> anyhow::Result<Option<Record>> {
+pub async fn read_record(stream: &mut (impl AsyncRead + Unpin)) -> anyhow::Result<Option<Record>> {
     let Some((kind, payload)) = read_raw(stream).await? else {
         return Ok(None);
     };
@@ -183,7 +184,10 @@ pub fn join_head(head: &serde_json::Value, body: &[u8]) -> Vec<u8> {
 }
 
 /// Writes `record` by hand.
-pub async fn write_record(stream: &mut UnixStream, record: &Record) -> anyhow::Result<()> {
+pub async fn write_record(
+    stream: &mut (impl AsyncWrite + Unpin),
+    record: &Record,
+) -> anyhow::Result<()> {
     stream.write_all(&encode(record)).await?;
     Ok(())
 }

@@ -12,10 +12,10 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::LinkStream;
 use bytes::Bytes;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::UnixStream;
 use tracing::warn;
 
 use crate::LinkError;
@@ -31,7 +31,7 @@ const MAX_FDS: usize = 253;
 /// Sends the HANDOFF record on `link`: `client` as SCM_RIGHTS on its first
 /// byte, `pending` as its payload. The caller closes its own copy afterwards.
 pub async fn send_handoff(
-    link: &mut UnixStream,
+    link: &mut LinkStream,
     client: BorrowedFd<'_>,
     pending: &[u8],
 ) -> Result<(), LinkError> {
@@ -44,7 +44,7 @@ pub async fn send_handoff(
 /// layout of REQUEST, [`crate::meta::split_head`]). Only on a link whose
 /// backend offered it (ACCEPT's `open_handoff`). The caller closes its copy.
 pub async fn send_open_handoff(
-    link: &mut UnixStream,
+    link: &mut LinkStream,
     client: BorrowedFd<'_>,
     open: &[u8],
     pending: &[u8],
@@ -56,7 +56,7 @@ pub async fn send_open_handoff(
 /// Sends one record of `kind` with `payload`, and `client` as SCM_RIGHTS on
 /// its first byte.
 async fn send_with_descriptor(
-    link: &mut UnixStream,
+    link: &mut LinkStream,
     client: BorrowedFd<'_>,
     kind: RecordKind,
     payload: &[u8],
@@ -86,7 +86,7 @@ async fn send_with_descriptor(
 /// Receives the HANDOFF record from `link`: the client socket (close-on-exec)
 /// and the bytes the gateway had read past the handshake. Extra descriptors are closed.
 pub async fn recv_handoff(
-    link: &mut UnixStream,
+    link: &mut LinkStream,
     max_pending: usize,
 ) -> Result<(OwnedFd, Bytes), LinkError> {
     let head = recv_head(link, max_pending).await?;
@@ -122,7 +122,7 @@ pub struct RecordHead {
 /// descriptor sent with it (HANDOFF, OPEN_HANDOFF), where a plain read would
 /// have dropped it; the payload is left on the link. A payload longer than
 /// `max_len` is an error, as in the codec.
-pub async fn recv_head(link: &mut UnixStream, max_len: usize) -> Result<RecordHead, LinkError> {
+pub async fn recv_head(link: &mut LinkStream, max_len: usize) -> Result<RecordHead, LinkError> {
     let mut header = [0u8; HEADER_LEN];
     let raw_link = link.as_raw_fd();
     let (n_read, raw_fds, truncated) = link
@@ -185,11 +185,13 @@ pub async fn recv_head(link: &mut UnixStream, max_len: usize) -> Result<RecordHe
 mod tests {
     use std::os::fd::AsFd;
 
+    use tokio::net::UnixStream;
+
     use super::*;
 
     #[tokio::test]
     async fn handoff_carries_the_socket_and_pending_bytes() {
-        let (mut gateway_side, mut backend_side) = UnixStream::pair().expect("pair");
+        let (mut gateway_side, mut backend_side) = LinkStream::pair().expect("pair");
         let (mut client_ours, client_theirs) = UnixStream::pair().expect("pair");
         let client_theirs = client_theirs.into_std().expect("std");
         send_handoff(&mut gateway_side, client_theirs.as_fd(), b"pipelined frame")
@@ -216,7 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_handoff_carries_the_socket_the_open_and_pending_bytes() {
-        let (mut gateway_side, mut backend_side) = UnixStream::pair().expect("pair");
+        let (mut gateway_side, mut backend_side) = LinkStream::pair().expect("pair");
         let (mut client_ours, client_theirs) = UnixStream::pair().expect("pair");
         let client_theirs = client_theirs.into_std().expect("std");
         let open = br#"{"version":1,"mode":"direct","id":9}"#;
@@ -276,7 +278,7 @@ mod tests {
             .map(|_| std::fs::File::open(&marker_path).expect("open"))
             .collect();
         let raw_fds: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
-        let (mut gateway_side, mut backend_side) = UnixStream::pair().expect("pair");
+        let (mut gateway_side, mut backend_side) = LinkStream::pair().expect("pair");
         let header = encode_header(RecordKind::Handoff, 0);
         let iov = [IoSlice::new(&header)];
         let cmsg = [ControlMessage::ScmRights(&raw_fds)];
@@ -310,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn handoff_without_descriptor_is_an_error() {
-        let (mut gateway_side, mut backend_side) = UnixStream::pair().expect("pair");
+        let (mut gateway_side, mut backend_side) = LinkStream::pair().expect("pair");
         gateway_side
             .write_all(b"\x04\0\0\0\0")
             .await
@@ -321,7 +323,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversize_pending_bytes_are_refused() {
-        let (mut gateway_side, mut backend_side) = UnixStream::pair().expect("pair");
+        let (mut gateway_side, mut backend_side) = LinkStream::pair().expect("pair");
         let (_client_ours, client_theirs) = UnixStream::pair().expect("pair");
         send_handoff(&mut gateway_side, client_theirs.as_fd(), &[7u8; 100])
             .await

@@ -27,6 +27,7 @@ pub mod fanout;
 pub mod fd_pass;
 pub mod frames;
 pub mod keepalive;
+pub mod link_stream;
 pub mod message;
 pub mod meta;
 pub mod record;
@@ -34,6 +35,7 @@ pub mod websocket;
 
 pub use client_close::{close_for_client_error, close_for_read_error};
 pub use deflate::DeflateParams;
+pub use link_stream::{LinkListener, LinkStream};
 pub use meta::{
     AcceptReply, CarrierTerms, ClientLimits, LinkMode, OpenMeta, RejectReply, RequestHead,
     ResponseHead, TlsInfo,

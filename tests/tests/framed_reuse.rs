@@ -15,7 +15,7 @@ use harness::{
     LinkEvent, Message, Mode, OpenMeta, Record, wait, wire,
 };
 use link::{LINK_VERSION, LinkMode, fd_pass};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
@@ -220,7 +220,7 @@ async fn a_client_sent_right_behind_the_gateways_close_keeps_its_socket() -> any
         &["--open-timeout", "4", "--", "sh", "-c", "echo hi"],
     )
     .await?;
-    let mut link = UnixStream::connect(docroot.path().join("exec")).await?;
+    let mut link = link::LinkStream::connect(&docroot.path().join("exec")).await?;
     let open = open_for_exec(LinkMode::Framed, 1);
     wire::write_record(&mut link, &Record::Open(open.to_payload())).await?;
     let Some(Record::Accept(accept)) = wire::read_record(&mut link).await? else {

@@ -8,9 +8,9 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
 use futures_util::task::noop_waker_ref;
+use link::LinkStream;
 use link::fanout::{Fanout, FanoutMessage};
 use link::{CarrierTerms, CloseInfo, Record, RecordCodec};
-use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
 use super::{Carrier, Drained, InboxEnd, Seat};
@@ -115,8 +115,8 @@ fn a_seat_leaves_on_drop_and_an_ended_carrier_seats_no_one() {
 }
 
 /// A carrier reading one end of a socket pair; the test writes the other.
-async fn reading_carrier() -> (Arc<Carrier>, Framed<UnixStream, RecordCodec>) {
-    let (ours, theirs) = UnixStream::pair().expect("socket pair");
+async fn reading_carrier() -> (Arc<Carrier>, Framed<LinkStream, RecordCodec>) {
+    let (ours, theirs) = LinkStream::pair().expect("socket pair");
     let carrier = Arc::new(Carrier::new(1));
     let reader = Arc::clone(&carrier);
     tokio::spawn(async move {

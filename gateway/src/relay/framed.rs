@@ -35,6 +35,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
+use link::LinkStream;
 use link::deflate::MessageDeflater;
 use link::keepalive::{IdleTimer, PingTicker};
 use link::message::{close_frame_for_client, close_info};
@@ -44,7 +45,6 @@ use link::websocket::{
 };
 use link::{CloseInfo, DeflateParams, LinkError, Record, RecordCodec, RecordKind};
 use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -114,7 +114,7 @@ struct ClientSide<S> {
 
 /// The backend's side: the link, its unread records and the records waiting for it.
 struct LinkSide {
-    io: UnixStream,
+    io: LinkStream,
     input: BytesMut,
     output: BytesMut,
     codec: RecordCodec,
