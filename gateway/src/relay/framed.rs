@@ -205,10 +205,11 @@ impl<S: ClientStream> Relay<S> {
             {
                 return Poll::Ready(Ending::ClientGone(ClientGone::Write(error)));
             }
-            // Go round again while a read made progress (it has not yet
-            // waited, so no wake-up is due), or a full output drained.
+            // Go round again only when a direction stopped at a full output
+            // that has drained since. A direction that read ends its pass
+            // at a read that waits (a wake-up is due), so another pass
+            // would only ask every source again for nothing.
             let again = |step: Step, full: bool| match step {
-                Step::Read => true,
                 Step::Full => !full,
                 Step::Waiting => false,
             };
@@ -229,7 +230,6 @@ impl<S: ClientStream> Relay<S> {
         let client = &mut self.client;
         let link = &mut self.link;
         let mut tally = metrics.to_backend.tally();
-        let mut step = Step::Waiting;
         loop {
             let need = loop {
                 // Its pongs wait in the client's own output: a client that
@@ -274,9 +274,9 @@ impl<S: ClientStream> Relay<S> {
             };
             reserve_for(&mut client.input, need);
             match poll_read_buf(Pin::new(&mut client.io), cx, &mut client.input) {
-                Poll::Pending => return Ok(step),
+                Poll::Pending => return Ok(Step::Waiting),
                 Poll::Ready(Ok(0)) => return Err(Ending::ClientGone(ClientGone::Vanished)),
-                Poll::Ready(Ok(_)) => step = Step::Read,
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(error)) => return Err(client_read_error(error)),
             }
         }
@@ -296,7 +296,6 @@ impl<S: ClientStream> Relay<S> {
         let client = &mut self.client;
         let link = &mut self.link;
         let mut tally = metrics.to_client.tally();
-        let mut step = Step::Waiting;
         let gone = |error: LinkError| Ending::BackendGone(LinkFailure::Read(error));
         // A carried client's messages come from its inbox, in the carrier's order.
         let not_here = |kind: &'static str| Ending::BackendGone(LinkFailure::Unexpected(kind));
@@ -363,11 +362,11 @@ impl<S: ClientStream> Relay<S> {
             };
             reserve_for(&mut link.input, need);
             match poll_read_buf(Pin::new(&mut link.io), cx, &mut link.input) {
-                Poll::Pending => return Ok(step),
+                Poll::Pending => return Ok(Step::Waiting),
                 Poll::Ready(Ok(0) | Err(_)) if carried => {
                     // Its CLOSE comes from the carrier.
                     self.link_ended = true;
-                    return Ok(step);
+                    return Ok(Step::Waiting);
                 }
                 Poll::Ready(Ok(0)) => {
                     return Err(Ending::BackendGone(if link.input.is_empty() {
@@ -376,7 +375,7 @@ impl<S: ClientStream> Relay<S> {
                         LinkFailure::Read(LinkError::Truncated)
                     }));
                 }
-                Poll::Ready(Ok(_)) => step = Step::Read,
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(error)) => return Err(gone(error.into())),
             }
         }
@@ -605,11 +604,10 @@ fn downstream_full<S>(client: &ClientSide<S>) -> bool {
 /// How far one direction got in one pass.
 #[derive(Debug, Clone, Copy)]
 enum Step {
-    /// It read something and has not yet waited: go round again.
-    Read,
     /// It stopped because the other side's output is full.
     Full,
-    /// Its read is waiting (a wake-up is due when data comes).
+    /// Its read is waiting (a wake-up is due when data comes), or its
+    /// source is gone.
     Waiting,
 }
 
