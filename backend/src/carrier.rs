@@ -37,8 +37,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use link::LinkStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::codec::Encoder;
@@ -651,14 +651,14 @@ enum CarrierEnd {
 /// ended and everything queued is written. Then it leaves `registry`.
 pub(crate) async fn run_carrier(
     carrier: Carrier,
-    stream: UnixStream,
+    stream: LinkStream,
     registry: Arc<CarrierRegistry>,
     shutdown: CancellationToken,
 ) {
     let _open = carrier.shared.metrics.carrier_opened();
     info!(key = carrier.key(), "carrier link opened");
     let write_timeout = registry.write_timeout();
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut out = BytesMut::new();
     let mut probe = [0u8; 1];
     let read_end = |read: io::Result<usize>| match read {

@@ -442,7 +442,7 @@ enum Opened {
     /// A client.
     Client(Box<AcceptedClient>),
     /// A gateway's carrier link, accepted and registered.
-    Carrier(carrier::Carrier, tokio::net::UnixStream),
+    Carrier(carrier::Carrier, link::LinkStream),
 }
 
 /// A client accepted on a link, not yet counted against the client limit.

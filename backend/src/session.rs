@@ -445,7 +445,7 @@ impl Incoming {
 
     /// Takes a carrier link: answers an empty ACCEPT and returns the socket,
     /// on which the gateway sends nothing more.
-    pub(crate) async fn accept_carrier(mut self) -> Result<tokio::net::UnixStream, SessionError> {
+    pub(crate) async fn accept_carrier(mut self) -> Result<LinkStream, SessionError> {
         self.framed
             .send(Record::Accept(AcceptReply::default().to_payload()))
             .await?;
@@ -453,7 +453,7 @@ impl Incoming {
         if !parts.read_buf.is_empty() {
             return Err(LinkError::Unexpected("data after a carrier's OPEN").into());
         }
-        Ok(parts.io.into_tokio().map_err(LinkError::from)?)
+        Ok(parts.io)
     }
 
     /// [`Incoming::accept`], and the link for another client if `reply`

@@ -226,16 +226,10 @@ pub(crate) async fn open_raw(
     socket_path: &Path,
     name: &str,
     accept_timeout: Duration,
-) -> Result<tokio::net::UnixStream, Refusal> {
-    let link = tokio::time::timeout(accept_timeout, connect(socket_path, name))
+) -> Result<LinkStream, Refusal> {
+    tokio::time::timeout(accept_timeout, connect(socket_path, name))
         .await
-        .map_err(|_| Refusal::BackendTimeout(name.to_owned()))??;
-    // The raw relay splits it into halves, which tokio's stream does well.
-    link.into_tokio()
-        .map_err(|cause| Refusal::BackendUnavailable {
-            name: name.to_owned(),
-            cause,
-        })
+        .map_err(|_| Refusal::BackendTimeout(name.to_owned()))?
 }
 
 /// Connects to a backend's socket: a missing socket is `404`, any other

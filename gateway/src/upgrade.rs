@@ -49,7 +49,7 @@ enum Link {
     /// one, or else what the backend offered for the link after the client's
     /// CLOSEs (`reuse_framed`).
     Framed(backend::FramedLink, Option<Seat>, Option<ReuseOffer>),
-    Raw(tokio::net::UnixStream),
+    Raw(link::LinkStream),
     /// Accepted in direct mode: the client's socket goes over this link,
     /// which the backend keeps for another client if it offered to.
     Direct(backend::FramedLink, Option<ReuseOffer>),

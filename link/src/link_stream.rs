@@ -10,7 +10,9 @@
 //! (BENCHMARKS.md). A `LinkStream` asks epoll for readability only, writes
 //! straight away, and only when a write finds the socket full does it watch
 //! writability, through a second registration of a duplicate descriptor
-//! that is dropped again once a write went through.
+//! that is dropped again once a write went through. Reading and writing
+//! wait on separate registrations, so `tokio::io::split` gives halves that
+//! work at the same time (the raw relay and a backend's carrier link).
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSlice, Write};
@@ -81,18 +83,6 @@ impl LinkStream {
             }
         }
         Ok(stream)
-    }
-
-    /// Gives the socket back as a blocking-mode-agnostic std stream,
-    /// deregistered (for code that wants tokio's own stream).
-    pub fn into_std(self) -> StdUnixStream {
-        self.io.into_inner()
-    }
-
-    /// Turns this into a `tokio::net::UnixStream` (watched both ways), for
-    /// the few users that split a link into halves.
-    pub fn into_tokio(self) -> io::Result<tokio::net::UnixStream> {
-        tokio::net::UnixStream::from_std(self.into_std())
     }
 
     /// Runs `io` (a non-blocking operation on the socket) until it does not
@@ -374,6 +364,31 @@ mod tests {
         writer.write_all(&chunk).await.expect("write after room");
         assert!(writer.room.is_none(), "room again: readability only");
         assert_eq!(drain.await.expect("drain"), total);
+    }
+
+    #[tokio::test]
+    async fn split_halves_read_and_write_at_the_same_time() {
+        let (one, mut other) = LinkStream::pair().expect("pair");
+        let (mut reader, mut writer) = tokio::io::split(one);
+        // The reader waits while the writer fills the socket and waits too;
+        // the peer then answers and drains, and both halves complete.
+        let chunk = vec![1u8; 256 * 1024];
+        let read = async {
+            let mut buf = [0u8; 5];
+            reader.read_exact(&mut buf).await.expect("read");
+            buf
+        };
+        let write = async {
+            writer.write_all(&chunk).await.expect("write");
+        };
+        let peer = async {
+            other.write_all(b"hello").await.expect("answer");
+            let mut drained = vec![0u8; chunk.len()];
+            other.read_exact(&mut drained).await.expect("drain");
+            assert!(drained.iter().all(|&byte| byte == 1));
+        };
+        let (buf, (), ()) = tokio::join!(read, write, peer);
+        assert_eq!(&buf, b"hello");
     }
 
     #[tokio::test]

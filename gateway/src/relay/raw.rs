@@ -7,9 +7,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use link::LinkStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -33,13 +33,13 @@ const RAW_READ_CHUNK: usize = 4096;
 /// closes or `shutdown` fires.
 pub(crate) async fn run<S: ClientStream>(
     client: ClientWs<S>,
-    link: UnixStream,
+    link: LinkStream,
     settings: &RelaySettings,
     deflater: Option<MessageDeflater>,
     shutdown: &CancellationToken,
     metrics: &ClientMetrics,
 ) {
-    let (mut link_reader, mut link_writer) = link.into_split();
+    let (mut link_reader, mut link_writer) = tokio::io::split(link);
     let (mut client_writer, mut client_reader) = client.split();
     let ending = {
         let upstream = client_to_backend(
@@ -70,7 +70,7 @@ pub(crate) async fn run<S: ClientStream>(
 
 async fn client_to_backend<S: ClientStream>(
     client_reader: &mut ClientReader<S>,
-    link_writer: &mut OwnedWriteHalf,
+    link_writer: &mut WriteHalf<LinkStream>,
     settings: &RelaySettings,
     traffic: &Traffic,
 ) -> Ending {
@@ -105,7 +105,7 @@ async fn client_to_backend<S: ClientStream>(
 }
 
 async fn backend_to_client<S: ClientStream>(
-    link_reader: &mut OwnedReadHalf,
+    link_reader: &mut ReadHalf<LinkStream>,
     client_writer: &mut ClientWriter<S>,
     settings: &RelaySettings,
     traffic: &Traffic,
