@@ -147,9 +147,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use futures_util::{SinkExt, StreamExt};
+    use link::LinkListener;
     use link::{AcceptReply, LINK_VERSION, LinkMode, Record, RecordCodec};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, UnixListener};
+    use tokio::net::TcpListener;
     use tokio_util::codec::Framed;
 
     use super::*;
@@ -182,7 +183,10 @@ mod tests {
     async fn a_failed_open_handoff_asks_afresh_on_a_new_link() {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket_path = dir.path().join("echo");
-        let listener = UnixListener::bind(&socket_path).expect("bind");
+        let listener = LinkListener::from_std(
+            std::os::unix::net::UnixListener::bind(&socket_path).expect("bind"),
+        )
+        .expect("listener");
         let (idle, backend_end) = LinkStream::pair().expect("pair");
         drop(backend_end);
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -191,8 +195,7 @@ mod tests {
             .expect("connect");
         let (client_at_gateway, _) = tcp.accept().await.expect("accept");
         let backend = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("a new link");
-            let stream = LinkStream::from_std(stream.into_std().expect("std")).expect("link");
+            let stream = listener.accept().await.expect("a new link");
             let mut framed = Framed::new(stream, RecordCodec::default());
             let Some(Ok(Record::Open(open))) = framed.next().await else {
                 panic!("expected OPEN");

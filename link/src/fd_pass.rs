@@ -12,14 +12,13 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::LinkStream;
 use bytes::Bytes;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tracing::warn;
 
-use crate::LinkError;
 use crate::record::{HEADER_LEN, RecordKind, decode_header, encode_header};
+use crate::{LinkError, LinkStream};
 
 /// How many descriptors one receive makes room for: the kernel's `SCM_MAX_FD`,
 /// the most one SCM_RIGHTS message can carry, and one stream `recvmsg` never

@@ -49,6 +49,11 @@ impl LinkStream {
     /// within a tokio runtime.
     pub fn from_std(stream: StdUnixStream) -> io::Result<LinkStream> {
         stream.set_nonblocking(true)?;
+        LinkStream::registered(stream)
+    }
+
+    /// Registers `stream`, already non-blocking, for readability.
+    fn registered(stream: StdUnixStream) -> io::Result<LinkStream> {
         Ok(LinkStream {
             io: register(stream, Interest::READABLE)?,
             room: None,
@@ -95,19 +100,10 @@ impl LinkStream {
         if interest.is_readable() {
             return self.io.async_io(Interest::READABLE, |_| io()).await;
         }
-        loop {
-            match io() {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                done => {
-                    self.room = None;
-                    return done;
-                }
-            }
-            self.writable().await?;
-        }
+        std::future::poll_fn(|cx| self.poll_write_with(cx, |_| io())).await
     }
 
-    /// Waits until the socket has room for a write.
+    /// Waits until the socket has room for a write (a connect in progress).
     async fn writable(&mut self) -> io::Result<()> {
         let room = self.room_watch()?;
         let mut guard = room.writable().await?;
@@ -127,11 +123,11 @@ impl LinkStream {
 
     /// Writes with `write` now, or once there is room: after a write that
     /// found the socket full, the next one waits for writability.
-    fn poll_write_with(
+    fn poll_write_with<R>(
         &mut self,
         cx: &mut Context<'_>,
-        mut write: impl FnMut(&StdUnixStream) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
+        mut write: impl FnMut(&StdUnixStream) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
         loop {
             if let Some(room) = &self.room {
                 let mut guard = ready!(room.poll_write_ready(cx))?;
@@ -278,10 +274,7 @@ impl LinkListener {
         // SAFETY: `accept4` just returned `fd`, a new descriptor that
         // nothing else owns.
         let stream = StdUnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        Ok(LinkStream {
-            io: register(stream, Interest::READABLE)?,
-            room: None,
-        })
+        LinkStream::registered(stream)
     }
 }
 
