@@ -503,6 +503,9 @@ async fn programs_beyond_m_are_refused_with_1013_until_one_ends(mode: Mode) -> a
     );
     first.close(CloseCode::Normal, "").await?;
     wait_for_programs(&backend, 1).await?;
+    // The program ends before its session gives back the client slot; the
+    // backend logs the session's end once the slot is free.
+    wait_for_log(&backend, "session ended").await?;
     let mut fourth = gateway.connect("/exec").await?;
     assert_eq!(
         fourth.round_trip(Message::text("4")).await?,
