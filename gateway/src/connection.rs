@@ -11,6 +11,7 @@
 //! descriptor back (`http_connections`). Each request is answered with the
 //! configuration current when it arrives (a reload may come between two).
 
+use bytes::BytesMut;
 use http::header::HOST;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -18,11 +19,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use link::TlsInfo;
+use link::websocket::ReadAhead;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncReadExt;
 
 use crate::client_stream::ClientStream;
+use crate::first_request::{self, FirstRequest};
 use crate::forward;
 use crate::handshake;
 use crate::http_connections::HttpConnection;
@@ -37,14 +42,134 @@ use crate::upgrade;
 /// `registered` counts the connection until it ends or upgrades; when the
 /// gateway sheds it, an idle connection is closed at once. `tls` is what the
 /// TLS handshake learnt, `None` on a plain connection.
+///
+/// The first request head is read here (`first_request`): a WebSocket
+/// upgrade is decided and answered without hyper, and its relay runs in
+/// this task. hyper serves everything else, starting with the bytes read.
 pub(crate) async fn serve<S: ClientStream>(
-    stream: S,
+    mut stream: S,
     peer: SocketAddr,
     live: Arc<Live>,
     registered: HttpConnection,
     tls: Option<TlsInfo>,
 ) {
     let tls = tls.map(Arc::new);
+    let shared = live.load_full();
+    let config = &shared.config;
+    let shed = registered.shed_token().clone();
+    let first = tokio::select! {
+        first = first_request::read(
+            &mut stream,
+            config.max_request_header_size,
+            config.header_timeout,
+        ) => first,
+        () = shed.cancelled() => {
+            tracing::debug!(%peer, "idle connection closed: descriptors are short");
+            return;
+        }
+        // As hyper's graceful shutdown does with a connection before its
+        // first request (drain lets it come).
+        () = shared.shutdown.cancelled() => return,
+    };
+    let (read, first_response) = match first {
+        FirstRequest::Gone => return,
+        FirstRequest::Other(read) => (read, None),
+        FirstRequest::Upgrade {
+            request,
+            mut read,
+            head_len,
+        } => {
+            let in_flight = registered.request();
+            let decision = upgrade_first(&request, peer, &shared, tls.as_deref());
+            let watch_limit = head_len + config.max_request_header_size;
+            let Some(decided) = unless_gone(decision, &mut stream, &mut read, watch_limit).await
+            else {
+                // Gone while its upgrade was decided (an authorizer call, a
+                // backend's ACCEPT): what was under way is dropped with it.
+                tracing::debug!(%peer, "client left before its upgrade was decided");
+                return;
+            };
+            match decided {
+                Ok((response, switch)) => {
+                    // Upgraded: no longer an HTTP connection to count or shed.
+                    drop(in_flight);
+                    drop(registered);
+                    let pending = read.split_off(head_len).freeze();
+                    switch
+                        .respond_and_relay(response, stream, pending, config.header_timeout)
+                        .await;
+                    return;
+                }
+                // hyper reads the request again and sends this answer, with
+                // its keep-alive and body rules.
+                Err(refusal) => (read, Some(refusal)),
+            }
+        }
+    };
+    serve_http(
+        ReadAhead::starting_with(stream, read),
+        peer,
+        live,
+        registered,
+        tls,
+        first_response,
+    )
+    .await;
+}
+
+/// Runs `work` while watching `stream`: `None` if the client leaves (end of
+/// stream or an error) before `work` is done, which drops `work`. What the
+/// client sends meanwhile is added to `read`, which is watched until it
+/// holds `limit` bytes.
+async fn unless_gone<S: ClientStream, T>(
+    work: impl Future<Output = T>,
+    stream: &mut S,
+    read: &mut BytesMut,
+    limit: usize,
+) -> Option<T> {
+    tokio::pin!(work);
+    loop {
+        let room = limit.saturating_sub(read.len());
+        let mut watched = (&mut *stream).take(room as u64);
+        tokio::select! {
+            biased;
+            done = &mut work => return Some(done),
+            // `read_buf` is cancel-safe: nothing read is lost when `work` wins.
+            got = watched.read_buf(read), if room > 0 => match got {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// The checks `dispatch` makes before an upgrade, then the upgrade's
+/// decision, for a first request read by `first_request`.
+async fn upgrade_first(
+    request: &Request<()>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    tls: Option<&TlsInfo>,
+) -> Result<(Response<Body>, upgrade::Switch), Response<Body>> {
+    if let Err(refusal) = check_head(request, shared) {
+        refusal.log();
+        shared.metrics.upgrade(refusal.status().as_u16());
+        return Err(refusal.to_response());
+    }
+    upgrade::decide(request, peer, shared, tls).await
+}
+
+/// hyper serving `stream` (the client's, read ahead by `first_request`);
+/// the first request is answered with `first_response` when there is one
+/// (an upgrade refused before hyper saw it).
+async fn serve_http<S: ClientStream>(
+    stream: ReadAhead<S>,
+    peer: SocketAddr,
+    live: Arc<Live>,
+    registered: HttpConnection,
+    tls: Option<Arc<TlsInfo>>,
+    first_response: Option<Response<Body>>,
+) {
     let shared = live.load_full();
     // Not at drain: hyper's graceful shutdown would close a connection the
     // listener's queue handed over before its first request, and answer an
@@ -59,12 +184,20 @@ pub(crate) async fn serve<S: ClientStream>(
         .max_buf_size(config.max_request_header_size);
     let registered = Arc::new(registered);
     let shed = registered.shed_token().clone();
+    let first_response = Arc::new(Mutex::new(first_response));
     let service = service_fn(move |request| {
         let shared = live.load_full();
         let in_flight = registered.request();
         let tls = tls.clone();
+        let decided = first_response
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         async move {
-            let response = dispatch::<S>(request, peer, &shared, tls.as_deref()).await;
+            let response = match decided {
+                Some(response) => response,
+                None => dispatch::<S>(request, peer, &shared, tls.as_deref()).await,
+            };
             drop(in_flight);
             Ok::<_, Infallible>(response)
         }

@@ -21,7 +21,10 @@
 //! - `carrier`: fan-out's carrier links, one per backend socket that asks,
 //!   whose FANOUT records are read once and queued for each client they name.
 //! - `upgrade`: one upgrade request from handshake to the spawned relay.
-//! - `connection`: one TCP connection served by hyper; dispatches each request.
+//! - `first_request`: a connection's first request head, read before hyper; an
+//!   upgrade is answered from it without hyper.
+//! - `connection`: one TCP connection: an upgrade as its first request, or
+//!   hyper serving it; dispatches each request.
 //! - `http_connections`: connections not yet upgraded, per address, and which to shed first.
 //! - `static_files`: files from `--htdocs` through tower-http's `ServeDir`.
 //! - `response`: the response body type and plain-text responses.
@@ -50,6 +53,7 @@ mod client_stream;
 mod config;
 mod connection;
 mod deflate;
+mod first_request;
 mod forward;
 mod handoff;
 mod handshake;

@@ -19,13 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use link::deflate::MessageDeflater;
+use link::websocket::ReadAhead;
 use link::{ClientLimits, DeflateParams, LINK_VERSION, LinkMode, OpenMeta, TlsInfo};
+use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
 use crate::authorizer::ConnectQuestion;
@@ -68,17 +70,36 @@ impl Link {
     }
 }
 
-/// Answers an upgrade request: `101` with the relay spawned, or a refusal.
+/// Answers an upgrade request that hyper read: `101` with the relay
+/// spawned (it starts once hyper hands the connection over), or a refusal.
+/// The stream hyper serves is `S` read ahead by `connection`.
 pub(crate) async fn handle<S: ClientStream>(
     mut request: Request<Incoming>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     tls: Option<&TlsInfo>,
 ) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    match decide(&request, peer, shared, tls).await {
+        Ok((response, switch)) => {
+            shared.tracker.spawn(switch.after_hyper::<S>(on_upgrade));
+            response
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// Decides an upgrade request: the `101` and what relays the client once
+/// it is sent, or the refusal's response.
+pub(crate) async fn decide<B>(
+    request: &Request<B>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    tls: Option<&TlsInfo>,
+) -> Result<(Response<Body>, Switch), Response<Body>> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("client", id, %peer, name = tracing::field::Empty);
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let accepted = accept(&request, id, peer, shared, tls)
+    let accepted = accept(request, id, peer, shared, tls)
         .instrument(span.clone())
         .await;
     match accepted {
@@ -98,40 +119,152 @@ pub(crate) async fn handle<S: ClientStream>(
                 deflate.as_ref().map(|agreement| &agreement.response),
                 &extra_headers,
             );
-            let deflate = deflate.map(|agreement| agreement.params);
             shared.metrics.upgrade(101);
             let metrics = shared
                 .metrics
                 .client(&target.name, link.mode(), tls.is_some());
-            let shared_for_relay = Arc::clone(shared);
-            // Not instrumented as a whole: entering the span on every poll
-            // would cost the framed relay's data path, which enters it only
-            // to log (`relay_upgraded`).
-            shared.tracker.spawn(async move {
-                span.in_scope(
-                    || tracing::debug!(socket = %target.socket_path.display(), "relaying"),
-                );
-                relay_upgraded::<S>(
-                    on_upgrade,
-                    &target.socket_path,
-                    link,
-                    max_message_size,
-                    deflate,
-                    &shared_for_relay,
-                    &metrics,
-                    &span,
-                )
-                .await;
-                drop(permit);
-            });
-            response
+            let switch = Switch {
+                socket_path: target.socket_path,
+                link,
+                max_message_size,
+                deflate: deflate.map(|agreement| agreement.params),
+                shared: Arc::clone(shared),
+                metrics,
+                span,
+                permit,
+            };
+            Ok((response, switch))
         }
         Err(refusal) => {
             span.in_scope(|| refusal.log());
             shared.metrics.upgrade(refusal.status().as_u16());
-            refusal.to_response()
+            Err(refusal.to_response())
         }
     }
+}
+
+/// An accepted client between its `101` and its relay: everything the relay
+/// needs but the client's stream.
+pub(crate) struct Switch {
+    socket_path: std::path::PathBuf,
+    link: Link,
+    max_message_size: usize,
+    deflate: Option<DeflateParams>,
+    shared: Arc<Shared>,
+    metrics: ClientMetrics,
+    /// The client's span; the framed relay enters it only to log (entering
+    /// it on every poll would cost the data path).
+    span: tracing::Span,
+    /// The client's connection slot, held until its relay ends.
+    permit: ClientSlot,
+}
+
+impl Switch {
+    /// Writes `response` (the `101`) to `stream` within `timeout`, then
+    /// relays; `pending` is what the client sent after its request head.
+    pub(crate) async fn respond_and_relay<S: ClientStream>(
+        self,
+        response: Response<Body>,
+        mut stream: S,
+        pending: Bytes,
+        timeout: std::time::Duration,
+    ) {
+        let head = response_head(&response);
+        drop(response);
+        let written = tokio::time::timeout(timeout, async {
+            stream.write_all(&head).await?;
+            stream.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => self.relay(stream, pending).await,
+            Ok(Err(error)) => self
+                .span
+                .in_scope(|| tracing::info!("client left during the upgrade: {error}")),
+            Err(_) => self
+                .span
+                .in_scope(|| tracing::info!("client took no 101 in {timeout:?}; closed")),
+        }
+    }
+
+    /// Waits for hyper to hand the connection over after the `101`, then relays.
+    async fn after_hyper<S: ClientStream>(self, on_upgrade: OnUpgrade) {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                self.span
+                    .in_scope(|| tracing::info!("client left during the upgrade: {error}"));
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<ReadAhead<S>>>() {
+            Ok(parts) => {
+                // hyper's buffer holds what it read through the read-ahead,
+                // which holds what came after.
+                let (stream, read_ahead) = parts.io.into_inner().into_parts();
+                let pending = if read_ahead.is_empty() {
+                    parts.read_buf
+                } else {
+                    let mut pending = BytesMut::from(parts.read_buf);
+                    pending.extend_from_slice(&read_ahead);
+                    pending.freeze()
+                };
+                self.relay(stream, pending).await;
+            }
+            Err(_) => self.span.in_scope(|| {
+                tracing::error!("upgraded connection is not the accepted stream; closing")
+            }),
+        }
+    }
+
+    /// Relays between the client on `stream` (which sent `pending` past its
+    /// handshake) and its link, in the client's span.
+    async fn relay<S: ClientStream>(self, stream: S, pending: Bytes) {
+        let Switch {
+            socket_path,
+            link,
+            max_message_size,
+            deflate,
+            shared,
+            metrics,
+            span,
+            permit,
+        } = self;
+        span.in_scope(|| tracing::debug!(socket = %socket_path.display(), "relaying"));
+        relay_upgraded(
+            stream,
+            pending,
+            &socket_path,
+            link,
+            max_message_size,
+            deflate,
+            &shared,
+            &metrics,
+            &span,
+        )
+        .await;
+        drop(permit);
+    }
+}
+
+/// The head of `response` as HTTP/1.1 puts it on the wire (status line,
+/// header lines, empty line). Only for a body-less response (`101`).
+fn response_head(response: &Response<Body>) -> Vec<u8> {
+    let status = response.status();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in response.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// Everything an accepted upgrade needs for its `101` and its relay.
@@ -152,8 +285,8 @@ struct Accepted {
     permit: ClientSlot,
 }
 
-async fn accept(
-    request: &Request<Incoming>,
+async fn accept<B>(
+    request: &Request<B>,
     id: u64,
     peer: SocketAddr,
     shared: &Shared,
@@ -382,11 +515,12 @@ fn resolve(docroot: &std::path::Path, name: &str, protocols: &[String]) -> Resul
     })
 }
 
-/// Waits for hyper to hand over the connection after the `101`, then
-/// relays, in the client's `span` (the framed relay enters it only to log).
+/// Relays the client on `stream`, which sent `pending` past its handshake,
+/// in its `span` (the framed relay enters it only to log).
 #[allow(clippy::too_many_arguments)]
 async fn relay_upgraded<S: ClientStream>(
-    on_upgrade: OnUpgrade,
+    stream: S,
+    pending: Bytes,
     socket_path: &std::path::Path,
     link: Link,
     max_message_size: usize,
@@ -395,22 +529,6 @@ async fn relay_upgraded<S: ClientStream>(
     metrics: &ClientMetrics,
     span: &tracing::Span,
 ) {
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(error) => {
-            span.in_scope(|| tracing::info!("client left during the upgrade: {error}"));
-            return;
-        }
-    };
-    let (stream, pending): (S, Bytes) = match upgraded.downcast::<TokioIo<S>>() {
-        Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-        Err(_) => {
-            span.in_scope(|| {
-                tracing::error!("upgraded connection is not the accepted stream; closing")
-            });
-            return;
-        }
-    };
     let settings = &RelaySettings {
         max_message_size,
         ..shared.settings.clone()

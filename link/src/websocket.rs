@@ -192,6 +192,29 @@ impl<S> ReadAhead<S> {
         }
     }
 
+    /// Reads `inner` ahead, starting with `read`: bytes already taken from
+    /// it, which come out before anything `inner` still holds.
+    pub fn starting_with(inner: S, read: BytesMut) -> ReadAhead<S> {
+        ReadAhead {
+            inner,
+            buffer: read,
+            inflating: None,
+        }
+    }
+
+    /// The stream beneath, to read past what this one can still hand out
+    /// (to drop what a failed client still sends, say).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The stream, and what was read from it but not handed out yet. Only
+    /// for a `ReadAhead` that does not inflate (whose buffer holds raw bytes).
+    pub fn into_parts(self) -> (S, BytesMut) {
+        debug_assert!(self.inflating.is_none(), "an inflating ReadAhead");
+        (self.inner, self.buffer)
+    }
+
     /// Reads `inner` ahead, starting with `pending` (bytes already read past
     /// the handshake), and inflates the client's compressed messages as
     /// `params` say, failing a read with a `deflate::DeflateError` once a

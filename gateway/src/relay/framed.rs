@@ -521,13 +521,28 @@ impl<S: ClientStream> Relay<S> {
                     return;
                 }
                 // The gateway started the close: read (and drop) what the client
-                // still sends until its reply. After a protocol error there is
-                // nothing more to read.
-                if matches!(
-                    ending,
-                    Ending::ClientClosed(_) | Ending::ClientGone(_) | Ending::ClientFailed { .. }
-                ) {
-                    return;
+                // still sends until its reply.
+                match ending {
+                    Ending::ClientClosed(_) | Ending::ClientGone(_) => return,
+                    Ending::ClientFailed { .. } => {
+                        // Its frames cannot be read on (a protocol error, a
+                        // compressed message that failed), but it may still be
+                        // sending the rest of what failed: end the gateway's
+                        // side, then drop its bytes until it closes, so that
+                        // closing with bytes unread does not reset the
+                        // connection before the client has read its close.
+                        let _ = client.io.shutdown().await;
+                        let raw = client.io.get_mut();
+                        while let Ok(1..) = poll_fn(|cx| {
+                            client.input.clear();
+                            reserve_for(&mut client.input, 1);
+                            poll_read_buf(Pin::new(&mut *raw), cx, &mut client.input)
+                        })
+                        .await
+                        {}
+                        return;
+                    }
+                    _ => {}
                 }
                 loop {
                     match client.frames.read(&mut client.input) {
