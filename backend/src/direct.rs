@@ -145,6 +145,10 @@ pub(crate) struct DirectClient {
     closed: bool,
     /// A close frame went into `output`: nothing more may be sent.
     close_sent: bool,
+    /// This side started the close (a failed frame, a compressed message
+    /// past the limit, the idle timeout): the client may still be sending,
+    /// so its socket lingers when this is dropped (`linger`).
+    linger: bool,
     /// The payload of the server's last ping, until the client's pong to it.
     asked: Option<Bytes>,
     /// Compresses outgoing messages when permessage-deflate was agreed.
@@ -171,6 +175,7 @@ impl DirectClient {
             idle: IdleTimer::new(options.idle_timeout),
             closed: false,
             close_sent: false,
+            linger: false,
             asked: None,
             deflater: deflate.map(MessageDeflater::new),
         }
@@ -219,7 +224,66 @@ impl DirectClient {
         };
         self.send_close(cx, Some(frame.clone()));
         self.closed = true;
+        self.linger = true;
         Message::Close(Some(frame))
+    }
+}
+
+/// Longest a closed client's socket lingers (`linger`).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most sockets lingering at once in this process; past it, a socket just closes.
+const MAX_LINGERING: usize = 1024;
+
+static LINGERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LINGERING);
+
+/// Closes a client whose close this side started, without losing the close
+/// frame to a reset: closing a socket with unread bytes in it sends RST,
+/// and the client may still be sending the message that failed. The rest
+/// of `output` (the close frame) is written, the sending side shut, and what
+/// the client still sends read and dropped until it closes, for at most
+/// [`LINGER_TIMEOUT`], on a duplicate of `tcp` (the original closes with
+/// its `DirectClient`).
+fn linger(tcp: &TcpStream, output: BytesMut) {
+    let Ok(permit) = LINGERING.try_acquire() else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Some(dup) = std::os::fd::AsFd::as_fd(tcp)
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from)
+        .and_then(|std_stream| TcpStream::from_std(std_stream).ok())
+    else {
+        return;
+    };
+    runtime.spawn(async move {
+        let _permit = permit;
+        let mut tcp = dup;
+        let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            tcp.write_all(&output).await?;
+            tcp.shutdown().await?;
+            let mut sink = BytesMut::new();
+            loop {
+                sink.clear();
+                sink.reserve(4096);
+                if tcp.read_buf(&mut sink).await? == 0 {
+                    return Ok::<_, io::Error>(());
+                }
+            }
+        })
+        .await;
+    });
+}
+
+impl Drop for DirectClient {
+    fn drop(&mut self) {
+        if self.linger {
+            linger(self.io.get_mut(), std::mem::take(&mut self.output));
+        }
     }
 }
 

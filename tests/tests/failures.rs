@@ -27,6 +27,7 @@ async fn check_echo(client: &mut Client, text: &str) -> anyhow::Result<()> {
 // The client-facing failures behave the same when the backend holds the socket.
 both_modes!(
     oversize_message_closes_with_1009_and_the_backend_keeps_serving,
+    a_client_still_sending_its_oversize_message_reads_its_1009,
     invalid_utf8_text_closes_with_1007,
 );
 
@@ -225,6 +226,37 @@ async fn oversize_message_closes_with_1009_and_the_backend_keeps_serving(
     check_echo(&mut gateway.connect("/echo").await?, "still serving").await?;
     // The first client was never affected.
     check_echo(&mut client, "first client").await?;
+    Ok(())
+}
+
+async fn a_client_still_sending_its_oversize_message_reads_its_1009(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_docroot, _echo, gateway) =
+        start_echo(&mode.with_args(&["--max-message-size", "1024"])).await?;
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr()).await?;
+    let request = HandshakeRequest::new("/echo").render(&gateway.addr().to_string());
+    stream.write_all(request.as_bytes()).await?;
+    let response = harness::http::read_response(&mut stream).await?;
+    assert_eq!(response.status, 101, "{response}");
+    // A 32 MiB binary frame, far more than the socket buffers between the
+    // two hold: the side that refuses it at its header must read the rest
+    // for the client to get this far, and must not reset the connection
+    // before the client has read its close frame.
+    const LEN: usize = 32 << 20;
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&(LEN as u64).to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0, 0]);
+    stream.write_all(&header).await?;
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..LEN / chunk.len() {
+        stream.write_all(&chunk).await?;
+    }
+    let mut close = [0u8; 4];
+    stream.read_exact(&mut close).await?;
+    assert_eq!(close[0], 0x88, "a close frame first: {close:?}");
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009);
     Ok(())
 }
 
