@@ -33,7 +33,7 @@ const FIRST_READ: usize = 4096;
 // would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub(crate) enum FirstRequest {
+pub enum FirstRequest {
     /// A complete head asking for a WebSocket upgrade, parsed into a request
     /// with no body; `read` holds the head's `head_len` bytes and whatever
     /// the client sent after it (its first frames, if it did not wait).
@@ -55,46 +55,29 @@ pub(crate) async fn read<S: AsyncRead + Unpin>(
     max_head: usize,
     timeout: Duration,
 ) -> FirstRequest {
-    let mut read = BytesMut::new();
-    // Where the last search for the head's end stopped.
-    let mut searched = 0;
+    let mut head = HeadReader::new(max_head);
     let reading = async {
         loop {
-            let room = max_head.saturating_sub(read.len());
+            let room = head.room();
             if room == 0 {
                 // Too large for the fast path; hyper answers 431.
-                return FirstRequest::Other(std::mem::take(&mut read));
+                return head.give_up();
             }
-            read.reserve(room.min(FIRST_READ.max(read.len())));
-            match (&mut *stream).take(room as u64).read_buf(&mut read).await {
-                Ok(0) => return FirstRequest::Other(std::mem::take(&mut read)),
+            head.read.reserve(room.min(FIRST_READ.max(head.read.len())));
+            match (&mut *stream)
+                .take(room as u64)
+                .read_buf(&mut head.read)
+                .await
+            {
+                Ok(0) => return head.give_up(),
                 Ok(_) => {}
                 Err(error) => {
                     tracing::debug!(%error, "connection failed before its first request");
                     return FirstRequest::Gone;
                 }
             }
-            // Parsed once, when the head can be complete: linear in the head
-            // however the client cuts it into reads.
-            if read.starts_with(b"\r") || read.starts_with(b"\n") {
-                // Empty lines before the request line: hyper's business.
-                return FirstRequest::Other(std::mem::take(&mut read));
-            }
-            let complete = has_empty_line(&read, searched);
-            searched = read.len();
-            if !complete {
-                continue;
-            }
-            match parse(&read) {
-                Parsed::Partial => {}
-                Parsed::Other => return FirstRequest::Other(std::mem::take(&mut read)),
-                Parsed::Upgrade(request, head_len) => {
-                    return FirstRequest::Upgrade {
-                        request,
-                        read: std::mem::take(&mut read),
-                        head_len,
-                    };
-                }
+            if let Some(first) = head.step() {
+                return first;
             }
         }
     };
@@ -102,6 +85,64 @@ pub(crate) async fn read<S: AsyncRead + Unpin>(
     tokio::time::timeout(timeout, reading)
         .await
         .unwrap_or(FirstRequest::Gone)
+}
+
+/// The bytes of a first request head as they arrive, and what they make.
+#[derive(Debug)]
+pub struct HeadReader {
+    /// Everything read so far.
+    pub read: BytesMut,
+    /// Where the last search for the head's end stopped.
+    searched: usize,
+    max_head: usize,
+}
+
+impl HeadReader {
+    /// Nothing read yet; the head may take up to `max_head` bytes.
+    pub fn new(max_head: usize) -> HeadReader {
+        HeadReader {
+            read: BytesMut::new(),
+            searched: 0,
+            max_head,
+        }
+    }
+
+    /// How many more bytes the head may take.
+    pub fn room(&self) -> usize {
+        self.max_head.saturating_sub(self.read.len())
+    }
+
+    /// What the bytes read so far make, after a read added to `read`:
+    /// `None` while the head can still be completed. Each byte is searched
+    /// once for the head's end, and the head parsed once it may be complete:
+    /// linear in the head however the client cuts it into reads.
+    pub fn step(&mut self) -> Option<FirstRequest> {
+        if self.read.starts_with(b"\r") || self.read.starts_with(b"\n") {
+            // Empty lines before the request line: hyper's business.
+            return Some(self.give_up());
+        }
+        let complete = has_empty_line(&self.read, self.searched);
+        self.searched = self.read.len();
+        if !complete {
+            return None;
+        }
+        match parse(&self.read) {
+            // The end was seen, so the answer is final: a head that still
+            // does not parse as complete is hyper's to refuse.
+            Parsed::Partial | Parsed::Other => Some(self.give_up()),
+            Parsed::Upgrade(request, head_len) => Some(FirstRequest::Upgrade {
+                request,
+                read: std::mem::take(&mut self.read),
+                head_len,
+            }),
+        }
+    }
+
+    /// Everything read so far, for hyper: at the end of the stream, at the
+    /// head limit, or for a head the fast path does not take.
+    pub fn give_up(&mut self) -> FirstRequest {
+        FirstRequest::Other(std::mem::take(&mut self.read))
+    }
 }
 
 /// Whether a line ending at or after `from` in `bytes` is empty: the end of

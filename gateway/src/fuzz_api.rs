@@ -1,8 +1,10 @@
-//! The crate-private parsers of `handshake`, `deflate` and `route`, made public for the
-//! fuzz targets in `fuzz/` only. Compiled under `--cfg fuzzing`, which
-//! `cargo fuzz` sets; no product code may use it (docs/fuzzing.md).
+//! The crate-private parsers of `handshake`, `deflate`, `route` and
+//! `first_request`, made public for the fuzz targets in `fuzz/` only.
+//! Compiled under `--cfg fuzzing`, which `cargo fuzz` sets; no product code
+//! may use it (docs/fuzzing.md).
 
 pub use crate::deflate::{ExtensionOffer, parse_extensions};
+pub use crate::first_request::{FirstRequest, HeadReader};
 pub use crate::handshake::UpgradeRequest;
 pub use crate::route::{MAX_SOCKET_PATH, RouteError, Target, parse_name, resolve};
 
