@@ -9,7 +9,6 @@
 //! relays. `session` wraps it; servers never see the difference.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -91,37 +90,41 @@ impl DirectOptions {
 /// from OPEN): the client's compressed messages are inflated before the
 /// server sees them, and what the server sends is compressed.
 ///
-/// Returns the client, its address as the socket reports it, and, when
-/// `keep_link` (this backend offered the link for reuse in ACCEPT), the link,
-/// whose next record starts another client; otherwise the link is closed.
+/// Returns the client and, when `keep_link` (this backend offered the link
+/// for reuse in ACCEPT), the link, whose next record starts another client;
+/// otherwise the link is closed.
 pub(crate) async fn take_over(
     mut link: LinkStream,
     options: DirectOptions,
     deflate: Option<DeflateParams>,
     keep_link: bool,
-) -> Result<(DirectClient, Option<SocketAddr>, Option<LinkStream>), LinkError> {
+) -> Result<(DirectClient, Option<LinkStream>), LinkError> {
     let (client_fd, pending) = fd_pass::recv_handoff(&mut link, options.max_message_size).await?;
     // The link has done its job for this client; closing it tells the
     // gateway it may let go, keeping it lets the gateway send the next OPEN.
     let link = keep_link.then_some(link);
-    let (client, peer) = from_descriptor(client_fd, pending, options, deflate)?;
-    Ok((client, peer, link))
+    let client = from_descriptor(client_fd, pending, options, deflate)?;
+    Ok((client, link))
 }
 
 /// The client on the socket `client_fd` the gateway handed over (HANDOFF or
-/// OPEN_HANDOFF), starting with the `pending` bytes, and its address.
+/// OPEN_HANDOFF), starting with the `pending` bytes.
+///
+/// The socket is used as the gateway left it (docs/link-protocol.md): its
+/// peer is OPEN's `peer`, and TCP_NODELAY, a socket option, is already set.
+/// Only non-blocking mode is set again, at the cost of one system call: a
+/// blocking descriptor, from whoever may connect to this backend's socket,
+/// would stall every client of this thread.
 pub(crate) fn from_descriptor(
     client_fd: OwnedFd,
     pending: Bytes,
     options: DirectOptions,
     deflate: Option<DeflateParams>,
-) -> io::Result<(DirectClient, Option<SocketAddr>)> {
+) -> io::Result<DirectClient> {
     let std_stream = std::net::TcpStream::from(client_fd);
     std_stream.set_nonblocking(true)?;
-    let peer = std_stream.peer_addr().ok();
     let tcp = TcpStream::from_std(std_stream)?;
-    let _ = tcp.set_nodelay(true);
-    Ok((DirectClient::new(tcp, pending, options, deflate), peer))
+    Ok(DirectClient::new(tcp, pending, options, deflate))
 }
 
 /// A WebSocket client on its own socket, behaving like a relayed session.

@@ -255,7 +255,7 @@ impl HandedOver {
         max_message_size: Option<usize>,
     ) -> Result<(Session, Connection), SessionError> {
         let HandedOver {
-            mut meta,
+            meta,
             client,
             pending,
             link,
@@ -263,11 +263,8 @@ impl HandedOver {
         let options = link
             .direct_options
             .for_client(meta.limits, max_message_size);
-        let (client, peer) = direct::from_descriptor(client, pending, options, meta.deflate)
+        let client = direct::from_descriptor(client, pending, options, meta.deflate)
             .map_err(LinkError::from)?;
-        if let Some(peer) = peer {
-            meta.peer = peer.to_string();
-        }
         let session = Session::new(
             meta,
             Transport::Direct(Box::new(client)),
@@ -515,11 +512,8 @@ impl Incoming {
                     .direct_options
                     .for_client(self.meta.limits, reply.max_message_size);
                 let keep_link = reply.reuse_ms.is_some();
-                let (client, peer, link) =
+                let (client, link) =
                     direct::take_over(parts.io, options, self.meta.deflate, keep_link).await?;
-                if let Some(peer) = peer {
-                    self.meta.peer = peer.to_string();
-                }
                 if let Some(stream) = link {
                     let mut next = Connection::with_codec(
                         stream,
