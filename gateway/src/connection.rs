@@ -11,7 +11,7 @@
 //! descriptor back (`http_connections`). Each request is answered with the
 //! configuration current when it arrives (a reload may come between two).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -19,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use link::TlsInfo;
-use link::websocket::ReadAhead;
+use link::websocket::{ReadAhead, release};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,8 +44,9 @@ use crate::upgrade;
 /// TLS handshake learnt, `None` on a plain connection.
 ///
 /// The first request head is read here (`first_request`): a WebSocket
-/// upgrade is decided and answered without hyper, and its relay runs in
-/// this task. hyper serves everything else, starting with the bytes read.
+/// upgrade is decided here without hyper, and its `101` and relay go to a
+/// task of their own. hyper serves everything else, starting with the
+/// bytes read.
 pub(crate) async fn serve<S: ClientStream>(
     mut stream: S,
     peer: SocketAddr,
@@ -54,67 +55,128 @@ pub(crate) async fn serve<S: ClientStream>(
     tls: Option<TlsInfo>,
 ) {
     let tls = tls.map(Arc::new);
+    let start = Box::pin(start(&mut stream, peer, &live, &registered, tls.as_deref())).await;
+    match start {
+        Start::Close => {}
+        Start::Relay {
+            response,
+            switch,
+            pending,
+            timeout,
+        } => {
+            // Upgraded: no longer an HTTP connection to count or shed. The
+            // relay gets a task of its own, whose state is only the relay's.
+            drop(registered);
+            switch.spawn_relay(response, stream, pending, timeout);
+        }
+        Start::Http {
+            read,
+            first_response,
+        } => {
+            serve_http(
+                ReadAhead::starting_with(stream, read),
+                peer,
+                live,
+                registered,
+                tls,
+                first_response,
+            )
+            .await;
+        }
+    }
+}
+
+/// How a connection goes on after its first request head.
+// Made once per connection and taken apart at once: boxing the relay's part
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Start {
+    /// The client left, or sent no head in time.
+    Close,
+    /// An upgrade decided without hyper: its `101`, its relay, what the
+    /// client sent after the head, and how long the `101` may take to write.
+    Relay {
+        response: Response<Body>,
+        switch: upgrade::Switch,
+        pending: Bytes,
+        timeout: std::time::Duration,
+    },
+    /// hyper's from here: the bytes read, and the answer to the first
+    /// request if it was decided already (a refused upgrade).
+    Http {
+        read: BytesMut,
+        first_response: Option<Response<Body>>,
+    },
+}
+
+/// Reads the first request head and, if it is an upgrade, decides it.
+async fn start<S: ClientStream>(
+    stream: &mut S,
+    peer: SocketAddr,
+    live: &Live,
+    registered: &HttpConnection,
+    tls: Option<&TlsInfo>,
+) -> Start {
     let shared = live.load_full();
     let config = &shared.config;
-    let shed = registered.shed_token().clone();
     let first = tokio::select! {
         first = first_request::read(
-            &mut stream,
+            stream,
             config.max_request_header_size,
             config.header_timeout,
         ) => first,
-        () = shed.cancelled() => {
+        () = registered.shed_token().cancelled() => {
             tracing::debug!(%peer, "idle connection closed: descriptors are short");
-            return;
+            return Start::Close;
         }
         // As hyper's graceful shutdown does with a connection before its
         // first request (drain lets it come).
-        () = shared.shutdown.cancelled() => return,
+        () = shared.shutdown.cancelled() => return Start::Close,
     };
-    let (read, first_response) = match first {
-        FirstRequest::Gone => return,
-        FirstRequest::Other(read) => (read, None),
+    let (request, mut read, head_len) = match first {
+        FirstRequest::Gone => return Start::Close,
+        FirstRequest::Other(read) => {
+            return Start::Http {
+                read,
+                first_response: None,
+            };
+        }
         FirstRequest::Upgrade {
             request,
-            mut read,
+            read,
             head_len,
-        } => {
-            let in_flight = registered.request();
-            let decision = upgrade_first(&request, peer, &shared, tls.as_deref());
-            let watch_limit = head_len + config.max_request_header_size;
-            let Some(decided) = unless_gone(decision, &mut stream, &mut read, watch_limit).await
-            else {
-                // Gone while its upgrade was decided (an authorizer call, a
-                // backend's ACCEPT): what was under way is dropped with it.
-                tracing::debug!(%peer, "client left before its upgrade was decided");
-                return;
-            };
-            match decided {
-                Ok((response, switch)) => {
-                    // Upgraded: no longer an HTTP connection to count or shed.
-                    drop(in_flight);
-                    drop(registered);
-                    let pending = read.split_off(head_len).freeze();
-                    switch
-                        .respond_and_relay(response, stream, pending, config.header_timeout)
-                        .await;
-                    return;
-                }
-                // hyper reads the request again and sends this answer, with
-                // its keep-alive and body rules.
-                Err(refusal) => (read, Some(refusal)),
+        } => (request, read, head_len),
+    };
+    let _in_flight = registered.request();
+    let decision = upgrade_first(&request, peer, &shared, tls);
+    let watch_limit = head_len + config.max_request_header_size;
+    let Some(decided) = unless_gone(decision, stream, &mut read, watch_limit).await else {
+        // Gone while its upgrade was decided (an authorizer call, a
+        // backend's ACCEPT): what was under way is dropped with it.
+        tracing::debug!(%peer, "client left before its upgrade was decided");
+        return Start::Close;
+    };
+    match decided {
+        Ok((response, switch)) => {
+            // Copied out, and the head's buffer goes back to this thread's
+            // spares for the next connection's head.
+            let pending = Bytes::copy_from_slice(&read[head_len..]);
+            read.clear();
+            release(&mut read);
+            Start::Relay {
+                response,
+                switch,
+                pending,
+                timeout: config.header_timeout,
             }
         }
-    };
-    serve_http(
-        ReadAhead::starting_with(stream, read),
-        peer,
-        live,
-        registered,
-        tls,
-        first_response,
-    )
-    .await;
+        // hyper reads the request again and sends this answer, with its
+        // keep-alive and body rules.
+        Err(refusal) => Start::Http {
+            read,
+            first_response: Some(refusal),
+        },
+    }
 }
 
 /// Runs `work` while watching `stream`: `None` if the client leaves (end of

@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
+use link::websocket::reserve_for;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::handshake;
@@ -23,10 +24,6 @@ use crate::handshake;
 /// Most header lines a first request may have on the fast path (hyper's
 /// own limit); a request with more goes to hyper, which refuses it.
 const MAX_HEADERS: usize = 100;
-
-/// What a browser's upgrade request needs (a few hundred bytes, cookies
-/// more); the buffer grows up to the head limit if the head does not fit.
-const FIRST_READ: usize = 4096;
 
 /// The first request on a connection, as far as it was read.
 // Made once per connection and taken apart at once: boxing the request
@@ -63,7 +60,9 @@ pub(crate) async fn read<S: AsyncRead + Unpin>(
                 // Too large for the fast path; hyper answers 431.
                 return head.give_up();
             }
-            head.read.reserve(room.min(FIRST_READ.max(head.read.len())));
+            // A spare of this thread's buffers when there is one (the last
+            // upgrade gave its head's back), else a new one.
+            reserve_for(&mut head.read, 1);
             match (&mut *stream)
                 .take(room as u64)
                 .read_buf(&mut head.read)

@@ -160,9 +160,21 @@ pub(crate) struct Switch {
 }
 
 impl Switch {
+    /// Spawns the client's task: `respond_and_relay`.
+    pub(crate) fn spawn_relay<S: ClientStream>(
+        self,
+        response: Response<Body>,
+        stream: S,
+        pending: Bytes,
+        timeout: std::time::Duration,
+    ) {
+        let tracker = self.shared.tracker.clone();
+        tracker.spawn(self.respond_and_relay(response, stream, pending, timeout));
+    }
+
     /// Writes `response` (the `101`) to `stream` within `timeout`, then
     /// relays; `pending` is what the client sent after its request head.
-    pub(crate) async fn respond_and_relay<S: ClientStream>(
+    async fn respond_and_relay<S: ClientStream>(
         self,
         response: Response<Body>,
         mut stream: S,
@@ -171,11 +183,8 @@ impl Switch {
     ) {
         let head = response_head(&response);
         drop(response);
-        let written = tokio::time::timeout(timeout, async {
-            stream.write_all(&head).await?;
-            stream.flush().await
-        })
-        .await;
+        // The head goes with the write, not on into the relay.
+        let written = tokio::time::timeout(timeout, write_head(&mut stream, head)).await;
         match written {
             Ok(Ok(())) => self.relay(stream, pending).await,
             Ok(Err(error)) => self
@@ -245,6 +254,12 @@ impl Switch {
         .await;
         drop(permit);
     }
+}
+
+/// Writes `head` to `stream` and flushes it (a TLS stream buffers).
+async fn write_head<S: ClientStream>(stream: &mut S, head: Vec<u8>) -> std::io::Result<()> {
+    stream.write_all(&head).await?;
+    stream.flush().await
 }
 
 /// The head of `response` as HTTP/1.1 puts it on the wire (status line,
