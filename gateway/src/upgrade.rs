@@ -82,7 +82,7 @@ pub(crate) async fn handle<S: ClientStream>(
     let on_upgrade = hyper::upgrade::on(&mut request);
     match decide(&request, peer, shared, tls).await {
         Ok((response, switch)) => {
-            shared.tracker.spawn(switch.after_hyper::<S>(on_upgrade));
+            switch.spawn_after_hyper::<S>(on_upgrade);
             response
         }
         Err(refusal) => refusal,
@@ -131,7 +131,7 @@ pub(crate) async fn decide<B>(
                 shared: Arc::clone(shared),
                 metrics,
                 span,
-                permit,
+                _permit: permit,
             };
             Ok((response, switch))
         }
@@ -155,26 +155,19 @@ pub(crate) struct Switch {
     /// The client's span; the framed relay enters it only to log (entering
     /// it on every poll would cost the data path).
     span: tracing::Span,
-    /// The client's connection slot, held until its relay ends.
-    permit: ClientSlot,
+    /// The client's connection slot, held until its relay ends (it goes
+    /// with the `Switch`, at the end of `relay_upgraded`).
+    _permit: ClientSlot,
 }
 
+// The client's task is one async block around `relay_upgraded`, which takes
+// the `Switch`'s parts, not the `Switch`: every copy of state between them
+// is kept in every idle client's task.
 impl Switch {
-    /// Spawns the client's task: `respond_and_relay`.
+    /// Spawns the client's task: writes `response` (the `101`) to `stream`
+    /// within `timeout`, then relays; `pending` is what the client sent after
+    /// its request head.
     pub(crate) fn spawn_relay<S: ClientStream>(
-        self,
-        response: Response<Body>,
-        stream: S,
-        pending: Bytes,
-        timeout: std::time::Duration,
-    ) {
-        let tracker = self.shared.tracker.clone();
-        tracker.spawn(self.respond_and_relay(response, stream, pending, timeout));
-    }
-
-    /// Writes `response` (the `101`) to `stream` within `timeout`, then
-    /// relays; `pending` is what the client sent after its request head.
-    async fn respond_and_relay<S: ClientStream>(
         self,
         response: Response<Body>,
         mut stream: S,
@@ -183,76 +176,78 @@ impl Switch {
     ) {
         let head = response_head(&response);
         drop(response);
-        // The head goes with the write, not on into the relay.
-        let written = tokio::time::timeout(timeout, write_head(&mut stream, head)).await;
-        match written {
-            Ok(Ok(())) => self.relay(stream, pending).await,
-            Ok(Err(error)) => self
-                .span
-                .in_scope(|| tracing::info!("client left during the upgrade: {error}")),
-            Err(_) => self
-                .span
-                .in_scope(|| tracing::info!("client took no 101 in {timeout:?}; closed")),
-        }
+        let tracker = self.shared.tracker.clone();
+        tracker.spawn(async move {
+            // A statement of its own: the write's state is not kept on
+            // into the relay (a match would keep its scrutinee's temporaries).
+            let written = tokio::time::timeout(timeout, write_head(&mut stream, head)).await;
+            match written {
+                Ok(Ok(())) => {
+                    relay_upgraded(
+                        stream,
+                        pending,
+                        &self.socket_path,
+                        self.link,
+                        self.max_message_size,
+                        self.deflate,
+                        &self.shared,
+                        &self.metrics,
+                        &self.span,
+                    )
+                    .await;
+                }
+                Ok(Err(error)) => self
+                    .span
+                    .in_scope(|| tracing::info!("client left during the upgrade: {error}")),
+                Err(_) => self
+                    .span
+                    .in_scope(|| tracing::info!("client took no 101 in {timeout:?}; closed")),
+            }
+        });
     }
 
-    /// Waits for hyper to hand the connection over after the `101`, then relays.
-    async fn after_hyper<S: ClientStream>(self, on_upgrade: OnUpgrade) {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                self.span
-                    .in_scope(|| tracing::info!("client left during the upgrade: {error}"));
+    /// Spawns the client's task: waits for hyper to hand the connection over
+    /// after the `101`, then relays.
+    fn spawn_after_hyper<S: ClientStream>(self, on_upgrade: OnUpgrade) {
+        let tracker = self.shared.tracker.clone();
+        tracker.spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    self.span
+                        .in_scope(|| tracing::info!("client left during the upgrade: {error}"));
+                    return;
+                }
+            };
+            let Ok(parts) = upgraded.downcast::<TokioIo<ReadAhead<S>>>() else {
+                self.span.in_scope(|| {
+                    tracing::error!("upgraded connection is not the accepted stream; closing")
+                });
                 return;
-            }
-        };
-        match upgraded.downcast::<TokioIo<ReadAhead<S>>>() {
-            Ok(parts) => {
-                // hyper's buffer holds what it read through the read-ahead,
-                // which holds what came after.
-                let (stream, read_ahead) = parts.io.into_inner().into_parts();
-                let pending = if read_ahead.is_empty() {
-                    parts.read_buf
-                } else {
-                    let mut pending = BytesMut::from(parts.read_buf);
-                    pending.extend_from_slice(&read_ahead);
-                    pending.freeze()
-                };
-                self.relay(stream, pending).await;
-            }
-            Err(_) => self.span.in_scope(|| {
-                tracing::error!("upgraded connection is not the accepted stream; closing")
-            }),
-        }
-    }
-
-    /// Relays between the client on `stream` (which sent `pending` past its
-    /// handshake) and its link, in the client's span.
-    async fn relay<S: ClientStream>(self, stream: S, pending: Bytes) {
-        let Switch {
-            socket_path,
-            link,
-            max_message_size,
-            deflate,
-            shared,
-            metrics,
-            span,
-            permit,
-        } = self;
-        span.in_scope(|| tracing::debug!(socket = %socket_path.display(), "relaying"));
-        relay_upgraded(
-            stream,
-            pending,
-            &socket_path,
-            link,
-            max_message_size,
-            deflate,
-            &shared,
-            &metrics,
-            &span,
-        )
-        .await;
-        drop(permit);
+            };
+            // hyper's buffer holds what it read through the read-ahead,
+            // which holds what came after.
+            let (stream, read_ahead) = parts.io.into_inner().into_parts();
+            let pending = if read_ahead.is_empty() {
+                parts.read_buf
+            } else {
+                let mut pending = BytesMut::from(parts.read_buf);
+                pending.extend_from_slice(&read_ahead);
+                pending.freeze()
+            };
+            relay_upgraded(
+                stream,
+                pending,
+                &self.socket_path,
+                self.link,
+                self.max_message_size,
+                self.deflate,
+                &self.shared,
+                &self.metrics,
+                &self.span,
+            )
+            .await;
+        });
     }
 }
 
@@ -531,7 +526,9 @@ fn resolve(docroot: &std::path::Path, name: &str, protocols: &[String]) -> Resul
 }
 
 /// Relays the client on `stream`, which sent `pending` past its handshake,
-/// in its `span` (the framed relay enters it only to log).
+/// in its `span` (the framed relay enters it only to log). The parts of a
+/// `Switch` come one by one, the link by value and the rest by reference:
+/// taking the `Switch` whole would store it twice in the client's task.
 #[allow(clippy::too_many_arguments)]
 async fn relay_upgraded<S: ClientStream>(
     stream: S,
@@ -544,6 +541,7 @@ async fn relay_upgraded<S: ClientStream>(
     metrics: &ClientMetrics,
     span: &tracing::Span,
 ) {
+    span.in_scope(|| tracing::debug!(socket = %socket_path.display(), "relaying"));
     let settings = &RelaySettings {
         max_message_size,
         ..shared.settings.clone()
