@@ -67,7 +67,14 @@ pub(crate) async fn serve<S: ClientStream>(
             // Upgraded: no longer an HTTP connection to count or shed. The
             // relay gets a task of its own, whose state is only the relay's.
             drop(registered);
-            switch.spawn_relay(response, stream, pending, timeout);
+            let head = upgrade::response_head(&response);
+            drop(response);
+            switch.spawn(upgrade::Arrival::Unanswered {
+                stream,
+                pending,
+                head,
+                timeout,
+            });
         }
         Start::Http {
             read,

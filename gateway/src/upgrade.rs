@@ -82,7 +82,7 @@ pub(crate) async fn handle<S: ClientStream>(
     let on_upgrade = hyper::upgrade::on(&mut request);
     match decide(&request, peer, shared, tls).await {
         Ok((response, switch)) => {
-            switch.spawn_after_hyper::<S>(on_upgrade);
+            switch.spawn::<S>(Arrival::FromHyper(on_upgrade));
             response
         }
         Err(refusal) => refusal,
@@ -160,80 +160,37 @@ pub(crate) struct Switch {
     _permit: ClientSlot,
 }
 
+/// How an accepted client's stream reaches its relay.
+pub(crate) enum Arrival<S> {
+    /// Read without hyper: the `101`'s head is still to be written, within
+    /// `timeout`; `pending` is what the client sent after its request head.
+    Unanswered {
+        stream: S,
+        pending: Bytes,
+        head: Vec<u8>,
+        timeout: std::time::Duration,
+    },
+    /// Read by hyper, which writes the `101` and then hands the connection over.
+    FromHyper(OnUpgrade),
+}
+
 // The client's task is one async block around `relay_upgraded`, which takes
 // the `Switch`'s parts, not the `Switch`: every copy of state between them
 // is kept in every idle client's task.
 impl Switch {
-    /// Spawns the client's task: writes `response` (the `101`) to `stream`
-    /// within `timeout`, then relays; `pending` is what the client sent after
-    /// its request head.
-    pub(crate) fn spawn_relay<S: ClientStream>(
-        self,
-        response: Response<Body>,
-        mut stream: S,
-        pending: Bytes,
-        timeout: std::time::Duration,
-    ) {
-        let head = response_head(&response);
-        drop(response);
+    /// Spawns the client's task: its stream as it `arrival`es, then its relay.
+    pub(crate) fn spawn<S: ClientStream>(self, arrival: Arrival<S>) {
         let tracker = self.shared.tracker.clone();
         tracker.spawn(async move {
-            // A statement of its own: the write's state is not kept on
+            // A statement of its own: the arrival's state is not kept on
             // into the relay (a match would keep its scrutinee's temporaries).
-            let written = tokio::time::timeout(timeout, write_head(&mut stream, head)).await;
-            match written {
-                Ok(Ok(())) => {
-                    relay_upgraded(
-                        stream,
-                        pending,
-                        &self.socket_path,
-                        self.link,
-                        self.max_message_size,
-                        self.deflate,
-                        &self.shared,
-                        &self.metrics,
-                        &self.span,
-                    )
-                    .await;
-                }
-                Ok(Err(error)) => self
-                    .span
-                    .in_scope(|| tracing::info!("client left during the upgrade: {error}")),
-                Err(_) => self
-                    .span
-                    .in_scope(|| tracing::info!("client took no 101 in {timeout:?}; closed")),
-            }
-        });
-    }
-
-    /// Spawns the client's task: waits for hyper to hand the connection over
-    /// after the `101`, then relays.
-    fn spawn_after_hyper<S: ClientStream>(self, on_upgrade: OnUpgrade) {
-        let tracker = self.shared.tracker.clone();
-        tracker.spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    self.span
-                        .in_scope(|| tracing::info!("client left during the upgrade: {error}"));
+            let arrived = arrive(arrival).await;
+            let (stream, pending) = match arrived {
+                Ok(parts) => parts,
+                Err(why) => {
+                    self.span.in_scope(|| tracing::info!("{why}"));
                     return;
                 }
-            };
-            let Ok(parts) = upgraded.downcast::<TokioIo<ReadAhead<S>>>() else {
-                self.span.in_scope(|| {
-                    tracing::error!("upgraded connection is not the accepted stream; closing")
-                });
-                return;
-            };
-            // hyper's buffer holds what it read through the read-ahead,
-            // which holds what came after.
-            let (stream, read_ahead) = parts.io.into_inner().into_parts();
-            let pending = if read_ahead.is_empty() {
-                parts.read_buf
-            } else {
-                let mut pending = BytesMut::from(parts.read_buf);
-                pending.extend_from_slice(&read_ahead);
-                pending.freeze()
             };
             relay_upgraded(
                 stream,
@@ -251,6 +208,42 @@ impl Switch {
     }
 }
 
+/// The client's stream and what it sent past its handshake, once its `101`
+/// is out; or why there is none (to log).
+async fn arrive<S: ClientStream>(arrival: Arrival<S>) -> Result<(S, Bytes), String> {
+    match arrival {
+        Arrival::Unanswered {
+            mut stream,
+            pending,
+            head,
+            timeout,
+        } => match tokio::time::timeout(timeout, write_head(&mut stream, head)).await {
+            Ok(Ok(())) => Ok((stream, pending)),
+            Ok(Err(error)) => Err(format!("client left during the upgrade: {error}")),
+            Err(_) => Err(format!("client took no 101 in {timeout:?}; closed")),
+        },
+        Arrival::FromHyper(on_upgrade) => {
+            let upgraded = on_upgrade
+                .await
+                .map_err(|error| format!("client left during the upgrade: {error}"))?;
+            let parts = upgraded.downcast::<TokioIo<ReadAhead<S>>>().map_err(|_| {
+                "upgraded connection is not the accepted stream; closing".to_owned()
+            })?;
+            // hyper's buffer holds what it read through the read-ahead,
+            // which holds what came after.
+            let (stream, read_ahead) = parts.io.into_inner().into_parts();
+            let pending = if read_ahead.is_empty() {
+                parts.read_buf
+            } else {
+                let mut pending = BytesMut::from(parts.read_buf);
+                pending.extend_from_slice(&read_ahead);
+                pending.freeze()
+            };
+            Ok((stream, pending))
+        }
+    }
+}
+
 /// Writes `head` to `stream` and flushes it (a TLS stream buffers).
 async fn write_head<S: ClientStream>(stream: &mut S, head: Vec<u8>) -> std::io::Result<()> {
     stream.write_all(&head).await?;
@@ -259,7 +252,7 @@ async fn write_head<S: ClientStream>(stream: &mut S, head: Vec<u8>) -> std::io::
 
 /// The head of `response` as HTTP/1.1 puts it on the wire (status line,
 /// header lines, empty line). Only for a body-less response (`101`).
-fn response_head(response: &Response<Body>) -> Vec<u8> {
+pub(crate) fn response_head(response: &Response<Body>) -> Vec<u8> {
     let status = response.status();
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
