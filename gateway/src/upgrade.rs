@@ -131,7 +131,7 @@ pub(crate) async fn decide<B>(
                 shared: Arc::clone(shared),
                 metrics,
                 span,
-                _permit: permit,
+                permit,
             };
             Ok((response, switch))
         }
@@ -155,9 +155,8 @@ pub(crate) struct Switch {
     /// The client's span; the framed relay enters it only to log (entering
     /// it on every poll would cost the data path).
     span: tracing::Span,
-    /// The client's connection slot, held until its relay ends (it goes
-    /// with the `Switch`, at the end of `relay_upgraded`).
-    _permit: ClientSlot,
+    /// The client's connection slot, held until its relay ends.
+    permit: ClientSlot,
 }
 
 /// How an accepted client's stream reaches its relay.
@@ -204,6 +203,9 @@ impl Switch {
                 &self.span,
             )
             .await;
+            // Named, so that the block takes the slot along: a block
+            // captures only the fields it uses.
+            drop(self.permit);
         });
     }
 }
