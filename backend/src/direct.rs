@@ -21,7 +21,8 @@ use link::deflate::MessageDeflater;
 use link::frames::{FrameReader, Inbound, Parsed, put_frame, put_message, put_prepared};
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
 use link::websocket::{
-    OUTPUT_HIGH_WATER, ReadAhead, WRITE_BUFFER, client_reader, poll_write_out, release, reserve_for,
+    OUTPUT_HIGH_WATER, ReadAhead, WRITE_BUFFER, client_reader, poll_write_out,
+    read_to_end_dropping, release, reserve_for,
 };
 use link::{ClientLimits, DeflateParams, LinkError, close_for_read_error, fd_pass};
 use tokio::net::TcpStream;
@@ -265,20 +266,16 @@ fn linger(tcp: &TcpStream, output: BytesMut) {
     runtime.spawn(async move {
         let _permit = permit;
         let mut tcp = dup;
+        let mut room = BytesMut::new();
         let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            use tokio::io::AsyncWriteExt;
             tcp.write_all(&output).await?;
             tcp.shutdown().await?;
-            let mut sink = BytesMut::new();
-            loop {
-                sink.clear();
-                sink.reserve(4096);
-                if tcp.read_buf(&mut sink).await? == 0 {
-                    return Ok::<_, io::Error>(());
-                }
-            }
+            read_to_end_dropping(&mut tcp, &mut room).await;
+            Ok::<_, io::Error>(())
         })
         .await;
+        release(&mut room);
     });
 }
 

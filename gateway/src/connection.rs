@@ -55,20 +55,20 @@ pub(crate) async fn serve<S: ClientStream>(
     tls: Option<TlsInfo>,
 ) {
     let tls = tls.map(Arc::new);
+    // Boxed: a connection hyper goes on serving should not carry the first
+    // upgrade's decision (an authorizer call, an OPEN) in its state.
     let start = Box::pin(start(&mut stream, peer, &live, &registered, tls.as_deref())).await;
     match start {
         Start::Close => {}
         Start::Relay {
-            response,
             switch,
             pending,
+            head,
             timeout,
         } => {
             // Upgraded: no longer an HTTP connection to count or shed. The
             // relay gets a task of its own, whose state is only the relay's.
             drop(registered);
-            let head = upgrade::response_head(&response);
-            drop(response);
             switch.spawn(upgrade::Arrival::Unanswered {
                 stream,
                 pending,
@@ -100,12 +100,12 @@ pub(crate) async fn serve<S: ClientStream>(
 enum Start {
     /// The client left, or sent no head in time.
     Close,
-    /// An upgrade decided without hyper: its `101`, its relay, what the
-    /// client sent after the head, and how long the `101` may take to write.
+    /// An upgrade decided without hyper: its relay, what the client sent
+    /// after the head, the `101`'s head and how long it may take to write.
     Relay {
-        response: Response<Body>,
         switch: upgrade::Switch,
         pending: Bytes,
+        head: Vec<u8>,
         timeout: std::time::Duration,
     },
     /// hyper's from here: the bytes read, and the answer to the first
@@ -171,9 +171,9 @@ async fn start<S: ClientStream>(
             read.clear();
             release(&mut read);
             Start::Relay {
-                response,
                 switch,
                 pending,
+                head: upgrade::response_head(&response),
                 timeout: config.header_timeout,
             }
         }

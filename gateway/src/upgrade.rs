@@ -181,15 +181,8 @@ impl Switch {
     pub(crate) fn spawn<S: ClientStream>(self, arrival: Arrival<S>) {
         let tracker = self.shared.tracker.clone();
         tracker.spawn(async move {
-            // A statement of its own: the arrival's state is not kept on
-            // into the relay (a match would keep its scrutinee's temporaries).
-            let arrived = arrive(arrival).await;
-            let (stream, pending) = match arrived {
-                Ok(parts) => parts,
-                Err(why) => {
-                    self.span.in_scope(|| tracing::info!("{why}"));
-                    return;
-                }
+            let Some((stream, pending)) = arrive(arrival, &self.span).await else {
+                return;
             };
             relay_upgraded(
                 stream,
@@ -211,8 +204,8 @@ impl Switch {
 }
 
 /// The client's stream and what it sent past its handshake, once its `101`
-/// is out; or why there is none (to log).
-async fn arrive<S: ClientStream>(arrival: Arrival<S>) -> Result<(S, Bytes), String> {
+/// is out; `None`, logged in the client's `span`, if the client left first.
+async fn arrive<S: ClientStream>(arrival: Arrival<S>, span: &tracing::Span) -> Option<(S, Bytes)> {
     match arrival {
         Arrival::Unanswered {
             mut stream,
@@ -220,17 +213,30 @@ async fn arrive<S: ClientStream>(arrival: Arrival<S>) -> Result<(S, Bytes), Stri
             head,
             timeout,
         } => match tokio::time::timeout(timeout, write_head(&mut stream, head)).await {
-            Ok(Ok(())) => Ok((stream, pending)),
-            Ok(Err(error)) => Err(format!("client left during the upgrade: {error}")),
-            Err(_) => Err(format!("client took no 101 in {timeout:?}; closed")),
+            Ok(Ok(())) => Some((stream, pending)),
+            Ok(Err(error)) => {
+                span.in_scope(|| tracing::info!("client left during the upgrade: {error}"));
+                None
+            }
+            Err(_) => {
+                span.in_scope(|| tracing::info!("client took no 101 in {timeout:?}; closed"));
+                None
+            }
         },
         Arrival::FromHyper(on_upgrade) => {
-            let upgraded = on_upgrade
-                .await
-                .map_err(|error| format!("client left during the upgrade: {error}"))?;
-            let parts = upgraded.downcast::<TokioIo<ReadAhead<S>>>().map_err(|_| {
-                "upgraded connection is not the accepted stream; closing".to_owned()
-            })?;
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    span.in_scope(|| tracing::info!("client left during the upgrade: {error}"));
+                    return None;
+                }
+            };
+            let Ok(parts) = upgraded.downcast::<TokioIo<ReadAhead<S>>>() else {
+                span.in_scope(|| {
+                    tracing::error!("upgraded connection is not the accepted stream; closing")
+                });
+                return None;
+            };
             // hyper's buffer holds what it read through the read-ahead,
             // which holds what came after.
             let (stream, read_ahead) = parts.io.into_inner().into_parts();
@@ -241,7 +247,7 @@ async fn arrive<S: ClientStream>(arrival: Arrival<S>) -> Result<(S, Bytes), Stri
                 pending.extend_from_slice(&read_ahead);
                 pending.freeze()
             };
-            Ok((stream, pending))
+            Some((stream, pending))
         }
     }
 }

@@ -136,6 +136,21 @@ pub fn reserve_for(buffer: &mut BytesMut, need: usize) {
     }
 }
 
+/// Reads `io` to its end (or its first error), dropping what comes, with
+/// `buffer` as the room to read into (empty again after). For a side whose
+/// bytes are of no more use that must still be read: closing a socket with
+/// unread bytes in it resets the connection instead of ending it.
+pub async fn read_to_end_dropping<R: AsyncRead + Unpin>(io: &mut R, buffer: &mut BytesMut) {
+    while let Ok(1..) = std::future::poll_fn(|cx| {
+        buffer.clear();
+        reserve_for(buffer, 1);
+        poll_read_buf(Pin::new(&mut *io), cx, buffer)
+    })
+    .await
+    {}
+    buffer.clear();
+}
+
 /// Writes `output` to `io` until it is empty (then flushes, for TLS) or the
 /// socket is full.
 pub fn poll_write_out<W: AsyncWrite + Unpin>(

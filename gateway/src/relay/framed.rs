@@ -41,7 +41,8 @@ use link::keepalive::{IdleTimer, PingTicker};
 use link::message::{close_frame_for_client, close_info};
 use link::record::{HEADER_LEN, decode_header, encode_header};
 use link::websocket::{
-    OUTPUT_HIGH_WATER, ReadAhead, client_reader, poll_write_out, provision, release, reserve_for,
+    OUTPUT_HIGH_WATER, ReadAhead, client_reader, poll_write_out, provision, read_to_end_dropping,
+    release, reserve_for,
 };
 use link::{CloseInfo, DeflateParams, LinkError, Record, RecordCodec, RecordKind};
 use tokio::io::AsyncWriteExt;
@@ -500,13 +501,7 @@ impl<S: ClientStream> Relay<S> {
                 }
             }
             let _ = link.io.shutdown().await;
-            while let Ok(1..) = poll_fn(|cx| {
-                link.input.clear();
-                reserve_for(&mut link.input, 1);
-                poll_read_buf(Pin::new(&mut link.io), cx, &mut link.input)
-            })
-            .await
-            {}
+            read_to_end_dropping(&mut link.io, &mut link.input).await;
             false
         };
         let close_client = async {
@@ -532,14 +527,7 @@ impl<S: ClientStream> Relay<S> {
                         // closing with bytes unread does not reset the
                         // connection before the client has read its close.
                         let _ = client.io.shutdown().await;
-                        let raw = client.io.get_mut();
-                        while let Ok(1..) = poll_fn(|cx| {
-                            client.input.clear();
-                            reserve_for(&mut client.input, 1);
-                            poll_read_buf(Pin::new(&mut *raw), cx, &mut client.input)
-                        })
-                        .await
-                        {}
+                        read_to_end_dropping(client.io.get_mut(), &mut client.input).await;
                         return;
                     }
                     _ => {}
