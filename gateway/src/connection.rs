@@ -38,43 +38,67 @@ use crate::server::{Live, Shared};
 use crate::upgrade;
 
 /// Serves HTTP on `stream` until it closes; on shutdown, finishes the
-/// request in progress and closes (upgraded connections live on in their relay task).
+/// request in progress and closes (an upgraded connection's relay ends on shutdown itself).
 /// `registered` counts the connection until it ends or upgrades; when the
 /// gateway sheds it, an idle connection is closed at once. `tls` is what the
 /// TLS handshake learnt, `None` on a plain connection.
 ///
 /// The first request head is read here (`first_request`): a WebSocket
-/// upgrade is decided here without hyper, and its `101` and relay go to a
-/// task of their own. hyper serves everything else, starting with the
-/// bytes read.
-pub(crate) async fn serve<S: ClientStream>(
+/// upgrade is decided here without hyper, and its `101` and relay go on in
+/// this task once everything else it held is freed. hyper serves everything
+/// else, starting with the bytes read (a client hyper upgrades gets a task
+/// of its own, `upgrade::handle`).
+pub(crate) fn serve<S: ClientStream>(
+    stream: S,
+    peer: SocketAddr,
+    live: Arc<Live>,
+    registered: HttpConnection,
+    tls: Option<TlsInfo>,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Boxed, and its box freed before the relay starts: the task of an
+    // upgraded client keeps only its relay's state, not the connection's
+    // arguments, its first request or hyper's connection beside it.
+    let first = Box::pin(serve_first(stream, peer, live, registered, tls));
+    async move {
+        // Not `if let`: its scrutinee would stay in the task's state beside
+        // the relay it was moved to.
+        let Some(relay) = first.await else {
+            return;
+        };
+        relay.await;
+    }
+}
+
+/// What `serve` does until the connection upgrades: the upgraded client's
+/// relay to run in the connection's task, or `None` once the connection
+/// is done (closed, or served by hyper to its end).
+async fn serve_first<S: ClientStream>(
     mut stream: S,
     peer: SocketAddr,
     live: Arc<Live>,
     registered: HttpConnection,
     tls: Option<TlsInfo>,
-) {
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let tls = tls.map(Arc::new);
     // Boxed: a connection hyper goes on serving should not carry the first
     // upgrade's decision (an authorizer call, an OPEN) in its state.
     let start = Box::pin(start(&mut stream, peer, &live, &registered, tls.as_deref())).await;
     match start {
-        Start::Close => {}
+        Start::Close => None,
         Start::Relay {
             switch,
             pending,
             head,
             timeout,
         } => {
-            // Upgraded: no longer an HTTP connection to count or shed. The
-            // relay gets a task of its own, whose state is only the relay's.
+            // Upgraded: no longer an HTTP connection to count or shed.
             drop(registered);
-            switch.spawn(upgrade::Arrival::Unanswered {
+            Some(switch.run(upgrade::Arrival::Unanswered {
                 stream,
                 pending,
                 head,
                 timeout,
-            });
+            }))
         }
         Start::Http {
             read,
@@ -89,6 +113,7 @@ pub(crate) async fn serve<S: ClientStream>(
                 first_response,
             )
             .await;
+            None
         }
     }
 }

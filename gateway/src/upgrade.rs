@@ -173,14 +173,29 @@ pub(crate) enum Arrival<S> {
     FromHyper(OnUpgrade),
 }
 
-// The client's task is one async block around `relay_upgraded`, which takes
+// The client's relay is one async fn around `relay_upgraded`, which takes
 // the `Switch`'s parts, not the `Switch`: every copy of state between them
 // is kept in every idle client's task.
 impl Switch {
-    /// Spawns the client's task: its stream as it `arrival`es, then its relay.
+    /// Spawns the client's task: its stream as it `arrival`es, then its
+    /// relay (a client hyper upgraded, whose connection task is hyper's).
     pub(crate) fn spawn<S: ClientStream>(self, arrival: Arrival<S>) {
         let tracker = self.shared.tracker.clone();
-        tracker.spawn(async move {
+        tracker.spawn(self.run(arrival));
+    }
+
+    /// The client's stream as it `arrival`es, then its relay, in the
+    /// caller's task: a connection upgraded without hyper goes on in its
+    /// own task, which saves spawning another per client.
+    // Not an `async fn`: its state would keep the whole `Switch` beside the
+    // parts moved out of it (5,600 B per idle relayed client against
+    // 5,216 B measured); the block captures only the fields it names.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn run<S: ClientStream>(
+        self,
+        arrival: Arrival<S>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        async move {
             let Some((stream, pending)) = arrive(arrival, &self.span).await else {
                 return;
             };
@@ -199,7 +214,7 @@ impl Switch {
             // Named, so that the block takes the slot along: a block
             // captures only the fields it uses.
             drop(self.permit);
-        });
+        }
     }
 }
 
