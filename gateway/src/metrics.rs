@@ -7,7 +7,10 @@
 //! `backend_accepted`, `authorizer_answered`, ...). A relayed client gets a
 //! [`ClientMetrics`] whose counters are looked up once, when it connects;
 //! a batch of messages is counted in a local [`Tally`] and added with two
-//! atomic additions, with no label look-up.
+//! atomic additions, with no label look-up. The series of each name are
+//! looked up in their families once, by the name's first client, and kept
+//! with the name ([`NameSeries`]): a client after that costs one look-up
+//! of its name.
 //!
 //! Label values are bounded whatever clients send: a `name` label is only
 //! ever a name that passed the allow/deny check and has a socket, and at
@@ -15,8 +18,8 @@
 //! are counted as `other`); close codes outside the protocol's own are
 //! counted by class (`3xxx`, `4xxx`).
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use lifecycle::metrics_registry::{ProcessMetrics, registered};
@@ -114,8 +117,9 @@ fn latency_histogram() -> Histogram {
 /// Every metric of one gateway.
 pub(crate) struct Metrics {
     registry: Registry,
-    /// Names given a label of their own so far (at most [`MAX_NAME_LABELS`]).
-    named: Mutex<HashSet<String>>,
+    /// Names given a label of their own so far (at most
+    /// [`MAX_NAME_LABELS`]), and `other`, with their series.
+    named: Mutex<HashMap<String, Arc<NameSeries>>>,
     connections_open: Family<ClientLabels, Gauge>,
     connections: Family<ClientLabels, Counter>,
     upgrades: Family<StatusLabels, Counter>,
@@ -247,7 +251,7 @@ impl Metrics {
         let process = ProcessMetrics::register(&mut registry);
         Metrics {
             registry,
-            named: Mutex::new(HashSet::new()),
+            named: Mutex::new(HashMap::new()),
             connections_open,
             connections,
             upgrades,
@@ -269,18 +273,30 @@ impl Metrics {
     /// The `name` label for `name`, which passed the allow/deny check: the
     /// name itself while fewer than [`MAX_NAME_LABELS`] names have one.
     fn name_label(&self, name: &str) -> String {
+        self.series(name).label.clone()
+    }
+
+    /// The series of `name`'s label ([`Metrics::name_label`]).
+    fn series(&self, name: &str) -> Arc<NameSeries> {
         let mut named = self
             .named
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if named.contains(name) {
-            return name.to_owned();
+        if let Some(series) = named.get(name) {
+            return Arc::clone(series);
         }
-        if named.len() < MAX_NAME_LABELS {
-            named.insert(name.to_owned());
-            return name.to_owned();
-        }
-        OTHER_NAME.to_owned()
+        // `other` is kept beside the names and not counted among them.
+        let n_names = named.len() - usize::from(named.contains_key(OTHER_NAME));
+        let label = if n_names < MAX_NAME_LABELS {
+            name
+        } else {
+            OTHER_NAME
+        };
+        Arc::clone(
+            named
+                .entry(label.to_owned())
+                .or_insert_with(|| Arc::new(NameSeries::new(label))),
+        )
     }
 
     /// An upgrade request answered with `status` (`101` or a refusal's).
@@ -291,32 +307,43 @@ impl Metrics {
     /// A client of `name` got its `101`: the counters of its relay (a
     /// direct-mode client only counts as accepted; the gateway forgets it).
     pub(crate) fn client(&self, name: &str, mode: ClientMode, tls: bool) -> ClientMetrics {
-        let name = self.name_label(name);
-        let labels = ClientLabels {
-            name: name.clone(),
-            mode: mode.label(),
-            tls,
-        };
-        self.connections.get_or_create(&labels).inc();
-        let open = (mode != ClientMode::Direct).then(|| {
-            let open = self.connections_open.get_or_create_owned(&labels);
-            open.inc();
-            open
+        let series = self.series(name);
+        let clients = series.clients[mode as usize][usize::from(tls)].get_or_init(|| {
+            let labels = ClientLabels {
+                name: series.label.clone(),
+                mode: mode.label(),
+                tls,
+            };
+            ClientSeries {
+                connections: self.connections.get_or_create_owned(&labels),
+                open: (mode != ClientMode::Direct)
+                    .then(|| self.connections_open.get_or_create_owned(&labels)),
+            }
         });
-        let traffic = |direction| Traffic {
-            messages: self.messages.get_or_create_owned(&TrafficLabels {
-                name: name.clone(),
-                direction,
-            }),
-            bytes: self.message_bytes.get_or_create_owned(&TrafficLabels {
-                name: name.clone(),
-                direction,
-            }),
-        };
+        clients.connections.inc();
+        let open = clients.open.clone();
+        if let Some(open) = &open {
+            open.inc();
+        }
+        let [to_backend, to_client] = series
+            .traffic
+            .get_or_init(|| {
+                ["to_backend", "to_client"].map(|direction| {
+                    let labels = TrafficLabels {
+                        name: series.label.clone(),
+                        direction,
+                    };
+                    Traffic {
+                        messages: self.messages.get_or_create_owned(&labels),
+                        bytes: self.message_bytes.get_or_create_owned(&labels),
+                    }
+                })
+            })
+            .clone();
         ClientMetrics {
             open,
-            to_backend: traffic("to_backend"),
-            to_client: traffic("to_client"),
+            to_backend,
+            to_client,
             close_codes: self.close_codes.clone(),
         }
     }
@@ -343,11 +370,14 @@ impl Metrics {
     /// A backend of `name` accepted a client `elapsed` after the gateway
     /// started connecting to it.
     pub(crate) fn backend_accepted(&self, name: &str, elapsed: Duration) {
-        let labels = NameLabels {
-            name: self.name_label(name),
-        };
-        self.backend_accept
-            .get_or_create(&labels)
+        let series = self.series(name);
+        series
+            .backend_accept
+            .get_or_init(|| {
+                self.backend_accept.get_or_create_owned(&NameLabels {
+                    name: series.label.clone(),
+                })
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -403,6 +433,40 @@ impl lifecycle::metrics_endpoint::Render for Metrics {
     fn content_type(&self) -> &'static str {
         prometheus_text::CONTENT_TYPE
     }
+}
+
+/// The series of one `name` label, each looked up in its family by the
+/// first client that needs it and shared by the name's clients after that.
+/// A family never drops a series, so these stay the ones it exposes.
+#[derive(Debug)]
+struct NameSeries {
+    /// The label itself: the name, or `other`.
+    label: String,
+    /// `connections` and `connections_open` by mode ([`ClientMode`] as an
+    /// index) and TLS.
+    clients: [[OnceLock<ClientSeries>; 2]; 3],
+    /// `messages` and `message_bytes`, to the backend and to the client.
+    traffic: OnceLock<[Traffic; 2]>,
+    backend_accept: OnceLock<Histogram>,
+}
+
+impl NameSeries {
+    fn new(label: &str) -> NameSeries {
+        NameSeries {
+            label: label.to_owned(),
+            clients: Default::default(),
+            traffic: OnceLock::new(),
+            backend_accept: OnceLock::new(),
+        }
+    }
+}
+
+/// The connection series of one name, mode and TLS.
+#[derive(Debug)]
+struct ClientSeries {
+    connections: Counter,
+    /// None for direct mode, whose clients the gateway does not keep.
+    open: Option<Gauge>,
 }
 
 /// What one relayed client counts, looked up once when it connected. The
