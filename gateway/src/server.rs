@@ -422,27 +422,57 @@ fn spawn_connection(tcp: TcpStream, peer: SocketAddr, live: &Arc<Live>, is_tls: 
 
 /// The TLS handshake of one connection, then HTTP over it. The handshake
 /// ends early when the gateway sheds the connection or shuts down.
-async fn serve_tls(
+fn serve_tls(
     tcp: TcpStream,
     peer: SocketAddr,
     live: Arc<Live>,
     registered: HttpConnection,
     tls: Arc<Tls>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    // Boxed and freed once the handshake is done, as `connection::serve`
+    // does with its first part: an upgraded client's task keeps only what
+    // its relay needs, not the handshake's state beside it.
+    let handshake = Box::pin(tls_handshake(tcp, peer, live, registered, tls));
+    async move {
+        let Some(serve) = handshake.await else {
+            return;
+        };
+        serve.await;
+    }
+}
+
+/// The TLS handshake of one connection: the connection served over it, or
+/// `None` if the handshake failed or ended early.
+async fn tls_handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    live: Arc<Live>,
+    registered: HttpConnection,
+    tls: Arc<Tls>,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let shutdown = live.load().shutdown.clone();
     let handshake = tokio::select! {
         handshake = tls.handshake(tcp) => handshake,
-        () = registered.shed_token().cancelled() => return,
-        () = shutdown.cancelled() => return,
+        () = registered.shed_token().cancelled() => return None,
+        () = shutdown.cancelled() => return None,
     };
     live.load().metrics.tls_handshake(&handshake);
     match handshake {
-        Ok((stream, info)) => connection::serve(stream, peer, live, registered, Some(info)).await,
-        Err(error) => tracing::info!(
-            %peer,
-            error = &error as &dyn std::error::Error,
-            "TLS handshake failed"
-        ),
+        Ok((stream, info)) => Some(connection::serve(
+            stream,
+            peer,
+            live,
+            registered,
+            Some(info),
+        )),
+        Err(error) => {
+            tracing::info!(
+                %peer,
+                error = &error as &dyn std::error::Error,
+                "TLS handshake failed"
+            );
+            None
+        }
     }
 }
 
