@@ -56,8 +56,9 @@ pub(crate) fn serve<S: ClientStream>(
     tls: Option<TlsInfo>,
 ) -> impl Future<Output = ()> + Send + 'static {
     // Boxed, and its box freed before the relay starts: the task of an
-    // upgraded client keeps only its relay's state, not the connection's
-    // arguments, its first request or hyper's connection beside it.
+    // upgraded client keeps only its relay's state (boxed too), not the
+    // connection's arguments, its first request or hyper's connection
+    // beside it.
     let first = Box::pin(serve_first(stream, peer, live, registered, tls));
     async move {
         // Not `if let`: its scrutinee would stay in the task's state beside
@@ -78,7 +79,7 @@ async fn serve_first<S: ClientStream>(
     live: Arc<Live>,
     registered: HttpConnection,
     tls: Option<TlsInfo>,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
+) -> Option<std::pin::Pin<Box<impl Future<Output = ()> + Send + 'static>>> {
     let tls = tls.map(Arc::new);
     // Boxed: a connection hyper goes on serving should not carry the first
     // upgrade's decision (an authorizer call, an OPEN) in its state.
@@ -93,12 +94,14 @@ async fn serve_first<S: ClientStream>(
         } => {
             // Upgraded: no longer an HTTP connection to count or shed.
             drop(registered);
-            Some(switch.run(upgrade::Arrival::Unanswered {
+            // Boxed: the task's own future stays a pointer, which spawning
+            // and finishing a task copy several times over.
+            Some(Box::pin(switch.run(upgrade::Arrival::Unanswered {
                 stream,
                 pending,
                 head,
                 timeout,
-            }))
+            })))
         }
         Start::Http {
             read,
