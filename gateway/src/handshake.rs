@@ -231,12 +231,16 @@ fn forwarded_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
     FORWARDED_HEADERS
         .iter()
         .filter_map(|name| {
-            let values: Vec<&str> = headers
+            let mut values = headers
                 .get_all(name)
                 .iter()
-                .filter_map(|value| value.to_str().ok())
-                .collect();
-            (!values.is_empty()).then(|| (name.as_str().to_owned(), values.join(", ")))
+                .filter_map(|value| value.to_str().ok());
+            let mut joined = values.next()?.to_owned();
+            for value in values {
+                joined.push_str(", ");
+                joined.push_str(value);
+            }
+            Some((name.as_str().to_owned(), joined))
         })
         .collect()
 }

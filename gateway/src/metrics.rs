@@ -123,6 +123,8 @@ pub(crate) struct Metrics {
     connections_open: Family<ClientLabels, Gauge>,
     connections: Family<ClientLabels, Counter>,
     upgrades: Family<StatusLabels, Counter>,
+    /// `upgrades{status="101"}`, the one every client counts, once looked up.
+    upgrades_switched: OnceLock<Counter>,
     messages: Family<TrafficLabels, Counter>,
     message_bytes: Family<TrafficLabels, Counter>,
     close_codes: Family<CloseLabels, Counter>,
@@ -133,6 +135,8 @@ pub(crate) struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     carrier_links: Gauge,
     backend_link_opens: Family<LinkLabels, Counter>,
+    /// `backend_link_opens` by [`LinkOrigin`], once looked up.
+    backend_link_opens_by_origin: [OnceLock<Counter>; 2],
     backend_links_idle: Gauge,
     process: ProcessMetrics,
 }
@@ -255,6 +259,7 @@ impl Metrics {
             connections_open,
             connections,
             upgrades,
+            upgrades_switched: OnceLock::new(),
             messages,
             message_bytes,
             close_codes,
@@ -265,6 +270,7 @@ impl Metrics {
             http_requests,
             carrier_links,
             backend_link_opens,
+            backend_link_opens_by_origin: Default::default(),
             backend_links_idle,
             process,
         }
@@ -301,7 +307,13 @@ impl Metrics {
 
     /// An upgrade request answered with `status` (`101` or a refusal's).
     pub(crate) fn upgrade(&self, status: u16) {
-        self.upgrades.get_or_create(&StatusLabels { status }).inc();
+        if status == 101 {
+            self.upgrades_switched
+                .get_or_init(|| self.upgrades.get_or_create_owned(&StatusLabels { status }))
+                .inc();
+        } else {
+            self.upgrades.get_or_create(&StatusLabels { status }).inc();
+        }
     }
 
     /// A client of `name` got its `101`: the counters of its relay (a
@@ -360,9 +372,11 @@ impl Metrics {
 
     /// A client's OPEN (or OPEN_HANDOFF) went on a link from `origin`.
     pub(crate) fn backend_link_opened(&self, origin: LinkOrigin) {
-        self.backend_link_opens
-            .get_or_create(&LinkLabels {
-                link: origin.label(),
+        self.backend_link_opens_by_origin[origin as usize]
+            .get_or_init(|| {
+                self.backend_link_opens.get_or_create_owned(&LinkLabels {
+                    link: origin.label(),
+                })
             })
             .inc();
     }

@@ -407,7 +407,7 @@ async fn accept<B>(
         path: path.to_owned(),
         query: request.uri().query().unwrap_or_default().to_owned(),
         protocols: upgrade.protocols.clone(),
-        peer: peer.to_string(),
+        peer: peer_text(peer),
         headers: upgrade.forwarded_headers.clone(),
         // A direct backend keeps the client as the relay would have.
         limits: is_direct.then(|| ClientLimits {
@@ -617,6 +617,29 @@ async fn relay_upgraded<S: ClientStream>(
     }
 }
 
+/// `peer` as its `Display` writes it (`ip:port`, `[ip]:port`), for the
+/// OPEN every client's backend gets: an IPv4 address is written with
+/// `itoa`, a tenth of what the formatting machinery costs per client.
+fn peer_text(peer: SocketAddr) -> String {
+    match peer {
+        SocketAddr::V4(v4) => {
+            let mut text = String::with_capacity("255.255.255.255:65535".len());
+            let mut digits = itoa::Buffer::new();
+            let [a, b, c, d] = v4.ip().octets();
+            for (index, octet) in [a, b, c, d].into_iter().enumerate() {
+                if index > 0 {
+                    text.push('.');
+                }
+                text.push_str(digits.format(octet));
+            }
+            text.push(':');
+            text.push_str(digits.format(v4.port()));
+            text
+        }
+        SocketAddr::V6(_) => peer.to_string(),
+    }
+}
+
 /// The TCP socket of a client served in direct mode. `accept` never chooses
 /// direct mode for a TLS client; if it ever did, the client is closed.
 fn direct_tcp<S: ClientStream>(stream: S, span: &tracing::Span) -> Option<tokio::net::TcpStream> {
@@ -625,4 +648,24 @@ fn direct_tcp<S: ClientStream>(stream: S, span: &tracing::Span) -> Option<tokio:
         span.in_scope(|| tracing::error!("direct mode chosen for a TLS client; closing"));
     }
     tcp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_written_as_its_display_writes_it() {
+        for peer in [
+            "0.0.0.0:0",
+            "127.0.0.1:8080",
+            "10.20.30.40:5",
+            "255.255.255.255:65535",
+            "[::1]:443",
+            "[2001:db8::7]:65535",
+        ] {
+            let peer: SocketAddr = peer.parse().expect("an address");
+            assert_eq!(peer_text(peer), peer.to_string());
+        }
+    }
 }
