@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use link::websocket::reserve_for;
@@ -172,7 +172,7 @@ fn parse(bytes: &[u8]) -> Parsed {
     match head.parse(bytes) {
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(_) => Parsed::Other,
-        Ok(httparse::Status::Complete(head_len)) => match to_request(&head) {
+        Ok(httparse::Status::Complete(head_len)) => match to_request(&head, bytes, head_len) {
             Some(request) if handshake::is_websocket_upgrade(request.headers()) => {
                 Parsed::Upgrade(request, head_len)
             }
@@ -182,18 +182,31 @@ fn parse(bytes: &[u8]) -> Parsed {
 }
 
 /// The parsed head as an `http` request, if every part is valid there.
-fn to_request(head: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+/// `head` was parsed from `bytes`, whose first `head_len` bytes are the
+/// head: its header values become slices of one copy of them (one
+/// allocation, not one per header).
+fn to_request(
+    head: &httparse::Request<'_, '_>,
+    bytes: &[u8],
+    head_len: usize,
+) -> Option<Request<()>> {
     let method = Method::from_bytes(head.method?.as_bytes()).ok()?;
     let uri = Uri::try_from(head.path?).ok()?;
     let version = match head.version? {
         1 => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
+    let shared = Bytes::copy_from_slice(&bytes[..head_len]);
     let mut headers = HeaderMap::with_capacity(head.headers.len());
     for header in head.headers.iter() {
+        // Where the value lies in the head (httparse's slices point into
+        // `bytes`); a value outside it would be a parser bug: not taken.
+        let start = (header.value.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
+        let value = shared.get(start..start + header.value.len())?;
+        let value = shared.slice_ref(value);
         headers.append(
             HeaderName::from_bytes(header.name.as_bytes()).ok()?,
-            HeaderValue::from_bytes(header.value).ok()?,
+            HeaderValue::from_maybe_shared(value).ok()?,
         );
     }
     let mut request = Request::new(());
