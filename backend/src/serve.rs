@@ -368,7 +368,9 @@ where
                 return serve_session.await;
             }
             NextLink::Now(next) => {
-                tracker.spawn(serve_session);
+                // Boxed: the task's own future is then a pointer, which
+                // spawning and finishing the task copy several times over.
+                tracker.spawn(Box::pin(serve_session));
                 next
             }
             NextLink::AfterClose(ended) => {
