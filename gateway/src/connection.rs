@@ -55,18 +55,30 @@ pub(crate) fn serve<S: ClientStream>(
     registered: HttpConnection,
     tls: Option<TlsInfo>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    // Boxed, and its box freed before the relay starts: the task of an
-    // upgraded client keeps only its relay's state (boxed too), not the
-    // connection's arguments, its first request or hyper's connection
-    // beside it.
-    let first = Box::pin(serve_first(stream, peer, live, registered, tls));
+    // The task of an upgraded client keeps only its relay's state (boxed
+    // too), not the connection's arguments, its first request or hyper's
+    // connection beside it.
+    then_run(serve_first(stream, peer, live, registered, tls))
+}
+
+/// Runs `first` in a box freed once it is done, then what it returned, if
+/// anything: a connection's task whose first part (a TLS handshake, the
+/// first request) ends by handing over a long-lived future keeps only that
+/// future's state, not the first part's beside it.
+pub(crate) fn then_run<F>(
+    first: impl Future<Output = Option<F>> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let first = Box::pin(first);
     async move {
         // Not `if let`: its scrutinee would stay in the task's state beside
-        // the relay it was moved to.
-        let Some(relay) = first.await else {
+        // the future it was moved to.
+        let Some(then) = first.await else {
             return;
         };
-        relay.await;
+        then.await;
     }
 }
 

@@ -429,16 +429,9 @@ fn serve_tls(
     registered: HttpConnection,
     tls: Arc<Tls>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    // Boxed and freed once the handshake is done, as `connection::serve`
-    // does with its first part: an upgraded client's task keeps only what
-    // its relay needs, not the handshake's state beside it.
-    let handshake = Box::pin(tls_handshake(tcp, peer, live, registered, tls));
-    async move {
-        let Some(serve) = handshake.await else {
-            return;
-        };
-        serve.await;
-    }
+    // An upgraded client's task keeps only what its relay needs, not the
+    // handshake's state beside it.
+    connection::then_run(tls_handshake(tcp, peer, live, registered, tls))
 }
 
 /// The TLS handshake of one connection: the connection served over it, or

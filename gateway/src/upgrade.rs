@@ -173,9 +173,9 @@ pub(crate) enum Arrival<S> {
     FromHyper(OnUpgrade),
 }
 
-// The client's relay is one async fn around `relay_upgraded`, which takes
-// the `Switch`'s parts, not the `Switch`: every copy of state between them
-// is kept in every idle client's task.
+// The client's relay is one async block around `relay_upgraded`, which
+// takes the `Switch`'s parts, not the `Switch`: every copy of state between
+// them is kept in every idle client's task.
 impl Switch {
     /// Spawns the client's task: its stream as it `arrival`es, then its
     /// relay (a client hyper upgraded, whose connection task is hyper's).
@@ -625,8 +625,7 @@ fn peer_text(peer: SocketAddr) -> String {
         SocketAddr::V4(v4) => {
             let mut text = String::with_capacity("255.255.255.255:65535".len());
             let mut digits = itoa::Buffer::new();
-            let [a, b, c, d] = v4.ip().octets();
-            for (index, octet) in [a, b, c, d].into_iter().enumerate() {
+            for (index, octet) in v4.ip().octets().into_iter().enumerate() {
                 if index > 0 {
                     text.push('.');
                 }
