@@ -14,14 +14,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use link::LinkStream;
 use link::deflate::MessageDeflater;
 use link::frames::{FrameReader, Inbound, Parsed, put_frame, put_message, put_prepared};
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
 use link::websocket::{
-    OUTPUT_HIGH_WATER, ReadAhead, WRITE_BUFFER, client_reader, poll_write_out,
+    OUTPUT_HIGH_WATER, ReadAhead, WRITE_BUFFER, client_reader, consume, poll_write_out,
     read_to_end_dropping, release, reserve_for,
 };
 use link::{ClientLimits, DeflateParams, LinkError, close_for_read_error, fd_pass};
@@ -31,7 +31,6 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_util::io::poll_read_buf;
 
 /// Keepalive and limits of direct clients: the gateway's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,7 +314,7 @@ impl Stream for DirectClient {
                         return Poll::Pending;
                     }
                     reserve_for(&mut this.input, need);
-                    match poll_read_buf(Pin::new(&mut this.io), cx, &mut this.input) {
+                    match this.io.poll_read_into(cx, &mut this.input) {
                         Poll::Pending => {
                             // Nothing held: an idle client holds no buffer.
                             release(&mut this.input);
@@ -326,7 +325,11 @@ impl Stream for DirectClient {
                             this.closed = true;
                             return Poll::Ready(Some(Message::Close(None)));
                         }
-                        Poll::Ready(Ok(_)) => continue,
+                        // Heard per read, not per message: one clock read for a burst.
+                        Poll::Ready(Ok(_)) => {
+                            this.idle.heard();
+                            continue;
+                        }
                         Poll::Ready(Err(error)) => {
                             let close = match close_for_read_error(&error) {
                                 Some((code, reason)) => this.close_with(cx, code, reason),
@@ -368,9 +371,8 @@ impl Stream for DirectClient {
                     (message, used)
                 }
             };
-            this.input.advance(used);
+            consume(&mut this.input, used);
             this.frames.finish();
-            this.idle.heard();
             match message {
                 None => {
                     if !this.output.is_empty() {

@@ -30,6 +30,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
+use crate::frames::parse_header;
+
 /// Smallest LZ77 window RFC 7692 allows a peer to ask for.
 pub const MIN_WINDOW_BITS: u8 = 8;
 /// Largest LZ77 window, and the default when a peer asks for none.
@@ -638,56 +640,6 @@ impl FrameInflater {
             inflater.reset(false);
         }
     }
-}
-
-/// A client frame's header.
-#[derive(Debug, Clone, Copy)]
-struct FrameHeader {
-    fin: bool,
-    rsv1: bool,
-    rsv2: bool,
-    rsv3: bool,
-    opcode: u8,
-    masked: bool,
-    mask: [u8; 4],
-    payload_len: u64,
-    /// Bytes of the header itself.
-    len: usize,
-}
-
-/// The frame header at the front of `input`, or `None` if it is not all there.
-fn parse_header(input: &[u8]) -> Option<FrameHeader> {
-    let (&first, rest) = input.split_first()?;
-    let (&second, rest) = rest.split_first()?;
-    let masked = second & 0x80 != 0;
-    let (payload_len, rest, mut len) = match second & 0x7f {
-        126 => {
-            let bytes = rest.first_chunk::<2>()?;
-            (u64::from(u16::from_be_bytes(*bytes)), &rest[2..], 4)
-        }
-        127 => {
-            let bytes = rest.first_chunk::<8>()?;
-            (u64::from_be_bytes(*bytes), &rest[8..], 10)
-        }
-        short => (u64::from(short), rest, 2),
-    };
-    let mask = if masked {
-        len += 4;
-        *rest.first_chunk::<4>()?
-    } else {
-        [0; 4]
-    };
-    Some(FrameHeader {
-        fin: first & 0x80 != 0,
-        rsv1: first & 0x40 != 0,
-        rsv2: first & 0x20 != 0,
-        rsv3: first & 0x10 != 0,
-        opcode: first & 0x0f,
-        masked,
-        mask,
-        payload_len,
-        len,
-    })
 }
 
 #[cfg(test)]

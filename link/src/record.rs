@@ -214,7 +214,7 @@ pub fn decode_header(
     let len = usize::try_from(len)
         .ok()
         .filter(|len| *len <= max)
-        .ok_or(LinkError::TooLong {
+        .ok_or_else(|| LinkError::TooLong {
             len: u64::from(len),
             max,
         })?;

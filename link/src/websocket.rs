@@ -99,10 +99,18 @@ thread_local! {
 
 /// Gives an output `buffer` that has no allocation one of this thread's
 /// spares, if there is one (else it grows as frames are put in it).
+#[inline]
 pub fn provision(buffer: &mut BytesMut) {
-    if buffer.capacity() == 0
-        && let Some(spare) = SPARE_BUFFERS.with_borrow_mut(Vec::pop)
-    {
+    if buffer.capacity() == 0 {
+        take_spare(buffer);
+    }
+}
+
+/// [`provision`]'s slow path, kept out of line: it runs once per burst, the
+/// capacity check before it once per message.
+#[inline(never)]
+fn take_spare(buffer: &mut BytesMut) {
+    if let Some(spare) = SPARE_BUFFERS.with_borrow_mut(Vec::pop) {
         *buffer = spare;
     }
 }
@@ -111,17 +119,43 @@ pub fn provision(buffer: &mut BytesMut) {
 /// buffer of [`READ_CHUNK`] to twice that goes to this thread's spares (at
 /// most [`MAX_SPARE_BUFFERS`] of them), any other back to the allocator.
 pub fn release(buffer: &mut BytesMut) {
-    if !buffer.is_empty() || buffer.capacity() == 0 {
+    release_all([buffer]);
+}
+
+/// [`release`] for several buffers, looking at this thread's spares once:
+/// what a relay does with its four at the end of every pass.
+pub fn release_all<const N: usize>(buffers: [&mut BytesMut; N]) {
+    let idle = |buffer: &BytesMut| buffer.is_empty() && buffer.capacity() > 0;
+    if !buffers.iter().any(|buffer| idle(buffer)) {
         return;
     }
-    let mut buffer = std::mem::take(buffer);
-    // A buffer read from gets its whole allocation back (no copy: it is empty).
-    if buffer.try_reclaim(READ_CHUNK) && buffer.capacity() <= 2 * READ_CHUNK {
-        SPARE_BUFFERS.with_borrow_mut(|spares| {
-            if spares.len() < MAX_SPARE_BUFFERS {
+    SPARE_BUFFERS.with_borrow_mut(|spares| {
+        for buffer in buffers {
+            if !idle(buffer) {
+                continue;
+            }
+            let mut buffer = std::mem::take(buffer);
+            // A buffer read from gets its whole allocation back (no copy:
+            // it is empty); one cleared whole (`consume`) has it already.
+            if buffer.try_reclaim(READ_CHUNK)
+                && buffer.capacity() <= 2 * READ_CHUNK
+                && spares.len() < MAX_SPARE_BUFFERS
+            {
                 spares.push(buffer);
             }
-        });
+        }
+    });
+}
+
+/// Takes `n` bytes from the front of `buffer`. A buffer taken whole is
+/// cleared rather than advanced, so it keeps its allocation from the start
+/// and goes back to the spares (or reads again) without being reclaimed
+/// first: what a burst's reader and writer do once per burst.
+pub fn consume(buffer: &mut BytesMut, n: usize) {
+    if n >= buffer.len() {
+        buffer.clear();
+    } else {
+        buffer.advance(n);
     }
 }
 
@@ -166,7 +200,7 @@ pub fn poll_write_out<W: AsyncWrite + Unpin>(
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
-        output.advance(n);
+        consume(output, n);
     }
     Pin::new(io).poll_flush(cx)
 }
@@ -253,6 +287,22 @@ impl<S> ReadAhead<S> {
 }
 
 impl<S: AsyncRead + Unpin> ReadAhead<S> {
+    /// Reads into the end of `buffer` (which the caller sized, see
+    /// [`reserve_for`]): straight from the socket when nothing is inflated and
+    /// nothing is held here, so the bytes are copied once and no buffer of
+    /// this reader's own is allocated; through [`AsyncRead::poll_read`]
+    /// otherwise. What the framed relay and a direct session read with.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        if self.inflating.is_none() && self.buffer.is_empty() {
+            return poll_read_buf(Pin::new(&mut self.inner), cx, buffer);
+        }
+        poll_read_buf(Pin::new(self), cx, buffer)
+    }
+
     /// `poll_read` with permessage-deflate: rewritten frames come from
     /// `inflating.output`, refilled from `buffer`, refilled from the socket.
     fn poll_read_inflating(
