@@ -252,7 +252,10 @@ pub(crate) struct Carrier {
 
 #[derive(Debug, Default)]
 struct Seated {
-    inboxes: HashMap<u64, Arc<Inbox>>,
+    /// By client id. foldhash rather than SipHash: every delivery looks its
+    /// client up here, and SipHash was a tenth of a delivery's instructions
+    /// (the ids are the gateway's own; a backend naming others only misses).
+    inboxes: HashMap<u64, Arc<Inbox>, foldhash::fast::RandomState>,
     /// The carrier ended: no one is seated any more.
     ended: bool,
 }

@@ -5,6 +5,9 @@
 //! nothing for TLS being possible. Only direct mode needs to know which it
 //! is: it hands over a bare TCP socket, which a TLS client does not have.
 
+use std::io;
+use std::task::{Context, Poll};
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -17,11 +20,21 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn into_tcp(self) -> Result<TcpStream, Self>
     where
         Self: Sized;
+
+    /// Pending (with the task's waker registered) when a read would surely
+    /// find nothing; ready when it may find something. The relay asks this
+    /// before it takes a buffer to read into, so a wake-up meant for the
+    /// other side costs no buffer.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl ClientStream for TcpStream {
     fn into_tcp(self) -> Result<TcpStream, Self> {
         Ok(self)
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
     }
 }
 
@@ -29,5 +42,11 @@ impl ClientStream for TlsStream<TcpStream> {
     fn into_tcp(self) -> Result<TcpStream, Self> {
         // The TCP socket carries TLS records that only this process can decrypt.
         Err(self)
+    }
+
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Decrypted bytes may wait in the TLS state with the socket empty:
+        // only a read can tell.
+        Poll::Ready(Ok(()))
     }
 }

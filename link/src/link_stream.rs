@@ -154,6 +154,15 @@ impl LinkStream {
     }
 }
 
+impl LinkStream {
+    /// Ready when a read may find bytes (or the end); pending, with the
+    /// task's waker registered, when it would find none: a reader that
+    /// needs a buffer to read asks this first and takes none for nothing.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_read_ready(cx).map_ok(|_| ())
+    }
+}
+
 impl AsRawFd for LinkStream {
     fn as_raw_fd(&self) -> RawFd {
         self.io.as_raw_fd()

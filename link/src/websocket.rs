@@ -115,6 +115,22 @@ fn take_spare(buffer: &mut BytesMut) {
     }
 }
 
+/// [`provision`] for an output about to take a burst that was just read:
+/// a spare, or else a new buffer of the spares' size ([`READ_CHUNK`]),
+/// which goes to them when emptied. Grown from nothing, a relay's output
+/// would take several reallocations per burst and, smaller than a spare,
+/// never be kept. (An inbox, which may hold one small message for each of
+/// thousands of clients, keeps to [`provision`].)
+#[inline]
+pub fn provision_burst(buffer: &mut BytesMut) {
+    if buffer.capacity() == 0 {
+        take_spare(buffer);
+        if buffer.capacity() == 0 {
+            *buffer = BytesMut::with_capacity(READ_CHUNK);
+        }
+    }
+}
+
 /// Frees `buffer` if it is empty, so an idle client holds no memory: a
 /// buffer of [`READ_CHUNK`] to twice that goes to this thread's spares (at
 /// most [`MAX_SPARE_BUFFERS`] of them), any other back to the allocator.
@@ -255,6 +271,13 @@ impl<S> ReadAhead<S> {
     /// (to drop what a failed client still sends, say).
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
+    }
+
+    /// The stream beneath, when this reader holds nothing of its own (no
+    /// inflater, nothing read ahead): then whether a read would find bytes
+    /// is the stream's to say.
+    pub fn bare(&self) -> Option<&S> {
+        (self.inflating.is_none() && self.buffer.is_empty()).then_some(&self.inner)
     }
 
     /// The stream, and what was read from it but not handed out yet. Only
@@ -452,5 +475,12 @@ mod tests {
         let mut next = BytesMut::new();
         provision(&mut next);
         assert_eq!(next.capacity(), 0, "no spare was left");
+        // An output taking a burst gets a buffer the spares will keep.
+        provision_burst(&mut next);
+        assert_eq!(next.capacity(), READ_CHUNK);
+        release(&mut next);
+        let mut again = BytesMut::new();
+        provision(&mut again);
+        assert_eq!(again.capacity(), READ_CHUNK, "the burst's buffer was kept");
     }
 }

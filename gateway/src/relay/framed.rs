@@ -42,7 +42,7 @@ use link::message::{close_frame_for_client, close_info};
 use link::record::{HEADER_LEN, decode_header, encode_header};
 use link::websocket::{
     OUTPUT_HIGH_WATER, ReadAhead, client_reader, consume, poll_write_out, provision,
-    read_to_end_dropping, release_all, reserve_for,
+    provision_burst, read_to_end_dropping, release_all, reserve_for,
 };
 use link::{CloseInfo, DeflateParams, LinkError, Record, RecordCodec, RecordKind};
 use tokio::io::AsyncWriteExt;
@@ -296,12 +296,22 @@ impl<S: ClientStream> Relay<S> {
                 Burst::Need(need) => need,
                 Burst::Stop(step) => return step,
             };
+            // No buffer is taken to find the socket empty.
+            if client.input.is_empty()
+                && let Some(stream) = client.io.bare()
+                && stream.poll_read_ready(cx).is_pending()
+            {
+                return Ok(Step::Waiting);
+            }
             reserve_for(&mut client.input, need);
             match client.io.poll_read_into(cx, &mut client.input) {
                 Poll::Pending => return Ok(Step::Waiting),
                 Poll::Ready(Ok(0)) => return Err(Ending::ClientGone(ClientGone::Vanished)),
-                // Heard per read, not per message: one clock read for a burst.
-                Poll::Ready(Ok(_)) => self.idle.heard(),
+                Poll::Ready(Ok(_)) => {
+                    // Heard per read, not per message: one clock read for a burst.
+                    self.idle.heard();
+                    provision_burst(&mut link.output);
+                }
                 Poll::Ready(Err(error)) => return Err(client_read_error(error)),
             }
         }
@@ -401,6 +411,10 @@ impl<S: ClientStream> Relay<S> {
                 Burst::Need(need) => need,
                 Burst::Stop(step) => return step,
             };
+            // No buffer is taken to find the link empty.
+            if link.input.is_empty() && link.io.poll_read_ready(cx).is_pending() {
+                return Ok(Step::Waiting);
+            }
             reserve_for(&mut link.input, need);
             match poll_read_buf(Pin::new(&mut link.io), cx, &mut link.input) {
                 Poll::Pending => return Ok(Step::Waiting),
@@ -416,7 +430,7 @@ impl<S: ClientStream> Relay<S> {
                         LinkFailure::Read(LinkError::Truncated)
                     }));
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => provision_burst(&mut client.output),
                 Poll::Ready(Err(error)) => return Err(gone(error.into())),
             }
         }
