@@ -11,40 +11,17 @@ when the chat sends one), so each delivery is a wake-up of its own, as in
 the fixed-rate fan-out scenario. Then closes each client cleanly.
 """
 import selectors
-import socket
 import struct
 import sys
 
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-MASK = b"\x01\x02\x03\x04"
-
-
-def masked(opcode, payload):
-    body = bytes(byte ^ MASK[index % 4] for index, byte in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + MASK + body
-
-
-def connect(host, port, path):
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\n"
-        f"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
-    ).encode()
-    sock = socket.create_connection((host, port))
-    sock.sendall(request)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    if not head.startswith(b"HTTP/1.1 101"):
-        sys.exit(f"no 101: {head[:80]!r}")
-    return sock
+from wsclient import close, connect, masked
 
 
 class Reader:
     """Splits a server's unmasked frames; keeps the binary payloads."""
 
-    def __init__(self, sock):
-        self.sock = sock
-        self.buffer = b""
+    def __init__(self, connected):
+        self.sock, self.buffer = connected
 
     def read(self):
         chunk = self.sock.recv(65536)
@@ -68,8 +45,8 @@ def main():
     host, port = sys.argv[1], int(sys.argv[2])
     receivers, messages, path = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     readers = [Reader(connect(host, port, path)) for _ in range(receivers)]
-    sender = connect(host, port, path)
-    sender_reader = Reader(sender)
+    sender_reader = Reader(connect(host, port, path))
+    sender = sender_reader.sock
     selector = selectors.DefaultSelector()
     for reader in readers:
         selector.register(reader.sock, selectors.EVENT_READ, reader)
@@ -95,8 +72,7 @@ def main():
                     if key.data is not sender_reader and got == payload:
                         waiting.discard(id(key.data))
     for reader in readers + [sender_reader]:
-        reader.sock.sendall(masked(8, b"\x03\xe8"))
-        reader.sock.close()
+        close(reader.sock)
     print(f"{receivers * messages} deliveries")
 
 
