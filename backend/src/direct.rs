@@ -22,7 +22,7 @@ use link::frames::{FrameReader, Inbound, Parsed, put_frame, put_message, put_pre
 use link::keepalive::{DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, IdleTimer, PingTicker};
 use link::websocket::{
     OUTPUT_HIGH_WATER, ReadAhead, WRITE_BUFFER, client_reader, consume, poll_write_out,
-    read_to_end_dropping, release, reserve_for,
+    read_to_end_dropping, release,
 };
 use link::{ClientLimits, DeflateParams, LinkError, close_for_read_error, fd_pass};
 use tokio::net::TcpStream;
@@ -313,8 +313,12 @@ impl Stream for DirectClient {
                     if this.output.len() >= OUTPUT_HIGH_WATER && this.poll_write(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    reserve_for(&mut this.input, need);
-                    match this.io.poll_read_into(cx, &mut this.input) {
+                    match this.io.poll_read_burst(
+                        cx,
+                        &mut this.input,
+                        need,
+                        TcpStream::poll_read_ready,
+                    ) {
                         Poll::Pending => {
                             // Nothing held: an idle client holds no buffer.
                             release(&mut this.input);

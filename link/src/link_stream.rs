@@ -45,6 +45,13 @@ pub struct LinkStream {
 }
 
 impl LinkStream {
+    /// Ready when a read may find bytes (or the end); pending, with the
+    /// task's waker registered, when it would find none: a reader that
+    /// needs a buffer to read asks this first and takes none for nothing.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_read_ready(cx).map_ok(|_| ())
+    }
+
     /// Takes a connected socket, set non-blocking here. Must be called
     /// within a tokio runtime.
     pub fn from_std(stream: StdUnixStream) -> io::Result<LinkStream> {
@@ -151,15 +158,6 @@ impl LinkStream {
                 done => return Poll::Ready(done),
             }
         }
-    }
-}
-
-impl LinkStream {
-    /// Ready when a read may find bytes (or the end); pending, with the
-    /// task's waker registered, when it would find none: a reader that
-    /// needs a buffer to read asks this first and takes none for nothing.
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.io.poll_read_ready(cx).map_ok(|_| ())
     }
 }
 

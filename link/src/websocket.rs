@@ -273,11 +273,11 @@ impl<S> ReadAhead<S> {
         &mut self.inner
     }
 
-    /// The stream beneath, when this reader holds nothing of its own (no
-    /// inflater, nothing read ahead): then whether a read would find bytes
-    /// is the stream's to say.
-    pub fn bare(&self) -> Option<&S> {
-        (self.inflating.is_none() && self.buffer.is_empty()).then_some(&self.inner)
+    /// This reader holds nothing of its own (no inflater, nothing read
+    /// ahead): a read goes to the stream beneath, which alone says whether
+    /// it would find bytes.
+    fn holds_nothing(&self) -> bool {
+        self.inflating.is_none() && self.buffer.is_empty()
     }
 
     /// The stream, and what was read from it but not handed out yet. Only
@@ -314,16 +314,37 @@ impl<S: AsyncRead + Unpin> ReadAhead<S> {
     /// [`reserve_for`]): straight from the socket when nothing is inflated and
     /// nothing is held here, so the bytes are copied once and no buffer of
     /// this reader's own is allocated; through [`AsyncRead::poll_read`]
-    /// otherwise. What the framed relay and a direct session read with.
+    /// otherwise.
     pub fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
         buffer: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        if self.inflating.is_none() && self.buffer.is_empty() {
+        if self.holds_nothing() {
             return poll_read_buf(Pin::new(&mut self.inner), cx, buffer);
         }
         poll_read_buf(Pin::new(self), cx, buffer)
+    }
+
+    /// The next read of a burst into `buffer`, room for `need` more bytes
+    /// made first ([`reserve_for`]): unless `buffer` is empty and the
+    /// stream surely has nothing (`read_ready`, the stream's readiness:
+    /// pending with the waker registered, as a read's would be), when it is
+    /// pending without taking a buffer, so a wake-up meant for something
+    /// else costs none. What the framed relay and a direct session read with.
+    #[inline]
+    pub fn poll_read_burst(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer: &mut BytesMut,
+        need: usize,
+        read_ready: impl FnOnce(&S, &mut Context<'_>) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<usize>> {
+        if buffer.is_empty() && self.holds_nothing() && read_ready(&self.inner, cx).is_pending() {
+            return Poll::Pending;
+        }
+        reserve_for(buffer, need);
+        self.poll_read_into(cx, buffer)
     }
 
     /// `poll_read` with permessage-deflate: rewritten frames come from

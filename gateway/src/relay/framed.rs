@@ -296,15 +296,10 @@ impl<S: ClientStream> Relay<S> {
                 Burst::Need(need) => need,
                 Burst::Stop(step) => return step,
             };
-            // No buffer is taken to find the socket empty.
-            if client.input.is_empty()
-                && let Some(stream) = client.io.bare()
-                && stream.poll_read_ready(cx).is_pending()
+            match client
+                .io
+                .poll_read_burst(cx, &mut client.input, need, S::poll_read_ready)
             {
-                return Ok(Step::Waiting);
-            }
-            reserve_for(&mut client.input, need);
-            match client.io.poll_read_into(cx, &mut client.input) {
                 Poll::Pending => return Ok(Step::Waiting),
                 Poll::Ready(Ok(0)) => return Err(Ending::ClientGone(ClientGone::Vanished)),
                 Poll::Ready(Ok(_)) => {
