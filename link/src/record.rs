@@ -205,7 +205,11 @@ pub fn decode_header(
     max_payload: usize,
 ) -> Result<(RecordKind, usize), LinkError> {
     let [kind_byte, len @ ..] = header;
-    let kind = RecordKind::from_byte(kind_byte).ok_or(LinkError::UnknownKind(kind_byte))?;
+    // Not `ok_or`: the error (which has a destructor) would be built and
+    // dropped for every record read.
+    let Some(kind) = RecordKind::from_byte(kind_byte) else {
+        return Err(LinkError::UnknownKind(kind_byte));
+    };
     let len = u32::from_be_bytes(len);
     let max = match kind {
         RecordKind::Fanout => max_payload.saturating_add(MAX_FANOUT_OVERHEAD),

@@ -147,6 +147,36 @@ fn messages_over_the_limit_are_refused_before_their_payload_arrives() {
 }
 
 #[test]
+fn a_short_frame_is_checked_as_any_other() {
+    // One whole frame of up to 125 bytes takes a path of its own: the same
+    // limit, the same UTF-8 check, the same count of missing bytes.
+    let mut reader = FrameReader::new(10);
+    let frame = client_frame(0x82, &[0; 11]);
+    assert_eq!(
+        reader.read(&mut BytesMut::from(&frame[..6])),
+        Err(FrameError::TooBig(10))
+    );
+    let mut reader = FrameReader::new(10);
+    let frame = client_frame(0x81, "wörld".as_bytes());
+    for cut in 0..frame.len() {
+        let expected = if cut < 6 { 14 - cut } else { frame.len() - cut };
+        let mut input = BytesMut::from(&frame[..cut]);
+        assert_eq!(
+            reader.read(&mut input),
+            Ok(Parsed::Need(expected)),
+            "cut {cut}"
+        );
+    }
+    assert_eq!(
+        read_all(&mut reader, &frame).expect("a valid frame"),
+        ["text wörld"]
+    );
+    let mut reader = FrameReader::new(10);
+    let bytes = [client_frame(0x82, &[]), client_frame(0x81, &[0xc3])].concat();
+    assert_eq!(read_all(&mut reader, &bytes), Err(FrameError::Utf8));
+}
+
+#[test]
 fn allowed_closes_pass_with_their_reason() {
     let mut reader = FrameReader::new(100);
     let payload = [&4001u16.to_be_bytes()[..], "bye".as_bytes()].concat();
@@ -165,8 +195,8 @@ fn allowed_closes_pass_with_their_reason() {
 
 #[test]
 fn unmasking_matches_the_byte_by_byte_rule_at_every_length() {
-    let mask = [1, 2, 3, 4];
-    for len in 0..40 {
+    let mask = [0x81, 0x02, 0xf3, 0x44];
+    for len in 0..70 {
         let original: Vec<u8> = (0..len as u8).collect();
         let mut fast = original.clone();
         unmask(&mut fast, mask);
