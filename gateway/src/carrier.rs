@@ -38,7 +38,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use link::fanout::{Fanout, FanoutMessage};
 use link::frames::put_frame;
-use link::websocket::release;
+use link::websocket::{provision_small, release};
 use link::{
     CarrierTerms, ClientLimits, CloseInfo, LINK_VERSION, LinkError, LinkMode, OpenMeta, Record,
 };
@@ -529,6 +529,11 @@ impl Inbox {
                 }
                 state.bytes += len;
                 let state = &mut *state;
+                if let Some(frames) = &mut state.frames {
+                    // Not from nothing: every client of a fan-out would
+                    // allocate and reallocate for each message.
+                    provision_small(frames);
+                }
                 match (&mut state.frames, message) {
                     (Some(frames), FanoutMessage::Text(text)) => {
                         put_frame(frames, OpCode::Data(Data::Text), text.as_bytes());

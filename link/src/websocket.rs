@@ -90,11 +90,22 @@ pub fn client_reader<S>(
 /// Empty buffers kept per thread for the next burst of any client.
 const MAX_SPARE_BUFFERS: usize = 64;
 
+/// The size of a small buffer: what a fanned-out client's inbox collects
+/// between two drains, usually a message or a few ([`provision_small`]).
+pub const SMALL_CHUNK: usize = 512;
+
+/// Empty small buffers kept per thread: with a message fanned out to
+/// thousands of clients, thousands of inboxes take one at once (at most
+/// 512 KiB to 1 MiB kept per thread).
+const MAX_SMALL_SPARES: usize = 1024;
+
 thread_local! {
     /// Buffers of [`READ_CHUNK`] to twice that, given back by idle clients
     /// ([`release`]): a client that goes idle between bursts frees its
     /// buffers, and its next burst takes them back without `malloc`.
     static SPARE_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    /// Buffers of [`SMALL_CHUNK`] to twice that, for [`provision_small`].
+    static SMALL_SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Gives an output `buffer` that has no allocation one of this thread's
@@ -131,9 +142,31 @@ pub fn provision_burst(buffer: &mut BytesMut) {
     }
 }
 
+/// [`provision`] for a buffer that usually takes a message or a few, for
+/// each of many clients at once (a fanned-out message's inboxes): a small
+/// spare of this thread, or else a new small buffer, which [`release`]
+/// keeps for the next. Grown from nothing, each would be allocated and
+/// reallocated for every message and freed after it.
+#[inline]
+pub fn provision_small(buffer: &mut BytesMut) {
+    if buffer.capacity() == 0 {
+        take_small_spare(buffer);
+    }
+}
+
+/// [`provision_small`]'s slow path.
+#[inline(never)]
+fn take_small_spare(buffer: &mut BytesMut) {
+    *buffer = SMALL_SPARES
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| BytesMut::with_capacity(SMALL_CHUNK));
+}
+
 /// Frees `buffer` if it is empty, so an idle client holds no memory: a
 /// buffer of [`READ_CHUNK`] to twice that goes to this thread's spares (at
-/// most [`MAX_SPARE_BUFFERS`] of them), any other back to the allocator.
+/// most [`MAX_SPARE_BUFFERS`] of them), one of [`SMALL_CHUNK`] to twice
+/// that to its small spares (at most [`MAX_SMALL_SPARES`]), any other back
+/// to the allocator.
 pub fn release(buffer: &mut BytesMut) {
     release_all([buffer]);
 }
@@ -153,12 +186,23 @@ pub fn release_all<const N: usize>(buffers: [&mut BytesMut; N]) {
             let mut buffer = std::mem::take(buffer);
             // A buffer read from gets its whole allocation back (no copy:
             // it is empty); one cleared whole (`consume`) has it already.
-            if buffer.try_reclaim(READ_CHUNK)
-                && buffer.capacity() <= 2 * READ_CHUNK
-                && spares.len() < MAX_SPARE_BUFFERS
-            {
-                spares.push(buffer);
+            if buffer.try_reclaim(READ_CHUNK) {
+                if buffer.capacity() <= 2 * READ_CHUNK && spares.len() < MAX_SPARE_BUFFERS {
+                    spares.push(buffer);
+                }
+            } else if buffer.try_reclaim(SMALL_CHUNK) && buffer.capacity() < 2 * SMALL_CHUNK {
+                keep_small(buffer);
             }
+        }
+    });
+}
+
+/// Keeps an empty small buffer for [`provision_small`], if there is room.
+#[inline(never)]
+fn keep_small(buffer: BytesMut) {
+    SMALL_SPARES.with_borrow_mut(|spares| {
+        if spares.len() < MAX_SMALL_SPARES {
+            spares.push(buffer);
         }
     });
 }
@@ -503,5 +547,37 @@ mod tests {
         let mut again = BytesMut::new();
         provision(&mut again);
         assert_eq!(again.capacity(), READ_CHUNK, "the burst's buffer was kept");
+    }
+
+    #[test]
+    fn small_buffers_go_round_without_a_new_allocation() {
+        let mut inbox = BytesMut::new();
+        provision_small(&mut inbox);
+        assert!(inbox.capacity() >= SMALL_CHUNK);
+        let allocation = inbox.as_ptr() as usize;
+        inbox.extend_from_slice(&[1; 10]);
+        // Taken whole by a relay, written, emptied and released.
+        let mut output = std::mem::take(&mut inbox);
+        consume(&mut output, 10);
+        release(&mut output);
+        assert_eq!(output.capacity(), 0, "an idle client holds nothing");
+        let mut next = BytesMut::new();
+        provision_small(&mut next);
+        assert_eq!(
+            next.as_ptr() as usize,
+            allocation,
+            "the small spare is reused"
+        );
+        // A small buffer is not a burst's: `provision` does not take it.
+        release(&mut next);
+        let mut burst = BytesMut::new();
+        provision(&mut burst);
+        assert_ne!(burst.as_ptr() as usize, allocation);
+        // A grown one (over twice the size) is not kept.
+        let mut grown = BytesMut::with_capacity(4 * SMALL_CHUNK);
+        release(&mut grown);
+        let mut again = BytesMut::new();
+        provision_small(&mut again);
+        assert!(again.capacity() < 2 * SMALL_CHUNK);
     }
 }
