@@ -29,7 +29,7 @@
 //! nothing".
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
 use std::time::Duration;
@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{self, FramedLink};
 use crate::metrics::Tally;
+use crate::route::BySocket;
 
 /// How long after a refused or failed carrier the gateway asks no new one.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -70,7 +71,7 @@ const PROVISIONAL_TERMS: CarrierTerms = CarrierTerms {
 /// The carriers of this gateway process, by backend socket path.
 #[derive(Debug, Default)]
 pub(crate) struct Carriers {
-    slots: Mutex<HashMap<PathBuf, Slot>>,
+    slots: Mutex<BySocket<Slot>>,
 }
 
 #[derive(Debug)]
@@ -95,7 +96,7 @@ pub(crate) struct OpenSettings {
 impl Carriers {
     /// The open carrier to `socket_path`, if there is one.
     pub(crate) fn current(&self, socket_path: &Path) -> Option<Arc<Carrier>> {
-        match lock(&self.slots).get(socket_path) {
+        match lock(&self.slots).get(socket_path.as_os_str()) {
             Some(Slot::Open(carrier)) => Some(Arc::clone(carrier)),
             _ => None,
         }
@@ -114,12 +115,12 @@ impl Carriers {
     ) {
         {
             let mut slots = lock(&self.slots);
-            match slots.get(socket_path) {
+            match slots.get(socket_path.as_os_str()) {
                 Some(Slot::Opening | Slot::Open(_)) => return,
                 Some(Slot::Refused(at)) if at.elapsed() < RETRY_AFTER => return,
                 _ => {}
             }
-            slots.insert(socket_path.to_owned(), Slot::Opening);
+            slots.insert(socket_path.as_os_str().to_owned(), Slot::Opening);
         }
         let carriers = Arc::clone(self);
         let socket_path = socket_path.to_owned();
@@ -188,7 +189,10 @@ impl Carriers {
             }
         };
         let carrier = Arc::new(Carrier::new(key));
-        lock(&self.slots).insert(socket_path.to_owned(), Slot::Open(Arc::clone(&carrier)));
+        lock(&self.slots).insert(
+            socket_path.as_os_str().to_owned(),
+            Slot::Open(Arc::clone(&carrier)),
+        );
         tracing::debug!(name, key, "carrier link open");
         open_gauge.inc();
         let ended = carrier.read(link).await;
@@ -205,20 +209,24 @@ impl Carriers {
         }
         // A later `carrier_wanted` opens a new one.
         let mut slots = lock(&self.slots);
-        if matches!(slots.get(socket_path), Some(Slot::Open(open)) if Arc::ptr_eq(open, &carrier)) {
-            slots.remove(socket_path);
+        if matches!(slots.get(socket_path.as_os_str()), Some(Slot::Open(open)) if Arc::ptr_eq(open, &carrier))
+        {
+            slots.remove(socket_path.as_os_str());
         }
     }
 
     fn refused(&self, socket_path: &Path) {
-        lock(&self.slots).insert(socket_path.to_owned(), Slot::Refused(Instant::now()));
+        lock(&self.slots).insert(
+            socket_path.as_os_str().to_owned(),
+            Slot::Refused(Instant::now()),
+        );
     }
 
     /// After the task: an `Opening` slot left by a shutdown goes away.
     fn forget(&self, socket_path: &Path) {
         let mut slots = lock(&self.slots);
-        if matches!(slots.get(socket_path), Some(Slot::Opening)) {
-            slots.remove(socket_path);
+        if matches!(slots.get(socket_path.as_os_str()), Some(Slot::Opening)) {
+            slots.remove(socket_path.as_os_str());
         }
     }
 }

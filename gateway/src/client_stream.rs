@@ -26,9 +26,16 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// before it takes a buffer to read into, so a wake-up meant for the
     /// other side costs no buffer.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Whether only reads register the socket's read interest, so a read
+    /// found pending is followed by a wake-up of the waker it was given
+    /// (the relay then asks the socket only when that waker woke it).
+    const EXACT_READ_WAKEUPS: bool;
 }
 
 impl ClientStream for TcpStream {
+    const EXACT_READ_WAKEUPS: bool = true;
+
     fn into_tcp(self) -> Result<TcpStream, Self> {
         Ok(self)
     }
@@ -39,6 +46,10 @@ impl ClientStream for TcpStream {
 }
 
 impl ClientStream for TlsStream<TcpStream> {
+    // A write may read (a TLS record to answer), registering the read
+    // interest with the writer's waker.
+    const EXACT_READ_WAKEUPS: bool = false;
+
     fn into_tcp(self) -> Result<TcpStream, Self> {
         // The TCP socket carries TLS records that only this process can decrypt.
         Err(self)

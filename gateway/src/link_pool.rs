@@ -17,9 +17,8 @@
 //! and are dropped when taken; [`sweep`] closes expired ones every second,
 //! and everything is closed when the gateway drains or stops.
 
-use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,8 @@ use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, recv};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
+
+use crate::route::BySocket;
 
 /// Idle links kept per backend socket; more are closed when handed back.
 pub(crate) const MAX_IDLE_LINKS_PER_BACKEND: usize = 16;
@@ -64,7 +65,7 @@ impl Default for LinkPool {
 
 #[derive(Debug, Default)]
 struct PoolState {
-    idle: HashMap<PathBuf, Vec<IdleLink>>,
+    idle: BySocket<Vec<IdleLink>>,
     /// Links in `idle`, all sockets together.
     n_idle: usize,
     /// Set at drain and shutdown: links handed back are closed.
@@ -151,7 +152,7 @@ impl LinkPool {
     fn take_where(&self, socket_path: &Path, handoff: bool) -> Option<IdleLink> {
         let now = Instant::now();
         let mut state = self.lock();
-        let links = state.idle.get_mut(socket_path)?;
+        let links = state.idle.get_mut(socket_path.as_os_str())?;
         let mut found = None;
         let mut removed = 0;
         let mut index = links.len();
@@ -168,7 +169,7 @@ impl LinkPool {
             }
         }
         if links.is_empty() {
-            state.idle.remove(socket_path);
+            state.idle.remove(socket_path.as_os_str());
         }
         state.n_idle -= removed;
         self.show(&state);
@@ -191,11 +192,12 @@ impl LinkPool {
             return;
         }
         let n_backends = state.idle.len();
-        let links = match state.idle.get_mut(socket_path) {
+        let links = match state.idle.get_mut(socket_path.as_os_str()) {
             Some(links) => links,
-            None if n_backends < MAX_POOLED_BACKENDS => {
-                state.idle.entry(socket_path.to_owned()).or_default()
-            }
+            None if n_backends < MAX_POOLED_BACKENDS => state
+                .idle
+                .entry(socket_path.as_os_str().to_owned())
+                .or_default(),
             // Dropping the stream closes it.
             None => return,
         };
@@ -383,7 +385,7 @@ mod tests {
             let (link, peer) = LinkStream::pair().expect("pair");
             peers.push(peer);
             pool.put(Path::new("/run/ws/echo"), link, offer(false));
-            let other = PathBuf::from(format!("/run/ws/n{link_idx}"));
+            let other = std::path::PathBuf::from(format!("/run/ws/n{link_idx}"));
             let (link, peer) = LinkStream::pair().expect("pair");
             peers.push(peer);
             pool.put(&other, link, offer(false));

@@ -64,6 +64,13 @@ pub enum RouteError {
     NoProtocolMatch,
 }
 
+/// A map keyed by backend socket path, hashed as the path's bytes with
+/// foldhash: `Path`'s own `Hash` splits the path into components (a
+/// tenth of a direct connection's look-ups), and the keys are the
+/// resolved paths of existing sockets, not strings a client chooses.
+pub(crate) type BySocket<V> =
+    std::collections::HashMap<std::ffi::OsString, V, foldhash::fast::RandomState>;
+
 /// Where a name leads: the socket to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -60,6 +60,7 @@ use crate::client_stream::ClientStream;
 use crate::link_pool::LinkReuse;
 use crate::metrics::ClientMetrics;
 
+use super::wakeups::{Source, Task};
 use super::{ClientGone, Ending, LinkFailure, RelaySettings};
 use link::fanout::FanoutMessage;
 use link::frames::{
@@ -122,6 +123,8 @@ pub(crate) async fn run<S: ClientStream>(
 /// relayed, and the frames waiting to be written to it.
 struct ClientSide<S> {
     io: ReadAhead<S>,
+    /// Whether the client's socket woke the task (`wakeups`).
+    wake: Source,
     input: BytesMut,
     output: BytesMut,
     frames: FrameReader,
@@ -131,6 +134,8 @@ struct ClientSide<S> {
 /// The backend's side: the link, its unread records and the records waiting for it.
 struct LinkSide {
     io: LinkStream,
+    /// Whether the link woke the task (`wakeups`).
+    wake: Source,
     input: BytesMut,
     output: BytesMut,
     codec: RecordCodec,
@@ -142,6 +147,8 @@ struct Relay<S> {
     link: LinkSide,
     idle: IdleTimer,
     pings: PingTicker,
+    /// The task the sockets' wakers wake.
+    task: Task,
     /// The payload of the backend's last PING, until the client's pong to it.
     asked: Option<Bytes>,
     /// The client's place on its backend's carrier, if it is carried.
@@ -164,6 +171,7 @@ impl<S: ClientStream> Relay<S> {
         Relay {
             client: ClientSide {
                 io,
+                wake: Source::new(S::EXACT_READ_WAKEUPS),
                 input,
                 output: BytesMut::new(),
                 frames: FrameReader::new(settings.max_message_size),
@@ -171,6 +179,7 @@ impl<S: ClientStream> Relay<S> {
             },
             link: LinkSide {
                 io: parts.io,
+                wake: Source::new(true),
                 // Records the backend sent right behind its ACCEPT are already here.
                 input: parts.read_buf,
                 output: BytesMut::new(),
@@ -178,6 +187,7 @@ impl<S: ClientStream> Relay<S> {
             },
             idle: IdleTimer::new(settings.idle_timeout),
             pings: PingTicker::new(settings.ping_interval),
+            task: Task::default(),
             asked: None,
             seat,
             link_ended: false,
@@ -186,6 +196,7 @@ impl<S: ClientStream> Relay<S> {
 
     /// Moves messages both ways until one side ends the relay.
     fn poll_relay(&mut self, cx: &mut Context<'_>, metrics: &ClientMetrics) -> Poll<Ending> {
+        self.task.register(cx, [&self.client.wake, &self.link.wake]);
         loop {
             if self.idle.poll_expired(cx).is_ready() {
                 return Poll::Ready(Ending::Idle);
@@ -193,11 +204,11 @@ impl<S: ClientStream> Relay<S> {
             while self.pings.poll_tick(cx).is_ready() {
                 put_frame(&mut self.client.output, OpCode::Control(Control::Ping), &[]);
             }
-            let upstream = match self.upstream(cx, metrics) {
+            let upstream = match self.upstream(metrics) {
                 Ok(step) => step,
                 Err(ending) => return Poll::Ready(ending),
             };
-            let downstream = match self.downstream(cx, metrics) {
+            let downstream = match self.downstream(metrics) {
                 Ok(step) => step,
                 Err(ending) => return Poll::Ready(ending),
             };
@@ -242,9 +253,13 @@ impl<S: ClientStream> Relay<S> {
 
     /// Reads the client and turns its whole frames into records in the
     /// link's output, until that output is full or the client has nothing more now.
-    fn upstream(&mut self, cx: &mut Context<'_>, metrics: &ClientMetrics) -> Result<Step, Ending> {
+    fn upstream(&mut self, metrics: &ClientMetrics) -> Result<Step, Ending> {
         let client = &mut self.client;
         let link = &mut self.link;
+        // Found empty, and not woken since: all it sent was parsed then.
+        if !client.wake.may_read() {
+            return Ok(Step::Waiting);
+        }
         let mut tally = metrics.to_backend.tally();
         loop {
             // A burst's frames are read at increasing offsets and the input
@@ -296,11 +311,15 @@ impl<S: ClientStream> Relay<S> {
                 Burst::Need(need) => need,
                 Burst::Stop(step) => return step,
             };
+            let mut cx = client.wake.context();
             match client
                 .io
-                .poll_read_burst(cx, &mut client.input, need, S::poll_read_ready)
+                .poll_read_burst(&mut cx, &mut client.input, need, S::poll_read_ready)
             {
-                Poll::Pending => return Ok(Step::Waiting),
+                Poll::Pending => {
+                    client.wake.found_nothing();
+                    return Ok(Step::Waiting);
+                }
                 Poll::Ready(Ok(0)) => return Err(Ending::ClientGone(ClientGone::Vanished)),
                 Poll::Ready(Ok(_)) => {
                     // Heard per read, not per message: one clock read for a burst.
@@ -314,12 +333,9 @@ impl<S: ClientStream> Relay<S> {
 
     /// Reads the link and turns its whole records into frames in the
     /// client's output, until that output is full or the link has nothing more now.
-    fn downstream(
-        &mut self,
-        cx: &mut Context<'_>,
-        metrics: &ClientMetrics,
-    ) -> Result<Step, Ending> {
-        if self.link_ended {
+    fn downstream(&mut self, metrics: &ClientMetrics) -> Result<Step, Ending> {
+        // Found empty, and not woken since: all it sent was parsed then.
+        if self.link_ended || !self.link.wake.may_read() {
             return Ok(Step::Waiting);
         }
         let carried = self.seat.is_some();
@@ -407,12 +423,17 @@ impl<S: ClientStream> Relay<S> {
                 Burst::Stop(step) => return step,
             };
             // No buffer is taken to find the link empty.
-            if link.input.is_empty() && link.io.poll_read_ready(cx).is_pending() {
+            let mut cx = link.wake.context();
+            if link.input.is_empty() && link.io.poll_read_ready(&mut cx).is_pending() {
+                link.wake.found_nothing();
                 return Ok(Step::Waiting);
             }
             reserve_for(&mut link.input, need);
-            match poll_read_buf(Pin::new(&mut link.io), cx, &mut link.input) {
-                Poll::Pending => return Ok(Step::Waiting),
+            match poll_read_buf(Pin::new(&mut link.io), &mut cx, &mut link.input) {
+                Poll::Pending => {
+                    link.wake.found_nothing();
+                    return Ok(Step::Waiting);
+                }
                 Poll::Ready(Ok(0) | Err(_)) if carried => {
                     // Its CLOSE comes from the carrier.
                     self.link_ended = true;

@@ -10,6 +10,7 @@
 
 pub(crate) mod framed;
 pub(crate) mod raw;
+mod wakeups;
 
 use std::io;
 use std::time::Duration;
