@@ -296,11 +296,6 @@ impl Stream for DirectClient {
         if this.closed {
             return Poll::Ready(None);
         }
-        this.poll_keepalive(cx);
-        if this.idle.poll_expired(cx).is_ready() {
-            let close = this.close_with(cx, CloseCode::Away, "idle timeout");
-            return Poll::Ready(Some(close));
-        }
         loop {
             let (message, used) = match this.frames.read(&mut this.input) {
                 Err(error) => {
@@ -308,6 +303,15 @@ impl Stream for DirectClient {
                     return Poll::Ready(Some(this.close_with(cx, code, reason)));
                 }
                 Ok(Parsed::Need(need)) => {
+                    // The timers are asked once the messages read are out,
+                    // before the socket is: once a burst, not once a
+                    // message. Every `Pending` below comes after them, so
+                    // they always hold the task's waker while it waits.
+                    this.poll_keepalive(cx);
+                    if this.idle.poll_expired(cx).is_ready() {
+                        let close = this.close_with(cx, CloseCode::Away, "idle timeout");
+                        return Poll::Ready(Some(close));
+                    }
                     // The pongs to its pings wait in the output: a client that
                     // pings and never reads is not read either.
                     if this.output.len() >= OUTPUT_HIGH_WATER && this.poll_write(cx).is_pending() {
