@@ -311,10 +311,16 @@ impl<S: ClientStream> Relay<S> {
                 Burst::Need(need) => need,
                 Burst::Stop(step) => return step,
             };
+            // Woken by the socket: its readiness came, no need to ask first.
+            let ready: ReadReady<S> = if client.wake.marked() {
+                |_, _| Poll::Ready(Ok(()))
+            } else {
+                S::poll_read_ready
+            };
             let mut cx = client.wake.context();
             match client
                 .io
-                .poll_read_burst(&mut cx, &mut client.input, need, S::poll_read_ready)
+                .poll_read_burst(&mut cx, &mut client.input, need, ready)
             {
                 Poll::Pending => {
                     client.wake.found_nothing();
@@ -422,9 +428,13 @@ impl<S: ClientStream> Relay<S> {
                 Burst::Need(need) => need,
                 Burst::Stop(step) => return step,
             };
-            // No buffer is taken to find the link empty.
+            // No buffer is taken to find the link empty (its readiness came
+            // if it woke the task).
             let mut cx = link.wake.context();
-            if link.input.is_empty() && link.io.poll_read_ready(&mut cx).is_pending() {
+            if link.input.is_empty()
+                && !link.wake.marked()
+                && link.io.poll_read_ready(&mut cx).is_pending()
+            {
                 link.wake.found_nothing();
                 return Ok(Step::Waiting);
             }
@@ -719,6 +729,9 @@ fn put_record(out: &mut BytesMut, kind: RecordKind, payload: &[u8]) {
     out.extend_from_slice(&encode_header(kind, len));
     out.extend_from_slice(payload);
 }
+
+/// How a read step asks a client's socket whether it has anything.
+type ReadReady<S> = fn(&S, &mut Context<'_>) -> Poll<io::Result<()>>;
 
 /// The ending for frames the client got wrong.
 fn client_failed(error: FrameError) -> Ending {

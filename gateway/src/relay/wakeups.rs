@@ -46,6 +46,8 @@ pub(crate) struct Source {
     waiting: bool,
     /// Exact wake-ups: only this source's reads register its read interest.
     exact: bool,
+    /// The last [`Self::may_read`] found the socket's mark.
+    marked: bool,
 }
 
 impl Source {
@@ -61,6 +63,7 @@ impl Source {
             mark,
             waiting: false,
             exact,
+            marked: false,
         }
     }
 
@@ -68,14 +71,24 @@ impl Source {
     /// last wake-up. Clears the mark, so a wake-up after this counts.
     #[inline]
     pub(crate) fn may_read(&mut self) -> bool {
+        self.marked = false;
         if !self.waiting {
             return true;
         }
         if self.mark.woken.swap(false, Ordering::Acquire) {
             self.waiting = false;
+            self.marked = true;
             return true;
         }
         false
+    }
+
+    /// Whether the last [`Self::may_read`] said yes because the socket's
+    /// own waker woke the task: its readiness came, so a read need not ask
+    /// for it first.
+    #[inline]
+    pub(crate) fn marked(&self) -> bool {
+        self.marked
     }
 
     /// The context to read the socket with.
@@ -151,7 +164,9 @@ mod tests {
         client.context().waker().wake_by_ref();
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "the task is woken");
         assert!(client.may_read(), "woken: asked");
+        assert!(client.marked(), "by its own waker");
         assert!(client.may_read(), "asked until found pending again");
+        assert!(!client.marked(), "the mark was taken");
         client.found_nothing();
         assert!(!client.may_read());
 
