@@ -51,6 +51,13 @@ impl GlobList {
             set,
         })
     }
+
+    /// Whether `name` matches one of the globs. An empty list answers
+    /// without asking the set, which would first prepare the name as a
+    /// path (an allocation): most lists are empty (deny, raw, direct).
+    fn matches(&self, name: &str) -> bool {
+        !self.set.is_empty() && self.set.is_match(name)
+    }
 }
 
 impl PartialEq for GlobList {
@@ -118,17 +125,17 @@ impl NamePolicy {
 
     /// A name is allowed when it matches an allow glob and no deny glob.
     pub fn is_allowed(&self, name: &str) -> bool {
-        self.allow.set.is_match(name) && !self.deny.set.is_match(name)
+        self.allow.matches(name) && !self.deny.matches(name)
     }
 
     /// A name matching a raw glob is relayed in raw mode (no OPEN, bare payloads).
     pub fn is_raw(&self, name: &str) -> bool {
-        self.raw.set.is_match(name)
+        self.raw.matches(name)
     }
 
     /// A name matching a direct glob gets its client's socket handed over.
     pub fn is_direct(&self, name: &str) -> bool {
-        self.direct.set.is_match(name)
+        self.direct.matches(name)
     }
 }
 

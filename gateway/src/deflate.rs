@@ -76,7 +76,8 @@ impl DeflateNames {
 
     /// Whether a client of `name` may have its messages compressed.
     pub(crate) fn is_enabled(&self, name: &str) -> bool {
-        !self.disabled && !self.set.is_match(name)
+        // An empty set answers without preparing the name as a path.
+        !self.disabled && (self.set.is_empty() || !self.set.is_match(name))
     }
 }
 
