@@ -204,7 +204,7 @@ async fn start<S: ClientStream>(
         return Start::Close;
     };
     match decided {
-        Ok((response, switch)) => {
+        Ok((switching, switch)) => {
             // Copied out, and the head's buffer goes back to this thread's
             // spares for the next connection's head.
             let pending = Bytes::copy_from_slice(&read[head_len..]);
@@ -213,7 +213,7 @@ async fn start<S: ClientStream>(
             Start::Relay {
                 switch,
                 pending,
-                head: upgrade::response_head(&response),
+                head: switching.head(),
                 timeout: config.header_timeout,
             }
         }
@@ -259,7 +259,7 @@ async fn upgrade_first(
     peer: SocketAddr,
     shared: &Arc<Shared>,
     tls: Option<&TlsInfo>,
-) -> Result<(Response<Body>, upgrade::Switch), Response<Body>> {
+) -> Result<(upgrade::SwitchingProtocols, upgrade::Switch), Response<Body>> {
     if let Err(refusal) = check_head(request, shared) {
         refusal.log();
         shared.metrics.upgrade(refusal.status().as_u16());

@@ -28,6 +28,7 @@ use link::deflate::MessageDeflater;
 use link::websocket::ReadAhead;
 use link::{ClientLimits, DeflateParams, LINK_VERSION, LinkMode, OpenMeta, TlsInfo};
 use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::Instrument;
 
 use crate::authorizer::ConnectQuestion;
@@ -81,9 +82,9 @@ pub(crate) async fn handle<S: ClientStream>(
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut request);
     match decide(&request, peer, shared, tls).await {
-        Ok((response, switch)) => {
+        Ok((switching, switch)) => {
             switch.spawn::<S>(Arrival::FromHyper(on_upgrade));
-            response
+            switching.response()
         }
         Err(refusal) => refusal,
     }
@@ -96,7 +97,7 @@ pub(crate) async fn decide<B>(
     peer: SocketAddr,
     shared: &Arc<Shared>,
     tls: Option<&TlsInfo>,
-) -> Result<(Response<Body>, Switch), Response<Body>> {
+) -> Result<(SwitchingProtocols, Switch), Response<Body>> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("client", id, %peer, name = tracing::field::Empty);
     let accepted = accept(request, id, peer, shared, tls)
@@ -113,12 +114,12 @@ pub(crate) async fn decide<B>(
             deflate,
             permit,
         }) => {
-            let response = handshake::switching_protocols(
-                &upgrade.key,
-                protocol.as_deref(),
-                deflate.as_ref().map(|agreement| &agreement.response),
-                &extra_headers,
-            );
+            let switching = SwitchingProtocols {
+                key: upgrade.key,
+                protocol,
+                extensions: deflate.as_ref().map(|agreement| agreement.response.clone()),
+                extra_headers,
+            };
             shared.metrics.upgrade(101);
             let metrics = shared
                 .metrics
@@ -133,7 +134,7 @@ pub(crate) async fn decide<B>(
                 span,
                 permit,
             };
-            Ok((response, switch))
+            Ok((switching, switch))
         }
         Err(refusal) => {
             span.in_scope(|| refusal.log());
@@ -271,6 +272,63 @@ async fn arrive<S: ClientStream>(arrival: Arrival<S>, span: &tracing::Span) -> O
 async fn write_head<S: ClientStream>(stream: &mut S, head: Vec<u8>) -> std::io::Result<()> {
     stream.write_all(&head).await?;
     stream.flush().await
+}
+
+/// The `101` of an accepted client, not yet written: a response for hyper
+/// to send, or the bytes of its head for a connection read without hyper.
+pub(crate) struct SwitchingProtocols {
+    /// The client's `Sec-WebSocket-Key`.
+    key: String,
+    /// The subprotocol answered, if any.
+    protocol: Option<String>,
+    /// The agreed extensions (`deflate::negotiate`), if any.
+    extensions: Option<http::HeaderValue>,
+    /// The backend's extra response headers.
+    extra_headers: BTreeMap<String, String>,
+}
+
+impl SwitchingProtocols {
+    /// The `101` as a response (`handshake::switching_protocols`).
+    pub(crate) fn response(&self) -> Response<Body> {
+        handshake::switching_protocols(
+            &self.key,
+            self.protocol.as_deref(),
+            self.extensions.as_ref(),
+            &self.extra_headers,
+        )
+    }
+
+    /// The `101`'s head as [`response_head`] writes [`Self::response`],
+    /// written directly when the backend added no headers (whose checks
+    /// the response makes): no header map built and taken apart per client.
+    pub(crate) fn head(&self) -> Vec<u8> {
+        if !self.extra_headers.is_empty() {
+            return response_head(&self.response());
+        }
+        let accept = derive_accept_key(self.key.as_bytes());
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+              sec-websocket-accept: ",
+        );
+        head.extend_from_slice(accept.as_bytes());
+        head.extend_from_slice(b"\r\n");
+        // As the response: a subprotocol that is no header value is left out.
+        if let Some(protocol) = &self.protocol
+            && http::HeaderValue::from_str(protocol).is_ok()
+        {
+            head.extend_from_slice(b"sec-websocket-protocol: ");
+            head.extend_from_slice(protocol.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        if let Some(extensions) = &self.extensions {
+            head.extend_from_slice(b"sec-websocket-extensions: ");
+            head.extend_from_slice(extensions.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        head
+    }
 }
 
 /// The head of `response` as HTTP/1.1 puts it on the wire (status line,
@@ -652,6 +710,30 @@ fn direct_tcp<S: ClientStream>(stream: S, span: &tracing::Span) -> Option<tokio:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_101_head_written_directly_is_the_responses() {
+        let extensions =
+            http::HeaderValue::from_static("permessage-deflate; server_no_context_takeover");
+        for (protocol, extensions) in [
+            (None, None),
+            (Some("chat"), None),
+            (Some("bad\nvalue"), None),
+            (None, Some(extensions.clone())),
+            (Some("chat"), Some(extensions.clone())),
+        ] {
+            let switching = SwitchingProtocols {
+                key: "dGhlIHNhbXBsZSBub25jZQ==".to_owned(),
+                protocol: protocol.map(str::to_owned),
+                extensions,
+                extra_headers: BTreeMap::new(),
+            };
+            assert_eq!(
+                String::from_utf8(switching.head()).expect("ASCII"),
+                String::from_utf8(response_head(&switching.response())).expect("ASCII"),
+            );
+        }
+    }
 
     #[test]
     fn a_peer_is_written_as_its_display_writes_it() {
