@@ -131,7 +131,7 @@ fn take_spare(buffer: &mut BytesMut) {
 /// which goes to them when emptied. Grown from nothing, a relay's output
 /// would take several reallocations per burst and, smaller than a spare,
 /// never be kept. (An inbox, which may hold one small message for each of
-/// thousands of clients, keeps to [`provision`].)
+/// thousands of clients, takes a small one: [`provision_small`].)
 #[inline]
 pub fn provision_burst(buffer: &mut BytesMut) {
     if buffer.capacity() == 0 {
