@@ -173,7 +173,7 @@ impl Connection {
             }
             other => return Err(LinkError::Unexpected(other.name()).into()),
         };
-        let meta = OpenMeta::from_payload(&payload)?;
+        let meta = Box::new(OpenMeta::from_payload(&payload)?);
         let incoming = Incoming {
             meta,
             framed: self.framed,
@@ -211,7 +211,7 @@ impl Connection {
             .await
             .map_err(|_| LinkError::Truncated)?;
         let (open, pending) = link::meta::split_head("OPEN_HANDOFF", Bytes::from(payload))?;
-        let meta = OpenMeta::from_payload(&open)?;
+        let meta = Box::new(OpenMeta::from_payload(&open)?);
         if meta.version != LINK_VERSION {
             return Err(SessionError::UnsupportedVersion {
                 version: meta.version,
@@ -234,7 +234,7 @@ impl Connection {
 /// takes it as if it had answered an empty ACCEPT.
 #[derive(Debug)]
 pub(crate) struct HandedOver {
-    meta: OpenMeta,
+    meta: Box<OpenMeta>,
     client: OwnedFd,
     pending: Bytes,
     /// The link, open for the next client as before.
@@ -396,7 +396,7 @@ pub(crate) enum LinkStart {
 /// A client the gateway announced; answer with [`Incoming::accept`] or [`Incoming::reject`].
 #[derive(Debug)]
 pub struct Incoming {
-    meta: OpenMeta,
+    meta: Box<OpenMeta>,
     framed: Framed<LinkStream, RecordCodec>,
     direct_options: DirectOptions,
     metrics: Metrics,
@@ -566,7 +566,7 @@ impl Incoming {
 /// they are in the carrier's queue, which its own task writes.
 #[derive(Debug)]
 pub struct Session {
-    meta: OpenMeta,
+    meta: Box<OpenMeta>,
     transport: Transport,
     /// What a deferred flush read ahead, yielded before anything else.
     peeked: Option<Option<Result<Message, SessionError>>>,
@@ -617,7 +617,7 @@ struct Carried {
 
 impl Session {
     /// A session on `transport`, nothing read or sent yet.
-    fn new(meta: OpenMeta, transport: Transport, metrics: Metrics) -> Session {
+    fn new(meta: Box<OpenMeta>, transport: Transport, metrics: Metrics) -> Session {
         Session {
             meta,
             transport,
