@@ -27,13 +27,14 @@ pub struct OriginError {
 
 /// Compiled globs with the text they came from (kept for logs and comparison).
 #[derive(Debug, Clone)]
-struct GlobList {
+pub(crate) struct GlobList {
     globs: Vec<String>,
     set: GlobSet,
 }
 
 impl GlobList {
-    fn new(globs: &[String]) -> Result<GlobList, GlobError> {
+    /// Compiles `globs`; the error names the first that does not compile.
+    pub(crate) fn new(globs: &[String]) -> Result<GlobList, GlobError> {
         let mut builder = GlobSetBuilder::new();
         for glob in globs {
             let compiled = Glob::new(glob).map_err(|source| GlobError {
@@ -54,8 +55,9 @@ impl GlobList {
 
     /// Whether `name` matches one of the globs. An empty list answers
     /// without asking the set, which would first prepare the name as a
-    /// path (an allocation): most lists are empty (deny, raw, direct).
-    fn matches(&self, name: &str) -> bool {
+    /// path (an allocation): most lists are empty (deny, raw, direct, the
+    /// deflate exclusions).
+    pub(crate) fn matches(&self, name: &str) -> bool {
         !self.set.is_empty() && self.set.is_match(name)
     }
 }

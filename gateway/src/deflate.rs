@@ -18,13 +18,12 @@
 //! inflater takes any window up to 15 bits). Compressing and inflating is
 //! `link::deflate`'s job.
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use http::HeaderMap;
 use http::header::{HeaderValue, SEC_WEBSOCKET_EXTENSIONS};
 use link::DeflateParams;
 use link::deflate::{MAX_WINDOW_BITS, MIN_WINDOW_BITS};
 
-use crate::access::GlobError;
+use crate::access::{GlobError, GlobList};
 
 /// The extension token.
 const PERMESSAGE_DEFLATE: &str = "permessage-deflate";
@@ -38,46 +37,24 @@ const MAX_PARAMS: usize = 8;
 
 /// Which names negotiate permessage-deflate: every name unless `--no-deflate`,
 /// or a name matching a `--no-deflate-for` glob.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeflateNames {
     disabled: bool,
-    globs: Vec<String>,
-    set: GlobSet,
+    excluded: GlobList,
 }
-
-impl PartialEq for DeflateNames {
-    fn eq(&self, other: &DeflateNames) -> bool {
-        self.disabled == other.disabled && self.globs == other.globs
-    }
-}
-
-impl Eq for DeflateNames {}
 
 impl DeflateNames {
     /// `disabled` turns it off for every name; `globs` for the names they match.
     pub(crate) fn new(disabled: bool, globs: &[String]) -> Result<DeflateNames, GlobError> {
-        let mut builder = GlobSetBuilder::new();
-        for glob in globs {
-            builder.add(Glob::new(glob).map_err(|source| GlobError {
-                glob: glob.clone(),
-                source,
-            })?);
-        }
-        let set = builder.build().map_err(|source| GlobError {
-            glob: globs.join(" "),
-            source,
-        })?;
         Ok(DeflateNames {
             disabled,
-            globs: globs.to_vec(),
-            set,
+            excluded: GlobList::new(globs)?,
         })
     }
 
     /// Whether a client of `name` may have its messages compressed.
     pub(crate) fn is_enabled(&self, name: &str) -> bool {
-        // An empty set answers without preparing the name as a path.
-        !self.disabled && (self.set.is_empty() || !self.set.is_match(name))
+        !self.disabled && !self.excluded.matches(name)
     }
 }
 
