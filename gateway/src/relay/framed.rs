@@ -32,7 +32,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use link::LinkStream;
@@ -51,7 +51,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::io::poll_read_buf;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::Instrument;
 
 use crate::backend::FramedLink;
@@ -89,27 +89,8 @@ pub(crate) async fn run<S: ClientStream>(
 ) {
     let mut relay = Relay::new(stream, pending, deflate, link, seat, settings);
     let ending = {
-        // The shutdown is polled again only when the waker changed: once
-        // it holds this task's waker, a pass asks only whether it fired
-        // (polling it on every wake-up cost ~300 instructions a round trip).
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
-        let mut registered: Option<Waker> = None;
-        poll_fn(|cx| {
-            if shutdown.is_cancelled() {
-                return Poll::Ready(Ending::Shutdown);
-            }
-            if !registered
-                .as_ref()
-                .is_some_and(|waker| waker.will_wake(cx.waker()))
-            {
-                if cancelled.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ending::Shutdown);
-                }
-                registered = Some(cx.waker().clone());
-            }
-            relay.poll_relay(cx, metrics)
-        })
-        .await
+        poll_fn(|cx| relay.poll_relay(cx, cancelled.as_mut(), metrics)).await
     };
     span.in_scope(|| ending.log());
     metrics.ended(&ending);
@@ -147,7 +128,11 @@ struct Relay<S> {
     link: LinkSide,
     idle: IdleTimer,
     pings: PingTicker,
-    /// The task the sockets' wakers wake.
+    /// Whether the idle timer, the ping ticker or the shutdown woke the
+    /// task: they are polled with this source's waker, and asked again only
+    /// once it woke (`wakeups`), not on every pass.
+    alarms: Source,
+    /// The task the sources' wakers wake.
     task: Task,
     /// The payload of the backend's last PING, until the client's pong to it.
     asked: Option<Bytes>,
@@ -187,6 +172,7 @@ impl<S: ClientStream> Relay<S> {
             },
             idle: IdleTimer::new(settings.idle_timeout),
             pings: PingTicker::new(settings.ping_interval),
+            alarms: Source::new(true),
             task: Task::default(),
             asked: None,
             seat,
@@ -195,14 +181,29 @@ impl<S: ClientStream> Relay<S> {
     }
 
     /// Moves messages both ways until one side ends the relay.
-    fn poll_relay(&mut self, cx: &mut Context<'_>, metrics: &ClientMetrics) -> Poll<Ending> {
-        self.task.register(cx, [&self.client.wake, &self.link.wake]);
+    /// `shutdown` is the gateway's shutdown, polled with the alarms.
+    fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut shutdown: Pin<&mut WaitForCancellationFuture<'_>>,
+        metrics: &ClientMetrics,
+    ) -> Poll<Ending> {
+        self.task
+            .register(cx, [&self.client.wake, &self.link.wake, &self.alarms]);
         loop {
-            if self.idle.poll_expired(cx).is_ready() {
-                return Poll::Ready(Ending::Idle);
-            }
-            while self.pings.poll_tick(cx).is_ready() {
-                put_frame(&mut self.client.output, OpCode::Control(Control::Ping), &[]);
+            if self.alarms.may_read() {
+                let mut alarm = self.alarms.context();
+                if shutdown.as_mut().poll(&mut alarm).is_ready() {
+                    return Poll::Ready(Ending::Shutdown);
+                }
+                if self.idle.poll_expired(&mut alarm).is_ready() {
+                    return Poll::Ready(Ending::Idle);
+                }
+                while self.pings.poll_tick(&mut alarm).is_ready() {
+                    put_frame(&mut self.client.output, OpCode::Control(Control::Ping), &[]);
+                }
+                // All three wait, holding this source's waker.
+                self.alarms.found_nothing();
             }
             let upstream = match self.upstream(metrics) {
                 Ok(step) => step,
